@@ -1,0 +1,3 @@
+"""SafeMotion: text-to-motion with unlearned violent content."""
+
+__version__ = "0.1.0"

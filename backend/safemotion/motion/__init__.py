@@ -1,0 +1,1 @@
+"""Motion core: skeletons, rotations, HumanML3D features and the SMPL body."""
