@@ -1,0 +1,1 @@
+"""Mocap import: BVH reading/writing, DeepMimic and FBX clips, joint maps onto the 22 SMPL joints."""
