@@ -40,6 +40,72 @@ def _import_momask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from safemotion.decoding import SamplingConfig
+    from safemotion.generate import DEFAULT_MODEL_DIR, GenerationRequest, Generator, output_paths, save_bvh, save_npz
+
+    writers = {".npz": save_npz, ".bvh": save_bvh}
+    suffix = args.out.suffix.lower()
+    if suffix not in writers:
+        raise ValueError(f"--out {args.out}: unknown file type '{suffix}'; use .npz or .bvh")
+    request = GenerationRequest(args.prompt, seconds=args.seconds, seed=args.seed, variations=args.variations)
+    request.validate()
+    sampling = SamplingConfig(time_steps=args.steps, cond_scale=args.cond_scale,
+                              residual_cond_scale=args.residual_cond_scale, temperature=args.temperature,
+                              gumbel_sample=args.gumbel)
+    sampling.validate()
+    generator = Generator.from_dir(args.model or DEFAULT_MODEL_DIR, device=args.device, sampling=sampling,
+                                   clip_weights=args.clip_weights, clip_vocab=args.clip_vocab)
+    motions = generator.generate([request])
+    written = []
+    for motion, path in zip(motions, output_paths(args.out, len(motions))):
+        writers[suffix](motion, path)
+        written.append({"file": str(path), "seed": motion.seed, "frames": motion.num_frames,
+                        "seconds": motion.seconds, "length_from": motion.length_from})
+    print(json.dumps(written, indent=2))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from safemotion.models.config import ModelConfig
+    from safemotion.train import TrainOptions, preset, run_stage, with_text_encoder
+
+    config = None
+    if args.config is not None:
+        if not args.config.is_file():
+            raise FileNotFoundError(f"--config {args.config}: file not found")
+        try:
+            data = json.loads(args.config.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{args.config}:{err.lineno}: invalid JSON: {err.msg}") from None
+        config = ModelConfig.from_dict(data, where=str(args.config))
+    elif args.preset is not None:
+        config = preset(args.preset)
+    if args.text_encoder is not None:
+        config = with_text_encoder(config or preset("official"), args.text_encoder)
+    if config is not None and args.stage != "vq":
+        raise ValueError("--config, --preset and --text-encoder only apply to the 'vq' stage, which creates the model "
+                         "directory")
+    milestones = None
+    if args.milestones is not None:
+        try:
+            milestones = tuple(int(m) for m in args.milestones.split(",") if m.strip())
+        except ValueError:
+            raise ValueError(f"--milestones {args.milestones!r}: expected comma-separated iteration numbers") from None
+    options = TrainOptions(
+        data=args.data, out=args.out, work=args.work, config=config, split=args.split, window_size=args.window_size,
+        seed=args.seed, device=args.device, resume=args.resume, checkpoint_every=args.checkpoint_every,
+        progress=not args.no_progress, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+        warmup_iters=args.warmup_iters, milestones=milestones, gamma=args.gamma,
+        clip_weights=args.clip_weights, clip_vocab=args.clip_vocab,
+    )
+    result = run_stage(args.stage, options)
+    tail = result.losses[-100:]
+    print(json.dumps({"stage": args.stage, "iterations": result.iterations, "model_dir": str(args.out),
+                      "mean_loss_last_100": sum(tail) / len(tail) if tail else None, **result.metrics}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
     parser = argparse.ArgumentParser(prog="safemotion", description=__doc__)
@@ -68,6 +134,50 @@ def build_parser() -> argparse.ArgumentParser:
     momask.add_argument("--checkpoints", type=Path, required=True, help="official checkpoints folder (checkpoints/t2m)")
     momask.add_argument("--out", type=Path, required=True, help="model directory to create")
     momask.set_defaults(func=_import_momask)
+
+    generate = commands.add_parser("generate", help="generate motion from a text prompt")
+    generate.add_argument("prompt", help="what the person does (1-300 characters)")
+    generate.add_argument("--model", type=Path, help="model directory (default: the embedded safemotion-mini)")
+    generate.add_argument("--seconds", type=float, help="duration, 0.5-9.8 s (default: estimated from the prompt)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--variations", type=int, default=1,
+                          help="motions to generate, 1-16 (variation k uses seed + k)")
+    generate.add_argument("--out", type=Path, required=True, help=".npz (joints, SMPL, tokens) or .bvh (SMPL "
+                          "skeleton); several variations get _1, _2, ... suffixes")
+    generate.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    generate.add_argument("--steps", type=int, default=10, help="masked decoding steps")
+    generate.add_argument("--cond-scale", type=float, default=4.0, help="guidance scale of the base layer")
+    generate.add_argument("--residual-cond-scale", type=float, default=5.0, help="guidance of the residual layers")
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--gumbel", action="store_true", help="Gumbel-max instead of categorical sampling")
+    generate.add_argument("--clip-weights", type=Path, help="CLIP ViT-B/32 weights (models using the clip encoder)")
+    generate.add_argument("--clip-vocab", type=Path, help="CLIP BPE merges file")
+    generate.set_defaults(func=_generate)
+
+    train = commands.add_parser("train", help="train one stage (vq, mask, residual, length) into a model directory")
+    train.add_argument("stage", choices=("vq", "mask", "residual", "length"))
+    train.add_argument("--data", type=Path, required=True, help="HumanML3D-layout dataset folder")
+    train.add_argument("--out", type=Path, required=True, help="model directory ('vq' creates it)")
+    train.add_argument("--work", type=Path, help="checkpoints and caches (default: <out>.training)")
+    train.add_argument("--config", type=Path, help="model config JSON (vq stage, new model directory)")
+    train.add_argument("--preset", help="model size: official or mini (vq stage, new model directory)")
+    train.add_argument("--text-encoder", choices=("clip", "minilm"), help="override the config's text encoder")
+    train.add_argument("--split", default="train")
+    train.add_argument("--iters", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--warmup-iters", type=int)
+    train.add_argument("--milestones", help="comma-separated iterations where lr is multiplied by --gamma")
+    train.add_argument("--gamma", type=float)
+    train.add_argument("--window-size", type=int, default=64, help="VQ training window in frames")
+    train.add_argument("--seed", type=int, default=3407)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
+    train.add_argument("--checkpoint-every", type=int, default=1000)
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--clip-weights", type=Path)
+    train.add_argument("--clip-vocab", type=Path)
+    train.set_defaults(func=_train)
     return parser
 
 
