@@ -1,0 +1,279 @@
+"""Armatures in Blender: the bone-only SMPL armature, SMPL motion onto it, retargeting onto other rigs, a demo rig.
+
+Thin glue around the numpy cores (smpl_math, retarget) and the key writer (keyframes). The SMPL armature puts each bone
+head on its joint with the tail straight up (+Z) and roll 0, so every bone's local axes are the backend's Y-up axes:
+SMPL axis-angle goes straight into `rotation_quaternion` and the translation straight into the pelvis `location`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import bpy
+import numpy as np
+from mathutils import Euler, Quaternion
+
+from . import keyframes, retarget, smpl_math
+
+SMPL_BONE_LENGTH = 0.1  # metres; SMPL bones point up from their joint, so the length is only for display
+
+
+@dataclass(frozen=True)
+class BoneSpec:
+    """One edit bone: name, head and tail in armature space, parent name, roll (radians)."""
+
+    name: str
+    head: tuple[float, float, float]
+    tail: tuple[float, float, float]
+    parent: str | None = None
+    roll: float = 0.0
+
+
+def build_armature(name: str, bones: Sequence[BoneSpec]) -> bpy.types.Object:
+    """A new armature object in the scene's master collection with these bones (parents listed first).
+
+    Call it in object mode; the active object and the selection are restored afterwards.
+    """
+    known: set[str] = set()
+    for bone in bones:
+        if bone.parent is not None and bone.parent not in known:
+            raise ValueError(
+                f"build_armature {name!r}: bone {bone.name!r} lists parent {bone.parent!r} before it exists"
+            )
+        if bone.name in known:
+            raise ValueError(f"build_armature {name!r}: bone name {bone.name!r} is used twice")
+        known.add(bone.name)
+    data = bpy.data.armatures.new(name)
+    obj = bpy.data.objects.new(name, data)
+    bpy.context.scene.collection.objects.link(obj)
+    # Bones can only be created in edit mode, which needs the armature as the active object; other selected objects
+    # would enter edit mode with it, so the selection is set aside meanwhile.
+    view_layer = bpy.context.view_layer
+    previous_active = view_layer.objects.active
+    previous_selected = [o for o in view_layer.objects if o.select_get()]
+    for other in previous_selected:
+        other.select_set(False)
+    view_layer.objects.active = obj
+    try:
+        bpy.ops.object.mode_set(mode="EDIT")
+        try:
+            for spec in bones:
+                edit = data.edit_bones.new(spec.name)
+                edit.head, edit.tail, edit.roll = spec.head, spec.tail, spec.roll
+                if spec.parent is not None:
+                    edit.parent = data.edit_bones[spec.parent]
+        finally:
+            bpy.ops.object.mode_set(mode="OBJECT")
+    finally:
+        view_layer.objects.active = previous_active
+        for other in previous_selected:
+            other.select_set(True)
+    for pose_bone in obj.pose.bones:
+        pose_bone.rotation_mode = "QUATERNION"
+    return obj
+
+
+def build_smpl_armature(
+    name: str, names: Sequence[str], parents: Sequence[int], rest_joints_yup: np.ndarray
+) -> bpy.types.Object:
+    """Bone-only armature from the server's skeleton description (names, parents, rest joints [J,3] Y-up)."""
+    joints = np.asarray(rest_joints_yup, dtype=np.float64)
+    if joints.shape != (len(names), 3) or len(parents) != len(names):
+        raise ValueError(
+            f"build_smpl_armature: {len(names)} names need {len(names)} parents and rest joints [{len(names)}, 3]; "
+            f"got {len(parents)} parents and {joints.shape}"
+        )
+    heads = smpl_math.points_to_z_up(joints)
+    bones = []
+    for j, bone_name in enumerate(names):
+        if not -1 <= parents[j] < j:
+            raise ValueError(
+                f"build_smpl_armature: joint {j} ({bone_name!r}) has parent {parents[j]}; parents come first"
+            )
+        head = tuple(float(v) for v in heads[j])
+        tail = (head[0], head[1], head[2] + SMPL_BONE_LENGTH)
+        bones.append(BoneSpec(bone_name, head, tail, names[parents[j]] if parents[j] >= 0 else None))
+    return build_armature(name, bones)
+
+
+def _frames(count: int, fps: float, frame_start: float) -> np.ndarray:
+    """Scene frame of every motion frame: the motion's rate mapped onto the scene's rate."""
+    render = bpy.context.scene.render
+    return frame_start + np.arange(count) * (render.fps / render.fps_base) / fps
+
+
+def _bone_path(bone: str, prop: str) -> str:
+    """RNA path of a pose-bone property, e.g. pose.bones["Hips"].location."""
+    return f'pose.bones["{bpy.utils.escape_identifier(bone)}"].{prop}'
+
+
+def apply_smpl_motion(
+    armature_obj: bpy.types.Object,
+    pose: np.ndarray,
+    transl: np.ndarray,
+    fps: float = 20.0,
+    action_name: str = "SMPL motion",
+    frame_start: float = 1.0,
+    names: Sequence[str] = smpl_math.JOINT_NAMES,
+) -> bpy.types.Action:
+    """Key an SMPL pose [T,24,3] (axis-angle) and translation [T,3] onto an armature from `build_smpl_armature`."""
+    pose = np.asarray(pose, dtype=np.float64)
+    transl = np.asarray(transl, dtype=np.float64)
+    if pose.ndim != 3 or pose.shape[1:] != (len(names), 3) or transl.shape != (pose.shape[0], 3):
+        raise ValueError(
+            f"apply_smpl_motion: expected pose [T, {len(names)}, 3] and transl [T, 3], "
+            f"got {pose.shape} and {transl.shape}"
+        )
+    missing = [n for n in names if n not in armature_obj.pose.bones]
+    if missing:
+        raise ValueError(f"apply_smpl_motion: armature {armature_obj.name!r} has no bones {missing}")
+    quats = smpl_math.quat_continuous(smpl_math.axis_angle_to_quat(pose))
+    channels = {}
+    for j, bone in enumerate(names):
+        armature_obj.pose.bones[bone].rotation_mode = "QUATERNION"
+        for i in range(4):
+            channels[(_bone_path(bone, "rotation_quaternion"), i)] = quats[:, j, i]
+    for i in range(3):
+        channels[(_bone_path(names[0], "location"), i)] = transl[:, i]
+    action = bpy.data.actions.new(action_name)
+    keyframes.write_keys(armature_obj, action, channels, _frames(len(pose), fps, frame_start))
+    return action
+
+
+def read_target_rig(armature_obj: bpy.types.Object) -> retarget.TargetRig:
+    """The armature's rest skeleton (bone names, parents, rest matrices, tails) and object matrix."""
+    bones = armature_obj.data.bones
+    names = tuple(bone.name for bone in bones)
+    index = {name: b for b, name in enumerate(names)}
+    return retarget.TargetRig(
+        names=names,
+        parents=tuple(index[bone.parent.name] if bone.parent else -1 for bone in bones),
+        rest=np.array([np.array(bone.matrix_local) for bone in bones], dtype=np.float64),
+        tails=np.array([tuple(bone.tail_local) for bone in bones], dtype=np.float64),
+        world=np.array(armature_obj.matrix_world, dtype=np.float64),
+    )
+
+
+def _rotation_channels(pose_bone: bpy.types.PoseBone, quats: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
+    """Channels for quaternions [T,4] in the bone's own rotation mode (Euler modes kept, axis-angle switched)."""
+    if pose_bone.rotation_mode == "AXIS_ANGLE":
+        pose_bone.rotation_mode = "QUATERNION"
+    if pose_bone.rotation_mode == "QUATERNION":
+        path = _bone_path(pose_bone.name, "rotation_quaternion")
+        return {(path, i): quats[:, i] for i in range(4)}
+    eulers = np.empty((len(quats), 3))
+    previous = Euler((0.0, 0.0, 0.0), pose_bone.rotation_mode)
+    for t, q in enumerate(quats):
+        previous = Quaternion(q).to_euler(pose_bone.rotation_mode, previous)  # compatible with the last frame
+        eulers[t] = previous
+    path = _bone_path(pose_bone.name, "rotation_euler")
+    return {(path, i): eulers[:, i] for i in range(3)}
+
+
+def retarget_onto(
+    target_obj: bpy.types.Object,
+    pose: np.ndarray,
+    transl: np.ndarray,
+    rest_joints_yup: np.ndarray,
+    mapping: Mapping[str, str] | None = None,
+    options: retarget.RetargetOptions = retarget.RetargetOptions(),
+    fps: float = 20.0,
+    action_name: str = "SafeMotion retarget",
+    frame_start: float = 1.0,
+) -> tuple[bpy.types.Action, retarget.RetargetResult]:
+    """Key an SMPL motion (backend axes) onto an armature; mapping None = auto-detected preset.
+
+    Mapped bones get rotation keys (in their rotation mode), the hips and root bone location keys. Unmapped bones are
+    expected at rest, without constraints.
+    """
+    rig = read_target_rig(target_obj)
+    if mapping is None:
+        _, mapping = retarget.auto_mapping(rig.names)
+    source = retarget.source_from_smpl(pose, transl, rest_joints_yup, fps=fps)
+    result = retarget.retarget(source, rig, mapping, options)
+    channels: dict[tuple[str, int], np.ndarray] = {}
+    for bone, quats in result.rotations.items():
+        channels.update(_rotation_channels(target_obj.pose.bones[bone], quats))
+    for bone, location in result.locations.items():
+        channels.update({(_bone_path(bone, "location"), i): location[:, i] for i in range(3)})
+    action = bpy.data.actions.new(action_name)
+    keyframes.write_keys(target_obj, action, channels, _frames(len(source.pelvis), fps, frame_start))
+    return action, result
+
+
+# --- demo rig -------------------------------------------------------------------------------------------------------
+
+# Mixamo-like proportions (metres, Z-up, facing -Y, the character's left at +X): (name, parent, head, tail).
+_DEMO_SPINE = (
+    ("Hips", None, (0.0, 0.0, 1.0), (0.0, 0.01, 1.1)),
+    ("Spine", "Hips", (0.0, 0.01, 1.1), (0.0, 0.0, 1.22)),
+    ("Spine1", "Spine", (0.0, 0.0, 1.22), (0.0, -0.01, 1.34)),
+    ("Spine2", "Spine1", (0.0, -0.01, 1.34), (0.0, 0.0, 1.5)),
+    ("Neck", "Spine2", (0.0, 0.0, 1.5), (0.0, -0.02, 1.6)),
+    ("Head", "Neck", (0.0, -0.02, 1.6), (0.0, -0.02, 1.8)),
+)
+_DEMO_ARM = ((0.05, 0.0, 1.45), (0.17, 0.0, 1.45), (0.45, 0.01, 1.45), (0.72, 0.0, 1.45), (0.9, 0.0, 1.45))
+_DEMO_LEG = ((0.09, 0.0, 0.95), (0.09, -0.01, 0.52), (0.09, 0.02, 0.09), (0.09, -0.1, 0.02), (0.09, -0.18, 0.02))
+
+
+def demo_rig_bones(a_pose: bool = False, prefix: str = "mixamorig:") -> list[BoneSpec]:
+    """Bones of the demo rig: Mixamo names, T-pose or A-pose (arms 45 degrees down)."""
+    specs = [BoneSpec(prefix + n, h, t, prefix + p if p else None) for n, p, h, t in _DEMO_SPINE]
+    for side, sign in (("Left", 1.0), ("Right", -1.0)):
+        arm = np.array(_DEMO_ARM) * (sign, 1.0, 1.0)
+        if a_pose:
+            angle = np.radians(45.0) * sign
+            turn = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+            arm[1:] = (arm[1:] - arm[1]) @ turn.T + arm[1]
+        leg = np.array(_DEMO_LEG) * (sign, 1.0, 1.0)
+        for chain, names, parent in (
+            (arm, ("Shoulder", "Arm", "ForeArm", "Hand"), "Spine2"),
+            (leg, ("UpLeg", "Leg", "Foot", "ToeBase"), "Hips"),
+        ):
+            for k, name in enumerate(names):
+                specs.append(
+                    BoneSpec(prefix + side + name, tuple(chain[k]), tuple(chain[k + 1]), prefix + parent)
+                )
+                parent = side + name
+    return specs
+
+
+def _box(head: np.ndarray, tail: np.ndarray, width: float) -> tuple[list[tuple[float, ...]], list[tuple[int, ...]]]:
+    """Vertices and quad faces of a box of `width` around the segment head -> tail."""
+    axis = tail - head
+    helper = np.array([0.0, 0.0, 1.0]) if abs(axis[2]) < 0.9 * np.linalg.norm(axis) else np.array([1.0, 0.0, 0.0])
+    u = np.cross(axis, helper)
+    u *= width / 2 / np.linalg.norm(u)
+    v = np.cross(axis, u)
+    v *= width / 2 / np.linalg.norm(v)
+    corners = [p + su * u + sv * v for p in (head, tail) for su, sv in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    faces = [(0, 1, 2, 3), (7, 6, 5, 4), (0, 4, 5, 1), (1, 5, 6, 2), (2, 6, 7, 3), (3, 7, 4, 0)]
+    return [tuple(c) for c in corners], faces
+
+
+def build_demo_rig(name: str = "SafeMotion demo", a_pose: bool = False, prefix: str = "mixamorig:") -> bpy.types.Object:
+    """Mixamo-named demo armature with a simple box body skinned to it (one vertex group per bone)."""
+    specs = demo_rig_bones(a_pose, prefix)
+    rig = build_armature(name, specs)
+    vertices: list[tuple[float, ...]] = []
+    faces: list[tuple[int, ...]] = []
+    groups: dict[str, list[int]] = {}
+    for spec in specs:
+        head, tail = np.array(spec.head), np.array(spec.tail)
+        width = float(np.clip(0.35 * np.linalg.norm(tail - head), 0.04, 0.14))
+        box_vertices, box_faces = _box(head, tail, width)
+        groups[spec.name] = list(range(len(vertices), len(vertices) + len(box_vertices)))
+        faces += [tuple(i + len(vertices) for i in face) for face in box_faces]
+        vertices += box_vertices
+    mesh = bpy.data.meshes.new(name + " body")
+    mesh.from_pydata(vertices, [], faces)
+    mesh.update()
+    body = bpy.data.objects.new(name + " body", mesh)
+    bpy.context.scene.collection.objects.link(body)
+    for bone, indices in groups.items():
+        body.vertex_groups.new(name=bone).add(indices, 1.0, "REPLACE")
+    modifier = body.modifiers.new("Armature", "ARMATURE")
+    modifier.object = rig
+    body.parent = rig
+    return rig
