@@ -1,0 +1,326 @@
+"""Captions for SafeMotion datasets: paraphrases per source, left/right swapping for mirrors, HumanML3D text lines.
+
+A HumanML3D caption line is `caption#word/POS word/POS ...#start#end`. HumanML3D fills the token field with spaCy
+(lemma of nouns and verbs, the word itself otherwise, universal POS tags, non-alphabetic tokens dropped, hyphens
+removed first). spaCy is not a SafeMotion dependency, so `tag_tokens` is a small deterministic stand-in: a lexicon of
+closed-class words and motion verbs with their inflections, suffix rules (`-ly` adverbs, plural nouns, unknown
+`-ing`/`-ed` words as verbs, everything else a noun) and two context rules (a verb form after a determiner, adjective
+or number is a noun - "a kick" - and so is one right after a verb unless it ends in -ing - "throws punches"). It is
+right for the short motion captions built here and approximate for free text; the tags feed only the text-to-motion
+evaluator's one-hot POS input.
+
+Paraphrases are chosen by a `random.Random` seeded with a string (seed + clip key), so they are the same on every run.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+# --- mirroring ----------------------------------------------------------------------------------------------------
+
+_MIRROR_WORDS = {
+    "left": "right", "right": "left",
+    "leftward": "rightward", "rightward": "leftward",
+    "leftwards": "rightwards", "rightwards": "leftwards",
+    "leftmost": "rightmost", "rightmost": "leftmost",
+    "counterclockwise": "clockwise", "counter-clockwise": "clockwise",
+    "anticlockwise": "clockwise", "anti-clockwise": "clockwise",
+    "clockwise": "counterclockwise",
+}
+# Longest first so "counter-clockwise" wins over its "clockwise" suffix.
+_MIRROR_RE = re.compile(
+    r"\b(" + "|".join(sorted(map(re.escape, _MIRROR_WORDS), key=len, reverse=True)) + r")\b", re.IGNORECASE
+)
+# "right" that means "immediately"/"correct", not a side.
+_NOT_A_SIDE_RE = re.compile(r"\b(right (?:away|now)|all right)\b", re.IGNORECASE)
+
+
+def mirror_caption(text: str) -> str:
+    """Swap left/right words (left, leftward(s), clockwise, ...) for the mirrored motion, keeping capitalisation."""
+    protected = [(m.start(), m.end()) for m in _NOT_A_SIDE_RE.finditer(text)]
+
+    def swap(match: re.Match[str]) -> str:
+        if any(start <= match.start() < end for start, end in protected):
+            return match.group(0)
+        word = match.group(0)
+        new = _MIRROR_WORDS[word.lower()]
+        if word.isupper() and len(word) > 1:
+            return new.upper()
+        return new.capitalize() if word[0].isupper() else new
+
+    return _MIRROR_RE.sub(swap, text)
+
+
+# --- tokens -------------------------------------------------------------------------------------------------------
+
+_CLOSED_CLASS: dict[str, tuple[str, ...]] = {
+    "DET": ("a", "an", "the", "this", "that", "these", "those", "his", "her", "their", "its", "my", "your", "our",
+            "some", "any", "each", "every", "another", "both", "all", "no", "either", "neither"),
+    "PRON": ("i", "you", "he", "she", "it", "we", "they", "me", "him", "us", "them", "someone", "somebody",
+             "something", "anyone", "anything", "everyone", "everything", "himself", "herself", "itself",
+             "themselves", "oneself", "self", "who", "what", "which"),
+    "ADP": ("in", "on", "at", "with", "to", "from", "into", "onto", "over", "under", "of", "for", "by", "about",
+            "around", "through", "across", "along", "behind", "toward", "towards", "like", "after", "before",
+            "during", "above", "below", "between", "against", "without", "near", "upon"),
+    "CCONJ": ("and", "or", "but", "nor"),
+    "SCONJ": ("while", "as", "if", "until", "because", "than", "whether", "when"),
+    "AUX": ("is", "are", "was", "were", "be", "been", "being", "am", "has", "have", "had", "does", "do", "did", "can",
+            "could", "will", "would", "should", "may", "might", "must"),
+    "PART": ("not",),
+    "NUM": ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twenty", "hundred"),
+    "ADV": ("forward", "forwards", "backward", "backwards", "sideways", "sidewards", "then", "again", "away", "back",
+            "up", "down", "out", "off", "very", "too", "also", "still", "just", "once", "twice", "together",
+            "straight", "ahead", "there", "here", "quickly", "slowly", "briefly", "repeatedly", "so", "almost",
+            "clockwise", "counterclockwise", "anticlockwise", "leftward", "rightward", "leftwards", "rightwards"),
+    "ADJ": ("slow", "fast", "small", "large", "big", "high", "low", "quick", "happy", "sad", "angry", "proud", "tired",
+            "old", "young", "elderly", "masculine", "feminine", "childish", "active", "musical", "exhausted",
+            "youthful", "heavy", "long", "short", "full", "whole", "other", "uneven", "expressive", "normal",
+            "circular", "brisk", "polite", "energetic", "wide", "narrow", "different", "same", "unsure", "thuggish",
+            "confident", "first", "second", "third", "last", "next", "few", "several", "many", "much", "light",
+            "hard", "soft", "upright", "fancy", "giant", "forceful", "gentle", "ballet"),
+}
+_CLOSED_WORDS = {word: pos for pos, words in _CLOSED_CLASS.items() for word in words}
+
+_VERBS = (
+    "walk", "run", "jog", "dash", "sprint", "jump", "hop", "skip", "leap", "kick", "punch", "strike", "hit", "beat",
+    "jab", "slap", "stab", "slash", "fight", "box", "attack", "threaten", "shoot", "wave", "raise", "lift", "lower",
+    "turn", "bow", "dance", "step", "move", "swing", "throw", "catch", "crawl", "roll", "spin", "flip", "sit",
+    "stand", "get", "rise", "bend", "scoop", "pick", "hold", "wash", "climb", "dangle", "rock", "push", "pull",
+    "balance", "dribble", "perform", "do", "make", "take", "go", "come", "look", "stretch", "reach", "shake", "clap",
+    "point", "stomp", "march", "respond", "react", "call", "guide", "greet", "say", "show", "gesture", "play",
+    "twist", "lean", "squat", "kneel", "lie", "fall", "carry", "place", "put", "open", "close", "touch", "bounce",
+    "circle", "rotate", "tilt", "nod", "tap", "drag", "slide", "sway", "pause", "stop", "start", "begin",
+    "continue", "repeat", "return", "cross", "face", "beckon", "swim", "fold", "drink", "eat", "wipe", "sweep",
+    "stumble", "trip", "limp", "tiptoe", "shuffle", "pace", "wander", "hurry", "salute", "signal", "pose",
+    "use", "keep", "give", "bring", "lead", "try", "seem", "appear", "shift", "swap", "switch", "grab", "drop",
+)
+_IRREGULAR_VERBS = {
+    "ran": "run", "threw": "throw", "thrown": "throw", "stood": "stand", "sat": "sit", "got": "get",
+    "gotten": "get", "rose": "rise", "risen": "rise", "bent": "bend", "held": "hold", "took": "take", "taken": "take",
+    "did": "do", "done": "do", "made": "make", "went": "go", "gone": "go", "came": "come", "fell": "fall",
+    "fallen": "fall", "lay": "lie", "lying": "lie", "lies": "lie", "swung": "swing", "spun": "spin",
+    "struck": "strike", "fought": "fight", "caught": "catch", "said": "say", "shook": "shake", "shaken": "shake",
+    "knelt": "kneel", "leapt": "leap", "kept": "keep", "gave": "give", "given": "give", "brought": "bring",
+    "led": "lead", "began": "begin", "begun": "begin", "beaten": "beat", "shot": "shoot", "slid": "slide",
+    "swam": "swim", "drank": "drink", "ate": "eat", "eaten": "eat", "shown": "show",
+}
+# Final consonant doubles before -ing/-ed (run -> running, hop -> hopped).
+_DOUBLING = {
+    "run", "jog", "hop", "skip", "jab", "slap", "stab", "step", "sit", "get", "spin", "flip", "clap", "stop", "nod",
+    "tap", "drag", "trip", "hit", "put", "begin", "swim", "drop", "grab", "swap",
+}
+
+
+def _third_person_verb(verb: str) -> str:
+    """Third-person singular of a base verb (walk -> walks, punch -> punches, carry -> carries)."""
+    if verb.endswith(("s", "sh", "ch", "x", "z")):
+        return verb + "es"
+    if verb.endswith("y") and verb[-2] not in "aeiou":
+        return verb[:-1] + "ies"
+    return verb + "s"
+
+
+def _verb_forms(verb: str) -> set[str]:
+    """Regular inflections of a base verb: base, -s, -ing, -ed."""
+    stem = verb + verb[-1] if verb in _DOUBLING else verb
+    if verb.endswith("e") and not verb.endswith(("ee", "ye", "oe")):
+        stem = verb[:-1]
+    if verb.endswith("e"):
+        past = verb + "d"
+    elif verb.endswith("y") and verb[-2] not in "aeiou":
+        past = verb[:-1] + "ied"
+    else:
+        past = stem + "ed"
+    return {verb, _third_person_verb(verb), stem + "ing", past}
+
+
+_VERB_LEMMAS = {form: verb for verb in _VERBS for form in _verb_forms(verb)} | _IRREGULAR_VERBS
+_NOUN_CONTEXT = {"DET", "ADJ", "NUM"}
+_SIDE_NOUNS = {"hand", "hands", "arm", "arms", "leg", "legs", "foot", "feet", "side", "shoulder", "knee", "elbow",
+               "hip", "wrist", "ankle", "toe", "toes", "direction", "fist", "palm", "heel", "thigh"}
+
+
+def _noun_lemma(word: str) -> str:
+    """Singular of a plural noun by suffix rules."""
+    irregular = {"feet": "foot", "people": "person", "men": "man", "women": "woman", "children": "child"}
+    if word in irregular:
+        return irregular[word]
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "xes", "sses")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")) and len(word) > 3:
+        return word[:-1]
+    return word
+
+
+def tag_tokens(caption: str) -> list[tuple[str, str]]:
+    """(lemma, POS) pairs for a caption, HumanML3D-style (alphabetic tokens only, hyphens removed)."""
+    text = re.sub(r"'[a-z]*", "", caption.lower().replace("-", ""))
+    words = re.findall(r"[a-z]+", text)
+    tagged: list[tuple[str, str]] = []
+    for i, word in enumerate(words):
+        prev_pos = tagged[-1][1] if tagged else ""
+        if word in ("left", "right"):  # never lemmatised ("left" is no form of "leave" here)
+            nxt = words[i + 1] if i + 1 < len(words) else ""
+            tagged.append((word, "ADJ" if nxt in _SIDE_NOUNS else "NOUN"))
+        elif word in _CLOSED_WORDS:
+            tagged.append((word, _CLOSED_WORDS[word]))
+        elif word in _VERB_LEMMAS and prev_pos not in _NOUN_CONTEXT and (prev_pos != "VERB" or word.endswith("ing")):
+            tagged.append((_VERB_LEMMAS[word], "VERB"))
+        elif word.endswith("ly") and len(word) > 4:
+            tagged.append((word, "ADV"))
+        elif word.endswith(("ing", "ed")) and len(word) > 5 and prev_pos not in _NOUN_CONTEXT:
+            stem = word[:-3] if word.endswith("ing") else word[:-2]
+            if len(stem) > 2 and stem[-1] == stem[-2]:
+                stem = stem[:-1]
+            tagged.append((stem, "VERB"))
+        else:
+            tagged.append((_noun_lemma(word), "NOUN"))
+    return tagged
+
+
+def clean_caption(text: str) -> str:
+    """Lower-case, single-spaced caption without the '#' field separator; raises on empty text."""
+    cleaned = " ".join(text.replace("#", " ").split()).lower()
+    if not cleaned:
+        raise ValueError(f"empty caption: {text!r}")
+    return cleaned
+
+
+def caption_line(caption: str, start: float = 0.0, end: float = 0.0) -> str:
+    """HumanML3D text line `caption#word/POS ...#start#end` (0.0#0.0 = whole clip)."""
+    caption = clean_caption(caption)
+    tokens = " ".join(f"{word}/{pos}" for word, pos in tag_tokens(caption))
+    return f"{caption}#{tokens}#{start:.1f}#{end:.1f}"
+
+
+# --- paraphrases per source ---------------------------------------------------------------------------------------
+
+_SUBJECTS = ("a person", "someone", "the person")
+
+# Bandai content label -> verb phrases (third person).
+BANDAI_CONTENT = {
+    "walk": ("walks forward", "walks", "takes a few steps forward"),
+    "run": ("runs forward", "runs", "jogs forward"),
+    "dash": ("dashes forward", "sprints forward", "runs forward quickly"),
+    "walk-back": ("walks backwards", "steps backwards", "walks backward"),
+    "walk-left": ("walks to the left", "walks toward the left", "moves to the left while walking"),
+    "walk-right": ("walks to the right", "walks toward the right", "moves to the right while walking"),
+    "bow": ("bows", "takes a bow", "bows politely"),
+    "bye": ("waves goodbye", "waves a hand to say goodbye", "says goodbye with a wave"),
+    "guide": ("gestures to guide someone", "shows the way with one arm", "guides someone with a hand gesture"),
+    "byebye": ("waves goodbye energetically", "waves bye-bye", "waves a big goodbye"),
+    "respond": ("responds to someone", "responds with a gesture", "reacts to someone"),
+    "call": ("calls out to someone", "calls someone over", "beckons someone"),
+    "punch": ("throws punches", "punches", "punches forward"),
+    "kick": ("kicks", "throws a kick", "kicks forward"),
+    "slash": ("slashes with a sword", "swings a sword", "slashes"),
+    "dance-long": ("dances", "performs a long dance", "dances for a while"),
+    "dance-short": ("dances briefly", "performs a short dance", "does a short dance"),
+    "walk-turn-left": ("walks and turns left", "walks forward and turns to the left", "turns left while walking"),
+    "walk-turn-right": ("walks and turns right", "walks forward and turns to the right", "turns right while walking"),
+    "wave-both-hands": ("waves both hands", "waves with both hands", "waves both arms"),
+    "wave-left-hand": ("waves the left hand", "waves with the left hand", "waves the left hand in greeting"),
+    "wave-right-hand": ("waves the right hand", "waves with the right hand", "waves the right hand in greeting"),
+    "raise-up-both-hands": ("raises both hands", "raises both hands up", "lifts both arms up"),
+    "raise-up-left-hand": ("raises the left hand", "lifts the left arm up", "raises the left hand up"),
+    "raise-up-right-hand": ("raises the right hand", "lifts the right arm up", "raises the right hand up"),
+}
+# Bandai style label -> adverbial phrases ("" = no style words).
+BANDAI_STYLE = {
+    "normal": ("", "", "normally"),
+    "happy": ("happily", "in a happy way", "cheerfully"),
+    "sad": ("sadly", "in a sad way", "gloomily"),
+    "angry": ("angrily", "in an angry way", "furiously"),
+    "proud": ("proudly", "in a proud way", "with pride"),
+    "not-confident": ("without confidence", "in an unsure way", "hesitantly"),
+    "masculinity": ("in a masculine way", "in a manly way", "with a masculine manner"),
+    "masculine": ("in a masculine way", "in a manly way", "with a masculine manner"),
+    "feminine": ("in a feminine way", "in a girly way", "with a feminine manner"),
+    "childish": ("like a child", "in a childish way", "childishly"),
+    "old": ("like an old person", "like an elderly person", "in an old way"),
+    "elderly": ("like an elderly person", "like an old person", "in an elderly way"),
+    "tired": ("tiredly", "in a tired way", "wearily"),
+    "exhausted": ("in an exhausted way", "as if exhausted", "wearily"),
+    "active": ("actively", "in an active way", "energetically"),
+    "youthful": ("in a youthful way", "youthfully", "like a young person"),
+    "musical": ("like in a musical", "theatrically", "in a musical style"),
+    "giant": ("like a giant", "heavily like a giant", "in a giant way"),
+    "chimpira": ("like a thug", "in a thuggish way", "like a street punk"),
+}
+
+DEEPMIMIC_CAPTIONS = {
+    "backflip": ("a person does a backflip", "someone performs a back flip", "a person jumps and flips backwards"),
+    "cartwheel": ("a person does a cartwheel", "someone performs a cartwheel", "a person turns a cartwheel"),
+    "crawl": ("a person crawls forward on hands and knees", "someone crawls on all fours", "a person crawls"),
+    "dance_a": ("a person dances", "someone does a short dance", "a person dances in place"),
+    "dance_b": ("a person dances energetically", "someone performs a dance", "a person dances with arm movements"),
+    "getup_facedown": ("a person lying face down gets up", "someone gets up from lying on the stomach",
+                       "a person stands up from a face down position"),
+    "getup_faceup": ("a person lying on the back gets up", "someone stands up from lying face up",
+                     "a person gets up from the ground"),
+    "jump": ("a person jumps", "someone jumps forward", "a person does a jump"),
+    "kick": ("a person kicks", "someone throws a kick", "a person kicks with one leg"),
+    "punch": ("a person throws a punch", "someone punches forward", "a person punches"),
+    "roll": ("a person does a roll on the ground", "someone rolls on the ground", "a person rolls over"),
+    "run": ("a person runs forward", "someone runs", "a person jogs forward"),
+    "spin": ("a person spins around", "someone turns around in place", "a person spins in a circle"),
+    "spinkick": ("a person performs a spin kick", "someone does a spinning kick", "a person spins and kicks"),
+    "walk": ("a person walks forward", "someone walks", "a person walks straight ahead"),
+}
+
+# CMU subjects whose descriptions are bare move names (e.g. "Bassai"), with the activity they belong to.
+CMU_SUBJECT_ACTIVITY = {85: "breakdance", 135: "karate kata"}
+# Description prefixes ("basketball - dribble") -> phrase appended after the action.
+_CMU_CONTEXT = {"playground": "on a playground", "dance": "while dancing", "basketball": "while playing basketball"}
+
+
+def bandai_captions(content: str, style: str, key: str, seed: int = 0) -> list[str]:
+    """Three paraphrases for a Bandai clip from its content and style labels."""
+    if content not in BANDAI_CONTENT:
+        raise ValueError(f"{key}: unknown Bandai content label {content!r}; known: {', '.join(BANDAI_CONTENT)}")
+    if style not in BANDAI_STYLE:
+        raise ValueError(f"{key}: unknown Bandai style label {style!r}; known: {', '.join(BANDAI_STYLE)}")
+    rng = random.Random(f"{seed}:{key}")
+    contents = rng.sample(BANDAI_CONTENT[content], 3)
+    styles = rng.sample(BANDAI_STYLE[style], 3)
+    return [" ".join(filter(None, (subject, action, manner))) for subject, action, manner
+            in zip(_SUBJECTS, contents, styles)]
+
+
+def _third_person(phrase: str) -> str:
+    """'walk on terrain' -> 'walks on terrain', 'run/jog' -> 'runs or jogs' (other words unchanged)."""
+    words = phrase.replace("/", " or ").split()
+    for i, word in enumerate(words):
+        if word in _VERBS and (i == 0 or words[i - 1] == "or"):
+            words[i] = _third_person_verb(word)
+    return " ".join(words)
+
+
+def _split_camel_case(name: str) -> str:
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower()
+
+
+def cmu_description_captions(description: str, subject: int) -> list[str]:
+    """Two captions from a CMU trial description (`cmu_trials.csv`), e.g. 'basketball - forward dribble'."""
+    activity = CMU_SUBJECT_ACTIVITY.get(subject)
+    if activity:
+        move = _split_camel_case(description.strip())
+        return [f"a person performs {move}, a {activity}", f"someone does {activity}: {move}"]
+    text = clean_caption(description)
+    context, _, actions = text.rpartition(" - ")
+    parts = [_third_person(part.strip()) for part in actions.split(",") if part.strip()]
+    if parts[0].split()[0] not in _VERB_LEMMAS:
+        parts[0] = f"performs {parts[0]}"
+    actions = ", ".join(parts)
+    tail = f" {_CMU_CONTEXT.get(context, context)}" if context else ""
+    return [f"a person {actions}{tail}", f"someone {actions}{tail}"]
+
+
+def deepmimic_captions(name: str) -> list[str]:
+    """Hand-written captions for a DeepMimic clip name (file name without `humanoid3d_`)."""
+    if name in DEEPMIMIC_CAPTIONS:
+        return list(DEEPMIMIC_CAPTIONS[name])
+    return [f"a person performs a {name.replace('_', ' ')}"]

@@ -1,0 +1,636 @@
+"""Build a HumanML3D-layout dataset from SafeMotion's motion sources (`shared/data`) or a user's BVH library.
+
+Output folder (written to a temporary sibling folder, renamed into place only when everything succeeded):
+
+    new_joints/<id>.npy       [T, 22, 3] float32, recovered from the features (as HumanML3D does)
+    new_joint_vecs/<id>.npy   [T, 263] float32, `extract_features` of the window (HumanML3D process_file)
+    texts/<id>.txt            `caption#word/POS ...#0.0#0.0`, one line per caption
+    Mean.npy, Std.npy         [263] float32, train split (mirrors included), group-averaged std
+    train.txt val.txt test.txt train_val.txt all.txt   ids, mirrors included
+    index.csv                 id,source,take,start_frame,end_frame (20 fps frames of the take after looping/padding)
+    stats.json                `DatasetStats`
+
+Decisions:
+- **Takes and windows.** A take is one source recording. Its 20 fps motion is cut into equal, non-overlapping windows
+  of 40-196 feature frames (2-9.8 s; HumanML3D keeps 40 <= T < 200 and crops at 196): a take of N feature frames gives
+  ceil(N / 196) windows of N // ceil(N / 196) frames; the few leftover frames at the end are dropped. Every window
+  carries all captions of its take (KIT/CMU captions describe the whole trial, so for long takes a caption may
+  mention actions outside a window).
+- **Short takes.** Cyclic takes (DeepMimic `"Loop": "wrap"`) shorter than 4 s are repeated, each repetition moved
+  to where the previous one ended (`loop_motion`), until they reach 4 s. Other takes of 1-2 s are padded to 2 s
+  by holding their first and last poses (e.g. DeepMimic's 1.53 s kick); takes under 1 s are skipped.
+- **Mirrors.** Every window has a copy `M<id>`: `extract_features(mirror_joints(window))`, captions with left/right
+  words swapped.
+- **Ids.** One letter per source and a running number in discovery order (archive member order for the Bandai and
+  iClone archives, sorted names elsewhere): B (Bandai 1+2), C (CMU iClone BVH), F (CMU FBX), D (DeepMimic),
+  U (user library); e.g. `B000123`, `MB000123`.
+- **Splits by take.** All windows of a take (and their mirrors) share one split. Takes are grouped into strata:
+  takes with a violent caption line form up to three strata by which rules match (labels "violence" for
+  word_boundary, "violence:paper" for the paper rule; see `concepts`), all others one stratum per source. Inside a
+  stratum takes are ordered by a seeded hash of their name and cut 10 % test, 10 % val, 80 % train (rounded), with
+  at least one test and one val take when the stratum has >= 3 takes - so the forget sets of both rules reach every
+  split whenever there are at least three violent takes for the rule.
+- **Failures.** A take that fails to load fails the build (no partial dataset), except FBX takes when Blender's `bpy`
+  is unavailable or its importer fails: those are skipped with a warning and listed in `stats.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from itertools import chain
+from multiprocessing import get_context
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from safemotion.data import captions as cap
+from safemotion.data.concepts import matches_concept
+from safemotion.data.mocap_import import load_motion
+from safemotion.motion.features import FEATURE_DIM, extract_features, mirror_joints, recover_from_ric
+
+log = logging.getLogger(__name__)
+
+FPS = 20
+MIN_FRAMES = 40  # feature frames per window (2 s)
+MAX_FRAMES = 196  # feature frames per window (9.8 s)
+LOOP_TARGET_SECONDS = 4.0
+MIN_PAD_SECONDS = 1.0
+TEST_FRACTION = 0.1
+VAL_FRACTION = 0.1
+SPLITS = ("train", "val", "test")
+
+SOURCE_LETTERS = {"bandai-1": "B", "bandai-2": "B", "cmu-iclone": "C", "cmu-fbx": "F", "deepmimic": "D", "user": "U"}
+SOURCES = tuple(SOURCE_LETTERS)
+# Short names accepted in `include` besides the source names.
+SOURCE_GROUPS = {
+    "bandai": ("bandai-1", "bandai-2"), "cmu": ("cmu-iclone", "cmu-fbx"), "iclone": ("cmu-iclone",),
+    "fbx": ("cmu-fbx",),
+}
+
+
+@dataclass(frozen=True)
+class Take:
+    """One source recording to load, window and caption; `data` holds archive bytes when there is no `path`."""
+
+    source: str
+    name: str
+    captions: tuple[str, ...]
+    labels: tuple[str, ...]
+    path: Path | None = None
+    data: bytes | None = None
+    suffix: str = ".bvh"
+    cycle_seconds: float | None = None  # cyclic takes: duration of one cycle
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}/{self.name}"
+
+
+@dataclass
+class Window:
+    """One dataset clip cut from a take: feature-frame range, features and joints, plus the mirrored pair."""
+
+    start: int
+    end: int
+    features: np.ndarray
+    joints: np.ndarray
+    mirror_features: np.ndarray
+    mirror_joints: np.ndarray
+
+
+@dataclass
+class TakeResult:
+    """Windows of a take, or why it was skipped."""
+
+    take: Take
+    windows: list[Window] = field(default_factory=list)
+    skipped: str | None = None
+
+
+@dataclass
+class DatasetStats:
+    """Size of a built dataset; `per_split` counts ids incl. mirrors, the other counts are without mirrors."""
+
+    clips: int
+    windows: int
+    frames: int
+    hours: float
+    ids: int
+    per_source: dict[str, int]
+    per_label: dict[str, int]
+    per_split: dict[str, int]
+    per_split_takes: dict[str, int]
+    skipped: dict[str, str]
+    seed: int
+
+    def to_json(self) -> str:
+        """Stats as indented JSON (deterministic: no timings)."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        splits = " / ".join(f"{name} {self.per_split.get(name, 0):,}" for name in SPLITS)
+        lines = [
+            f"{self.clips:,} takes -> {self.windows:,} windows ({self.ids:,} ids with mirrors), "
+            f"{self.hours:.2f} h ({self.frames:,} frames at {FPS} fps, mirrors not counted)",
+            f"splits (ids incl. mirrors): {splits}",
+            "per source (windows): " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.per_source.items())),
+            "per label (windows): " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.per_label.items())),
+        ]
+        if self.skipped:
+            lines.append(f"skipped takes: {len(self.skipped)} (reasons in stats.json)")
+        return "\n".join(lines)
+
+
+# --- source discovery ---------------------------------------------------------------------------------------------
+
+
+def _stream_archive(archive: Path, suffix: str) -> Iterator[tuple[str, bytes]]:
+    """(member path, contents) of every regular file ending in `suffix`, read sequentially from a .tar.xz."""
+    with tarfile.open(archive, mode="r|xz") as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(suffix):
+                handle = tar.extractfile(member)
+                assert handle is not None  # regular files always have contents
+                yield member.name, handle.read()
+
+
+def _bandai_takes(archive: Path, source: str, seed: int) -> Iterator[Take]:
+    """Bandai clips `dataset-N_{content}_{style}_{NNN}.bvh`, captioned from the content and style labels."""
+    for member, data in _stream_archive(archive, ".bvh"):
+        stem = PurePosixPath(member).stem
+        parts = stem.split("_")
+        if len(parts) != 4:
+            raise ValueError(f"{archive}:{member}: expected a name like dataset-1_walk_normal_001.bvh")
+        _, content, style, _ = parts
+        captions = cap.bandai_captions(content, style, key=stem, seed=seed)
+        yield Take(source, stem, tuple(captions), (f"bandai:{content}", f"style:{style}"), data=data)
+
+
+def _cmu_trial_id(subject: int, trial: int) -> str:
+    return f"{subject:02d}_{trial:02d}"
+
+
+def _cmu_metadata(cmu_dir: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """CMU descriptions by trial id (`cmu_trials.csv`) and KIT-ML captions by trial id."""
+    descriptions = {}
+    with open(cmu_dir / "cmu_trials.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            descriptions[_cmu_trial_id(int(row["Subject"]), int(row["Trial #"]))] = row["Motion Description"]
+    kit = json.loads((cmu_dir / "kitml_cmu_captions.json").read_text(encoding="utf-8"))["trials"]
+    kit_captions = {trial: [c["text"] for c in entry["captions"]] for trial, entry in kit.items()}
+    return descriptions, kit_captions
+
+
+def _cmu_take_text(trial: str, descriptions: dict[str, str], kit: dict[str, list[str]]) -> tuple[tuple, tuple]:
+    """Captions (KIT first, then the description templates) and labels of a CMU trial."""
+    if trial not in descriptions:
+        raise ValueError(f"CMU trial {trial} is not listed in cmu_trials.csv")
+    subject = int(trial.split("_")[0])
+    description = descriptions[trial]
+    captions = kit.get(trial, []) + cap.cmu_description_captions(description, subject)
+    activity = cap.CMU_SUBJECT_ACTIVITY.get(subject) or description.split(" - ")[0].split(",")[0].strip().lower()
+    return tuple(captions), (f"cmu:{activity}",)
+
+
+def _iclone_takes(cmu_dir: Path) -> Iterator[Take]:
+    """CMU trials on the iClone CC_Base rig (`All_BVH/subjects/SSS/SSS_TT.bvh`)."""
+    descriptions, kit = _cmu_metadata(cmu_dir)
+    for member, data in _stream_archive(cmu_dir / "iclone_bvh.tar.xz", ".bvh"):
+        stem = PurePosixPath(member).stem
+        subject, trial = (int(x) for x in stem.split("_"))
+        captions, labels = _cmu_take_text(_cmu_trial_id(subject, trial), descriptions, kit)
+        yield Take("cmu-iclone", stem, captions, labels, data=data)
+
+
+def _fbx_takes(cmu_dir: Path) -> Iterator[Take]:
+    """keijiro's CMU clips as FBX (`SS_TT.fbx`; `Base.fbx` holds no animation)."""
+    descriptions, kit = _cmu_metadata(cmu_dir)
+    for path in sorted((cmu_dir / "keijiro_fbx").glob("*.fbx")):
+        if path.stem == "Base":
+            continue
+        subject, trial = (int(x) for x in path.stem.split("_"))
+        captions, labels = _cmu_take_text(_cmu_trial_id(subject, trial), descriptions, kit)
+        yield Take("cmu-fbx", path.stem, captions, labels, path=path, suffix=".fbx")
+
+
+def _deepmimic_takes(folder: Path) -> Iterator[Take]:
+    """DeepMimic clips `humanoid3d_<name>.txt`; `"Loop": "wrap"` marks cyclic ones."""
+    for path in sorted(folder.glob("humanoid3d_*.txt")):
+        name = path.stem.removeprefix("humanoid3d_")
+        clip = json.loads(path.read_text(encoding="utf-8"))
+        cycle = sum(frame[0] for frame in clip["Frames"]) if clip.get("Loop") == "wrap" else None
+        captions = tuple(cap.deepmimic_captions(name))
+        yield Take("deepmimic", name, captions, (f"deepmimic:{name}",), path=path, suffix=".txt", cycle_seconds=cycle)
+
+
+def read_captions_csv(captions_csv: Path) -> dict[str, list[str]]:
+    """Captions by file (relative path as written) from a CSV with columns `file,caption`; `|` separates captions."""
+    captions: dict[str, list[str]] = {}
+    with open(captions_csv, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"file", "caption"} <= set(reader.fieldnames):
+            raise ValueError(
+                f"{captions_csv}:1: expected a header with columns 'file,caption', got {reader.fieldnames}"
+            )
+        for row in reader:
+            line = reader.line_num
+            file, text = (row["file"] or "").strip(), (row["caption"] or "").strip()
+            if not file:
+                raise ValueError(f"{captions_csv}:{line}: empty 'file' column")
+            parts = [part.strip() for part in text.split("|") if part.strip()]
+            if not parts:
+                raise ValueError(f"{captions_csv}:{line}: no caption for {file!r}")
+            captions.setdefault(PurePosixPath(file).as_posix(), []).extend(parts)
+    return captions
+
+
+def _user_takes(bvh_dir: Path, captions_csv: Path, skipped: dict[str, str]) -> Iterator[Take]:
+    """A user's motion library: files listed in the captions CSV (paths relative to `bvh_dir`)."""
+    captions = read_captions_csv(captions_csv)
+    for file in sorted(captions):
+        path = bvh_dir / file
+        if not path.is_file():
+            raise FileNotFoundError(f"{captions_csv}: {file!r} is not a file in {bvh_dir}")
+    listed = {(bvh_dir / file).resolve() for file in captions}
+    for path in sorted(bvh_dir.rglob("*.bvh")):
+        if path.resolve() not in listed:
+            name = path.relative_to(bvh_dir).as_posix()
+            skipped[f"user/{name}"] = f"no caption in {captions_csv.name}"
+            log.warning("skipping %s: no caption in %s", path, captions_csv)
+    for file in sorted(captions):
+        unique = tuple(dict.fromkeys(captions[file]))
+        yield Take("user", file, unique, ("user",), path=bvh_dir / file, suffix=Path(file).suffix.lower())
+
+
+def _discover(
+    shared_data: Path | None, bvh_dir: Path | None, captions_csv: Path | None, include: set[str] | None, seed: int,
+    skipped: dict[str, str],
+) -> Iterator[Take]:
+    """Check the inputs, then return all takes of the selected sources in a fixed order (read lazily)."""
+    unknown = set(include or ()) - set(SOURCES) - set(SOURCE_GROUPS)
+    if unknown:
+        known = ", ".join((*SOURCES, *SOURCE_GROUPS))
+        raise ValueError(f"unknown source(s) {sorted(unknown)}; known sources and groups: {known}")
+    if include is not None:
+        include = {source for name in include for source in SOURCE_GROUPS.get(name, (name,))}
+    inputs: dict[str, Callable[[], Iterator[Take]]] = {}
+    if shared_data is not None:
+        bandai, cmu, deepmimic = shared_data / "bandai", shared_data / "cmu", shared_data / "deepmimic"
+        archives = {"bandai-1": bandai / "dataset-1.tar.xz", "bandai-2": bandai / "dataset-2.tar.xz"}
+        candidates = {name: (path, partial(_bandai_takes, path, name, seed)) for name, path in archives.items()}
+        candidates["cmu-iclone"] = (cmu / "iclone_bvh.tar.xz", partial(_iclone_takes, cmu))
+        candidates["cmu-fbx"] = (cmu / "keijiro_fbx", partial(_fbx_takes, cmu))
+        candidates["deepmimic"] = (deepmimic, partial(_deepmimic_takes, deepmimic))
+        for source, (needed, make) in candidates.items():
+            if needed.exists():
+                inputs[source] = make
+            elif include is not None and source in include:
+                raise FileNotFoundError(f"source {source!r} requested but {needed} does not exist")
+    if bvh_dir is not None:
+        if captions_csv is None:
+            captions_csv = bvh_dir / "captions.csv"
+        if not captions_csv.is_file():
+            raise FileNotFoundError(
+                f"{captions_csv}: captions CSV not found; pass captions_csv (columns file,caption) for {bvh_dir}"
+            )
+        inputs["user"] = partial(_user_takes, bvh_dir, captions_csv, skipped)
+    if include is not None:
+        missing = set(include) - set(inputs)
+        if missing:
+            raise ValueError(f"source(s) {sorted(missing)} requested but their input folder was not given")
+        inputs = {source: make for source, make in inputs.items() if source in include}
+    if not inputs:
+        raise ValueError("nothing to build: pass shared_data (SafeMotion's shared/data) and/or bvh_dir + captions_csv")
+    return chain.from_iterable(inputs[source]() for source in SOURCES if source in inputs)
+
+
+# --- per-take processing (runs in worker processes) ---------------------------------------------------------------
+
+
+def loop_motion(joints: np.ndarray, period: float, min_frames: int) -> np.ndarray:
+    """Repeat a cyclic motion [T, 22, 3] with a cycle of `period` frames (may be fractional) to >= min_frames frames.
+
+    The cycle closes on its first pose moved by the root's ground displacement over one period (interpolated, or
+    extrapolated from the last step when the samples end before the period); frames are sampled at whole frame times
+    by linear interpolation, so a fractional period adds no hitch. Heading changes over a cycle are not carried on:
+    DeepMimic's cycles drift a few degrees, and turning by that much each cycle would walk a circle.
+    """
+    if period <= 1:
+        raise ValueError(f"loop_motion: the cycle must last more than one frame, got {period}")
+    root = joints[:, 0]
+    i = min(int(period), len(joints) - 2)
+    root_at_period = root[i] + (period - i) * (root[i + 1] - root[i])
+    shift = (root_at_period - root[0]) * np.array([1.0, 0.0, 1.0])
+    cycle = joints[: math.ceil(period - 1e-6)]
+    knots = np.append(np.arange(len(cycle), dtype=np.float64), period)
+    values = np.concatenate([cycle, joints[:1] + shift])
+    frames = np.arange(max(min_frames, len(joints)), dtype=np.float64)
+    repeat = np.floor(frames / period)
+    phase = frames - repeat * period
+    right = np.clip(np.searchsorted(knots, phase, side="right"), 1, len(knots) - 1)
+    weight = ((phase - knots[right - 1]) / (knots[right] - knots[right - 1]))[:, None, None]
+    looped = (1 - weight) * values[right - 1] + weight * values[right] + repeat[:, None, None] * shift
+    return looped.astype(joints.dtype)
+
+
+def hold_pad(joints: np.ndarray, min_frames: int) -> np.ndarray:
+    """Pad a motion to `min_frames` frames by holding its first and last poses (half before, half after)."""
+    missing = max(min_frames - len(joints), 0)
+    before = missing // 2
+    return np.concatenate(
+        [np.repeat(joints[:1], before, axis=0), joints, np.repeat(joints[-1:], missing - before, axis=0)]
+    )
+
+
+def window_ranges(num_frames: int) -> list[tuple[int, int]]:
+    """Equal non-overlapping [start, end) feature-frame windows of MIN_FRAMES..MAX_FRAMES covering a take."""
+    if num_frames < MIN_FRAMES:
+        return []
+    count = math.ceil(num_frames / MAX_FRAMES)
+    length = num_frames // count
+    return [(i * length, (i + 1) * length) for i in range(count)]
+
+
+def _load_take(take: Take, scratch: Path) -> np.ndarray:
+    """Joints [T, 22, 3] at 20 fps; archive members go through one scratch file at a time."""
+    if take.path is not None:
+        return load_motion(take.path).joints
+    fd, tmp = tempfile.mkstemp(dir=scratch, prefix=f"{Path(take.name).stem}.", suffix=take.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(take.data or b"")
+        return load_motion(tmp).joints
+    finally:
+        os.unlink(tmp)
+
+
+def process_take(take: Take, scratch: Path) -> TakeResult:
+    """Load a take, loop/pad short ones, cut windows and compute features and mirrors."""
+    try:
+        joints = np.asarray(_load_take(take, scratch), dtype=np.float64)
+    except Exception as error:
+        if take.suffix == ".fbx":  # optional source: bpy missing or Blender's importer failing skips the take
+            return TakeResult(take, skipped=f"FBX import failed: {type(error).__name__}: {error}")
+        raise RuntimeError(f"{take.key}: could not load: {type(error).__name__}: {error}") from error
+    take = replace(take, data=None)  # the archive bytes need not travel back to the main process
+    seconds = (len(joints) - 1) / FPS
+    if take.cycle_seconds is not None and seconds < LOOP_TARGET_SECONDS:
+        joints = loop_motion(joints, take.cycle_seconds * FPS, round(LOOP_TARGET_SECONDS * FPS) + 1)
+    elif seconds < MIN_FRAMES / FPS:
+        if seconds < MIN_PAD_SECONDS:
+            return TakeResult(take, skipped=f"too short ({seconds:.2f} s < {MIN_PAD_SECONDS} s)")
+        joints = hold_pad(joints, MIN_FRAMES + 1)
+    result = TakeResult(take)
+    for start, end in window_ranges(len(joints) - 1):
+        piece = joints[start : end + 1]
+        try:
+            features = extract_features(piece)
+            mirrored = extract_features(mirror_joints(piece))
+        except ValueError as error:
+            raise RuntimeError(f"{take.key} frames {start}-{end}: {error}") from error
+        result.windows.append(
+            Window(start, end, features, recover_from_ric(features), mirrored, recover_from_ric(mirrored))
+        )
+    return result
+
+
+def _ordered_map(fn: Callable[[Take], TakeResult], items: Iterable[Take], workers: int) -> Iterator[TakeResult]:
+    """fn over items in order; with workers > 1 in spawned processes, at most 4 tasks per worker in flight."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+    try:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --- splits and statistics ----------------------------------------------------------------------------------------
+
+
+def assign_splits(takes: list[Take], seed: int) -> dict[str, str]:
+    """Split name per take key: stratified (violent takes by rule, others by source), 80/10/10 by seeded hash."""
+    strata: dict[str, list[Take]] = {}
+    for take in takes:
+        stratum = "+".join(label for label in take.labels if label.startswith("violence")) or take.source
+        strata.setdefault(stratum, []).append(take)
+    splits = {}
+    for members in strata.values():
+        members = sorted(members, key=lambda t: hashlib.sha256(f"{seed}:{t.key}".encode()).hexdigest())
+        n = len(members)
+        n_test, n_val = round(TEST_FRACTION * n), round(VAL_FRACTION * n)
+        if n >= 3:
+            n_test, n_val = max(n_test, 1), max(n_val, 1)
+        for i, take in enumerate(members):
+            splits[take.key] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return splits
+
+
+def _mean_std(vec_dir: Path, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dim mean and group-averaged std over the given feature files.
+
+    Same result as `normalization.compute_mean_std`, merged file by file (Chan et al.) so the full train set never
+    sits in memory at once.
+    """
+    # Imported here so the spawned workers, which import this module, do not load torch (seconds each).
+    from safemotion.motion.normalization import group_average
+
+    count, mean, m2 = 0, np.zeros(FEATURE_DIM), np.zeros(FEATURE_DIM)
+    for motion_id in ids:
+        x = np.load(vec_dir / f"{motion_id}.npy").astype(np.float64)
+        n, x_mean = len(x), x.mean(axis=0)
+        delta, total = x_mean - mean, count + len(x)
+        mean += delta * n / total
+        m2 += ((x - x_mean) ** 2).sum(axis=0) + delta**2 * count * n / total
+        count = total
+    return mean.astype(np.float32), group_average(np.sqrt(m2 / count)).astype(np.float32)
+
+
+# --- build --------------------------------------------------------------------------------------------------------
+
+
+def _write_window(root: Path, motion_id: str, window: Window, captions: tuple[str, ...]) -> None:
+    for prefix, feats, joints, texts in (
+        ("", window.features, window.joints, captions),
+        ("M", window.mirror_features, window.mirror_joints, tuple(cap.mirror_caption(c) for c in captions)),
+    ):
+        np.save(root / "new_joint_vecs" / f"{prefix}{motion_id}.npy", feats.astype(np.float32))
+        np.save(root / "new_joints" / f"{prefix}{motion_id}.npy", joints.astype(np.float32))
+        lines = dict.fromkeys(cap.caption_line(text) for text in texts)
+        (root / "texts" / f"{prefix}{motion_id}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _prepare_output(out: Path) -> Path:
+    """Check that `out` may be (re)placed and create the temporary build folder next to it."""
+    if out.exists() and not (out / "stats.json").is_file():
+        raise FileExistsError(f"{out} exists and is not a SafeMotion dataset (no stats.json); choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
+    for sub in ("new_joints", "new_joint_vecs", "texts", ".scratch"):
+        (tmp / sub).mkdir()
+    return tmp
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished build into place, replacing an older build."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+
+
+def build_dataset(
+    out: Path,
+    shared_data: Path | None = None,
+    bvh_dir: Path | None = None,
+    captions_csv: Path | None = None,
+    seed: int = 0,
+    workers: int = 2,
+    include: set[str] | None = None,
+) -> DatasetStats:
+    """Build a HumanML3D-layout dataset in `out` from shared/data sources and/or a user BVH library + captions CSV."""
+    out = Path(out)
+    shared_data = None if shared_data is None else Path(shared_data)
+    bvh_dir = None if bvh_dir is None else Path(bvh_dir)
+    captions_csv = None if captions_csv is None else Path(captions_csv)
+    if bvh_dir is not None and not bvh_dir.is_dir():
+        raise NotADirectoryError(f"{bvh_dir}: BVH library folder not found")
+    if shared_data is not None and not shared_data.is_dir():
+        raise NotADirectoryError(f"{shared_data}: shared data folder not found")
+    skipped: dict[str, str] = {}
+    takes = _discover(shared_data, bvh_dir, captions_csv, include, seed, skipped)
+    tmp = _prepare_output(out)
+    started = time.monotonic()
+    try:
+        stats = _build_into(tmp, takes, seed, workers, skipped, started)
+        shutil.rmtree(tmp / ".scratch")
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"dataset written to {out} in {time.monotonic() - started:.0f} s", flush=True)
+    print(stats.summary(), flush=True)
+    return stats
+
+
+def _with_violence_labels(take: Take) -> Take:
+    """The take labelled "violence" / "violence:paper" when a caption line matches the word_boundary / paper rule."""
+    labels = take.labels
+    if any(matches_concept(text) for text in take.captions):
+        labels += ("violence",)
+    if any(matches_concept(cap.caption_line(text), rule="paper") for text in take.captions):
+        labels += ("violence:paper",)
+    return replace(take, labels=labels)
+
+
+@dataclass
+class _Collector:
+    """Writes the windows of finished takes into the build folder and tallies what was written."""
+
+    root: Path
+    skipped: dict[str, str]
+    kept: list[Take] = field(default_factory=list)
+    take_ids: dict[str, list[str]] = field(default_factory=dict)
+    index_rows: list[tuple[str, str, str, int, int]] = field(default_factory=list)
+    next_number: Counter[str] = field(default_factory=Counter)
+    per_source: Counter[str] = field(default_factory=Counter)
+    per_label: Counter[str] = field(default_factory=Counter)
+    frames: int = 0
+
+    def add(self, result: TakeResult) -> None:
+        """Write a take's windows (and mirrors) under new ids, or record why it was skipped."""
+        take = result.take
+        if result.skipped or not result.windows:
+            self.skipped[take.key] = result.skipped or "no window of at least 2 s"
+            log.warning("skipping %s: %s", take.key, self.skipped[take.key])
+            return
+        self.kept.append(take)
+        letter = SOURCE_LETTERS[take.source]
+        ids = self.take_ids.setdefault(take.key, [])
+        for window in result.windows:
+            motion_id = f"{letter}{self.next_number[letter]:06d}"
+            self.next_number[letter] += 1
+            ids.append(motion_id)
+            _write_window(self.root, motion_id, window, take.captions)
+            self.index_rows.append((motion_id, take.source, take.name, window.start, window.end))
+            self.frames += window.end - window.start
+        self.per_source[take.source] += len(result.windows)
+        for label in take.labels:
+            self.per_label[label] += len(result.windows)
+
+
+def _build_into(
+    root: Path, takes: Iterable[Take], seed: int, workers: int, skipped: dict[str, str], started: float
+) -> DatasetStats:
+    """Process all takes into `root` and write splits, Mean/Std, the index and the stats."""
+    collector = _Collector(root, skipped)
+    worker = partial(process_take, scratch=root / ".scratch")
+    with closing(_ordered_map(worker, map(_with_violence_labels, takes), workers)) as results:
+        for done, result in enumerate(results, start=1):
+            collector.add(result)
+            if done % 250 == 0:
+                print(f"  {done} takes processed ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+    if not collector.kept:
+        raise ValueError("no take produced a window of at least 2 s; nothing to write")
+
+    take_split = assign_splits(collector.kept, seed)
+    split_ids: dict[str, list[str]] = {name: [] for name in SPLITS}
+    for take in collector.kept:
+        for motion_id in collector.take_ids[take.key]:
+            split_ids[take_split[take.key]] += [motion_id, f"M{motion_id}"]
+    split_ids["train_val"] = split_ids["train"] + split_ids["val"]
+    split_ids["all"] = split_ids["train"] + split_ids["val"] + split_ids["test"]
+    for name, ids in split_ids.items():
+        (root / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+
+    mean, std = _mean_std(root / "new_joint_vecs", split_ids["train"])
+    np.save(root / "Mean.npy", mean)
+    np.save(root / "Std.npy", std)
+    with open(root / "index.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "source", "take", "start_frame", "end_frame"])
+        writer.writerows(collector.index_rows)
+
+    windows = len(collector.index_rows)
+    stats = DatasetStats(
+        clips=len(collector.kept),
+        windows=windows,
+        frames=collector.frames,
+        hours=round(collector.frames / FPS / 3600, 4),
+        ids=2 * windows,
+        per_source=dict(sorted(collector.per_source.items())),
+        per_label=dict(sorted(collector.per_label.items())),
+        per_split={name: len(split_ids[name]) for name in (*SPLITS, "train_val")},
+        per_split_takes=dict(sorted(Counter(take_split.values()).items())),
+        skipped=dict(sorted(skipped.items())),
+        seed=seed,
+    )
+    (root / "stats.json").write_text(stats.to_json() + "\n", encoding="utf-8")
+    return stats
