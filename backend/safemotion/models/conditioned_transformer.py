@@ -2,6 +2,14 @@
 
 Sequence layout, sequence-first as in momask-codes: [prefix tokens (text condition, ...), motion tokens + PE].
 The backbone sees (S, B, latent_dim) and a key padding mask (B, S) with True = padding.
+
+Backbones (TransformerConfig.backbone):
+
+* "transformer" — MoMask's `nn.TransformerEncoder` (post-LN); the official checkpoints' state-dict keys.
+* "mamba", "serpent" — `SSMEncoder`: pre-norm residual blocks of a bidirectional Mamba or SeRpEnt mixer plus an MLP,
+  then a final LayerNorm. SeRpEnt also receives a keep mask: the prefix tokens and every position the caller flags
+  (the masked transformer flags its [MASK] inputs) own a compressed slot in every resampling branch and read their
+  own slot back, so they are never merged with neighbours.
 """
 
 from __future__ import annotations
@@ -12,17 +20,93 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from safemotion.models.config import TransformerConfig
+from safemotion.models.config import BACKBONES, TransformerConfig
+from safemotion.models.ssm import Mamba, MambaConfig, SeRpEnt, SeRpEntConfig
 
 PE_MAX_LEN = 5000  # rows of the sinusoidal table; part of the released state dicts
 
 
 def build_backbone(cfg: TransformerConfig) -> nn.Module:
-    """The encoder stack named by cfg.backbone: forward(x (S, B, D), src_key_padding_mask (B, S)) → (S, B, D)."""
-    if cfg.backbone != "transformer":
-        raise ValueError(f"unknown backbone {cfg.backbone!r}; known: 'transformer'")
-    layer = nn.TransformerEncoderLayer(cfg.latent_dim, cfg.num_heads, cfg.ff_size, cfg.dropout, activation="gelu")
-    return nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+    """The encoder stack named by cfg.backbone: forward(x (S, B, D), src_key_padding_mask (B, S)) → (S, B, D).
+
+    SSMEncoder.forward also takes keep_mask (B, S).
+    """
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(
+            f"unknown backbone {cfg.backbone!r}; choose one of {list(BACKBONES)} (TransformerConfig.backbone)"
+        )
+    if cfg.backbone == "transformer":
+        layer = nn.TransformerEncoderLayer(cfg.latent_dim, cfg.num_heads, cfg.ff_size, cfg.dropout, activation="gelu")
+        return nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+    return SSMEncoder(cfg)
+
+
+class SSMBlock(nn.Module):
+    """x + Dropout(mixer(LN(x))), then x + Dropout(MLP(LN(x))); the mixer is a bidirectional Mamba or SeRpEnt."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        d = cfg.latent_dim
+        self.norm1 = nn.LayerNorm(d)
+        if cfg.backbone == "mamba":
+            self.mixer: nn.Module = Mamba(MambaConfig(d_model=d, bidirectional=True))
+        else:
+            self.mixer = SeRpEnt(SeRpEntConfig(d_model=d, bidirectional=True))
+        self.norm2 = nn.LayerNorm(d)
+        self.linear1 = nn.Linear(d, cfg.ff_size)
+        self.linear2 = nn.Linear(cfg.ff_size, d)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, padding_mask: Tensor, keep_mask: Tensor | None) -> Tensor:
+        """x (B, S, D), padding_mask (B, S) True = pad, keep_mask (B, S) True = never merge (SeRpEnt only)."""
+        h = self.norm1(x)
+        if isinstance(self.mixer, SeRpEnt):
+            # SeRpEnt returns its input plus the mixed branches; here the block's residual stream is the skip.
+            mixed = self.mixer(h, padding_mask, keep_mask) - h
+        else:
+            mixed = self.mixer(h, padding_mask)
+        x = x + self.dropout(mixed)
+        return x + self.dropout(self.linear2(self.dropout(F.gelu(self.linear1(self.norm2(x))))))
+
+
+class SSMEncoder(nn.Module):
+    """cfg.num_layers SSMBlocks and a final LayerNorm over a sequence-first input (S, B, D) → (S, B, D)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.config = cfg
+        self.layers = nn.ModuleList(SSMBlock(cfg) for _ in range(cfg.num_layers))
+        self.norm = nn.LayerNorm(cfg.latent_dim)
+        self.register_load_state_dict_post_hook(_rebuild_meta_buffers)
+
+    def forward(self, x: Tensor, src_key_padding_mask: Tensor, keep_mask: Tensor | None = None) -> Tensor:
+        """src_key_padding_mask (B, S) True = pad; keep_mask (B, S) True = own a SeRpEnt slot (ignored by Mamba)."""
+        h = x.transpose(0, 1)
+        for layer in self.layers:
+            h = layer(h, src_key_padding_mask, keep_mask)
+        return self.norm(h).transpose(0, 1)
+
+
+def _rebuild_meta_buffers(encoder: SSMEncoder, _incompatible_keys) -> None:
+    """Refill non-persistent buffers (SeRpEnt's RBF centres) left on the meta device after load_state_dict(assign=True).
+
+    Model directories are loaded into modules built on the meta device; the state dict fills parameters and persistent
+    buffers only. The missing values depend on the mixer's config alone, so they are copied from a mixer built on the
+    CPU (without touching the global random state).
+    """
+    fresh: dict[str, Tensor] | None = None
+    for layer in encoder.layers:
+        mixer = layer.mixer
+        missing = [name for name, buffer in mixer.named_buffers() if buffer.is_meta]
+        if not missing:
+            continue
+        if fresh is None:
+            with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+                fresh = dict(type(mixer)(mixer.config).named_buffers())
+        device = next(mixer.parameters()).device
+        for name in missing:
+            owner, _, attr = name.rpartition(".")
+            setattr(mixer.get_submodule(owner), attr, fresh[name].to(device))
 
 
 class InputProcess(nn.Module):
@@ -97,10 +181,17 @@ def classification_result(logits: Tensor, labels: Tensor, ignore_index: int) -> 
 
 
 class TextConditionedTransformer(nn.Module):
-    """Input projection + PE, text-condition token, backbone, output head; subclasses add token embeddings."""
+    """Input projection + PE, text-condition token, backbone, output head; subclasses add token embeddings.
+
+    `backbones` lists the TransformerConfig.backbone values a subclass supports.
+    """
+
+    backbones: tuple[str, ...] = ("transformer",)
 
     def __init__(self, cfg: TransformerConfig, out_dim: int):
         super().__init__()
+        if cfg.backbone in BACKBONES and cfg.backbone not in self.backbones:
+            raise ValueError(f"{type(self).__name__} supports backbone {list(self.backbones)}, not {cfg.backbone!r}")
         self.config = cfg
         self.cond_drop_prob = cfg.cond_drop_prob
         self.input_process = InputProcess(cfg.code_dim, cfg.latent_dim)
@@ -118,19 +209,30 @@ class TextConditionedTransformer(nn.Module):
             return cond * keep
         return cond
 
+    def init_parameters(self) -> None:
+        """MoMask init (`init_weights`) everywhere except inside SSM mixers, which keep their own (Δ bias, A, D)."""
+        mixers = {id(sub) for block in self.modules() if isinstance(block, SSMBlock) for sub in block.mixer.modules()}
+        self.apply(lambda module: None if id(module) in mixers else init_weights(module))
+
     def run(self, x: Tensor, cond: Tensor, extra_prefix: list[Tensor], padding_mask: Tensor,
-            force_mask: bool = False) -> Tensor:
+            force_mask: bool = False, keep_mask: Tensor | None = None) -> Tensor:
         """x (B, n, code_dim), cond (B, text_dim), extra prefix tokens (B, latent) each → head output (B, out, n).
 
-        The condition and prefix tokens come first and get no positional encoding.
+        The condition and prefix tokens come first and get no positional encoding. keep_mask (B, n): motion
+        positions an SSM backbone must never merge away (the prefix is always kept); the transformer ignores it.
         """
         cond = self.cond_emb(self.mask_cond(cond, force_mask))
         motion = self.position_enc(self.input_process(x))
         prefix = torch.stack([cond, *extra_prefix])
         seq = torch.cat([prefix, motion], dim=0)
         mask = F.pad(padding_mask, (prefix.shape[0], 0), value=False)
-        out = self.seqTransEncoder(seq, src_key_padding_mask=mask)[prefix.shape[0]:]
-        return self.output_process(out)
+        if isinstance(self.seqTransEncoder, SSMEncoder):
+            keep = torch.zeros_like(padding_mask) if keep_mask is None else keep_mask
+            keep = F.pad(keep, (prefix.shape[0], 0), value=True)
+            out = self.seqTransEncoder(seq, src_key_padding_mask=mask, keep_mask=keep)
+        else:
+            out = self.seqTransEncoder(seq, src_key_padding_mask=mask)
+        return self.output_process(out[prefix.shape[0]:])
 
 
 def with_unconditional(cond: Tensor) -> Tensor:

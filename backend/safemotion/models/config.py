@@ -13,6 +13,10 @@ from typing import Any
 FORMAT_VERSION = 1
 TEXT_ENCODER_DIMS: dict[str, int] = {"clip": 512, "minilm": 384}
 VQ_ACTIVATIONS = ("relu", "silu", "gelu")
+# Sequence mixers of the masked transformer: MoMask's post-LN transformer encoder, or pre-norm stacks of
+# bidirectional Mamba / SeRpEnt mixers (conditioned_transformer.SSMEncoder). The residual transformer is
+# transformer-only.
+BACKBONES = ("transformer", "mamba", "serpent")
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,10 @@ class VQConfig:
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """Text-conditioned token transformer (masked base layer or residual layers)."""
+    """Text-conditioned token transformer (masked base layer or residual layers).
+
+    `backbone` is one of BACKBONES; num_heads is used by the "transformer" backbone only.
+    """
 
     latent_dim: int = 384
     ff_size: int = 1024
@@ -78,6 +85,9 @@ class ModelConfig:
     unit_length: int = 4
     max_motion_length: int = 196
     version: int = FORMAT_VERSION
+    # Sections written by `safemotion unlearn` (see safemotion.unlearn.record); None for a plain model.
+    unlearning: dict[str, Any] | None = None
+    safety: dict[str, Any] | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent setting."""
@@ -89,6 +99,9 @@ class ModelConfig:
             raise ValueError(
                 f"text_encoder {self.text_encoder!r} is unknown; choose one of {sorted(TEXT_ENCODER_DIMS)}"
             )
+        for name in ("unlearning", "safety"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise ValueError(f"'{name}' must be an object or null, found {type(getattr(self, name)).__name__}")
         text_dim = TEXT_ENCODER_DIMS[self.text_encoder]
         vq = self.vq
         if vq.activation not in VQ_ACTIVATIONS:
@@ -106,7 +119,10 @@ class ModelConfig:
             for key, value in expected.items():
                 if getattr(tcfg, key) != value:
                     raise ValueError(f"{name}.{key} is {getattr(tcfg, key)} but must be {value} to match the model")
-            if tcfg.latent_dim % tcfg.num_heads:
+            allowed = BACKBONES if name == "mask_transformer" else ("transformer",)
+            if tcfg.backbone not in allowed:
+                raise ValueError(f"{name}.backbone {tcfg.backbone!r} is not supported; choose one of {list(allowed)}")
+            if tcfg.backbone == "transformer" and tcfg.latent_dim % tcfg.num_heads:
                 raise ValueError(f"{name}.latent_dim {tcfg.latent_dim} is not divisible by num_heads {tcfg.num_heads}")
         if self.length_estimator is not None and self.length_estimator.text_dim != text_dim:
             raise ValueError(

@@ -1,6 +1,9 @@
 """Masked transformer for the base code layer (MoMask §4): predicts masked token ids from text and context.
 
 Token ids: codes 0..num_tokens-1, mask_id = num_tokens, pad_id = num_tokens + 1; logits cover codes only.
+Backbone: any of config.BACKBONES. With "serpent", every position whose input id is mask_id is passed as a keep
+position, so SeRpEnt never merges a [MASK] token with its neighbours (BERT-corrupted training inputs that show a
+random or the true id look like context tokens and may be merged, as at inference).
 """
 
 from __future__ import annotations
@@ -13,26 +16,27 @@ from safemotion.models.conditioned_transformer import (
     classification_result,
     cosine_schedule,
     guide,
-    init_weights,
     lengths_to_mask,
     with_unconditional,
 )
-from safemotion.models.config import TransformerConfig
+from safemotion.models.config import BACKBONES, TransformerConfig
 
 
 class MaskTransformer(TextConditionedTransformer):
     """Bidirectional transformer over base-layer ids with a prepended text-condition token."""
+
+    backbones = BACKBONES
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__(cfg, out_dim=cfg.num_tokens)
         self.mask_id = cfg.num_tokens
         self.pad_id = cfg.num_tokens + 1
         self.token_emb = nn.Embedding(cfg.num_tokens + 2, cfg.code_dim)
-        self.apply(init_weights)
+        self.init_parameters()
 
     def trans_forward(self, ids: Tensor, cond: Tensor, padding_mask: Tensor, force_mask: bool = False) -> Tensor:
         """ids (B, n), cond (B, text_dim), padding_mask (B, n) True = pad → logits (B, num_tokens, n)."""
-        return self.run(self.token_emb(ids), cond, [], padding_mask, force_mask)
+        return self.run(self.token_emb(ids), cond, [], padding_mask, force_mask, keep_mask=ids == self.mask_id)
 
     def forward_with_cond_scale(self, ids: Tensor, cond: Tensor, padding_mask: Tensor, cond_scale: float = 3.0,
                                 force_mask: bool = False) -> Tensor:
