@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from safemotion.unlearn.commands import add_unlearn_commands
+
 
 def _data_build(args: argparse.Namespace) -> int:
     from safemotion.data.dataset_builder import build_dataset
@@ -20,7 +22,7 @@ def _data_build(args: argparse.Namespace) -> int:
         workers=args.workers,
         include=set(args.include) if args.include else None,
     )
-    print(json.dumps(stats.to_json(), indent=2))
+    print(stats.to_json())
     return 0
 
 
@@ -67,6 +69,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.stage == "evaluator":
+        return _train_evaluator(args)
     from safemotion.models.config import ModelConfig
     from safemotion.train import TrainOptions, preset, run_stage, with_text_encoder
 
@@ -103,6 +107,90 @@ def _train(args: argparse.Namespace) -> int:
     tail = result.losses[-100:]
     print(json.dumps({"stage": args.stage, "iterations": result.iterations, "model_dir": str(args.out),
                       "mean_loss_last_100": sum(tail) / len(tail) if tail else None, **result.metrics}, indent=2))
+    return 0
+
+
+def _train_evaluator(args: argparse.Namespace) -> int:
+    from safemotion.eval.train_evaluator import EvaluatorTraining, train_evaluator
+    from safemotion.generate import pick_device
+
+    defaults = EvaluatorTraining()
+    milestones = defaults.milestones
+    if args.milestones is not None:
+        try:
+            milestones = tuple(int(m) for m in args.milestones.split(",") if m.strip())
+        except ValueError:
+            raise ValueError(f"--milestones {args.milestones!r}: expected comma-separated iteration numbers") from None
+    given = {"iters": args.iters, "batch_size": args.batch_size, "lr": args.lr, "warmup_iters": args.warmup_iters,
+             "gamma": args.gamma, "eval_every": args.eval_every}
+    training = EvaluatorTraining(**{**defaults.__dict__, **{k: v for k, v in given.items() if v is not None},
+                                    "milestones": milestones, "seed": args.seed, "train_split": args.split,
+                                    "max_minutes": args.minutes if args.minutes > 0 else None})
+    record = train_evaluator(args.data, args.out, training, work=args.work, resume=args.resume,
+                             device=pick_device(args.device), progress=not args.no_progress)
+    print(json.dumps({"evaluator": str(args.out), "iterations": record["iterations"], "best": record["best"],
+                      "test": record["test"]}, indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from safemotion.eval.benchmark import (
+        DEFAULT_EVALUATOR,
+        BenchmarkSettings,
+        parse_model_specs,
+        quick_settings,
+        run_benchmark,
+    )
+    from safemotion.eval.report import write_report
+
+    specs = parse_model_specs(args.models, args.models_root)
+    settings = BenchmarkSettings(sets=tuple(s.strip() for s in args.sets.split(",") if s.strip()),
+                                 repeats=args.repeats, concept=args.concept, rule=args.rule, split=args.split,
+                                 seed=args.seed, device=args.device, prompt_variations=args.prompt_variations)
+    if args.quick:
+        settings = quick_settings(settings)
+    result = run_benchmark(specs, args.data, args.evaluator or DEFAULT_EVALUATOR, settings, args.clip_weights,
+                           args.clip_vocab)
+    out = write_report(result, args.out)
+    print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from safemotion.serve.server import run_server
+
+    return run_server(_server_settings(args))
+
+
+def _server_settings(args: argparse.Namespace):
+    from safemotion.serve.settings import ServerSettings
+
+    options = {key: getattr(args, key) for key in (
+        "host", "port", "model", "device", "max_batch", "batch_window_ms", "max_queue", "request_timeout",
+        "forbid_allow", "threads", "log_level") if hasattr(args, key)}
+    if "request_timeout" in options:
+        options["request_timeout_s"] = options.pop("request_timeout")
+    return ServerSettings(db_url=args.db, data_dir=args.data_dir, **options)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from safemotion.serve.auth import create_key
+    from safemotion.serve.store import Store
+
+    store = Store(_server_settings(args).database_url())
+    try:
+        if args.keys_command == "add":
+            key, record = create_key(store, args.name, args.role)
+            print(f"created {record.role} key {record.name!r}; it is shown only once:\n{key}")
+        elif args.keys_command == "revoke":
+            if not store.revoke_key(args.name):
+                raise ValueError(f"no active API key named {args.name!r} (see `safemotion keys list`)")
+            print(f"revoked {args.name!r}")
+        else:
+            print(json.dumps([{"name": k.name, "role": k.role, "prefix": k.prefix, "created_at": k.created_at,
+                               "revoked": k.revoked_at is not None} for k in store.list_keys()], indent=2))
+    finally:
+        store.close()
     return 0
 
 
@@ -154,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--clip-vocab", type=Path, help="CLIP BPE merges file")
     generate.set_defaults(func=_generate)
 
-    train = commands.add_parser("train", help="train one stage (vq, mask, residual, length) into a model directory")
-    train.add_argument("stage", choices=("vq", "mask", "residual", "length"))
+    train = commands.add_parser("train", help="train one stage (vq, mask, residual, length) into a model directory, "
+                                "or a text-motion evaluator (evaluator) into an evaluator folder")
+    train.add_argument("stage", choices=("vq", "mask", "residual", "length", "evaluator"))
     train.add_argument("--data", type=Path, required=True, help="HumanML3D-layout dataset folder")
     train.add_argument("--out", type=Path, required=True, help="model directory ('vq' creates it)")
     train.add_argument("--work", type=Path, help="checkpoints and caches (default: <out>.training)")
@@ -166,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iters", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
-    train.add_argument("--warmup-iters", type=int)
+    train.add_argument("--warmup-iters", type=int, help="linear warm-up (default: 2000, at most iters/10)")
     train.add_argument("--milestones", help="comma-separated iterations where lr is multiplied by --gamma")
     train.add_argument("--gamma", type=float)
     train.add_argument("--window-size", type=int, default=64, help="VQ training window in frames")
@@ -177,7 +266,69 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--clip-weights", type=Path)
     train.add_argument("--clip-vocab", type=Path)
+    train.add_argument("--minutes", type=float, default=20.0,
+                       help="evaluator: time budget in minutes, 0 for none (resume with --resume)")
+    train.add_argument("--eval-every", type=int,
+                       help="evaluator: validate, keep the best weights and checkpoint every N iterations (250)")
     train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser("eval", help="forget/retain unlearning benchmark of several models, with a report")
+    evaluate.add_argument("--models", required=True,
+                          help="comma-separated rows: name=MODEL_DIR, or names of folders in --models-root "
+                          "(the paper's rows: original,retrain,finetune,uce,rece,lcr)")
+    evaluate.add_argument("--models-root", type=Path, help="folder holding one model directory per row name")
+    evaluate.add_argument("--data", type=Path, required=True, help="HumanML3D-layout dataset with kw_splits")
+    evaluate.add_argument("--evaluator", type=Path, default=None,
+                          help="evaluator folder (default: the bundled safemotion-eval-v1)")
+    evaluate.add_argument("--sets", default="forget,retain", help="forget, retain or both")
+    evaluate.add_argument("--repeats", type=int, default=20)
+    evaluate.add_argument("--concept", default="violence")
+    evaluate.add_argument("--rule", choices=("paper", "word_boundary"), default="word_boundary",
+                          help="split rule (kw_splits/<rule>) and MM-Safe masking rule; 'paper' reproduces the paper")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--prompt-variations", type=int, default=3,
+                          help="generations per prompt for the flag rates (0 skips them)")
+    evaluate.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, ≤ 32 samples per set")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda, auto, ...")
+    evaluate.add_argument("--clip-weights", type=Path, help="CLIP weights for models using the clip encoder")
+    evaluate.add_argument("--clip-vocab", type=Path, help="CLIP BPE merges file")
+    evaluate.add_argument("--out", type=Path, required=True, help="report folder, e.g. reports/NAME")
+    evaluate.set_defaults(func=_eval)
+
+    add_unlearn_commands(commands)
+
+    serve = commands.add_parser("serve", help="run the HTTP API server (FastAPI + uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind; other than loopback, API keys must be configured (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--model", default="safemotion-mini-lcr",
+                       help="model directory, or the name of one bundled in safemotion/assets/models")
+    serve.add_argument("--device", default="auto", help="auto (cuda, mps, else cpu), cpu, cuda, cuda:1, mps")
+    serve.add_argument("--db", help="SQLAlchemy database URL (default: SQLite in the data folder)")
+    serve.add_argument("--data-dir", type=Path, help="data folder (default: $SAFEMOTION_DATA_DIR or the "
+                       "platform's user data folder)")
+    serve.add_argument("--max-batch", type=int, default=16, help="motions per model batch; 1 disables micro-batching")
+    serve.add_argument("--batch-window-ms", type=float, default=10.0, help="wait for more requests to fill a batch")
+    serve.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
+    serve.add_argument("--request-timeout", type=float, default=120.0, help="deadline of each request, seconds")
+    serve.add_argument("--forbid-allow", action="store_true", help="refuse the 'allow' policy for everyone")
+    serve.add_argument("--threads", type=int, help="torch threads of the model worker")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.set_defaults(func=_serve)
+
+    keys = commands.add_parser("keys", help="manage the server's API keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_add = keys_commands.add_parser("add", help="create a key and print it (once)")
+    keys_add.add_argument("--role", required=True, choices=("artist", "safety-admin"))
+    keys_add.add_argument("--name", required=True, help="who holds the key (shown in the audit log)")
+    keys_revoke = keys_commands.add_parser("revoke", help="revoke a key by name")
+    keys_revoke.add_argument("name")
+    keys_list = keys_commands.add_parser("list", help="list keys (names, roles, prefixes; never the keys)")
+    for sub in (keys_add, keys_revoke, keys_list):
+        sub.add_argument("--db", help="SQLAlchemy database URL (default: SQLite in the data folder)")
+        sub.add_argument("--data-dir", type=Path, help="the server's data folder")
+        sub.set_defaults(func=_keys)
     return parser
 
 

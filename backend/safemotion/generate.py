@@ -1,0 +1,310 @@
+"""Text-to-motion generation: prompts → token lengths → base and residual token ids → features → joints → SMPL pose.
+
+    generator = Generator.from_dir("path/to/model_dir")
+    motions = generator.generate([GenerationRequest("a person walks forward", seconds=4, seed=1, variations=3)])
+    save_npz(motions[0], "walk.npz"); save_bvh(motions[0], "walk.bvh")
+
+Reproducibility: variation k of a request with seed s is generated from seed s + k alone (its own torch.Generator),
+so it equals variation 0 of the same prompt with seed s + k, whatever else is in the batch. Samples are batched in
+order of token length; every motion is decoded by the VQ decoder without padding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from safemotion.data.bvh import Bvh, write_bvh
+from safemotion.decoding import SamplingConfig, decode_base, decode_residual, sample_token_lengths
+from safemotion.models.model_dir import MotionModels, load_model_dir
+from safemotion.models.text_encoders import TextEncoder, load_text_encoder
+from safemotion.motion import rotations as rot
+from safemotion.motion import skeleton
+from safemotion.motion.features import recover_from_ric
+from safemotion.motion.normalization import Normalizer
+from safemotion.motion.smpl import SmplMotion, joints_to_smpl
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "models" / "safemotion-mini"
+MAX_PROMPT_CHARS = 300
+SECONDS_RANGE = (0.5, 9.8)
+VARIATIONS_RANGE = (1, 16)
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt; `seconds` None lets the length estimator choose; `variations` motions from seeds seed..seed+k-1."""
+
+    prompt: str
+    seconds: float | None = None
+    seed: int = 0
+    variations: int = 1
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid field and its allowed range."""
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError("prompt is empty; describe the motion in 1-300 characters")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt has {len(self.prompt)} characters; allowed range is 1-{MAX_PROMPT_CHARS}")
+        if self.seconds is not None:
+            low, high = SECONDS_RANGE
+            if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds)
+                    and low <= self.seconds <= high):
+                raise ValueError(f"seconds is {self.seconds}; allowed range is {low}-{high} (or None to estimate)")
+        low, high = VARIATIONS_RANGE
+        if isinstance(self.variations, bool) or not isinstance(self.variations, int) or not low <= self.variations <= high:
+            raise ValueError(f"variations is {self.variations}; allowed range is {low}-{high}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63 - high:
+            raise ValueError(f"seed is {self.seed}; allowed range is 0-{2**63 - high - 1}")
+
+
+@dataclass
+class GeneratedMotion:
+    """One generated motion with the tokens that produced it."""
+
+    prompt: str
+    seed: int  # the seed that regenerates exactly this motion as variation 0
+    variation: int  # index within its request
+    fps: float
+    tokens: np.ndarray  # (n, num_quantizers) int64 code ids; -1 = skipped residual code
+    features: np.ndarray  # (4n, 263) float32 HumanML3D features, not normalised
+    joints: np.ndarray  # (4n, 22, 3) float32 joint positions in metres, Y-up
+    smpl: SmplMotion | None  # SMPL pose fitted to the joints (None when generated with smpl=False)
+    length_from: str  # "request" or "estimator"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    @property
+    def base_tokens(self) -> np.ndarray:
+        """Base-layer code ids (n,), the ones the masked transformer chose."""
+        return self.tokens[:, 0]
+
+    @property
+    def num_frames(self) -> int:
+        """Number of frames T."""
+        return self.joints.shape[0]
+
+    @property
+    def seconds(self) -> float:
+        """Duration in seconds."""
+        return self.num_frames / self.fps
+
+
+def seconds_to_tokens(seconds: float, fps: float, unit_length: int, max_tokens: int) -> int:
+    """Token count for a duration: frames floored to a multiple of unit_length, clamped to [1, max_tokens]."""
+    frames = math.floor(seconds * fps + 1e-6)
+    return min(max(frames // unit_length, 1), max_tokens)
+
+
+def pick_device(device: str) -> torch.device:
+    """'auto' → CUDA when available, else CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Generator:
+    """Text-to-motion generation with a loaded model directory."""
+
+    def __init__(self, models: MotionModels, text_encoder: TextEncoder | None, sampling: SamplingConfig | None = None,
+                 device: str | torch.device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE):
+        """`text_encoder` may be None when only precomputed features are used (generate_from_features)."""
+        self.device = pick_device(device) if isinstance(device, str) else device
+        self.models = models.to(self.device).eval()
+        self.text_encoder = text_encoder
+        self.sampling = sampling or SamplingConfig()
+        self.sampling.validate()
+        self.batch_size = batch_size
+        self.normalizer = Normalizer(models.mean, models.std)
+        config = models.config
+        self.fps = float(config.fps)
+        self.unit_length = config.unit_length
+        self.max_tokens = config.max_motion_length // config.unit_length
+        if text_encoder is not None and text_encoder.dim != config.mask_transformer.text_dim:
+            raise ValueError(f"text encoder {text_encoder.name!r} gives {text_encoder.dim}-d features but the model "
+                             f"expects {config.mask_transformer.text_dim}-d ({config.text_encoder!r})")
+
+    @classmethod
+    def from_dir(cls, path: str | Path = DEFAULT_MODEL_DIR, device: str = "cpu", sampling: SamplingConfig | None = None,
+                 clip_weights: Path | None = None, clip_vocab: Path | None = None) -> Generator:
+        """Load a model directory and its text encoder (CLIP models need the user's weights and merges files)."""
+        path = Path(path)
+        if not path.exists():
+            hint = ("the embedded model has not been trained into this installation yet; "
+                    if path == DEFAULT_MODEL_DIR else "")
+            raise FileNotFoundError(f"{path}: model directory not found; {hint}pass --model with a model directory "
+                                    "(from `safemotion train` or `safemotion import-momask`)")
+        resolved = pick_device(device)
+        models = load_model_dir(path, device=resolved)
+        encoder = load_text_encoder(models.config.text_encoder, resolved, clip_weights, clip_vocab)
+        return cls(models, encoder, sampling, resolved)
+
+    def encode_prompts(self, prompts: list[str]) -> Tensor:
+        """Text features (B, text_dim) on the generator's device."""
+        if self.text_encoder is None:
+            raise ValueError("this Generator has no text encoder; use generate_from_features with precomputed features")
+        return self.text_encoder.encode(list(prompts)).float().to(self.device)
+
+    def generate(self, requests: list[GenerationRequest], smpl: bool = True) -> list[GeneratedMotion]:
+        """All variations of all requests, request by request; invalid requests raise ValueError before any work."""
+        if not requests:
+            raise ValueError("requests is empty; pass at least one GenerationRequest")
+        for index, request in enumerate(requests):
+            try:
+                request.validate()
+            except ValueError as err:
+                raise ValueError(f"request {index}: {err}") from None
+        unique = list(dict.fromkeys(r.prompt for r in requests))
+        features = self.encode_prompts(unique)
+        rows, seeds, lengths, prompts, variations = [], [], [], [], []
+        for request in requests:
+            tokens = None if request.seconds is None else seconds_to_tokens(
+                request.seconds, self.fps, self.unit_length, self.max_tokens)
+            for k in range(request.variations):
+                rows.append(unique.index(request.prompt))
+                seeds.append(request.seed + k)
+                lengths.append(tokens)
+                prompts.append(request.prompt)
+                variations.append(k)
+        motions = self.generate_from_features(features[rows], seeds, lengths, smpl=smpl, prompts=prompts)
+        for motion, variation in zip(motions, variations):
+            motion.variation = variation
+        return motions
+
+    def generate_from_features(self, features: Tensor, seeds: list[int], token_lengths: list[int | None],
+                               smpl: bool = True, prompts: list[str] | None = None) -> list[GeneratedMotion]:
+        """Motions for precomputed text features (N, text_dim), one seed and token length (None: estimate) each."""
+        count = features.shape[0]
+        if not len(seeds) == len(token_lengths) == count:
+            raise ValueError(f"got {count} feature rows, {len(seeds)} seeds and {len(token_lengths)} lengths")
+        features = features.float().to(self.device)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        lengths, length_from = self._token_lengths(features, generators, token_lengths)
+        order = sorted(range(count), key=lambda i: lengths[i])
+        tokens: list[np.ndarray | None] = [None] * count
+        for start in range(0, count, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            ids = self.sample_tokens(features[batch], torch.tensor([lengths[i] for i in batch]),
+                                     [generators[i] for i in batch])
+            for row, i in enumerate(batch):
+                tokens[i] = ids[row, :lengths[i]].cpu().numpy()
+        motion_features = self.decode_tokens(tokens)
+        results = []
+        for i in range(count):
+            joints = recover_from_ric(motion_features[i])
+            results.append(GeneratedMotion(
+                prompt="" if prompts is None else prompts[i], seed=seeds[i], variation=0, fps=self.fps,
+                tokens=tokens[i], features=motion_features[i], joints=joints,
+                smpl=joints_to_smpl(joints, fps=self.fps) if smpl else None,
+                length_from=length_from[i], sampling=self.sampling,
+            ))
+        return results
+
+    def _token_lengths(self, features: Tensor, generators: list[torch.Generator],
+                       requested: list[int | None]) -> tuple[list[int], list[str]]:
+        missing = [i for i, n in enumerate(requested) if n is None]
+        lengths = [min(max(int(n), 1), self.max_tokens) if n is not None else 0 for n in requested]
+        if missing:
+            estimator = self.models.length_estimator
+            if estimator is None:
+                raise ValueError("this model has no length estimator; give the length in seconds")
+            drawn = sample_token_lengths(estimator, features[missing], [generators[i] for i in missing],
+                                         self.max_tokens)
+            for i, n in zip(missing, drawn.tolist()):
+                lengths[i] = n
+        return lengths, ["request" if n is not None else "estimator" for n in requested]
+
+    def sample_tokens(self, features: Tensor, lengths: Tensor, generators: list[torch.Generator]) -> Tensor:
+        """All code layers (B, max(lengths), Q) for one batch; −1 at padding and skipped residual codes."""
+        base = decode_base(self.models.mask_transformer, features, lengths, generators, self.sampling)
+        return decode_residual(self.models.residual_transformer, base, features, lengths, generators, self.sampling)
+
+    @torch.inference_mode()
+    def decode_tokens(self, tokens: list[np.ndarray]) -> list[np.ndarray]:
+        """Un-normalised features (4n, 263) for each (n, Q) token array; equal lengths are decoded together."""
+        out: list[np.ndarray | None] = [None] * len(tokens)
+        by_length: dict[int, list[int]] = {}
+        for i, ids in enumerate(tokens):
+            by_length.setdefault(len(ids), []).append(i)
+        for group in by_length.values():
+            for start in range(0, len(group), self.batch_size):
+                chunk = group[start:start + self.batch_size]
+                ids = torch.from_numpy(np.stack([tokens[i] for i in chunk])).to(self.device)
+                decoded = self.normalizer.denormalize(self.models.vq.forward_decoder(ids).float())
+                for row, i in enumerate(chunk):
+                    out[i] = decoded[row].cpu().numpy()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- writers
+
+def output_paths(path: str | Path, count: int) -> list[Path]:
+    """`count` output files: the path itself for one, else name_1.ext ... name_count.ext."""
+    path = Path(path)
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(1, count + 1)]
+
+
+def save_npz(motion: GeneratedMotion, path: str | Path) -> Path:
+    """Write joints, features, tokens, SMPL pose and metadata (JSON string) to an .npz file, atomically."""
+    path = Path(path)
+    metadata = {
+        "prompt": motion.prompt, "seed": motion.seed, "variation": motion.variation, "fps": motion.fps,
+        "frames": motion.num_frames, "length_from": motion.length_from, "sampling": vars(motion.sampling),
+        "joint_names": list(skeleton.SMPL22_NAMES), "smpl_joint_names": list(skeleton.SMPL24_NAMES),
+    }
+    arrays = {
+        "joints": motion.joints.astype(np.float32),
+        "features": motion.features.astype(np.float32),
+        "tokens": motion.tokens.astype(np.int64),
+        "base_tokens": motion.base_tokens.astype(np.int64),
+        "fps": np.float32(motion.fps),
+        "metadata": np.array(json.dumps(metadata)),
+    }
+    if motion.smpl is not None:
+        arrays.update(smpl_pose=motion.smpl.pose.astype(np.float32), smpl_transl=motion.smpl.transl.astype(np.float32),
+                      smpl_rest_joints=motion.smpl.rest_joints.astype(np.float32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def smpl_to_bvh(smpl: SmplMotion, rotation_order: str = "ZYX") -> Bvh:
+    """BVH on the 24-joint SMPL skeleton: rest offsets from smpl.rest_joints, local rotations from the pose, metres."""
+    parents = list(skeleton.SMPL24_PARENTS)
+    rest = np.asarray(smpl.rest_joints, dtype=np.float64)
+    offsets = np.zeros_like(rest)
+    offsets[1:] = rest[1:] - rest[parents[1:]]
+    angles = rot.matrix_to_euler(rot.axis_angle_to_matrix(smpl.pose.astype(np.float64)), rotation_order)
+    angles = np.unwrap(angles, period=360.0, axis=0)
+    rotation_channels = tuple(f"{axis}rotation" for axis in rotation_order)
+    channels = [("Xposition", "Yposition", "Zposition") + rotation_channels]
+    channels += [rotation_channels] * (len(parents) - 1)
+    root = rest[0] + smpl.transl
+    motion = np.concatenate([root, angles.reshape(len(angles), -1)], axis=1)
+    children = {p for p in parents if p >= 0}
+    end_sites = {j: 0.5 * offsets[j] for j in range(len(parents)) if j not in children}
+    return Bvh(names=list(skeleton.SMPL24_NAMES), parents=parents, offsets=offsets, channels=channels,
+               frame_time=1.0 / smpl.fps, motion=motion, end_sites=end_sites)
+
+
+def save_bvh(motion: GeneratedMotion, path: str | Path) -> Path:
+    """Write the motion's SMPL pose as a BVH file on the SMPL skeleton (metres, Y-up), atomically."""
+    smpl = motion.smpl if motion.smpl is not None else joints_to_smpl(motion.joints, fps=motion.fps)
+    write_bvh(smpl_to_bvh(smpl), path)
+    return Path(path)

@@ -1,0 +1,214 @@
+"""Flagging of generated motions by their hits on LCR-removed codes, and what each safety policy does with them.
+
+LCR leaves the transformers unchanged, so the base-layer ids a prompt generates are those of the original model; the
+fraction that falls in the removed set is a per-motion concept signal (hmu_unlearning.md §8, SafeMotion's design):
+
+    hit_ratio = |{t < n : ids0[t] ∈ removed}| / n ,   flagged = hit_ratio ≥ threshold
+
+Hit token t covers frames [t·u, (t+1)·u) (u = unit length); adjacent hit tokens merge into one span, end exclusive.
+
+Policies (`review` decides, the generator acts):
+- ``sanitize`` (default): return the motion decoded with the LCR codebook, with the flag.
+- ``block``: a flagged motion is refused (no motion), with the reason.
+- ``allow``: decode every motion with the ORIGINAL codebook (`original_codebook_models`), flag still reported.
+
+The threshold comes from the model's `safety` section: `calibrate_threshold` picks the τ that maximises Youden's J
+(TPR − FPR, equivalently balanced accuracy) between hit ratios of explicit concept captions and of safe captions
+(calibration.py runs it on a dataset's validation split); until then the uncalibrated default applies.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from safemotion.models.model_dir import MotionModels
+from safemotion.unlearn.record import (
+    load_original_codebooks,
+    removed_base_codes,
+    safety_settings,
+    unlearning_record,
+)
+
+POLICIES = ("sanitize", "block", "allow")
+DEFAULT_POLICY = "sanitize"
+DECISIONS = ("pass", "sanitized", "blocked", "allowed")
+
+
+@dataclass
+class SafetyRecord:
+    """The safety assessment of one motion and the policy's decision."""
+
+    concept: str
+    policy: str
+    decision: str  # pass (not flagged), sanitized, blocked, allowed
+    flagged: bool
+    hit_ratio: float
+    threshold: float
+    num_tokens: int
+    hit_tokens: list[int]
+    spans: list[tuple[int, int]]  # frames [start, end)
+    unit_length: int
+    calibrated: bool = True
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        data = dataclasses.asdict(self)
+        data["spans"] = [list(span) for span in self.spans]
+        return data
+
+
+def check_policy(policy: str) -> str:
+    """The policy name, or ValueError listing the known ones."""
+    if policy not in POLICIES:
+        raise ValueError(f"safety policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
+    return policy
+
+
+def hit_token_indices(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int]) -> np.ndarray:
+    """Indices t of valid (≥ 0) base tokens whose id is a removed code."""
+    ids = np.asarray(base_tokens, dtype=np.int64).reshape(-1)
+    return np.flatnonzero(np.isin(ids, np.fromiter(removed_codes, dtype=np.int64)) & (ids >= 0))
+
+
+def merge_spans(token_indices: Iterable[int], unit_length: int) -> list[tuple[int, int]]:
+    """Frame spans [t·u, (t+1)·u) of the given tokens, sorted, adjacent or overlapping ones merged."""
+    if unit_length < 1:
+        raise ValueError(f"unit_length must be positive, got {unit_length}")
+    spans: list[tuple[int, int]] = []
+    for t in sorted(set(int(t) for t in token_indices)):
+        start, end = t * unit_length, (t + 1) * unit_length
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        else:
+            spans.append((start, end))
+    return spans
+
+
+def assess(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int], unit_length: int, threshold: float,
+           policy: str = DEFAULT_POLICY, concept: str = "violence", calibrated: bool = True) -> SafetyRecord:
+    """Hits, ratio, flag, spans and the policy's decision for one motion's base tokens (negative ids = padding)."""
+    check_policy(policy)
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    ids = np.asarray(base_tokens, dtype=np.int64).reshape(-1)
+    num_tokens = int((ids >= 0).sum())
+    hits = hit_token_indices(ids, removed_codes)
+    ratio = len(hits) / num_tokens if num_tokens else 0.0
+    flagged = num_tokens > 0 and ratio >= threshold
+    decision, reason = _decide(policy, flagged, ratio, len(hits), num_tokens, threshold, concept)
+    return SafetyRecord(concept=concept, policy=policy, decision=decision, flagged=flagged, hit_ratio=ratio,
+                        threshold=threshold, num_tokens=num_tokens, hit_tokens=hits.tolist(),
+                        spans=merge_spans(hits, unit_length), unit_length=unit_length, calibrated=calibrated,
+                        reason=reason)
+
+
+def _decide(policy: str, flagged: bool, ratio: float, hits: int, tokens: int, threshold: float,
+            concept: str) -> tuple[str, str]:
+    share = f"{ratio:.0%} of the motion's base tokens ({hits}/{tokens}) use codes removed for '{concept}'"
+    if not flagged:
+        return "pass", f"{share}, below the {threshold:.0%} threshold"
+    if policy == "block":
+        return "blocked", f"refused: {share} (threshold {threshold:.0%})"
+    if policy == "allow":
+        return "allowed", f"flagged but allowed: {share}; decoded with the original codebook"
+    return "sanitized", f"flagged: {share}; returned with the removed codes replaced (LCR)"
+
+
+def review(models: MotionModels, base_tokens: Sequence[np.ndarray], policy: str = DEFAULT_POLICY,
+           ) -> list[SafetyRecord] | None:
+    """One SafetyRecord per motion from its base-layer ids, or None when the model has no removed base codes.
+
+    Under ``allow`` the generator decodes every motion with `original_codebook_models`; under ``block`` it drops the
+    motions whose decision is "blocked".
+    """
+    check_policy(policy)
+    removed = removed_base_codes(models.config)
+    if not removed:
+        return None
+    record = unlearning_record(models.config)
+    safety = safety_settings(models.config)
+    return [assess(tokens, removed, models.config.unit_length, safety.threshold, policy, record.concept,
+                   safety.calibrated) for tokens in base_tokens]
+
+
+def original_codebook_models(models: MotionModels, model_dir: str | Path) -> MotionModels:
+    """A copy of `models` whose VQ has the original (pre-LCR) codebooks back; transformers are shared, not copied."""
+    originals = load_original_codebooks(model_dir)
+    vq = copy.deepcopy(models.vq)
+    for layer, codebook in originals.items():
+        target = vq.quantizer.layers[layer].codebook
+        if target.shape != codebook.shape:
+            raise ValueError(f"{model_dir}: original codebook of layer {layer} is {tuple(codebook.shape)}, the model's "
+                             f"is {tuple(target.shape)}")
+        target.copy_(codebook.to(device=target.device, dtype=target.dtype))
+    return dataclasses.replace(models, vq=vq)
+
+
+@dataclass
+class ThresholdCalibration:
+    """The chosen threshold and how well it separates the two score sets."""
+
+    threshold: float
+    youden_j: float
+    balanced_accuracy: float
+    true_positive_rate: float
+    false_positive_rate: float
+    precision: float
+    auc: float
+    n_positive: int
+    n_negative: int
+    criterion: str = "youden_j"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return dataclasses.asdict(self)
+
+
+def calibrate_threshold(positive_scores: Sequence[float], negative_scores: Sequence[float]) -> ThresholdCalibration:
+    """τ > 0 maximising Youden's J = TPR − FPR for flagged = score ≥ τ (positive = concept captions).
+
+    Candidates are the distinct positive scores > 0; τ is placed midway between the best candidate and the next lower
+    distinct score (any τ in that interval classifies the calibration data identically). Ties in J pick the higher τ.
+    """
+    pos = np.asarray(positive_scores, dtype=np.float64)
+    neg = np.asarray(negative_scores, dtype=np.float64)
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError(f"calibration needs scores on both sides, got {pos.size} positive and {neg.size} negative")
+    if not (np.isfinite(pos).all() and np.isfinite(neg).all()):
+        raise ValueError("calibration scores must be finite")
+    candidates = np.unique(pos[pos > 0])
+    if candidates.size == 0:
+        raise ValueError("no positive (concept) sample has a score above 0; the removed codes never occur in them, "
+                         "so no threshold can flag them")
+    best, best_j = candidates[-1], -np.inf
+    for tau in candidates[::-1]:
+        j = (pos >= tau).mean() - (neg >= tau).mean()
+        if j > best_j:
+            best, best_j = tau, j
+    scores = np.unique(np.concatenate([pos, neg]))
+    lower = scores[scores < best]
+    threshold = float((best + lower[-1]) / 2) if lower.size else float(best / 2)
+    tpr, fpr = float((pos >= threshold).mean()), float((neg >= threshold).mean())
+    flagged = (pos >= threshold).sum() + (neg >= threshold).sum()
+    return ThresholdCalibration(
+        threshold=threshold, youden_j=tpr - fpr, balanced_accuracy=(tpr + 1 - fpr) / 2, true_positive_rate=tpr,
+        false_positive_rate=fpr, precision=float((pos >= threshold).sum() / flagged) if flagged else 0.0,
+        auc=roc_auc(pos, neg), n_positive=int(pos.size), n_negative=int(neg.size),
+    )
+
+
+def roc_auc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
+    """Area under the ROC curve = P(positive > negative) + ½ P(tie), from average ranks (Mann–Whitney U)."""
+    pos = np.asarray(positive_scores, dtype=np.float64)
+    neg = np.asarray(negative_scores, dtype=np.float64)
+    ranks = rankdata(np.concatenate([pos, neg]))
+    return float((ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))

@@ -1,0 +1,135 @@
+"""Unlearning benchmark (issue 4): wall time of LCR with and without cached code statistics, and of UCE/RECE, on a
+given model directory and dataset (with `safemotion data split` files for the concept).
+
+LCR "cold" encodes the split into an empty cache folder, "warm" reads that cache (the README's ~15 s of the paper
+most likely assumes its cached codes CSV). Each run writes a full model directory (timed). UCE/RECE times exclude
+loading the text encoder, which is timed on its own.
+
+    .venv/bin/python bench/unlearn.py --model MODEL_DIR --data DATASET --threads 2 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from safemotion.generate import pick_device
+from safemotion.models.model_dir import load_model_dir
+from safemotion.models.text_encoders import load_text_encoder
+from safemotion.unlearn.cond_edit import CondEditOptions, CondEditSettings, run_cond_edit
+from safemotion.unlearn.lcr_pipeline import LCROptions, run_lcr
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION = "## Unlearning (issue 4)"
+
+
+def bench(args: argparse.Namespace, work: Path) -> list[tuple[str, float, str]]:
+    """(step, seconds, details) rows."""
+    rows = []
+    cache = work / "cache"
+    load_model_dir(args.model)  # warm-up: the first load pays one-off import and allocation costs
+    for name in ("cold", "warm"):
+        start = time.perf_counter()
+        result = run_lcr(LCROptions(model=args.model, data=args.data, out=work / f"lcr-{name}", concept=args.concept,
+                                    rule=args.rule, k=args.k, repeats=args.repeats, cache_dir=cache,
+                                    device=args.device, progress=False))
+        seconds = time.perf_counter() - start
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
+        rows.append((f"LCR, statistics {'encoded' if not result.cache_hit else 'from cache'}", seconds,
+                     f"{parts}; {result.n_forget} forget / {result.n_retain} retain samples, "
+                     f"{sum(map(len, result.removed_codes.values()))} codes removed"))
+        print(rows[-1], flush=True)
+    if args.skip_cond:
+        return rows
+    device = pick_device(args.device)
+    start = time.perf_counter()
+    encoder = load_text_encoder(load_model_dir(args.model).config.text_encoder, device, args.clip_weights,
+                                args.clip_vocab)
+    rows.append(("text encoder load (not part of UCE/RECE)", time.perf_counter() - start, encoder.name))
+    for method in ("uce", "rece"):
+        start = time.perf_counter()
+        run_cond_edit(CondEditOptions(model=args.model, out=work / method, method=method, concept=args.concept,
+                                      settings=CondEditSettings(), device=args.device), encoder=encoder)
+        rows.append((method.upper(), time.perf_counter() - start, "encode the words, closed form, write the model"))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def machine() -> str:
+    """CPU, cores, torch build and load, as one line."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} logical cores{gpu}, Python {platform.python_version()}, torch "
+            f"{torch.__version__} ({torch.get_num_threads()} threads); load average {load}")
+
+
+def report(args: argparse.Namespace, rows: list[tuple[str, float, str]], before: str, after: str) -> str:
+    """The markdown section."""
+    lines = [SECTION, "",
+             f"`bench/unlearn.py`: model `{args.model}`, dataset `{args.data}`, concept `{args.concept}` "
+             f"(rule `{args.rule}`), k = {args.k}, {args.repeats} crops per caption, device {args.device}.", "",
+             f"- Machine at start: {before}", f"- Machine at end: {after}", "",
+             "| step | wall time (s) | details |", "|---|---|---|"]
+    lines += [f"| {step} | {seconds:.2f} | {details} |" for step, seconds, details in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) this benchmark's section of bench/RESULTS.md, atomically."""
+    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmarks\n"
+    if SECTION in old:
+        start = old.index(SECTION)
+        rest = old[start + len(SECTION):]
+        end = rest.find("\n## ")
+        new = old[:start] + text + ("" if end < 0 else rest[end + 1:])
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, prefix=".RESULTS.md.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(new)
+    os.replace(tmp, RESULTS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="original model directory")
+    parser.add_argument("--data", type=Path, required=True, help="dataset with kw_splits for the concept")
+    parser.add_argument("--concept", default="violence")
+    parser.add_argument("--rule", default="word_boundary")
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-cond", action="store_true", help="time LCR only (no text encoder needed)")
+    parser.add_argument("--clip-weights", type=Path)
+    parser.add_argument("--clip-vocab", type=Path)
+    parser.add_argument("--write", action="store_true", help=f"write the section into {RESULTS}")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    before = machine()
+    with tempfile.TemporaryDirectory(prefix="bench-unlearn-") as work:
+        rows = bench(args, Path(work))
+    text = report(args, rows, before, machine())
+    print(text)
+    if args.write:
+        write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

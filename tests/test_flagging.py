@@ -1,0 +1,138 @@
+"""Flagging: hit tokens and ratio, merged frame spans, threshold calibration on synthetic scores, the three
+policies, and swapping the original codebook back for `allow`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from safemotion.models.config import ModelConfig, TransformerConfig, VQConfig
+from safemotion.models.model_dir import build_models, load_model_dir
+from safemotion.unlearn.flagging import (
+    assess,
+    calibrate_threshold,
+    hit_token_indices,
+    merge_spans,
+    original_codebook_models,
+    review,
+    roc_auc,
+)
+from safemotion.unlearn.record import (
+    ORIGINAL_CODEBOOKS_FILE,
+    UnlearningRecord,
+    codebook_tensors,
+    save_unlearned_model,
+)
+
+REMOVED = [3, 7, 11]
+
+
+def test_hits_ratio_and_spans():
+    tokens = np.array([3, 0, 7, 7, 1, 11, -1, -1])  # two padding positions
+    assert hit_token_indices(tokens, REMOVED).tolist() == [0, 2, 3, 5]
+    record = assess(tokens, REMOVED, unit_length=4, threshold=0.5)
+    assert record.num_tokens == 6 and record.hit_ratio == pytest.approx(4 / 6)
+    assert record.flagged and record.decision == "sanitized"
+    assert record.spans == [(0, 4), (8, 16), (20, 24)]
+    assert record.to_dict()["spans"] == [[0, 4], [8, 16], [20, 24]]
+    assert "67% of the motion's base tokens (4/6)" in record.reason
+
+
+def test_spans_merge_adjacent_and_duplicate_tokens():
+    assert merge_spans([5, 4, 4, 9, 6], unit_length=2) == [(8, 14), (18, 20)]
+    assert merge_spans([], 4) == []
+    with pytest.raises(ValueError, match="unit_length"):
+        merge_spans([1], 0)
+
+
+def test_threshold_edges_and_empty_motion():
+    tokens = [3, 0, 0, 0]
+    assert assess(tokens, REMOVED, 4, threshold=0.25).flagged  # ratio equal to the threshold flags
+    assert not assess(tokens, REMOVED, 4, threshold=0.26).flagged
+    empty = assess([-1, -1], REMOVED, 4, threshold=0.1)
+    assert empty.num_tokens == 0 and empty.hit_ratio == 0.0 and not empty.flagged
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
+        assess(tokens, REMOVED, 4, threshold=0.0)
+    with pytest.raises(ValueError, match="policy 'warn' is unknown"):
+        assess(tokens, REMOVED, 4, threshold=0.2, policy="warn")
+
+
+@pytest.mark.parametrize("policy, flagged_decision", [("sanitize", "sanitized"), ("block", "blocked"),
+                                                      ("allow", "allowed")])
+def test_policies(policy, flagged_decision):
+    flagged = assess([3, 7, 0, 0], REMOVED, 4, threshold=0.5, policy=policy, concept="violence")
+    calm = assess([3, 0, 0, 0], REMOVED, 4, threshold=0.5, policy=policy)
+    assert flagged.decision == flagged_decision and flagged.policy == policy
+    assert calm.decision == "pass" and not calm.flagged
+    if policy == "block":
+        assert flagged.reason.startswith("refused: 50%") and "'violence'" in flagged.reason
+
+
+def test_calibration_on_separable_scores():
+    positive = [0.30, 0.40, 0.50, 0.60]
+    negative = [0.00, 0.05, 0.10, 0.20]
+    result = calibrate_threshold(positive, negative)
+    assert result.threshold == pytest.approx(0.25)  # midway between 0.20 and the lowest positive 0.30
+    assert result.youden_j == 1.0 and result.balanced_accuracy == 1.0 and result.auc == 1.0
+    assert result.true_positive_rate == 1.0 and result.false_positive_rate == 0.0 and result.precision == 1.0
+
+
+def test_calibration_on_overlapping_scores():
+    rng = np.random.default_rng(0)
+    positive = rng.normal(0.4, 0.1, 400).clip(0, 1)
+    negative = rng.normal(0.2, 0.1, 600).clip(0, 1)
+    result = calibrate_threshold(positive, negative)
+    # equal-variance Gaussians: Youden's J is maximal midway between the means
+    assert result.threshold == pytest.approx(0.3, abs=0.04)
+    brute = max(((positive >= t).mean() - (negative >= t).mean()) for t in np.linspace(0.01, 1, 991))
+    assert result.youden_j == pytest.approx(brute, abs=0.01)
+    assert result.balanced_accuracy == pytest.approx((1 + result.youden_j) / 2)
+    pairs = (positive[:, None] > negative[None]).mean() + 0.5 * (positive[:, None] == negative[None]).mean()
+    assert result.auc == pytest.approx(pairs) and 0.85 < result.auc < 0.95
+    assert result.n_positive == 400 and result.n_negative == 600
+
+
+def test_calibration_rejects_degenerate_inputs():
+    with pytest.raises(ValueError, match="both sides"):
+        calibrate_threshold([], [0.1])
+    with pytest.raises(ValueError, match="no positive"):
+        calibrate_threshold([0.0, 0.0], [0.1])
+    assert roc_auc(np.array([0.5]), np.array([0.5])) == 0.5
+
+
+def tiny_models():
+    transformer = TransformerConfig(latent_dim=16, ff_size=32, num_layers=1, num_heads=2, text_dim=384,
+                                    num_tokens=16, code_dim=8)
+    config = ModelConfig(vq=VQConfig(nb_code=16, code_dim=8, width=8, depth=1), mask_transformer=transformer,
+                         residual_transformer=dataclasses.replace(transformer, cond_drop_prob=0.2),
+                         length_estimator=None, text_encoder="minilm")
+    torch.manual_seed(0)
+    models = build_models(config)
+    for layer in models.vq.quantizer.layers:
+        layer.codebook.normal_()
+    return models.eval()
+
+
+def test_review_and_original_codebook_swap(tmp_path):
+    models = tiny_models()
+    assert review(models, [np.array([3, 7])]) is None  # not an LCR model: nothing to flag
+    original = models.vq.quantizer.layers[0].codebook.clone()
+    edited = models.vq.quantizer.layers[0].codebook
+    edited[REMOVED] = edited[0] + 0.5
+    record = UnlearningRecord(method="lcr", concept="violence", rule="word_boundary", split_files={}, settings={},
+                              source_model={}, removed_codes={0: REMOVED},
+                              original_codebooks=ORIGINAL_CODEBOOKS_FILE)
+    out = save_unlearned_model(models, tmp_path / "lcr", record, "# card\n",
+                               extra_files={ORIGINAL_CODEBOOKS_FILE: codebook_tensors({0: original})})
+    lcr = load_model_dir(out)
+    records = review(lcr, [np.array([3, 7, 11, 0]), np.array([0, 1, 2, 4, 5, 3])], "block")
+    assert [r.decision for r in records] == ["blocked", "pass"] and not records[0].calibrated
+    restored = original_codebook_models(lcr, out)
+    assert torch.equal(restored.vq.quantizer.layers[0].codebook, original)
+    assert torch.equal(lcr.vq.quantizer.layers[0].codebook, edited)  # the LCR model is left as it was
+    assert restored.mask_transformer is lcr.mask_transformer
+    ids = torch.tensor([[[3, -1, -1, -1, -1, -1]]])
+    assert not torch.equal(restored.vq.forward_decoder(ids), lcr.vq.forward_decoder(ids))

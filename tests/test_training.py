@@ -1,0 +1,238 @@
+"""Training: dataset reader and samplers, each stage on a tiny synthetic HumanML3D-layout dataset, overfitting,
+exact resume, and the `safemotion train` command end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from safemotion import cli
+from safemotion.data.motion_dataset import (
+    CaptionIndex,
+    TokenSampler,
+    WindowSampler,
+    load_caption_samples,
+    phase_crop,
+    read_captions,
+)
+from safemotion.generate import GenerationRequest, Generator
+from safemotion.models.config import LengthEstimatorConfig, ModelConfig, TransformerConfig, VQConfig
+from safemotion.models.model_dir import build_models, check_model_dir, load_model_dir
+from safemotion.motion.normalization import compute_mean_std
+from safemotion.train import TrainOptions, run_stage, train
+from safemotion.train.loop import Recipe, load_checkpoint
+from safemotion.train.pipeline import build_stage
+
+CAPTIONS = ["a person walks forward", "someone jumps up", "a man waves his hand", "a person turns around"]
+NUM_TOKENS = 32
+
+
+def tiny_config() -> ModelConfig:
+    transformer = TransformerConfig(latent_dim=16, ff_size=32, num_layers=1, num_heads=2, text_dim=384,
+                                    num_tokens=NUM_TOKENS, code_dim=16)
+    return ModelConfig(
+        vq=VQConfig(nb_code=NUM_TOKENS, code_dim=16, width=16, depth=1),
+        mask_transformer=transformer,
+        residual_transformer=dataclasses.replace(transformer, cond_drop_prob=0.2),
+        length_estimator=LengthEstimatorConfig(text_dim=384, hidden_dim=32),
+        text_encoder="minilm",
+    )
+
+
+def write_dataset(root: Path, frames: list[int], seed: int = 0) -> Path:
+    """A HumanML3D-layout dataset of smooth random features, two captions per clip (one on a sub-clip)."""
+    rng = np.random.default_rng(seed)
+    (root / "new_joint_vecs").mkdir(parents=True)
+    (root / "texts").mkdir()
+    ids, motions = [], []
+    for i, count in enumerate(frames):
+        clip_id = f"{i:06d}"
+        motion = np.cumsum(rng.normal(scale=0.1, size=(count, 263)), axis=0).astype(np.float32)
+        np.save(root / "new_joint_vecs" / f"{clip_id}.npy", motion)
+        lines = [f"{CAPTIONS[i % 4]}#a/DET person/NOUN#0.0#0.0", f"{CAPTIONS[(i + 1) % 4]} slowly#x/X#0.5#2.75"]
+        (root / "texts" / f"{clip_id}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        ids.append(clip_id)
+        motions.append(motion)
+    mean, std = compute_mean_std(motions)
+    np.save(root / "Mean.npy", mean)
+    np.save(root / "Std.npy", std)
+    for split in ("train", "val", "test"):
+        (root / f"{split}.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    # 30 frames is too short for the caption filter (40 ≤ frames < 200) but feeds the VQ windows.
+    return write_dataset(tmp_path_factory.mktemp("data") / "tiny", [30, 64, 80, 100, 57, 120])
+
+
+def options(data: Path, out: Path, **overrides) -> TrainOptions:
+    settings = dict(data=data, out=out, config=tiny_config(), iters=4, batch_size=4, lr=1e-3, warmup_iters=2,
+                    window_size=32, device="cpu", progress=False, checkpoint_every=2)
+    settings.update(overrides)
+    return TrainOptions(**settings)
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+
+def test_caption_samples_follow_the_length_filter_and_sub_clips(dataset):
+    samples = load_caption_samples(dataset, "train")
+    names = sorted(s.name for s in samples)
+    # clip 0 (30 frames) is dropped entirely; every other clip is kept whole; sub-clips 0.5-2.75 s are 45 frames
+    assert names == sorted([f"{i:06d}" for i in range(1, 6)] + [f"{i:06d}#1" for i in range(1, 6)])
+    sub = next(s for s in samples if s.name == "000003#1")
+    whole = np.load(dataset / "new_joint_vecs" / "000003.npy")
+    assert np.array_equal(sub.motion, whole[10:55]) and sub.captions == ["a person walks forward slowly"]
+
+
+def test_malformed_caption_lines_name_file_and_line(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_text("a person walks#a/DET#0.0#0.0\nbroken line#0.0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"x\.txt:2: expected 'caption#tokens#start#end'"):
+        read_captions(path)
+
+
+def test_window_sampler_draws_whole_windows(dataset):
+    motions = [np.load(p) for p in sorted((dataset / "new_joint_vecs").glob("*.npy"))]
+    sampler = WindowSampler(motions, 32)
+    assert len(sampler) == sum(max(len(m) - 31, 0) for m in motions)  # the 30-frame clip is too short
+    batch = sampler.sample(np.random.default_rng(0), 16)
+    assert batch.shape == (16, 32, 263)
+    for window in batch:  # every window is a contiguous slice of some clip
+        assert any(np.array_equal(window, m[s:s + 32]) for m in motions for s in range(len(m) - 31))
+
+
+def test_token_sampler_crops_match_the_encoded_phases():
+    frames = [45, 81]
+    # in place of code ids, each token holds the first frame it covers, so crops can be checked exactly
+    phase_ids = [[np.arange(f)[phase_crop(f, p)][::4, None].repeat(2, 1) for p in range(4)] for f in frames]
+    sampler = TokenSampler(frames, phase_ids, CaptionIndex([["a"], ["b", "c"]]), max_tokens=49)
+    batch = sampler.sample(np.random.default_rng(1), 200)
+    assert batch.ids.shape == (200, 49, 2)
+    for ids, length, caption in zip(batch.ids, batch.lengths, batch.captions):
+        sample = 0 if caption == 0 else 1
+        assert length in (frames[sample] // 4, frames[sample] // 4 - 1)
+        first = ids[0, 0]
+        assert np.array_equal(ids[:length, 0], first + 4 * np.arange(length))  # consecutive frames of one crop
+        assert first + 4 * length <= frames[sample]
+        assert (ids[length:] == 0).all()
+    assert set(batch.lengths.tolist()) == {11, 10, 20, 19}
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+def test_each_stage_trains_into_the_model_directory(dataset, tmp_path):
+    out = tmp_path / "model"
+    for stage in ("vq", "mask", "residual", "length"):
+        result = run_stage(stage, options(dataset, out, config=tiny_config() if stage == "vq" else None))
+        assert result.iterations == 4 and len(result.losses) == 4
+        assert all(np.isfinite(result.losses))
+        check_model_dir(out)
+        record = json.loads((tmp_path / "model.training" / "stages.json").read_text())
+        assert record[stage]["iterations"] == 4
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "`length`: 4 iterations" in card and "Not trained yet" not in card
+    # the text features were encoded once and cached
+    cache = torch.load(tmp_path / "model.training" / "text_features_minilm.pt", weights_only=True)
+    assert cache["features"].shape == (8, 384)
+
+
+def _mean(values):
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("stage_name", ["vq", "mask", "residual", "length"])
+def test_loss_decreases_when_overfitting_one_clip(tmp_path, stage_name):
+    data = write_dataset(tmp_path / "one", [48], seed=3)
+    torch.manual_seed(0)
+    models = build_models(tiny_config())
+    opts = options(data, tmp_path / "m", window_size=48)
+    if stage_name != "vq":  # the transformers need a VQ with usable codes: a short VQ fit first
+        vq_stage = build_stage("vq", models, opts, torch.device("cpu"))
+        train(vq_stage, Recipe(iters=30, batch_size=4, lr=2e-3, weight_decay=0, warmup_iters=0),
+              tmp_path / "vq.ckpt", progress=False)
+    stage = build_stage(stage_name, models, opts, torch.device("cpu"))
+    recipe = Recipe(iters=60, batch_size=8, lr=3e-3, weight_decay=0.0, warmup_iters=0)
+    losses = train(stage, recipe, tmp_path / "stage.ckpt", progress=False).losses
+    assert _mean(losses[-10:]) < 0.7 * _mean(losses[:5]), (losses[:5], losses[-10:])
+
+
+@pytest.mark.parametrize("stage_name", ["vq", "mask"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(dataset, tmp_path, stage_name):
+    if stage_name == "vq":
+        base = None
+    else:  # both runs start from the same trained VQ
+        base = tmp_path / "base"
+        run_stage("vq", options(dataset, base))
+
+    def model_dir(name: str) -> Path:
+        out = tmp_path / name
+        if base is not None:
+            shutil.copytree(base, out)
+        return out
+
+    straight = model_dir("straight")
+    run_stage(stage_name, options(dataset, straight, iters=6, config=None if base else tiny_config()))
+
+    resumed = model_dir("resumed")
+    first = run_stage(stage_name, options(dataset, resumed, iters=6, stop_at=3,
+                                          config=None if base else tiny_config()))
+    assert first.iterations == 3
+    assert load_checkpoint(tmp_path / "resumed.training" / f"{stage_name}.ckpt", stage_name)["iteration"] == 3
+    second = run_stage(stage_name, options(dataset, resumed, iters=6, resume=True, config=None))
+    assert second.iterations == 6 and len(second.losses) == 3
+
+    component = {"vq": "vq", "mask": "mask_transformer"}[stage_name]
+    a = getattr(load_model_dir(straight), component).state_dict()
+    b = getattr(load_model_dir(resumed), component).state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_recipe_warm_up_and_milestones():
+    recipe = Recipe(iters=100, batch_size=1, lr=1.0, weight_decay=0, warmup_iters=4, milestones=(10, 20), gamma=0.5)
+    assert [recipe.lr_factor(i) for i in range(5)] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert recipe.lr_factor(9) == 1.0 and recipe.lr_factor(10) == 0.5 and recipe.lr_factor(25) == 0.25
+
+
+def test_later_stages_need_the_vq_first_and_resume_needs_a_checkpoint(dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="train the 'vq' stage into it first"):
+        run_stage("mask", options(dataset, tmp_path / "none", config=None))
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        run_stage("vq", options(dataset, tmp_path / "fresh", resume=True))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def test_cli_train_all_stages_then_generate(dataset, tmp_path, capsys):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config().to_dict()), encoding="utf-8")
+    out = tmp_path / "cli-model"
+    common = ["--data", str(dataset), "--out", str(out), "--iters", "3", "--batch-size", "4", "--warmup-iters", "1",
+              "--window-size", "32", "--device", "cpu", "--no-progress"]
+    for stage in ("vq", "mask", "residual", "length"):
+        assert cli.main(["train", stage, *(["--config", str(config)] if stage == "vq" else []), *common]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["stage"] == stage and summary["iterations"] == 3
+
+    assert cli.main(["train", "mask", "--config", str(config), *common]) == 2
+    assert "only apply to the 'vq' stage" in capsys.readouterr().err
+
+    motion = Generator.from_dir(out).generate([GenerationRequest("a person walks forward", seconds=2.0)])[0]
+    assert motion.joints.shape == (40, 22, 3) and np.isfinite(motion.joints).all()
