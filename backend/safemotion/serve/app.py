@@ -1,0 +1,504 @@
+"""The HTTP API (FastAPI), versioned under /v1. `create_app(settings)` builds it; models load when it starts.
+
+    POST   /v1/generate            one prompt → its motions (+ safety records)
+    POST   /v1/jobs                many prompts → a job id (202)
+    GET    /v1/jobs/{id}           status and per-item progress
+    GET    /v1/jobs/{id}/results   finished items' motions, a page at a time
+    DELETE /v1/jobs/{id}           cancel
+    POST   /v1/audit               a motion → where it uses removed codes
+    GET    /v1/models              the served model and what it accepts
+    GET    /v1/health              liveness, queue and batching numbers (no key needed)
+    GET    /v1/audit-log           generations and policy decisions (safety admins)
+
+Errors: 400 malformed JSON, 401 missing/wrong key, 403 role or policy refused, 404 unknown job, 409 job finished,
+413 body too large, 422 invalid field ({"detail": [{"field", "reason", "type"}]}), 429 queue full (Retry-After),
+504 deadline passed. Handlers that touch the database are plain functions (FastAPI runs them in its thread pool);
+generation awaits the micro-batcher's future, so the event loop never waits on torch or SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import safemotion
+from safemotion.generate import GenerationRequest
+from safemotion.motion.features import NUM_JOINTS
+from safemotion.serve import schemas
+from safemotion.serve.auth import AuthError, Caller, authenticate
+from safemotion.serve.batcher import DeadlineExceeded, MicroBatcher, QueueFull
+from safemotion.serve.encoding import ArrayError, decode_array
+from safemotion.serve.jobs import JobRunner, safety_fields
+from safemotion.serve.model_service import AuditTask, GenerationTask, ModelService, NotAuditable, motion_payloads
+from safemotion.serve.settings import ServerSettings
+from safemotion.serve.store import AuditEntry, Store
+
+log = logging.getLogger("safemotion.serve")
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MAX_AUDIT_COORDINATE = 1000.0  # metres; anything beyond is not a human motion
+RESULTS_PAGE = 64  # items per results page at most
+PAGE_MOTIONS = 64  # motions per results page at most (up to ~150 KB each)
+
+
+class FieldError(Exception):
+    """A request field that passed its type checks but is wrong for this server (unknown model, ...): 422."""
+
+    def __init__(self, field: str, reason: str, kind: str = "value_error"):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason, self.kind = field, reason, kind
+
+
+@dataclass
+class ServerState:
+    """What the running app holds: settings, database, model, batcher and job runner."""
+
+    settings: ServerSettings
+    store: Store
+    service: ModelService
+    batcher: MicroBatcher
+    runner: JobRunner
+
+    def keys_required(self) -> bool:
+        """Keys are needed off loopback and whenever at least one key exists."""
+        return not self.settings.is_loopback() or self.store.has_keys()
+
+    def check_model(self, requested: str | None, field: str = "model") -> str:
+        """The served model's name; a request for another model is a FieldError."""
+        if requested is not None and requested != self.service.name:
+            raise FieldError(field, f"unknown model {requested!r}; this server serves {self.service.name!r} "
+                                    "(see GET /v1/models)")
+        return self.service.name
+
+    def check_seconds(self, seconds: float | None, field: str) -> None:
+        """A missing duration needs a length estimator."""
+        if seconds is None and not self.service.info["length_estimator"]:
+            raise FieldError(field, f"model {self.service.name!r} has no length estimator; give the duration in "
+                                    "seconds")
+
+    def check_policy(self, caller: Caller, policy: str, prompts: list[str], request_id: str | None) -> None:
+        """Refuse `allow` unless the caller is a safety admin and the server permits it (refusals are audited)."""
+        if policy != "allow":
+            return
+        if self.settings.forbid_allow:
+            reason = "this server forbids the 'allow' policy (started with --forbid-allow)"
+        elif not caller.is_safety_admin:
+            reason = "only safety-admin keys may request the 'allow' policy"
+        else:
+            return
+        self.store.add_audit([AuditEntry(username=caller.name, role=caller.role, event="policy_refused",
+                                         model=self.service.name, prompt=prompt, policy=policy, decision="refused",
+                                         request_id=request_id) for prompt in prompts])
+        raise AuthError(403, reason)
+
+    async def run_interactive(self, task: Any, size: int) -> Any:
+        """Queue a task on the interactive lane and wait for it, at most the request timeout."""
+        timeout = self.settings.request_timeout_s
+        future = self.batcher.submit(task, size=size, deadline=time.monotonic() + timeout)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"the request did not finish within {timeout:g} s") from None
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """The FastAPI application for `settings`; the model, database and worker start with its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        store = Store(settings.database_url())
+        service = await asyncio.to_thread(ModelService.load, settings.model_path(), settings.device,
+                                          settings.threads)
+        batcher = MicroBatcher(service.run, settings.max_batch, settings.batch_window_ms / 1000, settings.max_queue)
+        runner = JobRunner(store, batcher, service.name, in_flight=2 * settings.max_batch,
+                           forbid_allow=settings.forbid_allow)
+        batcher.start()
+        runner.start()
+        app.state.server = ServerState(settings, store, service, batcher, runner)
+        log.info("ready", extra={"model": service.name, "device": service.device, "host": settings.host,
+                                 "port": settings.port, "max_batch": settings.max_batch,
+                                 "auth": "api-keys" if app.state.server.keys_required() else "single-user"})
+        try:
+            yield
+        finally:
+            runner.stop()
+            batcher.stop()
+            store.close()
+            log.info("stopped")
+
+    app = FastAPI(title="SafeMotion", version=safemotion.__version__, lifespan=lifespan,
+                  description="Text-to-motion with unlearned violent content. Arrays are base64 little-endian "
+                              "(see ArrayPayload); joints and rest poses are in metres, Y-up, facing +Z.")
+    app.include_router(router)
+    for error, handler in ERROR_HANDLERS.items():
+        app.add_exception_handler(error, handler)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------- dependencies
+
+bearer = HTTPBearer(auto_error=False, description="an API key from `safemotion keys add` (not needed in "
+                                                  "single-user mode: loopback, no keys configured)")
+
+
+def server(request: Request) -> ServerState:
+    """The running app's state."""
+    return request.app.state.server
+
+
+def current_caller(request: Request,
+                   credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+    """Who sent the request (AuthError 401 when a key is needed or wrong)."""
+    caller = authenticate(server(request).store, None if credentials is None else credentials.credentials,
+                          server(request).keys_required())
+    request.state.caller = caller
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+StateDep = Annotated[ServerState, Depends(server)]
+JobIdPath = Annotated[str, Path(max_length=64, description="the id returned by POST /v1/jobs")]
+
+
+def request_id(request: Request) -> str | None:
+    """The request's id (X-Request-ID or generated)."""
+    return getattr(request.state, "request_id", None)
+
+
+# ---------------------------------------------------------------------------------------------- routes
+
+ERRORS = {code: {"model": schemas.ErrorMessage} for code in (400, 401, 403, 413, 429, 504)}
+ERRORS[422] = {"model": schemas.ValidationProblem}
+JOB_ERRORS = {**ERRORS, 404: {"model": schemas.ErrorMessage}, 409: {"model": schemas.ErrorMessage}}
+
+router = APIRouter(prefix="/v1")
+
+
+@router.get("/health", response_model=schemas.HealthResponse)
+def health(state: StateDep) -> dict[str, Any]:
+    """Liveness and the batching queue; needs no key."""
+    batcher = state.batcher
+    return {"status": "ok", "version": safemotion.__version__, "model": state.service.name,
+            "device": state.service.device, "auth": "api-keys" if state.keys_required() else "single-user",
+            "queue": {"waiting": batcher.waiting(), "capacity": batcher.max_queue, "max_batch": batcher.max_batch,
+                      "batches": batcher.batches,
+                      "mean_batch_motions": batcher.motions / batcher.batches if batcher.batches else 0.0}}
+
+
+@router.get("/models", response_model=schemas.ModelsResponse, responses=ERRORS)
+def models(state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """The served model: its name, what lengths and variations it accepts, its unlearning and policies."""
+    policies = ["sanitize", "block"] + ([] if state.settings.forbid_allow else ["allow"])
+    return {"models": [{**state.service.info, "policies": policies}]}
+
+
+@router.post("/generate", response_model=schemas.GenerateResponse, responses=ERRORS)
+async def generate(body: schemas.GenerateRequest, request: Request, state: StateDep,
+                   caller: CallerDep) -> JSONResponse:
+    """Generate `variations` motions for one prompt under a safety policy (default sanitize)."""
+    model = state.check_model(body.model)
+    state.check_seconds(body.seconds, "seconds")
+    await run_in_threadpool(state.check_policy, caller, body.policy, [body.prompt], request_id(request))
+    task = GenerationTask(GenerationRequest(body.prompt, body.seconds, body.seed, body.variations), body.policy)
+    generated = await state.run_interactive(task, body.variations)
+    motions = await run_in_threadpool(motion_payloads, generated)
+    entries = [AuditEntry(username=caller.name, role=caller.role, event="generate", model=model, prompt=body.prompt,
+                          policy=body.policy, seed=m["seed"], variation=m["variation"],
+                          request_id=request_id(request), **safety_fields(m["safety"])) for m in motions]
+    await run_in_threadpool(state.store.add_audit, entries)
+    return JSONResponse({"model": model, "policy": body.policy, "motions": motions})
+
+
+@router.post("/jobs", status_code=202, response_model=schemas.JobStatus, responses=ERRORS)
+def create_job(body: schemas.JobRequest, request: Request, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """Queue a batch of prompts; poll GET /v1/jobs/{id}, fetch GET /v1/jobs/{id}/results."""
+    model = state.check_model(body.model)
+    for i, item in enumerate(body.items):
+        state.check_seconds(item.seconds, f"items.{i}.seconds")
+    state.check_policy(caller, body.policy, [item.prompt for item in body.items], request_id(request))
+    job_id = uuid.uuid4().hex
+    state.store.create_job(job_id, caller.name, caller.role, model, body.policy,
+                           [item.model_dump() for item in body.items])
+    state.runner.wake()
+    log.info("job created", extra={"job": job_id, "items": len(body.items), "user": caller.name})
+    return job_status(state, job_id)
+
+
+@router.get("/jobs/{job_id}", response_model=schemas.JobStatus, responses=JOB_ERRORS)
+def get_job(job_id: JobIdPath, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """A job's status and the progress of each of its prompts."""
+    visible_job(state, caller, job_id)
+    return job_status(state, job_id)
+
+
+@router.get("/jobs/{job_id}/results", response_model=schemas.JobResults, responses=JOB_ERRORS)
+def job_results(job_id: JobIdPath, state: StateDep, caller: CallerDep,
+                start: Annotated[int, Query(ge=0, le=1_000_000, description="first item index")] = 0,
+                limit: Annotated[int, Query(ge=1, le=RESULTS_PAGE, description="items per page")] = 16,
+                ) -> JSONResponse:
+    """Items start..start+limit-1 with the motions of the finished ones (a page holds at most 64 motions)."""
+    job = visible_job(state, caller, job_id)
+    rows, motions = [], 0
+    for row in state.store.item_results(job_id, start, limit):
+        motions += row["variations"]
+        if rows and motions > PAGE_MOTIONS:
+            break
+        rows.append(row)
+    items = [{"index": row["idx"], "status": row["status"], "error": row["error"],
+              "motions": json.loads(row["result"]) if row["result"] else None} for row in rows]
+    following = start + len(rows)
+    return JSONResponse({"id": job_id, "status": job["status"], "items": items,
+                         "next_start": following if following < job["total"] else None})
+
+
+@router.delete("/jobs/{job_id}", response_model=schemas.JobStatus, responses=JOB_ERRORS)
+def cancel_job(job_id: JobIdPath, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """Cancel a job: pending prompts are dropped, finished ones stay available."""
+    job = visible_job(state, caller, job_id)
+    if job["status"] == "done":
+        raise HTTPException(409, f"job {job_id} has already finished; nothing to cancel")
+    if state.store.cancel_job(job_id):
+        state.runner.cancel(job_id)
+        log.info("job cancelled", extra={"job": job_id, "user": caller.name})
+    return job_status(state, job_id)
+
+
+@router.post("/audit", response_model=schemas.AuditResponse, responses=ERRORS)
+async def audit(body: schemas.AuditRequest, request: Request, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """Where a motion (joints [T, 22, 3], metres, Y-up) uses the codes the model removed, second by second."""
+    model = state.check_model(body.model)
+    joints = audit_joints_of(body.joints)
+    try:
+        report = await state.run_interactive(AuditTask(joints, body.fps), size=1)
+    except NotAuditable as err:
+        raise FieldError("model", str(err)) from None
+    except ValueError as err:
+        raise FieldError("joints", str(err)) from None
+    entry = AuditEntry(username=caller.name, role=caller.role, event="motion_audit", model=model,
+                       decision="flagged" if report["flagged"] else "pass", flagged=report["flagged"],
+                       hit_ratio=report["hit_ratio"], request_id=request_id(request))
+    await run_in_threadpool(state.store.add_audit, [entry])
+    return report
+
+
+@router.get("/audit-log", response_model=schemas.AuditLogResponse, responses=ERRORS)
+def audit_log(state: StateDep, caller: CallerDep,
+              since: Annotated[datetime | None, Query(description="ISO 8601 time (UTC if no offset)")] = None,
+              until: Annotated[datetime | None, Query(description="ISO 8601 time, exclusive")] = None,
+              user: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+              flagged: bool | None = None,
+              event: Literal["generate", "job_item", "policy_refused", "motion_audit"] | None = None,
+              before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    """Generations, flags and policy decisions, newest first (safety-admin keys only)."""
+    if not caller.is_safety_admin:
+        raise AuthError(403, "the audit log is for safety-admin keys only")
+    rows = state.store.audit_entries(epoch(since), epoch(until), user, flagged, event, before_id, limit)
+    entries = [{"id": row["id"], "time": iso_time(row["ts"]), "user": row["username"],
+                **{key: row[key] for key in ("role", "event", "model", "prompt", "policy", "decision", "flagged",
+                                             "hit_ratio", "seed", "variation", "job_id", "request_id")}}
+               for row in rows]
+    return {"entries": entries, "next_before_id": rows[-1]["id"] if len(rows) == limit else None}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def visible_job(state: ServerState, caller: Caller, job_id: str) -> dict[str, Any]:
+    """The job if it exists and the caller owns it (safety admins see all); 404 otherwise."""
+    job = state.store.get_job(job_id) if JOB_ID.match(job_id) else None
+    if job is None or not (caller.is_safety_admin or job["owner"] == caller.name):
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+def job_status(state: ServerState, job_id: str) -> dict[str, Any]:
+    """The JobStatus body of a job."""
+    job = state.store.get_job(job_id)
+    items = [{"index": row["idx"], "status": row["status"], "prompt": row["prompt"], "seconds": row["seconds"],
+              "seed": row["seed"], "variations": row["variations"], "error": row["error"],
+              "finished_at": None if row["finished_at"] is None else iso_time(row["finished_at"])}
+             for row in state.store.job_items(job_id)]
+    return {"id": job_id, "status": job["status"], "owner": job["owner"], "model": job["model"],
+            "policy": job["policy"], "created_at": iso_time(job["created_at"]),
+            "updated_at": iso_time(job["updated_at"]), "total": job["total"], **job["counts"], "items": items}
+
+
+def audit_joints_of(payload: schemas.ArrayPayload) -> np.ndarray:
+    """The joints array of an audit request, checked: [T, 22, 3], 2-4000 frames, finite, within 1 km."""
+    try:
+        joints = decode_array(payload.model_dump(), "joints")
+    except ArrayError as err:
+        raise FieldError(err.field, err.reason) from None
+    frames = joints.shape[0] if joints.ndim == 3 else 0
+    if joints.ndim != 3 or joints.shape[1:] != (NUM_JOINTS, 3):
+        raise FieldError("joints.shape", f"expected [T, {NUM_JOINTS}, 3], got {list(joints.shape)}")
+    if not 2 <= frames <= schemas.MAX_AUDIT_FRAMES:
+        raise FieldError("joints.shape", f"{frames} frames; allowed range is 2-{schemas.MAX_AUDIT_FRAMES}")
+    if not np.isfinite(joints).all() or np.abs(joints).max() > MAX_AUDIT_COORDINATE:
+        raise FieldError("joints.data", f"joint positions must be finite metres within ±{MAX_AUDIT_COORDINATE:g}")
+    return joints
+
+
+def epoch(moment: datetime | None) -> float | None:
+    """UNIX seconds of a datetime (naive = UTC)."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def iso_time(seconds: float) -> str:
+    """ISO 8601 UTC time with milliseconds."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(part) for part in loc]
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    errors = err.errors()
+    if any(error["type"] == "json_invalid" for error in errors):
+        reason = next(error for error in errors if error["type"] == "json_invalid").get("ctx", {}).get("error", "")
+        return JSONResponse({"detail": f"the body is not valid JSON: {reason}"}, status_code=400)
+    problems = [{"field": _field_name(tuple(error["loc"])), "reason": error["msg"], "type": error["type"]}
+                for error in errors]
+    return JSONResponse({"detail": problems}, status_code=422)
+
+
+async def _field_error(request: Request, err: FieldError) -> JSONResponse:
+    return JSONResponse({"detail": [{"field": err.field, "reason": err.reason, "type": err.kind}]}, status_code=422)
+
+
+async def _auth_error(request: Request, err: AuthError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    return JSONResponse({"detail": err.message}, status_code=err.status, headers=headers)
+
+
+async def _queue_full(request: Request, err: QueueFull) -> JSONResponse:
+    return JSONResponse({"detail": str(err)}, status_code=429, headers={"Retry-After": str(err.retry_after)})
+
+
+async def _deadline(request: Request, err: DeadlineExceeded) -> JSONResponse:
+    return JSONResponse({"detail": str(err)}, status_code=504)
+
+
+async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+    log.error("unhandled error", exc_info=err, extra={"path": request.url.path, "request_id": request_id(request)})
+    return JSONResponse({"detail": f"internal error (request {request_id(request)}); see the server log"},
+                        status_code=500)
+
+
+ERROR_HANDLERS = {RequestValidationError: _validation_error, FieldError: _field_error, AuthError: _auth_error,
+                  QueueFull: _queue_full, DeadlineExceeded: _deadline, Exception: _unexpected}
+
+
+# ---------------------------------------------------------------------------------------------- middleware
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class BodyLimit:
+    """Reads each request body up front and answers 413 when it exceeds `max_bytes` (declared or actual)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = {"detail": f"the request body is larger than this server's limit of {self.max_bytes} bytes"}
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _send_json(send, 400, {"detail": "the Content-Length header is not a number"})
+                return
+            if int(declared) > self.max_bytes:
+                await _send_json(send, 413, too_large)
+                return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # client disconnected
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await _send_json(send, 413, too_large)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+class AccessLog:
+    """Gives each request an id (X-Request-ID, echoed back) and logs one JSON line per response."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = rid
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            caller = scope["state"].get("caller")
+            log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
+                                       "ms": round(1000 * (time.perf_counter() - started), 1),
+                                       "request_id": rid, "user": caller.name if caller else None})
+

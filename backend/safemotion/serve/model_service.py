@@ -1,0 +1,193 @@
+"""The served model and the work done on it: batched generation under a safety policy, and motion audits.
+
+`ModelService.run` is the micro-batcher's handler and is only ever called from its one worker thread, which therefore
+owns every torch module. What needs no model (the SMPL fit, base64 encoding) happens afterwards in `motion_payloads`,
+on whichever thread wants the JSON, so the model thread goes straight on to the next batch.
+
+Policies (safemotion.unlearn.flagging): `sanitize` and `block` decode with the model's (LCR-edited) codebook, `allow`
+with the original codebooks kept in the model directory; `block` withholds flagged motions. A model without removed
+codes has nothing to flag: every policy generates the same motions and `safety` is null.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from safemotion.data.mocap_import import TARGET_FPS
+from safemotion.generate import (
+    SECONDS_RANGE,
+    VARIATIONS_RANGE,
+    GeneratedMotion,
+    GenerationRequest,
+    Generator,
+    pick_device,
+)
+from safemotion.motion import skeleton
+from safemotion.motion.smpl import joints_to_smpl
+from safemotion.serve.encoding import encode_array
+from safemotion.unlearn.audit import audit_joints, resample_joints
+from safemotion.unlearn.flagging import SafetyRecord, original_codebook_models, review
+from safemotion.unlearn.record import removed_base_codes, safety_settings, unlearning_record
+
+
+@dataclass(frozen=True)
+class GenerationTask:
+    """One request: a prompt with its variations, under a policy."""
+
+    request: GenerationRequest
+    policy: str
+
+
+@dataclass(frozen=True)
+class AuditTask:
+    """Joint positions [T, 22, 3] (metres, Y-up) at `fps` to audit for removed codes."""
+
+    joints: np.ndarray
+    fps: float
+
+
+@dataclass
+class Generated:
+    """A generated motion and its safety record (None for a model without removed codes)."""
+
+    motion: GeneratedMotion
+    safety: SafetyRecord | None
+
+    @property
+    def blocked(self) -> bool:
+        """Whether the policy withholds this motion."""
+        return self.safety is not None and self.safety.decision == "blocked"
+
+
+class NotAuditable(ValueError):
+    """The model has no removed codes, so there is nothing to audit a motion for."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA, else Apple MPS, else CPU; anything else as given."""
+    if name == "auto" and not torch.cuda.is_available():
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+    return pick_device(name)
+
+
+class ModelService:
+    """A loaded model directory: the generator, its original-codebook twin for `allow`, and what it accepts."""
+
+    def __init__(self, name: str, path: Path, generator: Generator):
+        self.name = name
+        self.path = path
+        self.generator = generator
+        config = generator.models.config
+        self.removed_codes = removed_base_codes(config)
+        record = unlearning_record(config)
+        self.original: Generator | None = None
+        if self.removed_codes and record is not None and record.original_codebooks:
+            self.original = Generator(original_codebook_models(generator.models, path), generator.text_encoder,
+                                      generator.sampling, generator.device, generator.batch_size)
+        self.info = self._describe()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", threads: int | None = None) -> ModelService:
+        """Load the model directory at `path` on `device` (auto: cuda, mps or cpu)."""
+        if threads is not None:
+            torch.set_num_threads(threads)
+        path = Path(path)
+        generator = Generator.from_dir(path, device=str(resolve_device(device)))
+        return cls(path.name, path, generator)
+
+    @property
+    def device(self) -> str:
+        """The torch device the model runs on."""
+        return str(self.generator.device)
+
+    def _describe(self) -> dict[str, Any]:
+        config = self.generator.models.config
+        record = unlearning_record(config)
+        safety = safety_settings(config) if self.removed_codes else None
+        max_seconds = min(SECONDS_RANGE[1], config.max_motion_length / config.fps)
+        return {
+            "name": self.name, "text_encoder": config.text_encoder, "fps": float(config.fps),
+            "unit_length": config.unit_length, "seconds_range": [SECONDS_RANGE[0], max_seconds],
+            "variations_range": list(VARIATIONS_RANGE),
+            "length_estimator": self.generator.models.length_estimator is not None,
+            "unlearning": None if record is None else {
+                "method": record.method, "concept": record.concept, "removed_base_codes": len(self.removed_codes)},
+            "safety_threshold": None if safety is None else safety.threshold,
+            "safety_calibrated": None if safety is None else safety.calibrated,
+        }
+
+    # ------------------------------------------------------------------------------------------ worker thread
+
+    def run(self, tasks: list[GenerationTask | AuditTask]) -> list[Any]:
+        """The batcher's handler: one result per task (a list of Generated, or an AuditReport dict)."""
+        if all(isinstance(task, GenerationTask) for task in tasks):
+            return self.generate(tasks)
+        return [self.audit(task) for task in tasks]
+
+    @torch.inference_mode()
+    def generate(self, tasks: list[GenerationTask]) -> list[list[Generated]]:
+        """All variations of every task, in one model batch per codebook (allow vs the others)."""
+        results: list[list[Generated] | None] = [None] * len(tasks)
+        groups: dict[bool, list[int]] = {}
+        for i, task in enumerate(tasks):
+            groups.setdefault(task.policy == "allow" and self.original is not None, []).append(i)
+        for use_original, indices in groups.items():
+            generator = self.original if use_original else self.generator
+            motions = generator.generate([tasks[i].request for i in indices], smpl=False)
+            start = 0
+            for i in indices:
+                count = tasks[i].request.variations
+                own = motions[start:start + count]
+                start += count
+                records = review(self.generator.models, [m.base_tokens for m in own], tasks[i].policy)
+                results[i] = [Generated(m, None if records is None else r)
+                              for m, r in zip(own, records or [None] * count)]
+        return results
+
+    @torch.inference_mode()
+    def audit(self, task: AuditTask) -> dict[str, Any]:
+        """Removed-code report of a motion (the AuditReport as a dict, without its file name)."""
+        if self.original is None:
+            raise NotAuditable(f"model {self.name!r} has no removed codes to look for; audit with a model made "
+                               "by `safemotion unlearn lcr`")
+        joints = resample_joints(np.asarray(task.joints, dtype=np.float64), task.fps, TARGET_FPS)
+        report = audit_joints(self.generator.models, self.original.models, joints, model=self.name,
+                              source_fps=task.fps).to_dict()
+        report.pop("file")
+        return report
+
+
+# ---------------------------------------------------------------------------------------------- any thread
+
+def motion_payloads(generated: list[Generated]) -> list[dict[str, Any]]:
+    """The JSON form of generated motions: SMPL fit, base64 arrays, skeleton and safety (arrays withheld if blocked)."""
+    return [_payload(item) for item in generated]
+
+
+def _payload(item: Generated) -> dict[str, Any]:
+    motion = item.motion
+    payload: dict[str, Any] = {
+        "prompt": motion.prompt, "seed": motion.seed, "variation": motion.variation, "fps": motion.fps,
+        "frames": motion.num_frames, "seconds": motion.seconds, "length_from": motion.length_from,
+        "joints": None, "smpl": None, "skeleton": None, "tokens": None,
+        "safety": None if item.safety is None else item.safety.to_dict(),
+    }
+    if item.blocked:
+        return payload
+    smpl = motion.smpl if motion.smpl is not None else joints_to_smpl(motion.joints, fps=motion.fps)
+    payload.update(
+        joints=encode_array(motion.joints),
+        smpl={"pose": encode_array(smpl.pose), "transl": encode_array(smpl.transl)},
+        skeleton={"joint_names": list(skeleton.SMPL24_NAMES), "parents": list(skeleton.SMPL24_PARENTS),
+                  "rest_joints": encode_array(smpl.rest_joints), "up": "+Y", "forward": "+Z", "left": "+X",
+                  "units": "metres"},
+        tokens=encode_array(motion.tokens, "int32"),
+    )
+    return payload

@@ -1,0 +1,304 @@
+"""Server load test (issue 6): throughput and latency of `POST /v1/generate` at 1, 4 and 16 concurrent clients,
+with micro-batching (`--max-batch 16`) and one request at a time (`--max-batch 1`).
+
+Each mode is a real `safemotion serve` process on a free loopback port (its own temporary database); both run at
+once but only one is busy at a time. At each concurrency level the modes take turns (`--repeats` each), running
+closed-loop clients (each sends its next request when the previous answer arrives) for `--rounds` requests per
+client, so a change in the machine's load hits both modes alike. A request is one prompt, `--seconds` long, one
+variation; prompts and seeds differ per request. Errors are non-200 answers or transport failures;
+lost = sent - answered.
+
+    .venv/bin/python bench/load.py --model path/to/model_dir --write
+    .venv/bin/python bench/load.py --random-preset mini --write     # random weights, mini sizes (speed only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION = "## Server load (issue 6)"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODES = (16, 1)  # --max-batch of the micro-batching server and of the one-at-a-time server
+PROMPTS = ["a person walks forward", "a person jumps twice", "someone waves with the right hand",
+           "a man sits down on a chair", "a woman dances in a circle", "a person jogs in place",
+           "a person climbs stairs", "a person turns around and walks back"]
+
+
+def random_model(preset_name: str, out: Path) -> Path:
+    """A model directory with random weights at a preset's sizes (non-zero codebooks, realistic feature scale)."""
+    import torch
+
+    from safemotion.models.model_dir import build_models, save_model_dir
+    from safemotion.train.presets import preset
+
+    torch.manual_seed(0)
+    models = build_models(preset(preset_name))
+    for layer in models.vq.quantizer.layers:
+        layer.codebook.normal_()
+    models.std = np.full(models.config.vq.dim_pose, 0.1, np.float32)
+    return save_model_dir(models.eval(), out, card=f"# random weights, {preset_name} preset (load benchmark)\n")
+
+
+def model_ceiling(model: Path, seconds: float, threads: int, batch: int = 8, repeats: int = 3) -> dict:
+    """Model-only seconds per motion (text → joints, no SMPL, no HTTP) at batch 1 and at `batch`, in this process:
+    the most any batching scheduler can gain on this machine is their ratio."""
+    import torch
+
+    from safemotion.generate import GenerationRequest, Generator
+
+    torch.set_num_threads(threads)
+    generator = Generator.from_dir(model, device="cpu")
+
+    def per_motion(count: int, repeat: int) -> float:
+        requests = [GenerationRequest(PROMPTS[i % len(PROMPTS)], seconds, seed=100 * repeat + i) for i in range(count)]
+        start = time.perf_counter()
+        generator.generate(requests, smpl=False)
+        return (time.perf_counter() - start) / count
+
+    per_motion(1, repeats)  # warm-up
+    single = min(per_motion(1, k) for k in range(repeats))
+    batched = min(per_motion(batch, k) for k in range(repeats))
+    return {"batch": batch, "single": single, "batched": batched}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A `safemotion serve` process for one batching mode."""
+
+    def __init__(self, model: Path, max_batch: int, threads: int, work: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(work / f"server-batch{max_batch}.log", "wb")
+        command = [sys.executable, "-m", "safemotion", "serve", "--port", str(self.port), "--model", str(model),
+                   "--data-dir", str(work / f"data-batch{max_batch}"), "--max-batch", str(max_batch),
+                   "--max-queue", "256", "--threads", str(threads), "--log-level", "warning"]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with status {self.process.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise TimeoutError(f"server not ready after {timeout} s; see {self.log.name}")
+
+    def queue(self) -> dict:
+        return httpx.get(f"{self.url}/v1/health", timeout=10).json()["queue"]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def run_level(url: str, clients: int, rounds: int, seconds: float, first_seed: int) -> dict:
+    """`clients` closed-loop clients sending `rounds` requests each: latencies, errors, requests sent, wall time."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    sent = [0]
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            for k in range(rounds):
+                seed = first_seed + index * rounds + k
+                body = {"prompt": PROMPTS[seed % len(PROMPTS)], "seconds": seconds, "seed": seed}
+                with lock:
+                    sent[0] += 1
+                start = time.perf_counter()
+                try:
+                    response = http.post("/v1/generate", json=body)
+                    problem = None if response.status_code == 200 and len(response.json()["motions"]) == 1 \
+                        else f"HTTP {response.status_code}"
+                except httpx.HTTPError as err:
+                    problem = f"{type(err).__name__}: {err}"
+                with lock:
+                    if problem is None:
+                        latencies.append(time.perf_counter() - start)
+                    else:
+                        errors.append(problem)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"latencies": latencies, "errors": errors, "sent": sent[0], "wall": time.perf_counter() - start}
+
+
+def bench(model: Path, levels: list[int], rounds: dict[int, int], repeats: int, seconds: float, threads: int,
+          work: Path) -> list[dict]:
+    """Both modes served at once (only one busy at a time); at each level they take turns `repeats` times, so a
+    change in the machine's load affects both alike."""
+    servers = {max_batch: Server(model, max_batch, threads, work) for max_batch in MODES}
+    try:
+        for server in servers.values():
+            server.wait_ready()
+            run_level(server.url, 2, 1, seconds, first_seed=10**6)  # warm-up: first-call costs
+        rows = []
+        for clients in levels:
+            totals = {mode: {"latencies": [], "errors": [], "sent": 0, "wall": 0.0, "batches": 0, "load": []}
+                      for mode in MODES}
+            for repeat in range(repeats):
+                for mode, server in servers.items():
+                    before = server.queue()["batches"]
+                    run = run_level(server.url, clients, rounds[clients], seconds,
+                                    first_seed=10_000 * clients + 1000 * repeat)
+                    total = totals[mode]
+                    for key in ("latencies", "errors"):
+                        total[key] += run[key]
+                    total["sent"] += run["sent"]
+                    total["wall"] += run["wall"]
+                    total["batches"] += server.queue()["batches"] - before
+                    total["load"].append(os.getloadavg()[0])
+            for mode, total in totals.items():
+                ok = len(total["latencies"])
+                row = {"max_batch": mode, "clients": clients, "requests": total["sent"], "ok": ok,
+                       "errors": len(total["errors"]), "lost": total["sent"] - ok - len(total["errors"]),
+                       "throughput": ok / total["wall"],
+                       "p50": float(np.percentile(total["latencies"], 50)) if ok else float("nan"),
+                       "p99": float(np.percentile(total["latencies"], 99)) if ok else float("nan"),
+                       "mean_batch": ok / total["batches"] if total["batches"] else float("nan"),
+                       "load": float(np.mean(total["load"])), "error_kinds": sorted(set(total["errors"]))}
+                rows.append(row)
+                print(f"max-batch {mode:2d}, {clients:2d} clients: {row['throughput']:.2f} req/s, "
+                      f"p50 {row['p50']:.2f} s, p99 {row['p99']:.2f} s, errors {row['errors']} {row['error_kinds']}, "
+                      f"lost {row['lost']}, mean batch {row['mean_batch']:.1f}, load {row['load']:.1f}", flush=True)
+        return rows
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def section(rows: list[dict], ceiling: dict, model_note: str, seconds: float, threads: int, elapsed: float) -> str:
+    """The markdown section for bench/RESULTS.md."""
+    cpu = platform.processor() or "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    by_key = {(r["max_batch"], r["clients"]): r for r in rows}
+    lines = [
+        SECTION, "",
+        "`bench/load.py`: one real `safemotion serve` process on loopback per mode, the modes taking turns at each "
+        "level (so load changes hit both), closed-loop HTTP clients (threads with httpx) in a separate process, "
+        f"`POST /v1/generate` of one {seconds:g}-second motion per request "
+        "(one variation, policy sanitize, prompts and seeds varying), SMPL fit and base64 encoding included. "
+        f"Model: {model_note}. Server: `--threads {threads}` (torch threads of the model worker), default "
+        "10 ms batching window; `--max-batch 16` = micro-batching, `--max-batch 1` = one request at a time. "
+        f"CPU: {cpu}, {os.cpu_count()} cores shared with other jobs (1-minute load average in the table; the "
+        f"machine was contended, so absolute numbers are noisy). p99 of a few dozen requests is close to the "
+        f"maximum. Whole run: {elapsed / 60:.1f} min.", "",
+        "| max batch | clients | requests | throughput (req/s) | p50 latency (s) | p99 latency (s) | errors | lost "
+        "| mean batch (motions) | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['max_batch']} | {r['clients']} | {r['requests']} | {r['throughput']:.2f} | "
+                     f"{r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | {r['lost']} | {r['mean_batch']:.1f} | "
+                     f"{r['load']:.1f} |")
+    lines.append("")
+    speedups = []
+    for clients in sorted({r["clients"] for r in rows}):
+        batched, single = by_key.get((16, clients)), by_key.get((1, clients))
+        if batched and single and single["throughput"] > 0:
+            speedups.append(f"{clients} clients {batched['throughput'] / single['throughput']:.2f}×")
+    errors = sum(r["errors"] + r["lost"] for r in rows)
+    ratio = by_key[(16, 16)]["throughput"] / by_key[(1, 16)]["throughput"] if (16, 16) in by_key and (
+        1, 16) in by_key else float("nan")
+    verdict = "met" if ratio >= 3 and errors == 0 else "not met on this machine"
+    lines += [
+        f"Micro-batching throughput ÷ one-at-a-time: {', '.join(speedups)}. Errors + lost over all runs: {errors}. "
+        f"Target (≥ 3× at 16 clients, no errors, nothing lost): {verdict}.", "",
+        f"Ceiling: the model alone (text → joints, same process, {threads} torch thread(s), best of 3) takes "
+        f"{ceiling['single']:.3f} s per motion at batch 1 and {ceiling['batched']:.3f} s at batch "
+        f"{ceiling['batch']}, so batching can at most make generation "
+        f"{ceiling['single'] / ceiling['batched']:.2f}× faster on this CPU: the model is compute-bound here even at "
+        "batch 1. Hardware where batch 1 leaves the device idle (GPUs, many-core CPUs) gains far more.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) this benchmark's section of bench/RESULTS.md, atomically; other sections stay."""
+    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmarks\n"
+    if SECTION in old:
+        start = old.index(SECTION)
+        rest = old[start + len(SECTION):]
+        end = rest.find("\n## ")
+        new = old[:start] + text + ("" if end < 0 else "\n" + rest[end + 1:])
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, prefix=".RESULTS.md.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(new)
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
+    os.replace(tmp, RESULTS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="model directory to serve")
+    source.add_argument("--random-preset", help="serve random weights of this preset (mini, official)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--rounds", type=int, nargs="+", default=[3, 2, 2],
+                        help="requests per client at each --clients level, per turn")
+    parser.add_argument("--repeats", type=int, default=2, help="turns each mode takes at each level")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each generated motion")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server's model worker")
+    parser.add_argument("--write", action="store_true", help=f"write the section into {RESULTS}")
+    args = parser.parse_args(argv)
+    if len(args.rounds) != len(args.clients):
+        parser.error("--rounds needs one number per --clients level")
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="safemotion-load-"))
+    try:
+        if args.model is not None:
+            model, note = args.model, f"`{args.model}`"
+        else:
+            model = random_model(args.random_preset, work / f"random-{args.random_preset}")
+            note = (f"random weights at the `{args.random_preset}` preset's sizes (`safemotion.train.presets."
+                    f"{args.random_preset}()`; MiniLM text encoder; speed does not depend on training)")
+        rounds = dict(zip(args.clients, args.rounds))
+        ceiling = model_ceiling(model, args.seconds, args.threads)
+        print(f"model only: {ceiling}", flush=True)
+        rows = bench(model, args.clients, rounds, args.repeats, args.seconds, args.threads, work)
+        text = section(rows, ceiling, note, args.seconds, args.threads, time.perf_counter() - started)
+        print(text)
+        if args.write:
+            write_section(text)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
