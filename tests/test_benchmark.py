@@ -1,0 +1,205 @@
+"""Benchmark runner: a --quick run on tiny random models (original, retrained, fine-tuned stand-in, real LCR edit), a
+tiny dataset and a tiny evaluator writes the paper's table layout; bad inputs fail early with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from safemotion import cli
+from safemotion.data.captions import caption_line
+from safemotion.data.concept_splits import write_concept_splits
+from safemotion.eval.benchmark import (
+    BenchmarkSettings,
+    parse_model_specs,
+    quick_settings,
+    run_benchmark,
+)
+from safemotion.eval.evaluator import CoEmbedding, EvaluatorConfig, save_evaluator
+from safemotion.models.config import LengthEstimatorConfig, ModelConfig, TransformerConfig, VQConfig
+from safemotion.models.model_dir import build_models, save_model_dir
+from safemotion.unlearn.lcr_pipeline import LCROptions, run_lcr
+
+SAFE = ["a person walks forward", "a person waves the left hand", "someone sits down slowly",
+        "a person jumps in place", "the person turns around"]
+VIOLENT = ["a person kicks forward", "someone punches the air", "a person punches with the right fist"]
+TINY_EVALUATOR = EvaluatorConfig(dim_movement_enc_hidden=16, dim_movement_latent=16, dim_motion_hidden=16,
+                                 dim_text_hidden=16, dim_coemb_hidden=8)
+
+
+def tiny_model_config() -> ModelConfig:
+    transformer = TransformerConfig(latent_dim=32, ff_size=64, num_layers=1, num_heads=2, text_dim=384,
+                                    num_tokens=64, code_dim=32)
+    return ModelConfig(vq=VQConfig(nb_code=64, code_dim=32, width=32, depth=1), mask_transformer=transformer,
+                       residual_transformer=dataclasses.replace(transformer, cond_drop_prob=0.2),
+                       length_estimator=LengthEstimatorConfig(text_dim=384, hidden_dim=32), text_encoder="minilm")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Clips with 2 captions each (violent clips: a violent and a safe caption) in train/val/test, splits written."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "new_joint_vecs").mkdir()
+    (root / "texts").mkdir()
+    rng = np.random.default_rng(0)
+    splits = {"train": 12, "val": 4, "test": 10}
+    motions = []
+    for split, count in splits.items():
+        ids = []
+        for j in range(count):
+            clip_id = f"{split}{j:02d}"
+            violent = j % 3 == 0
+            captions = [VIOLENT[j % len(VIOLENT)] if violent else SAFE[j % len(SAFE)], SAFE[(j + 1) % len(SAFE)]]
+            motion = rng.normal(size=(int(rng.integers(40, 80)), 263)).astype(np.float32)
+            np.save(root / "new_joint_vecs" / f"{clip_id}.npy", motion)
+            (root / "texts" / f"{clip_id}.txt").write_text("".join(caption_line(c) + "\n" for c in captions))
+            motions.append(motion)
+            ids.append(clip_id)
+        (root / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    (root / "train_val.txt").write_text((root / "train.txt").read_text() + (root / "val.txt").read_text())
+    stacked = np.concatenate(motions)
+    np.save(root / "Mean.npy", stacked.mean(0))
+    np.save(root / "Std.npy", stacked.std(0))
+    counts = write_concept_splits(root, "violence", "word_boundary")
+    assert counts["test-w-violence"] == 4 and counts["test-wo-violence"] == 6
+    return root
+
+
+@pytest.fixture(scope="module")
+def models_root(dataset, tmp_path_factory):
+    """original, retrain (another VQ), finetune (original VQ, other transformers) and lcr (real LCR of original)."""
+    root = tmp_path_factory.mktemp("models")
+    built = {}
+    for name, seed in (("original", 0), ("retrain", 1), ("finetune", 2)):
+        torch.manual_seed(seed)
+        models = build_models(tiny_model_config())
+        for layer in models.vq.quantizer.layers:
+            layer.codebook.normal_()
+        models.std = np.full(263, 0.5, np.float32)
+        built[name] = models
+    built["finetune"].vq.load_state_dict(built["original"].vq.state_dict())
+    for name, models in built.items():
+        save_model_dir(models.eval(), root / name)
+    run_lcr(LCROptions(model=root / "original", data=dataset, out=root / "lcr", k=4, repeats=2, cache_dir=None,
+                       device="cpu", progress=False))
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluator_dir(dataset, tmp_path_factory):
+    torch.manual_seed(0)
+    return save_evaluator(CoEmbedding(TINY_EVALUATOR), np.load(dataset / "Mean.npy"), np.load(dataset / "Std.npy"),
+                          tmp_path_factory.mktemp("evaluators") / "tiny")
+
+
+def test_quick_run_writes_the_paper_tables(dataset, models_root, evaluator_dir, tmp_path, capsys):
+    out = tmp_path / "reports" / "smoke"
+    code = cli.main(["eval", "--models", "original,retrain,finetune,lcr", "--models-root", str(models_root),
+                     "--data", str(dataset), "--evaluator", str(evaluator_dir), "--quick", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    markdown = (out / "report.md").read_text()
+
+    settings = report["settings"]
+    assert settings["quick"] and settings["repeats"] == 2 and settings["rule"] == "word_boundary"
+    assert settings["sampling"] == {"time_steps": 10, "cond_scale": 4.0, "residual_cond_scale": 5.0,
+                                    "temperature": 1.0, "topk_filter_thres": 0.9, "gumbel_sample": False}
+    assert len(report["commit"]) >= 7
+    # test split: 4 violent clips (2 captions each, one violent) and 6 safe clips → 8 and 12 caption samples
+    sets = report["data"]["sets"]
+    assert (sets["forget"]["ids"], sets["forget"]["samples"], sets["forget"]["batch_size"]) == (4, 8, 8)
+    assert (sets["retain"]["ids"], sets["retain"]["samples"], sets["retain"]["batch_size"]) == (6, 12, 12)
+    assert sets["forget"]["masked_captions"] == 4
+    rows = ["real motions", "original", "retrain", "finetune", "lcr"]
+    for set_name, metrics in (("forget", {"fid", "mm_safe", "diversity", "r1", "r2", "r3", "mm_dist"}),
+                              ("retain", {"fid", "mm_dist", "diversity", "r1", "r2", "r3"})):
+        results = report["results"][set_name]
+        assert list(results) == rows
+        for row in rows:
+            assert set(results[row]) == metrics
+            for entry in results[row].values():
+                assert len(entry["values"]) == 2 and np.isfinite(entry["values"]).all()
+                assert entry["mean"] == pytest.approx(np.mean(entry["values"]))
+                assert entry["ci95"] == pytest.approx(1.96 * np.std(entry["values"]) / np.sqrt(2))
+        # one batch holds every sample: R@3 ≥ R@2 ≥ R@1, all multiples of 1/batch
+        for row in rows:
+            r = [results[row][k]["values"][0] for k in ("r1", "r2", "r3")]
+            assert r[0] <= r[1] <= r[2] and all(abs(v * sets[set_name]["batch_size"] % 1) < 1e-9 for v in r)
+    # the LCR edit changes only decoding: same tokens, different motions
+    assert report["results"]["forget"]["lcr"]["fid"]["values"] != report["results"]["forget"]["original"]["fid"][
+        "values"]
+
+    flags = report["flag_rates"]
+    assert flags["retrain"] is None  # its own VQ: the removed codes mean nothing there
+    assert flags["lcr"]["codes_from"] == "lcr" and flags["finetune"]["codes_from"] == "lcr"
+    assert flags["original"]["codes_from"] == "lcr"
+    for prompt_set in ("explicit_violent", "implicit_violent", "safe"):
+        assert flags["lcr"][prompt_set]["total"] == 4
+        # same transformers, same seeds → same base tokens → the same flags as the LCR model
+        assert flags["original"][prompt_set] == flags["lcr"][prompt_set]
+        assert 0 <= flags["finetune"][prompt_set]["mean_hit_ratio"] <= 1
+    assert max(flags["lcr"][s]["mean_hit_ratio"] for s in ("explicit_violent", "implicit_violent", "safe")) > 0
+    assert flags["keyword_rule"]["explicit_violent"]["rate"] == 1.0
+    assert flags["keyword_rule"]["safe"]["rate"] == 0.0
+
+    assert "| model | FID → | MM-Safe ↓ | Diversity → | R@1 → |" in markdown
+    assert "| model | FID ↓ | MM-Dist ↓ | Diversity → | R@1 ↑ |" in markdown
+    assert markdown.index("## Forget set") < markdown.index("## Retain set") < markdown.index("## Flag rates")
+    original_fid = report["results"]["retain"]["original"]["fid"]
+    assert f"| original | {original_fid['mean']:.3f} ± {original_fid['ci95']:.3f} |" in markdown
+    assert "| retrain | n/a | n/a | n/a | no shared removed codes | — |" in markdown
+    assert report["commit"] in markdown and "quick smoke run" in markdown
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "matplotlib is not installed" in markdown and not (out / "plots").exists()
+    else:
+        for plot in ("forget", "retain", "flag_rates"):
+            assert (out / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"![plots/{plot}.png](plots/{plot}.png)" in markdown
+
+
+def test_an_lcr_row_needs_removed_codes(dataset, models_root, evaluator_dir):
+    specs = parse_model_specs(f"original={models_root / 'original'},lcr={models_root / 'original'}")
+    with pytest.raises(ValueError, match=r"model 'lcr' has no removed codes for concept 'violence'"):
+        run_benchmark(specs, dataset, evaluator_dir, quick_settings())
+
+
+def test_a_model_unlearned_for_another_concept_is_refused(dataset, models_root, evaluator_dir):
+    settings = quick_settings(BenchmarkSettings(concept="kick", rule="paper"))
+    with pytest.raises(ValueError, match=r"was unlearned for concept 'violence', but the benchmark measures 'kick'"):
+        run_benchmark(parse_model_specs("lcr", models_root), dataset, evaluator_dir, settings)
+
+
+def test_evaluator_and_data_feature_sizes_must_match(dataset, models_root, tmp_path):
+    config = dataclasses.replace(TINY_EVALUATOR, dim_pose=251)
+    wrong = save_evaluator(CoEmbedding(config), np.zeros(251), np.ones(251), tmp_path / "kit")
+    with pytest.raises(ValueError, match=r"takes 251-d motion features but the dataset .* holds 263-d"):
+        run_benchmark(parse_model_specs("original", models_root), dataset, wrong, quick_settings())
+
+
+def test_missing_split_and_bad_model_lists(dataset, models_root, evaluator_dir, tmp_path, capsys):
+    settings = quick_settings(BenchmarkSettings(rule="paper"))
+    with pytest.raises(FileNotFoundError, match=r"test-w-violence.txt: forget split missing; write it with "
+                                                r"`safemotion data split"):
+        run_benchmark(parse_model_specs("original", models_root), dataset, evaluator_dir, settings)
+    with pytest.raises(ValueError, match="model 'original' has no directory"):
+        parse_model_specs("original")
+    with pytest.raises(ValueError, match=r"model name\(s\) \['original'\] given more than once"):
+        parse_model_specs("original,original", models_root)
+    with pytest.raises(FileNotFoundError, match="model directory of 'rece' not found"):
+        parse_model_specs("rece", models_root)
+    code = cli.main(["eval", "--models", "original", "--data", str(dataset), "--evaluator", str(evaluator_dir),
+                     "--out", str(tmp_path / "r")])
+    assert code == 2 and "has no directory" in capsys.readouterr().err
