@@ -22,7 +22,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from safemotion.models.config import BACKBONES
 from safemotion.models.mask_transformer import MaskTransformer
 from safemotion.models.model_dir import parameter_count
 from safemotion.train.presets import mini
+from results_md import write_section
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Backbones (issue 8)"
@@ -133,22 +133,6 @@ def report(results: list[dict], repeats: int, before: str, after: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Append the section to bench/RESULTS.md, or replace this section if it is already there (atomically)."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmarks\n"
-    if SECTION in old:
-        start = old.index(SECTION)
-        rest = old[start + len(SECTION):]
-        end = rest.find("\n## ")
-        new = old[:start] + text + ("" if end < 0 else rest[end + 1:])
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, prefix=".RESULTS.md.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(new)
-    os.replace(tmp, RESULTS)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -167,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, args.repeats, before, machine())
     print(text)
     if args.write:
-        write_section(text)
+        write_section(SECTION, text)
     return 0
 
 

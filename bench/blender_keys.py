@@ -14,7 +14,6 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import bpy  # noqa: E402
 
 from blender_addon import armature, keyframes, smpl_math  # noqa: E402
+from results_md import write_section
 
 SECTION = "## Blender keying (issue 7)"
 
@@ -123,21 +123,6 @@ def same_keys(obj, pose) -> bool:
     return bool(np.allclose(values, quats[:, 18, 1], atol=1e-6))
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section in the results file, or append it; other sections stay as they are."""
-    current = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if SECTION in current:
-        head, rest = current.split(SECTION, 1)
-        following = rest.find("\n## ")
-        current = head.rstrip("\n") + "\n\n" + text + (rest[following:] if following >= 0 else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(current.rstrip("\n") + "\n")
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=196)
@@ -183,7 +168,7 @@ def main() -> None:
     )
     print(text)
     if not args.no_write:
-        write_section(args.results, text)
+        write_section(SECTION, text, args.results)
         print(f"\nwritten to {args.results}")
 
 

@@ -15,7 +15,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from safemotion.generate import Generator
 from safemotion.models.model_dir import build_models, parameter_count
 from safemotion.motion.smpl import joints_to_smpl
 from safemotion.train.presets import preset
+from results_md import write_section
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Generation (issue 3)"
@@ -194,22 +194,6 @@ def report(results: list[dict], before: str, after: str, threads: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) the generation section of bench/RESULTS.md, atomically."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmarks\n"
-    if SECTION in old:
-        start = old.index(SECTION)
-        rest = old[start + len(SECTION):]
-        end = rest.find("\n## ")
-        new = old[:start] + text + ("" if end < 0 else rest[end + 1:])
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, prefix=".RESULTS.md.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(new)
-    os.replace(tmp, RESULTS)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -228,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, before, machine(), args.threads)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(SECTION, text)
     return 0
 
 

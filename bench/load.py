@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from results_md import write_section
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Server load (issue 6)"
@@ -246,23 +247,6 @@ def section(rows: list[dict], ceiling: dict, model_note: str, seconds: float, th
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of bench/RESULTS.md, atomically; other sections stay."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmarks\n"
-    if SECTION in old:
-        start = old.index(SECTION)
-        rest = old[start + len(SECTION):]
-        end = rest.find("\n## ")
-        new = old[:start] + text + ("" if end < 0 else "\n" + rest[end + 1:])
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, prefix=".RESULTS.md.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(new)
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
-    os.replace(tmp, RESULTS)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -294,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         text = section(rows, ceiling, note, args.seconds, args.threads, time.perf_counter() - started)
         print(text)
         if args.write:
-            write_section(text)
+            write_section(SECTION, text)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -25,6 +25,7 @@ from safemotion.models.model_dir import load_model_dir
 from safemotion.models.text_encoders import load_text_encoder
 from safemotion.unlearn.cond_edit import CondEditOptions, CondEditSettings, run_cond_edit
 from safemotion.unlearn.lcr_pipeline import LCROptions, run_lcr
+from results_md import write_section
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Unlearning (issue 4)"
@@ -89,22 +90,6 @@ def report(args: argparse.Namespace, rows: list[tuple[str, float, str]], before:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of bench/RESULTS.md, atomically."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmarks\n"
-    if SECTION in old:
-        start = old.index(SECTION)
-        rest = old[start + len(SECTION):]
-        end = rest.find("\n## ")
-        new = old[:start] + text + ("" if end < 0 else rest[end + 1:])
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, prefix=".RESULTS.md.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(new)
-    os.replace(tmp, RESULTS)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="original model directory")
@@ -127,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(args, rows, before, machine())
     print(text)
     if args.write:
-        write_section(text)
+        write_section(SECTION, text)
     return 0
 
 
