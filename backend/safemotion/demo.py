@@ -104,7 +104,7 @@ def run_demo(out: Path) -> dict:
         "ik_round_trip_mpjpe_m": float(ik_error),
         "smplx_vs_recovered_max_abs_m": float(smplx_error),
         "body_model_vertices": int(posed.vertices.shape[1]),
-        "outputs": sorted(p.name for p in out.iterdir()),
+        "outputs": sorted({p.name for p in out.iterdir()} | {"report.json"}),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
