@@ -59,6 +59,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from safemotion.atomic_dir import replace_dir
 from safemotion.data import captions as cap
 from safemotion.data.concepts import matches_concept
 from safemotion.data.mocap_import import load_motion
@@ -495,17 +496,6 @@ def _prepare_output(out: Path) -> Path:
     return tmp
 
 
-def _replace_folder(tmp: Path, out: Path) -> None:
-    """Move the finished build into place, replacing an older build."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
-
-
 def build_dataset(
     out: Path,
     shared_data: Path | None = None,
@@ -531,7 +521,7 @@ def build_dataset(
     try:
         stats = _build_into(tmp, takes, seed, workers, skipped, started)
         shutil.rmtree(tmp / ".scratch")
-        _replace_folder(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

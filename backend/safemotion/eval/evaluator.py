@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pickle
 import shutil
-import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -51,6 +49,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from safemotion.atomic_dir import replace_dir
 from safemotion.data.captions import tag_tokens
 from safemotion.data.motion_dataset import FPS, MAX_FRAMES_EXCLUSIVE, MIN_FRAMES, load_motion, read_captions
 from safemotion.eval.masking import PLACEHOLDER
@@ -618,14 +617,7 @@ def save_evaluator(networks: CoEmbedding, mean: np.ndarray, std: np.ndarray, out
         np.save(tmp / STD_FILE, np.asarray(std, np.float32))
         if training is not None:
             (tmp / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.rmdir(old)
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

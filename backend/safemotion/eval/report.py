@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
+from safemotion.atomic_dir import replace_dir
 from safemotion.unlearn.prompt_sets import PROMPT_SETS
 
 # (metric key, column title) of the paper's tables; arrows: → closer to the retrained model, ↓ lower, ↑ higher.
@@ -181,14 +180,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path, title: str | None 
             plots, note = [], "Plots skipped: matplotlib is not installed (pip install matplotlib)."
         (tmp / REPORT_JSON).write_text(json.dumps(result, indent=2, allow_nan=True) + "\n", encoding="utf-8")
         (tmp / REPORT_MD).write_text(render_markdown(result, title, plots, note), encoding="utf-8")
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.rmdir(old)
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,7 +15,6 @@ half-written model.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from safemotion.atomic_dir import replace_dir
 from safemotion.models.config import ModelConfig
 from safemotion.models.length_estimator import LengthEstimator
 from safemotion.models.mask_transformer import MaskTransformer
@@ -113,7 +113,7 @@ def save_model_dir(models: MotionModels, out_dir: str | Path, card: str | None =
     try:
         _write_contents(models, tmp, card if card is not None else model_card(models.config))
         check_model_dir(tmp)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -128,22 +128,6 @@ def _write_contents(models: MotionModels, folder: Path, card: str) -> None:
     np.save(folder / MEAN_FILE, models.mean.astype(np.float32))
     np.save(folder / STD_FILE, models.std.astype(np.float32))
     (folder / CARD_FILE).write_text(card, encoding="utf-8")
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename src to dst; an existing dst is moved aside first and removed only after the swap."""
-    if not dst.exists():
-        os.rename(src, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-    os.rmdir(old)
-    os.rename(dst, old)
-    try:
-        os.rename(src, dst)
-    except BaseException:
-        os.rename(old, dst)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_model_config(path: str | Path) -> ModelConfig:

@@ -36,6 +36,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from safemotion.atomic_dir import replace_dir
 from safemotion.models.config import ModelConfig
 from safemotion.models.model_dir import (
     CARD_FILE,
@@ -43,7 +44,6 @@ from safemotion.models.model_dir import (
     WEIGHT_FILES,
     ModelDirError,
     MotionModels,
-    _replace_dir,
     check_model_dir,
     read_model_config,
     save_model_dir,
@@ -201,7 +201,7 @@ def save_unlearned_model(models: MotionModels, out: str | Path, record: Unlearni
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / name),
                       metadata={"component": Path(name).stem})
         check_model_dir(folder)
-        _replace_dir(folder, out)
+        replace_dir(folder, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
