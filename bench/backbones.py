@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import statistics
 import sys
 import time
@@ -32,7 +30,7 @@ from safemotion.models.config import BACKBONES
 from safemotion.models.mask_transformer import MaskTransformer
 from safemotion.models.model_dir import parameter_count
 from safemotion.train.presets import mini
-from results_md import write_section
+from results_md import machine, write_section
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Backbones (issue 8)"
@@ -83,21 +81,6 @@ def bench_backbone(backbone: str, repeats: int, full_batch: bool) -> dict:
         "b32": decode_seconds(model, features, 100) if full_batch else None,
         "b32_first_step": first_step_seconds(model, features),
     }
-
-
-def machine() -> str:
-    """CPU model, cores, torch build and load average, as one line."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} thread(s)); load average (1/5/15 min) {load}")
 
 
 def report(results: list[dict], repeats: int, before: str, after: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from safemotion.generate import Generator
 from safemotion.models.model_dir import build_models, parameter_count
 from safemotion.motion.smpl import joints_to_smpl
 from safemotion.train.presets import preset
-from results_md import write_section
+from results_md import machine, write_section
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Generation (issue 3)"
@@ -143,21 +142,6 @@ def bench_size(size: str, repeats: int, batches: int, budget: float) -> dict:
         "batch_runs": (len(batch_times), len(all_batches)), "contended_batches": contended_batches,
         "parts": part_times, "smpl": smpl, "cpu_one": cpu_one, "cpu_batch": cpu_batch,
     }
-
-
-def machine() -> str:
-    """CPU model, cores, torch build and load, as one markdown paragraph."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads); load average (1/5/15 min) {load}")
 
 
 def report(results: list[dict], before: str, after: str, threads: int) -> str:

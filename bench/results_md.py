@@ -23,3 +23,23 @@ def write_section(heading: str, text: str, path: Path = RESULTS) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(new)
     os.replace(tmp, path)
+
+
+def machine() -> str:
+    """CPU model, cores, GPU if any, Python and torch builds, torch threads and load average, as one line."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} logical cores{gpu}, Python {platform.python_version()}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} thread(s)); load average (1/5/15 min) {load}")

@@ -11,8 +11,6 @@ loading the text encoder, which is timed on its own.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ from safemotion.models.model_dir import load_model_dir
 from safemotion.models.text_encoders import load_text_encoder
 from safemotion.unlearn.cond_edit import CondEditOptions, CondEditSettings, run_cond_edit
 from safemotion.unlearn.lcr_pipeline import LCROptions, run_lcr
-from results_md import write_section
+from results_md import machine, write_section
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Unlearning (issue 4)"
@@ -61,22 +59,6 @@ def bench(args: argparse.Namespace, work: Path) -> list[tuple[str, float, str]]:
         rows.append((method.upper(), time.perf_counter() - start, "encode the words, closed form, write the model"))
         print(rows[-1], flush=True)
     return rows
-
-
-def machine() -> str:
-    """CPU, cores, torch build and load, as one line."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} logical cores{gpu}, Python {platform.python_version()}, torch "
-            f"{torch.__version__} ({torch.get_num_threads()} threads); load average {load}")
 
 
 def report(args: argparse.Namespace, rows: list[tuple[str, float, str]], before: str, after: str) -> str:
