@@ -3,7 +3,6 @@ model and reported (hits, spans, per-second timeline, JSON schema, text), also f
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -13,8 +12,7 @@ import torch
 
 from safemotion import cli
 from safemotion.data.bvh import bvh_from_smpl_joints, write_bvh
-from safemotion.models.config import ModelConfig, TransformerConfig, VQConfig
-from safemotion.models.model_dir import build_models, save_model_dir
+from safemotion.models.model_dir import save_model_dir
 from safemotion.motion import skeleton
 from safemotion.motion.features import extract_features
 from safemotion.unlearn.audit import audit_file, encode_joints, load_joints, resample_joints
@@ -24,6 +22,7 @@ from safemotion.unlearn.record import (
     codebook_tensors,
     save_unlearned_model,
 )
+from tiny_unlearn_model import tiny_models
 
 SOURCE_FPS = 30
 
@@ -39,19 +38,6 @@ def walking_joints(frames: int = 150) -> np.ndarray:
         out[t, chain] = (rest[chain] - rest[shoulder]) @ rotation.T + rest[shoulder]
         out[t] += np.array([0.0, 0.0, 0.02 * t])
     return out
-
-
-def tiny_models():
-    transformer = TransformerConfig(latent_dim=16, ff_size=32, num_layers=1, num_heads=2, text_dim=384,
-                                    num_tokens=16, code_dim=8)
-    config = ModelConfig(vq=VQConfig(nb_code=16, code_dim=8, width=8, depth=1), mask_transformer=transformer,
-                         residual_transformer=dataclasses.replace(transformer, cond_drop_prob=0.2),
-                         length_estimator=None, text_encoder="minilm")
-    torch.manual_seed(0)
-    models = build_models(config)
-    for layer in models.vq.quantizer.layers:
-        layer.codebook.normal_()
-    return models.eval()
 
 
 @pytest.fixture(scope="module")

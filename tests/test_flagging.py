@@ -3,14 +3,12 @@ policies, and swapping the original codebook back for `allow`."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from safemotion.models.config import ModelConfig, TransformerConfig, VQConfig
-from safemotion.models.model_dir import build_models, load_model_dir
+from safemotion.models.model_dir import load_model_dir
 from safemotion.unlearn.flagging import (
     assess,
     calibrate_threshold,
@@ -26,6 +24,7 @@ from safemotion.unlearn.record import (
     codebook_tensors,
     save_unlearned_model,
 )
+from tiny_unlearn_model import tiny_models
 
 REMOVED = [3, 7, 11]
 
@@ -101,19 +100,6 @@ def test_calibration_rejects_degenerate_inputs():
     with pytest.raises(ValueError, match="no positive"):
         calibrate_threshold([0.0, 0.0], [0.1])
     assert roc_auc(np.array([0.5]), np.array([0.5])) == 0.5
-
-
-def tiny_models():
-    transformer = TransformerConfig(latent_dim=16, ff_size=32, num_layers=1, num_heads=2, text_dim=384,
-                                    num_tokens=16, code_dim=8)
-    config = ModelConfig(vq=VQConfig(nb_code=16, code_dim=8, width=8, depth=1), mask_transformer=transformer,
-                         residual_transformer=dataclasses.replace(transformer, cond_drop_prob=0.2),
-                         length_estimator=None, text_encoder="minilm")
-    torch.manual_seed(0)
-    models = build_models(config)
-    for layer in models.vq.quantizer.layers:
-        layer.codebook.normal_()
-    return models.eval()
 
 
 def test_review_and_original_codebook_swap(tmp_path):

@@ -40,7 +40,7 @@ from safemotion.models.model_dir import MotionModels, build_models, load_model_d
 from safemotion.models.rvqvae import RVQVAE
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.motion.normalization import FEAT_BIAS, Normalizer, model_std
-from safemotion.train.loop import Recipe, Stage, TrainResult, train
+from safemotion.train.loop import Recipe, Stage, TrainResult, save_checkpoint, train
 from safemotion.train.presets import official
 from safemotion.train.stages import DEFAULT_RECIPES, STAGES, LengthStage, MaskStage, ResidualStage, VQStage
 
@@ -202,7 +202,7 @@ def cached_text_features(encoder_name: str, load_encoder: Callable[[], TextEncod
             batch = missing[start:start + TEXT_BATCH]
             cached.update(zip(batch, encoder.encode(batch).float().cpu()))
         names = list(cached)
-        _atomic_torch_save(path, {"captions": names, "features": torch.stack([cached[n] for n in names])})
+        save_checkpoint(path, {"captions": names, "features": torch.stack([cached[n] for n in names])})
     return torch.stack([cached[c] for c in captions])
 
 
@@ -230,18 +230,6 @@ def tokenize_samples(vq: RVQVAE, normalizer: Normalizer, samples: list[Captioned
     bar.close()
     vq.train(was_training)
     return [[encoded[(i, p)] for p in range(UNIT_LENGTH)] for i in range(len(samples))]
-
-
-def _atomic_torch_save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _update_record(work: Path, stage: str, data: Path, recipe: Recipe, result: TrainResult) -> dict:
