@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from safemotion.unlearn.commands import add_unlearn_commands
+from safemotion.unlearn.policies import DEFAULT_POLICY, POLICIES
 
 
 def _data_build(args: argparse.Namespace) -> int:
@@ -44,11 +45,11 @@ def _import_momask(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from safemotion.decoding import SamplingConfig
-    from safemotion.generate import DEFAULT_MODEL_DIR, GenerationRequest, Generator, output_paths, save_bvh, save_npz
+    from safemotion.generate import DEFAULT_MODEL_DIR, GenerationRequest, output_paths, save_bvh, save_npz
+    from safemotion.safe_generation import SafeGenerator
 
-    writers = {".npz": save_npz, ".bvh": save_bvh}
     suffix = args.out.suffix.lower()
-    if suffix not in writers:
+    if suffix not in (".npz", ".bvh"):
         raise ValueError(f"--out {args.out}: unknown file type '{suffix}'; use .npz or .bvh")
     request = GenerationRequest(args.prompt, seconds=args.seconds, seed=args.seed, variations=args.variations)
     request.validate()
@@ -56,14 +57,20 @@ def _generate(args: argparse.Namespace) -> int:
                               residual_cond_scale=args.residual_cond_scale, temperature=args.temperature,
                               gumbel_sample=args.gumbel)
     sampling.validate()
-    generator = Generator.from_dir(args.model or DEFAULT_MODEL_DIR, device=args.device, sampling=sampling,
-                                   clip_weights=args.clip_weights, clip_vocab=args.clip_vocab)
-    motions = generator.generate([request])
+    generator = SafeGenerator.from_dir(args.model or DEFAULT_MODEL_DIR, device=args.device, sampling=sampling,
+                                       clip_weights=args.clip_weights, clip_vocab=args.clip_vocab)
+    results = generator.generate([request], policy=args.policy)[0]
     written = []
-    for motion, path in zip(motions, output_paths(args.out, len(motions))):
-        writers[suffix](motion, path)
-        written.append({"file": str(path), "seed": motion.seed, "frames": motion.num_frames,
-                        "seconds": motion.seconds, "length_from": motion.length_from})
+    for item, path in zip(results, output_paths(args.out, len(results))):
+        motion, safety = item.motion, None if item.safety is None else item.safety.to_dict()
+        entry = {"file": None if item.blocked else str(path), "seed": motion.seed, "frames": motion.num_frames,
+                 "seconds": motion.seconds, "length_from": motion.length_from, "safety": safety}
+        if item.blocked:
+            print(f"variation {motion.variation} (seed {motion.seed}) not written: {item.safety.reason}",
+                  file=sys.stderr)
+        else:
+            save_npz(motion, path, safety=safety) if suffix == ".npz" else save_bvh(motion, path)
+        written.append(entry)
     print(json.dumps(written, indent=2))
     return 0
 
@@ -232,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="motions to generate, 1-16 (variation k uses seed + k)")
     generate.add_argument("--out", type=Path, required=True, help=".npz (joints, SMPL, tokens) or .bvh (SMPL "
                           "skeleton); several variations get _1, _2, ... suffixes")
+    generate.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
+                          help="for LCR models: sanitize (flag, keep the LCR motion), block (write nothing for flagged "
+                               "motions) or allow (decode with the original codebook)")
     generate.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     generate.add_argument("--steps", type=int, default=10, help="masked decoding steps")
     generate.add_argument("--cond-scale", type=float, default=4.0, help="guidance scale of the base layer")

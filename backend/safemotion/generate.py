@@ -253,13 +253,15 @@ def output_paths(path: str | Path, count: int) -> list[Path]:
     return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(1, count + 1)]
 
 
-def save_npz(motion: GeneratedMotion, path: str | Path) -> Path:
-    """Write joints, features, tokens, SMPL pose and metadata (JSON string) to an .npz file, atomically."""
+def save_npz(motion: GeneratedMotion, path: str | Path, safety: dict | None = None) -> Path:
+    """Write joints, features, tokens, SMPL pose and metadata (JSON string, with the safety record) to an .npz file,
+    atomically."""
     path = Path(path)
     metadata = {
         "prompt": motion.prompt, "seed": motion.seed, "variation": motion.variation, "fps": motion.fps,
         "frames": motion.num_frames, "length_from": motion.length_from, "sampling": vars(motion.sampling),
         "joint_names": list(skeleton.SMPL22_NAMES), "smpl_joint_names": list(skeleton.SMPL24_NAMES),
+        "safety": safety,
     }
     arrays = {
         "joints": motion.joints.astype(np.float32),

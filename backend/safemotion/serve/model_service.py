@@ -4,9 +4,7 @@
 owns every torch module. What needs no model (the SMPL fit, base64 encoding) happens afterwards in `motion_payloads`,
 on whichever thread wants the JSON, so the model thread goes straight on to the next batch.
 
-Policies (safemotion.unlearn.flagging): `sanitize` and `block` decode with the model's (LCR-edited) codebook, `allow`
-with the original codebooks kept in the model directory; `block` withholds flagged motions. A model without removed
-codes has nothing to flag: every policy generates the same motions and `safety` is null.
+Policies are applied by safemotion.safe_generation.SafeGenerator; this module only batches, audits and serialises.
 """
 
 from __future__ import annotations
@@ -19,20 +17,13 @@ import numpy as np
 import torch
 
 from safemotion.data.mocap_import import TARGET_FPS
-from safemotion.generate import (
-    SECONDS_RANGE,
-    VARIATIONS_RANGE,
-    GeneratedMotion,
-    GenerationRequest,
-    Generator,
-    pick_device,
-)
+from safemotion.generate import SECONDS_RANGE, VARIATIONS_RANGE, GenerationRequest, Generator, pick_device
 from safemotion.motion import skeleton
 from safemotion.motion.smpl import joints_to_smpl
+from safemotion.safe_generation import Generated, SafeGenerator
 from safemotion.serve.encoding import encode_array
 from safemotion.unlearn.audit import audit_joints, resample_joints
-from safemotion.unlearn.flagging import SafetyRecord, original_codebook_models, review
-from safemotion.unlearn.record import removed_base_codes, safety_settings, unlearning_record
+from safemotion.unlearn.record import safety_settings, unlearning_record
 
 
 @dataclass(frozen=True)
@@ -49,19 +40,6 @@ class AuditTask:
 
     joints: np.ndarray
     fps: float
-
-
-@dataclass
-class Generated:
-    """A generated motion and its safety record (None for a model without removed codes)."""
-
-    motion: GeneratedMotion
-    safety: SafetyRecord | None
-
-    @property
-    def blocked(self) -> bool:
-        """Whether the policy withholds this motion."""
-        return self.safety is not None and self.safety.decision == "blocked"
 
 
 class NotAuditable(ValueError):
@@ -84,13 +62,8 @@ class ModelService:
         self.name = name
         self.path = path
         self.generator = generator
-        config = generator.models.config
-        self.removed_codes = removed_base_codes(config)
-        record = unlearning_record(config)
-        self.original: Generator | None = None
-        if self.removed_codes and record is not None and record.original_codebooks:
-            self.original = Generator(original_codebook_models(generator.models, path), generator.text_encoder,
-                                      generator.sampling, generator.device, generator.batch_size)
+        self.safe = SafeGenerator(generator, path)
+        self.removed_codes = self.safe.removed_codes
         self.info = self._describe()
 
     @classmethod
@@ -133,32 +106,18 @@ class ModelService:
 
     @torch.inference_mode()
     def generate(self, tasks: list[GenerationTask]) -> list[list[Generated]]:
-        """All variations of every task, in one model batch per codebook (allow vs the others)."""
-        results: list[list[Generated] | None] = [None] * len(tasks)
-        groups: dict[bool, list[int]] = {}
-        for i, task in enumerate(tasks):
-            groups.setdefault(task.policy == "allow" and self.original is not None, []).append(i)
-        for use_original, indices in groups.items():
-            generator = self.original if use_original else self.generator
-            motions = generator.generate([tasks[i].request for i in indices], smpl=False)
-            start = 0
-            for i in indices:
-                count = tasks[i].request.variations
-                own = motions[start:start + count]
-                start += count
-                records = review(self.generator.models, [m.base_tokens for m in own], tasks[i].policy)
-                results[i] = [Generated(m, None if records is None else r)
-                              for m, r in zip(own, records or [None] * count)]
-        return results
+        """All variations of every task, in one model batch per codebook (allow vs the others); SMPL fits later."""
+        return self.safe.generate([task.request for task in tasks], [task.policy for task in tasks], smpl=False)
 
     @torch.inference_mode()
     def audit(self, task: AuditTask) -> dict[str, Any]:
         """Removed-code report of a motion (the AuditReport as a dict, without its file name)."""
-        if self.original is None:
+        original = self.safe.original
+        if original is None:
             raise NotAuditable(f"model {self.name!r} has no removed codes to look for; audit with a model made "
                                "by `safemotion unlearn lcr`")
         joints = resample_joints(np.asarray(task.joints, dtype=np.float64), task.fps, TARGET_FPS)
-        report = audit_joints(self.generator.models, self.original.models, joints, model=self.name,
+        report = audit_joints(self.generator.models, original.models, joints, model=self.name,
                               source_fps=task.fps).to_dict()
         report.pop("file")
         return report

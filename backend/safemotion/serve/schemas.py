@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from safemotion.generate import MAX_PROMPT_CHARS, SECONDS_RANGE, VARIATIONS_RANGE
-from safemotion.unlearn.flagging import DEFAULT_POLICY
+from safemotion.unlearn.policies import DEFAULT_POLICY
 
 MAX_JOB_ITEMS = 256
 MAX_SEED = 2**63 - VARIATIONS_RANGE[1] - 1  # seeds seed..seed+variations-1 all fit in int64

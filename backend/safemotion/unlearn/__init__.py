@@ -1,21 +1,3 @@
-"""Unlearning of a concept in a MoMask-family model; Latent Code Replacement (LCR) edits RVQ codebooks."""
-
-from safemotion.unlearn.lcr import (
-    apply_lcr,
-    choose_source_code,
-    code_presence,
-    codebook_std,
-    orthogonal_projection_vectors,
-    replacement_vectors,
-    select_codes,
-)
-
-__all__ = [
-    "apply_lcr",
-    "choose_source_code",
-    "code_presence",
-    "codebook_std",
-    "orthogonal_projection_vectors",
-    "replacement_vectors",
-    "select_codes",
-]
+"""Unlearning of a concept in a MoMask-family model: Latent Code Replacement (lcr, lcr_pipeline), the UCE/RECE/
+fine-tune baselines, forgotten-code flagging and motion audits. Submodules are imported where used (no torch at CLI
+start-up)."""

@@ -30,6 +30,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from safemotion.models.model_dir import MotionModels
+from safemotion.unlearn.policies import DEFAULT_POLICY, check_policy
 from safemotion.unlearn.record import (
     load_original_codebooks,
     removed_base_codes,
@@ -37,8 +38,6 @@ from safemotion.unlearn.record import (
     unlearning_record,
 )
 
-POLICIES = ("sanitize", "block", "allow")
-DEFAULT_POLICY = "sanitize"
 DECISIONS = ("pass", "sanitized", "blocked", "allowed")
 
 
@@ -64,13 +63,6 @@ class SafetyRecord:
         data = dataclasses.asdict(self)
         data["spans"] = [list(span) for span in self.spans]
         return data
-
-
-def check_policy(policy: str) -> str:
-    """The policy name, or ValueError listing the known ones."""
-    if policy not in POLICIES:
-        raise ValueError(f"safety policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
-    return policy
 
 
 def hit_token_indices(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int]) -> np.ndarray:
