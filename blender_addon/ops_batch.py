@@ -1,0 +1,587 @@
+"""Batch generation: many prompts (a text block or a .txt/.csv file) → one server job → one NLA track per prompt.
+
+The batch lives in the scene (`scene.safemotion_batch`, saved with the .blend): every prompt with its state, the
+server job and item it was sent as, and the action it became. A `BatchRunner` works from that state alone, so the same
+loop serves a new batch and "Resume": pending prompts are submitted (one job of up to MAX_JOB_ITEMS prompts), queued
+ones are polled, finished ones are applied, one named action each, pushed onto its own NLA track of the batch's
+armature (the panel's target, retargeted, or an SMPL armature made for the batch). A job the server no longer knows
+(404: restarted with another database) has its unfinished prompts submitted again; finished prompts are never redone.
+
+In the UI a modal timer drives the runner and Esc cancels (server jobs cancelled, applied prompts kept). In background
+mode, or when called from a script, the operators run the same loop synchronously.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import bpy
+from bpy.app.handlers import persistent
+from bpy.props import CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+
+from . import armature, batch_prompts, retarget, safety
+from .client import BackendClient, BackendError, decode_array
+from .preferences import client_from_preferences
+
+MAX_JOB_ITEMS = 256  # the server's limit on prompts per job
+POLL_INTERVAL_S = 0.25
+STALL_TIMEOUT_S = 600.0  # a synchronous run gives up when no prompt has progressed for this long
+
+ITEM_STATES = (
+    ("PENDING", "Pending", "Not sent to the server yet (or sent again after the server lost it)", "TIME", 0),
+    ("QUEUED", "Queued", "Sent; the server is working on it", "SORTTIME", 1),
+    ("DONE", "Done", "Applied as an action on its own NLA track", "CHECKMARK", 2),
+    ("BLOCKED", "Blocked", "Flagged and withheld by the Block safety policy: nothing was written", "CANCEL", 3),
+    ("FAILED", "Failed", "The server could not generate it (Resume tries again)", "ERROR", 4),
+    ("CANCELLED", "Cancelled", "Cancelled before it was applied (Resume generates it)", "X", 5),
+)
+STATE_ICONS = {identifier: icon for identifier, _, _, icon, _ in ITEM_STATES}
+FINAL_STATES = {"DONE", "BLOCKED"}
+
+
+def _is_armature(_batch, obj: bpy.types.Object) -> bool:
+    return obj.type == "ARMATURE"
+
+
+class SafeMotionBatchItem(bpy.types.PropertyGroup):
+    """One prompt of a batch; `name` is its (unique) action name."""
+
+    prompt: StringProperty(name="Prompt")
+    seconds: FloatProperty(name="Seconds")
+    seed: IntProperty(name="Seed")
+    line: IntProperty(name="Line", description="Line of the prompt in its text or file")
+    state: EnumProperty(name="State", items=ITEM_STATES, default="PENDING")
+    job_id: StringProperty(name="Job", description="Server job the prompt was last sent as")
+    job_index: IntProperty(name="Job Item", description="The prompt's index in that job")
+    action: PointerProperty(name="Action", type=bpy.types.Action)
+    message: StringProperty(name="Message", description="Server error or safety note")
+
+
+class SafeMotionBatch(bpy.types.PropertyGroup):
+    """Where a batch's prompts come from, and the batch in progress (saved with the file for Resume)."""
+
+    source: EnumProperty(name="Prompts From", items=(
+        ("TEXT", "Text Block", "One prompt per line of a text block in this file"),
+        ("FILE", "File", "A .txt file (one prompt per line) or a .csv file with a 'prompt' column"),
+    ), default="TEXT")
+    text: PointerProperty(name="Text", type=bpy.types.Text, description="Text block with one prompt per line")
+    filepath: StringProperty(name="File", subtype="FILE_PATH", description=".txt or .csv prompt file")
+    items: CollectionProperty(type=SafeMotionBatchItem)
+    active_item: IntProperty(name="Active Prompt")
+    origin: StringProperty(name="Read From", description="Text block or file the batch was read from")
+    policy: StringProperty(name="Policy", description="Safety policy the batch is generated under")
+    target: PointerProperty(name="Target", type=bpy.types.Object, poll=_is_armature,
+                            description="Armature the prompts are retargeted onto (empty: an SMPL armature)")
+    bone_preset: StringProperty(name="Bone Mapping", default="AUTO")
+    smpl_armature: PointerProperty(name="SMPL Armature", type=bpy.types.Object,
+                                   description="Armature made for the batch when there is no target")
+    frame_start: IntProperty(name="Start Frame", default=1)
+
+
+def batch_counts(batch: SafeMotionBatch) -> dict[str, int]:
+    """Number of prompts in each state."""
+    counts = {identifier: 0 for identifier, *_ in ITEM_STATES}
+    for item in batch.items:
+        counts[item.state] += 1
+    return counts
+
+
+def batch_unfinished(batch: SafeMotionBatch) -> bool:
+    """Whether some prompt still has to be generated (Resume has work)."""
+    return any(item.state not in FINAL_STATES for item in batch.items)
+
+
+# --- starting a batch -----------------------------------------------------------------------------------------------
+
+
+def read_batch_source(batch: SafeMotionBatch) -> tuple[list[batch_prompts.BatchPrompt], str]:
+    """The prompts of the chosen text block or file, and where they were read; ValueError with a line number."""
+    if batch.source == "TEXT":
+        if batch.text is None:
+            raise ValueError("no text block chosen: pick the text block that lists the prompts")
+        return batch_prompts.parse_text(batch.text.as_string(), batch.text.name), batch.text.name
+    if not batch.filepath:
+        raise ValueError("no prompt file chosen: pick a .txt or .csv file")
+    path = bpy.path.abspath(batch.filepath)
+    return batch_prompts.read_prompt_file(path), path
+
+
+def target_mapping(target: bpy.types.Object, preset: str) -> dict[str, str]:
+    """Role -> bone mapping onto the target (preset "AUTO" = detected); ValueError when the bones do not fit."""
+    names = [bone.name for bone in target.data.bones]
+    if preset == "AUTO":
+        return retarget.auto_mapping(names)[1]
+    mapping = retarget.preset_mapping(preset, names)
+    retarget.validate_mapping(mapping, names)
+    return mapping
+
+
+def start_batch(scene: bpy.types.Scene, prompts: list[batch_prompts.BatchPrompt], origin: str) -> None:
+    """Replace the scene's batch with these prompts (all pending) and the panel's settings at this moment.
+
+    A target armature whose bones the mapping cannot drive raises ValueError before anything changes.
+    """
+    settings = scene.safemotion
+    batch = scene.safemotion_batch
+    if settings.target_armature is not None:
+        target_mapping(settings.target_armature, settings.bone_preset)
+    seed = random.randrange(batch_prompts.MAX_SEED + 1) if settings.random_seed else settings.seed
+    batch.items.clear()
+    batch.active_item = 0
+    batch.origin = origin
+    batch.policy = settings.policy.lower()
+    batch.target = settings.target_armature
+    batch.bone_preset = settings.bone_preset
+    batch.smpl_armature = None
+    batch.frame_start = scene.frame_start
+    for prompt in prompts:
+        item = batch.items.add()
+        item.name = prompt.name
+        item.prompt = prompt.prompt
+        item.seconds = settings.seconds if prompt.seconds is None else prompt.seconds
+        item.seed = seed if prompt.seed is None else prompt.seed
+        item.line = prompt.line
+
+
+def reopen_batch(batch: SafeMotionBatch) -> None:
+    """Make failed and cancelled prompts pending again (Resume); queued ones keep their job."""
+    for item in batch.items:
+        if item.state in ("FAILED", "CANCELLED"):
+            item.state, item.job_id, item.message = "PENDING", "", ""
+
+
+# --- the runner -----------------------------------------------------------------------------------------------------
+
+
+class BatchRunner:
+    """Moves a scene's batch forward: submit pending prompts, poll their jobs, apply finished ones."""
+
+    def __init__(self, scene: bpy.types.Scene, client: BackendClient):
+        self.scene = scene
+        self.client = client
+        self._motions: dict[tuple[str, int], dict] = {}  # fetched, not yet applied: (job, index) -> motion
+        self._models: dict[str, str] = {}  # job -> model name (for the flagged list)
+        self.warnings: list[str] = []  # flagged prompts, to report
+
+    @property
+    def batch(self) -> SafeMotionBatch:
+        return self.scene.safemotion_batch
+
+    def finished(self) -> bool:
+        """No prompt is pending or queued."""
+        return not any(item.state in ("PENDING", "QUEUED") for item in self.batch.items)
+
+    def step(self, max_apply: int | None = None) -> int:
+        """Submit, poll, and apply at most `max_apply` finished prompts (all when None); returns how many."""
+        self.submit_pending()
+        self.poll()
+        return self.apply_ready(max_apply)
+
+    def submit_pending(self) -> int:
+        """Send the pending prompts as jobs of at most MAX_JOB_ITEMS prompts; returns how many were sent."""
+        pending = [item for item in self.batch.items if item.state == "PENDING"]
+        for start in range(0, len(pending), MAX_JOB_ITEMS):
+            chunk = pending[start:start + MAX_JOB_ITEMS]
+            # Seconds are rounded: the float32 property holds 9.8 as 9.80000019, which the server would refuse.
+            payload = {"policy": self.batch.policy,
+                       "items": [{"prompt": item.prompt, "seconds": round(item.seconds, 3), "seed": item.seed,
+                                  "variations": 1} for item in chunk]}
+            job_id = self.client.submit(payload)
+            for index, item in enumerate(chunk):
+                item.state, item.job_id, item.job_index = "QUEUED", job_id, index
+        return len(pending)
+
+    def poll(self) -> None:
+        """Update queued prompts from their jobs; fetch the motions of newly finished ones."""
+        by_job: dict[str, dict[int, SafeMotionBatchItem]] = {}
+        for item in self.batch.items:
+            if item.state == "QUEUED":
+                by_job.setdefault(item.job_id, {})[item.job_index] = item
+        for job_id, items in by_job.items():
+            try:
+                status = self.client.job(job_id)
+            except BackendError as err:
+                if err.status != 404:
+                    raise
+                for item in items.values():  # the server lost the job: send these prompts again
+                    item.state, item.job_id, item.message = "PENDING", "", "sent again: the server lost its job"
+                continue
+            self._models[job_id] = status.get("model", "")
+            newly_done = False
+            for entry in status.get("items", []):
+                item = items.get(entry["index"])
+                if item is None:
+                    continue
+                if entry["status"] == "failed":
+                    item.state, item.message = "FAILED", entry.get("error") or "generation failed"
+                elif entry["status"] == "cancelled":
+                    item.state, item.message = "CANCELLED", "cancelled on the server"
+                elif entry["status"] == "done" and (job_id, entry["index"]) not in self._motions:
+                    newly_done = True
+            # Results pages hold every item of the job: fetch again only once the last fetch is used up.
+            if newly_done and not any(key[0] == job_id for key in self._motions):
+                for entry in self.client.results(job_id)["items"]:
+                    if entry["status"] == "done" and entry["index"] in items and entry.get("motions"):
+                        self._motions[(job_id, entry["index"])] = entry["motions"][0]
+
+    def apply_ready(self, max_apply: int | None = None) -> int:
+        """Apply fetched motions of still-queued prompts, in batch order; returns how many were applied."""
+        applied = 0
+        for item in self.batch.items:
+            if max_apply is not None and applied >= max_apply:
+                break
+            motion = self._motions.pop((item.job_id, item.job_index), None) if item.state == "QUEUED" else None
+            if motion is None:
+                continue
+            warning = apply_motion(self.scene, item, motion, self._models.get(item.job_id, ""))
+            if warning:
+                self.warnings.append(warning)
+            applied += 1
+        return applied
+
+    def cancel(self) -> None:
+        """Cancel the server jobs of unfinished prompts and mark those prompts cancelled; applied ones stay."""
+        cancel_batch(self.batch, self.client)
+        self._motions.clear()
+
+    def run(self, stall_timeout: float = STALL_TIMEOUT_S) -> None:
+        """Run until no prompt is pending or queued (synchronous; background mode and scripts)."""
+        last_progress = time.monotonic()
+        progress = None
+        while True:
+            self.step()
+            counts = batch_counts(self.batch)
+            if self.finished():
+                return
+            if counts != progress:
+                progress, last_progress = counts, time.monotonic()
+            elif time.monotonic() - last_progress > stall_timeout:
+                raise BackendError(f"the batch made no progress for {stall_timeout:g} s "
+                                   f"({counts['DONE']} of {len(self.batch.items)} prompts done); "
+                                   "check the server, then use Resume Batch")
+            time.sleep(POLL_INTERVAL_S)
+
+
+def cancel_batch(batch: SafeMotionBatch, client: BackendClient | None) -> int:
+    """Cancel the jobs of unfinished prompts (when a client is given) and mark them cancelled; returns how many."""
+    jobs = {item.job_id for item in batch.items if item.state == "QUEUED" and item.job_id}
+    if client is not None:
+        for job_id in sorted(jobs):
+            try:
+                client.cancel(job_id)
+            except BackendError as err:
+                if err.status != 404:  # a job the server lost needs no cancelling
+                    raise
+    cancelled = 0
+    for item in batch.items:
+        if item.state in ("PENDING", "QUEUED"):
+            item.state, item.message = "CANCELLED", "cancelled by the user"
+            cancelled += 1
+    return cancelled
+
+
+# --- applying one motion --------------------------------------------------------------------------------------------
+
+
+def apply_motion(scene: bpy.types.Scene, item: SafeMotionBatchItem, motion: dict, model: str) -> str | None:
+    """Turn a finished prompt's motion into its named action on its own NLA track (or mark it blocked).
+
+    Returns the warning to report when the motion was flagged (markers and a flagged-list entry are added).
+    """
+    batch = scene.safemotion_batch
+    record = motion.get("safety")
+    item.message = ""
+    if motion.get("smpl") is None:
+        item.state = "BLOCKED"
+        item.message = (record or {}).get("reason") or "withheld by the server's safety policy"
+        return None
+    pose = decode_array(motion["smpl"]["pose"], "smpl.pose")
+    transl = decode_array(motion["smpl"]["transl"], "smpl.transl")
+    skeleton = motion["skeleton"]
+    rest = decode_array(skeleton["rest_joints"], "skeleton.rest_joints")
+    fps = float(motion["fps"])
+    if batch.target is not None:
+        obj = batch.target
+        mapping = target_mapping(obj, batch.bone_preset)
+        previous = obj.animation_data.action if obj.animation_data else None
+        action, _ = armature.retarget_onto(obj, pose, transl, rest, mapping=mapping, fps=fps, action_name=item.name,
+                                           frame_start=batch.frame_start)
+    else:
+        if batch.smpl_armature is None or batch.smpl_armature.name not in scene.objects:
+            batch.smpl_armature = armature.build_smpl_armature(
+                "SafeMotion batch", skeleton["joint_names"], skeleton["parents"], rest)
+        obj = batch.smpl_armature
+        previous = obj.animation_data.action if obj.animation_data else None
+        action = armature.apply_smpl_motion(obj, pose, transl, fps=fps, action_name=item.name,
+                                            frame_start=batch.frame_start, names=skeleton["joint_names"])
+    push_to_nla(obj, action, batch.frame_start, previous)
+    item.action = action
+    item.state = "DONE"
+    if record is None:
+        return None
+    action[safety.SAFETY_PROPERTY] = json.dumps(record, sort_keys=True)
+    if not record.get("flagged"):
+        return None
+    item.message = f"flagged ({record.get('decision', '')}): {record.get('reason', '')}"
+    return safety.flag_take(scene, item.name, record, [action], fps, batch.frame_start, item.prompt, model,
+                            int(motion.get("seed", item.seed)))
+
+
+def push_to_nla(obj: bpy.types.Object, action: bpy.types.Action, frame_start: int,
+                previous: bpy.types.Action | None) -> bpy.types.NlaTrack:
+    """Put `action` on a new NLA track of `obj` named after it, and give `obj` back its previous active action."""
+    anim = obj.animation_data
+    track = anim.nla_tracks.new()
+    track.name = action.name
+    track.strips.new(action.name, int(frame_start), action)
+    anim.action = previous
+    return track
+
+
+# --- operators ------------------------------------------------------------------------------------------------------
+
+_running: BatchRunner | None = None  # the batch a modal operator is driving right now (one at a time)
+
+
+@persistent
+def forget_on_load(_filepath) -> None:
+    """A file is being loaded: the running batch's scene goes away (its saved state lets Resume continue)."""
+    global _running
+    _running = None
+
+
+def _redraw(context) -> None:
+    if context.screen is None:
+        return
+    for area in context.screen.areas:
+        if area.type in ("VIEW_3D", "NLA_EDITOR"):
+            area.tag_redraw()
+
+
+class _BatchRun:
+    """Shared run logic of Batch Generate and Resume Batch: synchronous in execute, a modal timer in invoke."""
+
+    bl_options = {"REGISTER"}
+
+    def prepare(self, context) -> None:
+        """Set up the scene's batch for running (raise ValueError to refuse)."""
+        raise NotImplementedError
+
+    def _begin(self, context) -> BatchRunner | None:
+        try:
+            client = client_from_preferences(context)
+            self.prepare(context)
+        except (ValueError, BackendError) as err:
+            self.report({"ERROR"}, str(err))
+            return None
+        return BatchRunner(context.scene, client)
+
+    def _summary(self, batch: SafeMotionBatch) -> str:
+        counts = batch_counts(batch)
+        parts = [f"{counts['DONE']} of {len(batch.items)} prompts applied"]
+        parts += [f"{counts[s]} {s.lower()}" for s in ("BLOCKED", "FAILED", "CANCELLED") if counts[s]]
+        return "SafeMotion batch: " + ", ".join(parts)
+
+    def execute(self, context):
+        runner = self._begin(context)
+        if runner is None:
+            return {"CANCELLED"}
+        try:
+            runner.run()
+        except (BackendError, ValueError) as err:
+            self.report({"ERROR"}, f"{err} ({self._summary(runner.batch)}; Resume Batch continues)")
+            return {"CANCELLED"}
+        finally:
+            self._report_flags(runner)
+        self.report({"WARNING"} if batch_unfinished(runner.batch) else {"INFO"}, self._summary(runner.batch))
+        return {"FINISHED"}
+
+    def _report_flags(self, runner: BatchRunner) -> None:
+        for warning in runner.warnings:
+            self.report({"WARNING"}, warning)
+        runner.warnings.clear()
+
+    def invoke(self, context, event):
+        global _running
+        if bpy.app.background:
+            return self.execute(context)
+        runner = self._begin(context)
+        if runner is None:
+            return {"CANCELLED"}
+        _running = runner
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(POLL_INTERVAL_S, window=context.window)
+        wm.progress_begin(0, max(len(runner.batch.items), 1))
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        runner = _running
+        if runner is None:  # another file was loaded
+            return self._stop(context, {"CANCELLED"})
+        if event.type == "ESC":
+            try:
+                runner.cancel()
+            except BackendError as err:
+                self.report({"WARNING"}, f"could not cancel the server job: {err}")
+            self.report({"WARNING"}, self._summary(runner.batch))
+            return self._stop(context, {"CANCELLED"})
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        try:
+            runner.step(max_apply=1)  # one prompt per tick keeps the interface responsive
+        except (BackendError, ValueError) as err:
+            self.report({"ERROR"}, f"{err} ({self._summary(runner.batch)}; Resume Batch continues)")
+            return self._stop(context, {"CANCELLED"})
+        finally:
+            self._report_flags(runner)
+        batch = runner.batch
+        settled = sum(1 for item in batch.items if item.state not in ("PENDING", "QUEUED"))
+        context.window_manager.progress_update(settled)
+        if context.workspace is not None:
+            context.workspace.status_text_set(f"SafeMotion batch: {settled}/{len(batch.items)} prompts "
+                                              "(Esc cancels)")
+        _redraw(context)
+        if runner.finished():
+            self.report({"WARNING"} if batch_unfinished(batch) else {"INFO"}, self._summary(batch))
+            return self._stop(context, {"FINISHED"})
+        return {"RUNNING_MODAL"}
+
+    def cancel(self, context):
+        # Blender ends the modal (e.g. a file is loaded): stop polling; the saved state lets Resume continue.
+        self._stop(context, None)
+
+    def _stop(self, context, result):
+        global _running
+        _running = None
+        wm = context.window_manager
+        wm.event_timer_remove(self._timer)
+        wm.progress_end()
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
+        _redraw(context)
+        return result
+
+
+class SAFEMOTION_OT_batch_generate(_BatchRun, bpy.types.Operator):
+    """Generate every prompt of the chosen text block or file, one action on its own NLA track per prompt"""
+
+    bl_idname = "safemotion.batch_generate"
+    bl_label = "Generate Batch"
+
+    @classmethod
+    def poll(cls, context):
+        if _running is not None:
+            cls.poll_message_set("A batch is running: wait for it or cancel it")
+            return False
+        return True
+
+    def prepare(self, context) -> None:
+        prompts, origin = read_batch_source(context.scene.safemotion_batch)
+        start_batch(context.scene, prompts, origin)
+
+
+class SAFEMOTION_OT_batch_resume(_BatchRun, bpy.types.Operator):
+    """Continue the scene's batch: skip finished prompts, poll known jobs, resubmit prompts the server lost"""
+
+    bl_idname = "safemotion.batch_resume"
+    bl_label = "Resume Batch"
+
+    @classmethod
+    def poll(cls, context):
+        if _running is not None:
+            cls.poll_message_set("A batch is running")
+            return False
+        if not batch_unfinished(context.scene.safemotion_batch):
+            cls.poll_message_set("No unfinished batch in this scene")
+            return False
+        return True
+
+    def prepare(self, context) -> None:
+        reopen_batch(context.scene.safemotion_batch)
+
+
+class SAFEMOTION_OT_batch_cancel(bpy.types.Operator):
+    """Cancel the scene's batch: server jobs are cancelled, prompts already applied stay"""
+
+    bl_idname = "safemotion.batch_cancel"
+    bl_label = "Cancel Batch"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        if not any(item.state in ("PENDING", "QUEUED") for item in context.scene.safemotion_batch.items):
+            cls.poll_message_set("No batch prompt is waiting")
+            return False
+        return True
+
+    def execute(self, context):
+        batch = context.scene.safemotion_batch
+        try:
+            client = _running.client if _running is not None else client_from_preferences(context)
+            cancelled = cancel_batch(batch, client)
+        except BackendError as err:
+            cancelled = cancel_batch(batch, None)
+            self.report({"WARNING"}, f"could not cancel the server job ({err}); {cancelled} prompts marked "
+                                     "cancelled here")
+            return {"FINISHED"}
+        self.report({"INFO"}, f"Cancelled {cancelled} prompts; {batch_counts(batch)['DONE']} applied prompts kept")
+        return {"FINISHED"}
+
+
+class SAFEMOTION_UL_batch_items(bpy.types.UIList):
+    """The batch's prompts with their state."""
+
+    bl_idname = "SAFEMOTION_UL_batch_items"
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        row = layout.row(align=True)
+        row.label(text=item.name, icon=STATE_ICONS[item.state])
+        row.label(text=item.message or item.prompt)
+
+
+def draw_batch(layout, context) -> None:
+    """The batch section: source, start/resume/cancel buttons, progress and the prompt list."""
+    batch = context.scene.safemotion_batch
+    column = layout.column()
+    column.row().prop(batch, "source", expand=True)
+    column.prop(batch, "text" if batch.source == "TEXT" else "filepath", text="")
+    row = column.row(align=True)
+    row.operator(SAFEMOTION_OT_batch_generate.bl_idname, icon="SEQ_STRIP_DUPLICATE")
+    row.operator(SAFEMOTION_OT_batch_resume.bl_idname, text="Resume", icon="PLAY")
+    row.operator(SAFEMOTION_OT_batch_cancel.bl_idname, text="", icon="CANCEL")
+    if not batch.items:
+        return
+    counts = batch_counts(batch)
+    settled = len(batch.items) - counts["PENDING"] - counts["QUEUED"]
+    text = f"{counts['DONE']}/{len(batch.items)} applied"
+    if hasattr(column, "progress"):
+        column.progress(factor=settled / len(batch.items), type="BAR", text=text)
+    else:
+        column.label(text=text)
+    column.template_list(SAFEMOTION_UL_batch_items.bl_idname, "", batch, "items", batch, "active_item", rows=4)
+
+
+CLASSES = (SafeMotionBatchItem, SafeMotionBatch, SAFEMOTION_OT_batch_generate, SAFEMOTION_OT_batch_resume,
+           SAFEMOTION_OT_batch_cancel, SAFEMOTION_UL_batch_items)
+
+
+def register() -> None:
+    """Register the batch classes, `scene.safemotion_batch` and the file-load handler."""
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.safemotion_batch = PointerProperty(type=SafeMotionBatch)
+    bpy.app.handlers.load_pre.append(forget_on_load)
+
+
+def unregister() -> None:
+    """Remove everything `register` added."""
+    global _running
+    _running = None
+    if forget_on_load in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(forget_on_load)
+    del bpy.types.Scene.safemotion_batch
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,569 @@
+"""Generate: the scene's prompt → a server job → takes (SMPL armature + action each, optionally retargeted).
+
+`GenerationJob` is one generation from submission to written takes. The modal operator steps it from a
+window-manager timer (the UI stays responsive; Esc or the Cancel button cancels the job on the server and writes
+nothing); in background mode (`bpy.app.background`: tests, command line) the operator runs the same steps in a loop.
+Each variation is its own job item (seed + k, one variation), so the progress bar moves per take.
+
+Writing results happens only after every returned motion has been decoded and checked, and the bone mapping of the
+target armature has been resolved, so a bad answer or an unmappable rig writes nothing. Blocked motions (policy
+`block`) carry no arrays: they write nothing, and their reason is reported. The operator finishes with one undo step.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import bpy
+import numpy as np
+
+from . import armature, keyframes, retarget, safety, smpl_math
+from .client import BackendClient, BackendError, decode_array
+from .preferences import BUNDLED_START_TIMEOUT_S, addon_preferences, client_from_preferences, start_bundled_server
+from .properties import MAX_SEED
+
+POLL_INTERVAL_S = 0.25
+POLL_TIMEOUT_S = 2.0  # per status request, so a hung server never freezes the UI for long
+STALL_LIMIT_S = 600.0  # give up when no take finishes for this long
+SMPL_ARMATURE_NAME = "SafeMotion SMPL"
+# The server fits a body (rest skeleton) to each motion; an armature is reused for a body whose joints all lie within
+# this distance of its own (limb lengths then differ by at most about twice this), else a new armature is built.
+REST_MATCH_M = 5e-3
+
+
+# ---------------------------------------------------------------------------------------------- request
+
+def job_request(settings: bpy.types.PropertyGroup) -> tuple[dict, int]:
+    """The POST /v1/jobs body for the scene's settings (one item per variation) and the seed it starts from."""
+    prompt = settings.prompt.strip()
+    if not prompt:
+        raise BackendError("Type a prompt first, e.g. 'a person walks forward and waves'")
+    seed = random.randrange(0, MAX_SEED + 1) if settings.random_seed else settings.seed
+    items = [{"prompt": prompt, "seconds": round(float(settings.seconds), 3), "seed": seed + k, "variations": 1}
+             for k in range(settings.variations)]
+    return {"items": items, "policy": settings.policy.lower()}, seed
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+@dataclass
+class Motion:
+    """One returned motion, decoded: SMPL arrays and skeleton (None when blocked) and its safety record."""
+
+    prompt: str
+    seed: int
+    fps: float
+    safety: dict | None
+    pose: np.ndarray | None = None  # [T, 24, 3] axis-angle, Y-up
+    transl: np.ndarray | None = None  # [T, 3]
+    rest_joints: np.ndarray | None = None  # [24, 3]
+    names: tuple[str, ...] = ()
+    parents: tuple[int, ...] = ()
+
+    @property
+    def blocked(self) -> bool:
+        """Whether the server withheld the motion (policy block)."""
+        return self.pose is None
+
+
+def decode_motion(payload: dict, where: str) -> Motion:
+    """A Motion from a MotionPayload; malformed payloads raise BackendError naming `where`."""
+    try:
+        motion = Motion(prompt=str(payload["prompt"]), seed=int(payload["seed"]), fps=float(payload["fps"]),
+                        safety=payload.get("safety"))
+        smpl, skeleton = payload.get("smpl"), payload.get("skeleton")
+    except (KeyError, TypeError, ValueError) as err:
+        raise BackendError(f"the server sent a malformed motion ({where}): {err!r}") from None
+    if smpl is None or skeleton is None:
+        if motion.safety is None or motion.safety.get("decision") != "blocked":
+            raise BackendError(f"the server sent a motion without SMPL data that was not blocked ({where})")
+        return motion
+    motion.pose = decode_array(smpl.get("pose"), f"{where}.smpl.pose")
+    motion.transl = decode_array(smpl.get("transl"), f"{where}.smpl.transl")
+    motion.rest_joints = decode_array(skeleton.get("rest_joints"), f"{where}.skeleton.rest_joints")
+    motion.names = tuple(skeleton.get("joint_names", ()))
+    motion.parents = tuple(skeleton.get("parents", ()))
+    joints = len(motion.names)
+    frames = motion.pose.shape[0] if motion.pose.ndim == 3 else 0
+    if (joints != smpl_math.NUM_JOINTS or len(motion.parents) != joints or frames < 1
+            or motion.pose.shape != (frames, joints, 3) or motion.transl.shape != (frames, 3)
+            or motion.rest_joints.shape != (joints, 3) or not motion.fps > 0):
+        raise BackendError(f"the server sent a motion with inconsistent shapes ({where}): {joints} joints, pose "
+                           f"{motion.pose.shape}, transl {motion.transl.shape}, rest {motion.rest_joints.shape}")
+    if not all(np.isfinite(a).all() for a in (motion.pose, motion.transl, motion.rest_joints)):
+        raise BackendError(f"the server sent a motion with non-finite values ({where})")
+    return motion
+
+
+def motions_of_results(results: dict) -> tuple[list[Motion], list[str]]:
+    """The decoded motions of a job's results, in item order, and the error of every failed item."""
+    motions, errors = [], []
+    for item in sorted(results.get("items", []), key=lambda i: i.get("index", 0)):
+        if item.get("status") == "failed":
+            errors.append(f"take {item.get('index', 0) + 1} failed on the server: {item.get('error')}")
+        for k, payload in enumerate(item.get("motions") or []):
+            motions.append(decode_motion(payload, f"item {item.get('index')} motion {k}"))
+    return motions, errors
+
+
+def target_mapping(target: bpy.types.Object, preset: str) -> dict[str, str]:
+    """Role -> bone mapping of the target armature for a preset name or AUTO; ValueError when it cannot be mapped."""
+    names = [bone.name for bone in target.data.bones]
+    if preset == "AUTO":
+        return retarget.auto_mapping(names)[1]
+    mapping = retarget.preset_mapping(preset, names)
+    retarget.validate_mapping(mapping, names)
+    return mapping
+
+
+def find_smpl_armature(scene: bpy.types.Scene, motion: Motion,
+                       exclude: bpy.types.Object | None = None) -> bpy.types.Object | None:
+    """An armature in the scene (not `exclude`) with this motion's joint names and rest joints, or None."""
+    heads = smpl_math.points_to_z_up(motion.rest_joints)
+    for obj in scene.objects:
+        if obj == exclude or obj.type != "ARMATURE" or not all(name in obj.data.bones for name in motion.names):
+            continue
+        found = np.array([tuple(obj.data.bones[name].head_local) for name in motion.names])
+        if np.abs(found - heads).max() < REST_MATCH_M:
+            return obj
+    return None
+
+
+@dataclass
+class Outcome:
+    """What applying a generation did: takes written, warnings (flags, blocks, failures) for the user."""
+
+    written: int = 0
+    flagged: int = 0
+    blocked: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self, prompt: str) -> str:
+        """One line for the status bar and the panel."""
+        if self.written == 0:
+            return f"Nothing written for '{prompt}': " + ("; ".join(self.warnings) or "the server returned no motion")
+        text = f"{self.written} take(s) for '{prompt}'"
+        if self.flagged:
+            text += f", {self.flagged} flagged"
+        if self.blocked:
+            text += f", {self.blocked} blocked"
+        return text
+
+
+def _take_label(prompt: str, seed: int) -> str:
+    short = prompt if len(prompt) <= 28 else prompt[:27] + "…"
+    return f"{short} #{seed}"
+
+
+def _worst(records: list[dict | None]) -> dict | None:
+    """The record to show as 'last result': a blocked one, else the flagged one with the most hits, else the first."""
+    screened = [r for r in records if r is not None]
+    if not screened:
+        return None
+    return max(screened, key=lambda r: (r.get("decision") == "blocked", bool(r.get("flagged")), r.get("hit_ratio", 0)))
+
+
+def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: list[Motion], frame_start: int,
+                  model: str) -> Outcome:
+    """Write the takes of decoded motions into the scene (SMPL armature, actions, retarget, safety marks)."""
+    settings = scene.safemotion
+    outcome = Outcome()
+    target = settings.target_armature
+    writable = [m for m in motions if not m.blocked]
+    mapping = target_mapping(target, settings.bone_preset) if target is not None and writable else None
+    safety.fill_safety(settings.last_safety, _worst([m.safety for m in motions]))
+    first_take = len(settings.takes)
+    for motion in motions:
+        label = _take_label(motion.prompt, motion.seed)
+        if motion.blocked:
+            outcome.blocked += 1
+            outcome.warnings.append(f"Take '{label}' was blocked: {motion.safety.get('reason', '')}")
+            continue
+        take = _write_take(context, scene, motion, label, frame_start, target, mapping)
+        if take.safety.flagged:
+            outcome.flagged += 1
+            actions = [bpy.data.actions.get(take.action_name), bpy.data.actions.get(take.target_action_name)]
+            outcome.warnings.append(safety.flag_take(scene, label, motion.safety, actions, motion.fps, frame_start,
+                                                     motion.prompt, model, motion.seed))
+        outcome.written += 1
+    if outcome.written:
+        settings.active_take = first_take
+        apply_take(settings.takes[first_take])
+    return outcome
+
+
+def _write_take(context: bpy.types.Context, scene: bpy.types.Scene, motion: Motion, label: str, frame_start: int,
+                target: bpy.types.Object | None, mapping: dict[str, str] | None) -> bpy.types.PropertyGroup:
+    """One take: the motion keyed on an SMPL armature (reused or built), retargeted onto the target, listed."""
+    rig = find_smpl_armature(scene, motion, exclude=target)
+    if rig is None:
+        # Bones are created in edit mode, entered from object mode: leave the user's mode meanwhile.
+        mode = context.object.mode if context.object is not None else "OBJECT"
+        if mode != "OBJECT":
+            bpy.ops.object.mode_set(mode="OBJECT")
+        rig = armature.build_smpl_armature(SMPL_ARMATURE_NAME, motion.names, motion.parents, motion.rest_joints)
+        if mode != "OBJECT":
+            bpy.ops.object.mode_set(mode=mode)  # build_smpl_armature gave the active object back
+    action = armature.apply_smpl_motion(rig, motion.pose, motion.transl, fps=motion.fps,
+                                        action_name=f"SafeMotion {label}", frame_start=frame_start,
+                                        names=motion.names)
+    action.use_fake_user = True  # takes that are not applied must survive saving
+    take = scene.safemotion.takes.add()
+    take.name, take.prompt, take.seed = label, motion.prompt, motion.seed
+    take.frames, take.frame_start = len(motion.pose), frame_start
+    take.armature, take.action_name = rig, action.name
+    if mapping is not None:
+        target_action, _ = armature.retarget_onto(target, motion.pose, motion.transl, motion.rest_joints,
+                                                  mapping=mapping, fps=motion.fps,
+                                                  action_name=f"{target.name} {label}", frame_start=frame_start)
+        target_action.use_fake_user = True
+        take.target, take.target_action_name = target, target_action.name
+    safety.fill_safety(take.safety, motion.safety)
+    render = scene.render
+    last_frame = frame_start + (len(motion.pose) - 1) * (render.fps / render.fps_base) / motion.fps
+    scene.frame_end = max(scene.frame_end, int(np.ceil(last_frame)))
+    return take
+
+
+def apply_take(take: bpy.types.PropertyGroup) -> None:
+    """Make a take's actions the active actions of its SMPL armature and target; ValueError when something is gone."""
+    pairs = [(take.armature, take.action_name)]
+    if take.target_action_name:
+        pairs.append((take.target, take.target_action_name))
+    for obj, action_name in pairs:
+        action = bpy.data.actions.get(action_name)
+        if obj is None or action is None:
+            raise ValueError(f"take '{take.name}': its armature or action {action_name!r} no longer exists; "
+                             "discard the take")
+    for obj, action_name in pairs:
+        keyframes.assign_action(obj, bpy.data.actions[action_name])
+
+
+# ---------------------------------------------------------------------------------------------- the job
+
+_running: list[GenerationJob] = []  # generations in flight (cancelled on file load and unregister)
+
+
+class GenerationJob:
+    """One generation: (bundled server start,) submit, poll, fetch, apply. Every step raises BackendError."""
+
+    STARTING, RUNNING, DONE, CANCELLED = "starting", "running", "done", "cancelled"
+
+    def __init__(self, context: bpy.types.Context):
+        self.scene = context.scene
+        self.settings = self.scene.safemotion
+        self.payload, self.seed = job_request(self.settings)
+        self.prompt = self.payload["items"][0]["prompt"]
+        self.frame_start = self.scene.frame_current
+        self.prefs = addon_preferences(context)
+        self.client: BackendClient | None = None
+        self.server = None
+        self.job_id = ""
+        self.model = ""
+        self.state = self.STARTING
+        self.progress = 0.0
+        self.last_answer = self.last_progress = time.monotonic()
+
+    def start(self, context: bpy.types.Context) -> None:
+        """Submit the job, or start the bundled server first (`step` submits once it is ready)."""
+        if self.prefs.backend_mode == "BUNDLED":
+            self.server = start_bundled_server(context)
+            if not self.server.poll_ready():
+                self._set_status("Starting the SafeMotion server (loading the model)…")
+                _running.append(self)
+                return
+        self._submit(context)
+        _running.append(self)
+
+    def _submit(self, context: bpy.types.Context) -> None:
+        self.client = client_from_preferences(context)
+        self.job_id = self.client.submit(self.payload)
+        self.client.timeout = min(self.client.timeout, POLL_TIMEOUT_S)
+        self.settings.job_id = self.job_id
+        self.state = self.RUNNING
+        self.last_answer = self.last_progress = time.monotonic()
+        self._set_status(f"Generating {len(self.payload['items'])} take(s) from seed {self.seed}…")
+
+    def step(self, context: bpy.types.Context) -> bool:
+        """One poll; True once the job is finished on the server (call `finish` then)."""
+        if self.state == self.STARTING:
+            if self.server.poll_ready():
+                self._submit(context)
+            elif time.monotonic() - self.last_answer > BUNDLED_START_TIMEOUT_S:
+                raise BackendError(f"The bundled SafeMotion server did not become ready within "
+                                   f"{BUNDLED_START_TIMEOUT_S:g} s; see {self.server.log_path}")
+            return False
+        if self.state == self.CANCELLED:
+            raise BackendError("Generation cancelled; nothing was written")
+        if self.state == self.DONE:
+            return True
+        try:
+            status = self.client.job(self.job_id)
+        except BackendError as err:
+            if err.status is not None or time.monotonic() - self.last_answer > self.prefs.timeout:
+                raise
+            return False  # no answer this time: try again on the next tick
+        now = time.monotonic()
+        self.last_answer = now
+        finished = status.get("done", 0) + status.get("failed", 0) + status.get("cancelled", 0)
+        progress = finished / max(status.get("total", 1), 1)
+        if progress > self.progress:
+            self.last_progress = now
+        elif now - self.last_progress > STALL_LIMIT_S:
+            raise BackendError(f"no take finished in {STALL_LIMIT_S:g} s; the server is busy or stuck. "
+                               "The generation was cancelled.")
+        self.progress = progress
+        self.model = status.get("model", self.model)
+        self.settings.progress = progress
+        self._set_status(f"Generating: {finished}/{status.get('total', 0)} take(s) done")
+        if status.get("status") == "cancelled":
+            raise BackendError("the job was cancelled on the server; nothing was written")
+        return status.get("status") == "done"
+
+    def finish(self, context: bpy.types.Context) -> Outcome:
+        """Fetch the results and write the takes."""
+        self.client.timeout = self.prefs.timeout
+        motions, errors = motions_of_results(self.client.results(self.job_id))
+        try:
+            outcome = apply_motions(context, self.scene, motions, self.frame_start, self.model)
+        except ValueError as err:  # the target cannot be mapped, or bad data for Blender
+            raise BackendError(f"Nothing written: {err}") from None
+        outcome.warnings += errors
+        self.state = self.DONE
+        self._close(outcome.summary(self.prompt))
+        return outcome
+
+    def cancel(self) -> None:
+        """Cancel on the server (best effort) and write nothing."""
+        if self.state in (self.DONE, self.CANCELLED):
+            return
+        if self.state == self.RUNNING:
+            try:
+                self.client.cancel(self.job_id)
+            except BackendError:
+                pass  # the server is gone or refuses: nothing is written either way
+        self.state = self.CANCELLED
+        self._close("Generation cancelled; nothing was written")
+
+    def fail(self, message: str) -> None:
+        """End after an error: cancel the job on the server if it runs, write nothing, keep the message."""
+        self.cancel()
+        self._set_status(message)
+
+    def run_blocking(self, context: bpy.types.Context) -> Outcome:
+        """Background mode: start, poll until done, write the takes (BackendError on failure, nothing written)."""
+        try:
+            self.start(context)
+            if self.state == self.STARTING:
+                self.server.wait_ready(BUNDLED_START_TIMEOUT_S)
+            while not self.step(context):
+                time.sleep(POLL_INTERVAL_S)
+            return self.finish(context)
+        except BackendError as err:
+            self.fail(str(err))
+            raise
+
+    def _close(self, status: str) -> None:
+        if self in _running:
+            _running.remove(self)
+        try:
+            self.settings.job_id = ""
+            self.settings.progress = 0.0
+            self._set_status(status)
+        except ReferenceError:  # the scene was removed meanwhile
+            pass
+
+    def _set_status(self, text: str) -> None:
+        self.settings.status = text
+
+
+def running_job(scene: bpy.types.Scene) -> GenerationJob | None:
+    """The generation in flight for this scene, if any."""
+    return next((job for job in _running if job.scene == scene), None)
+
+
+def cancel_all() -> None:
+    """Cancel every generation in flight (file load, add-on disabled)."""
+    for job in list(_running):
+        job.cancel()
+
+
+@bpy.app.handlers.persistent
+def cancel_on_load(*_args) -> None:
+    """load_pre handler: a new file must not receive the takes of a generation started in the old one."""
+    cancel_all()
+
+
+# ---------------------------------------------------------------------------------------------- operators
+
+def _redraw(context: bpy.types.Context) -> None:
+    for window in context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+class SAFEMOTION_OT_generate(bpy.types.Operator):
+    """Generate motion from the prompt on the SafeMotion server (Esc cancels)"""
+
+    bl_idname = "safemotion.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER", "UNDO"}
+
+    _job: GenerationJob | None = None
+    _timer = None
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if context.scene is None:
+            return False
+        if running_job(context.scene) is not None:
+            cls.poll_message_set("A generation is already running in this scene (Esc or Cancel stops it)")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        """Blocking run (background mode, scripts)."""
+        try:
+            outcome = GenerationJob(context).run_blocking(context)
+        except BackendError as err:
+            context.scene.safemotion.status = str(err)
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        return self._report(context.scene.safemotion, outcome)
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if bpy.app.background:
+            return self.execute(context)
+        try:
+            self._job = GenerationJob(context)
+            self._job.start(context)
+        except BackendError as err:
+            if self._job is not None:
+                self._job.fail(str(err))
+            context.scene.safemotion.status = str(err)
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(POLL_INTERVAL_S, window=context.window)
+        wm.modal_handler_add(self)
+        wm.progress_begin(0.0, 1.0)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        job = self._job
+        if event.type == "ESC" and event.value == "PRESS":
+            job.cancel()
+            self.report({"INFO"}, "Generation cancelled; nothing was written")
+            return self._end(context, {"CANCELLED"})
+        if job.state == job.CANCELLED:  # the Cancel button or a file load
+            return self._end(context, {"CANCELLED"})
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        try:
+            if not job.step(context):
+                context.window_manager.progress_update(job.progress)
+                context.workspace.status_text_set(job.settings.status)
+                _redraw(context)
+                return {"RUNNING_MODAL"}
+            outcome = job.finish(context)
+        except BackendError as err:
+            job.fail(str(err))
+            self.report({"ERROR"}, str(err))
+            return self._end(context, {"CANCELLED"})
+        return self._end(context, self._report(job.settings, outcome))
+
+    def cancel(self, context: bpy.types.Context) -> None:
+        """Blender ends the operator (window closed, file loaded): cancel the job."""
+        if self._job is not None:
+            self._job.cancel()
+        self._end(context, {"CANCELLED"})
+
+    def _end(self, context: bpy.types.Context, result: set[str]) -> set[str]:
+        wm = context.window_manager
+        if self._timer is not None:
+            wm.event_timer_remove(self._timer)
+            self._timer = None
+            wm.progress_end()
+            if context.workspace is not None:
+                context.workspace.status_text_set(None)
+        _redraw(context)
+        return result
+
+    def _report(self, settings: bpy.types.PropertyGroup, outcome: Outcome) -> set[str]:
+        """Report the warnings and the summary; FINISHED (one undo step) only when something was written."""
+        for warning in outcome.warnings:
+            self.report({"WARNING"}, warning)
+        self.report({"INFO"} if outcome.written else {"WARNING"}, settings.status)
+        return {"FINISHED"} if outcome.written else {"CANCELLED"}
+
+
+class SAFEMOTION_OT_cancel_generation(bpy.types.Operator):
+    """Cancel the generation in flight: the server drops the job and nothing is written"""
+
+    bl_idname = "safemotion.cancel_generation"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return context.scene is not None and running_job(context.scene) is not None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        running_job(context.scene).cancel()
+        return {"FINISHED"}
+
+
+class SAFEMOTION_OT_apply_take(bpy.types.Operator):
+    """Make this take the active animation of its armatures"""
+
+    bl_idname = "safemotion.apply_take"
+    bl_label = "Apply Take"
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: bpy.props.IntProperty(name="Take", min=0)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = context.scene.safemotion
+        if self.index >= len(settings.takes):
+            self.report({"ERROR"}, f"There is no take {self.index + 1}")
+            return {"CANCELLED"}
+        take = settings.takes[self.index]
+        try:
+            apply_take(take)
+        except ValueError as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        settings.active_take = self.index
+        if take.safety.flagged:
+            self.report({"WARNING"}, f"Take '{take.name}' was flagged: {take.safety.reason}")
+        return {"FINISHED"}
+
+
+class SAFEMOTION_OT_discard_take(bpy.types.Operator):
+    """Delete this take's actions and remove it from the list (flagged generations stay in the safety list)"""
+
+    bl_idname = "safemotion.discard_take"
+    bl_label = "Discard Take"
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: bpy.props.IntProperty(name="Take", min=0)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = context.scene.safemotion
+        if self.index >= len(settings.takes):
+            self.report({"ERROR"}, f"There is no take {self.index + 1}")
+            return {"CANCELLED"}
+        take = settings.takes[self.index]
+        for name in (take.action_name, take.target_action_name):
+            action = bpy.data.actions.get(name) if name else None
+            if action is not None:
+                bpy.data.actions.remove(action)
+        settings.takes.remove(self.index)
+        settings.active_take = min(settings.active_take, max(len(settings.takes) - 1, 0))
+        return {"FINISHED"}
+
+
+CLASSES = (SAFEMOTION_OT_generate, SAFEMOTION_OT_cancel_generation, SAFEMOTION_OT_apply_take,
+           SAFEMOTION_OT_discard_take)
