@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,22 @@ def test_each_stage_trains_into_the_model_directory(dataset, tmp_path):
     # the text features were encoded once and cached
     cache = torch.load(tmp_path / "model.training" / "text_features_minilm.pt", weights_only=True)
     assert cache["features"].shape == (8, 384)
+
+
+def test_stages_trained_in_parallel_keep_each_others_weights(dataset, tmp_path):
+    out = tmp_path / "model"
+    run_stage("vq", options(dataset, out))
+    with ThreadPoolExecutor(2) as pool:
+        for job in [pool.submit(run_stage, stage, options(dataset, out, config=None)) for stage in ("mask", "residual")]:
+            job.result()
+    models = load_model_dir(out)
+    work = tmp_path / "model.training"
+    for stage, module in (("mask", models.mask_transformer), ("residual", models.residual_transformer)):
+        final = load_checkpoint(work / f"{stage}.ckpt", stage)["model"]
+        for name, tensor in module.state_dict().items():
+            torch.testing.assert_close(tensor, final[name].to(tensor.dtype), msg=f"{stage}: {name}")
+    assert {"vq", "mask", "residual"} <= set(json.loads((work / "stages.json").read_text()))
+    assert not (work / ".lock").exists()
 
 
 def _mean(values):

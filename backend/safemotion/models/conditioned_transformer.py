@@ -1,7 +1,8 @@
 """Pieces shared by the masked (base-layer) and residual token transformers (MoMask §4.1).
 
-Sequence layout, sequence-first as in momask-codes: [prefix tokens (text condition, ...), motion tokens + PE].
-The backbone sees (S, B, latent_dim) and a key padding mask (B, S) with True = padding.
+Sequence layout: [prefix tokens (text condition, ...), motion tokens + PE], batch-first (B, S, latent_dim) with a key
+padding mask (B, S), True = padding. momask-codes runs sequence-first; the state-dict keys and the math are the same,
+and batch-first lets PyTorch's fused inference path run the transformer layers.
 
 Backbones (TransformerConfig.backbone):
 
@@ -27,7 +28,7 @@ PE_MAX_LEN = 5000  # rows of the sinusoidal table; part of the released state di
 
 
 def build_backbone(cfg: TransformerConfig) -> nn.Module:
-    """The encoder stack named by cfg.backbone: forward(x (S, B, D), src_key_padding_mask (B, S)) → (S, B, D).
+    """The encoder stack named by cfg.backbone: forward(x (B, S, D), src_key_padding_mask (B, S)) → (B, S, D).
 
     SSMEncoder.forward also takes keep_mask (B, S).
     """
@@ -36,7 +37,8 @@ def build_backbone(cfg: TransformerConfig) -> nn.Module:
             f"unknown backbone {cfg.backbone!r}; choose one of {list(BACKBONES)} (TransformerConfig.backbone)"
         )
     if cfg.backbone == "transformer":
-        layer = nn.TransformerEncoderLayer(cfg.latent_dim, cfg.num_heads, cfg.ff_size, cfg.dropout, activation="gelu")
+        layer = nn.TransformerEncoderLayer(cfg.latent_dim, cfg.num_heads, cfg.ff_size, cfg.dropout, activation="gelu",
+                                           batch_first=True)
         return nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
     return SSMEncoder(cfg)
 
@@ -70,7 +72,7 @@ class SSMBlock(nn.Module):
 
 
 class SSMEncoder(nn.Module):
-    """cfg.num_layers SSMBlocks and a final LayerNorm over a sequence-first input (S, B, D) → (S, B, D)."""
+    """cfg.num_layers SSMBlocks and a final LayerNorm: (B, S, D) → (B, S, D)."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -81,10 +83,10 @@ class SSMEncoder(nn.Module):
 
     def forward(self, x: Tensor, src_key_padding_mask: Tensor, keep_mask: Tensor | None = None) -> Tensor:
         """src_key_padding_mask (B, S) True = pad; keep_mask (B, S) True = own a SeRpEnt slot (ignored by Mamba)."""
-        h = x.transpose(0, 1)
+        h = x
         for layer in self.layers:
             h = layer(h, src_key_padding_mask, keep_mask)
-        return self.norm(h).transpose(0, 1)
+        return self.norm(h)
 
 
 def _rebuild_meta_buffers(encoder: SSMEncoder, _incompatible_keys) -> None:
@@ -110,18 +112,18 @@ def _rebuild_meta_buffers(encoder: SSMEncoder, _incompatible_keys) -> None:
 
 
 class InputProcess(nn.Module):
-    """(B, n, code_dim) embeddings → (n, B, latent_dim)."""
+    """(B, n, code_dim) embeddings → (B, n, latent_dim)."""
 
     def __init__(self, in_dim: int, latent_dim: int):
         super().__init__()
         self.poseEmbedding = nn.Linear(in_dim, latent_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.poseEmbedding(x.permute(1, 0, 2))
+        return self.poseEmbedding(x)
 
 
 class PositionalEncoding(nn.Module):
-    """Sinusoidal table (max_len, 1, d) added to a sequence-first input, then dropout (MDM style)."""
+    """Sinusoidal table (max_len, 1, d) (MDM's layout, kept for the state dict) added to (B, n, d), then dropout."""
 
     def __init__(self, dim: int, dropout: float, max_len: int = PE_MAX_LEN):
         super().__init__()
@@ -134,11 +136,11 @@ class PositionalEncoding(nn.Module):
         self.register_buffer("pe", pe.unsqueeze(1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(x + self.pe[: x.shape[0]])
+        return self.dropout(x + self.pe[: x.shape[1]].transpose(0, 1))
 
 
 class OutputProcess(nn.Module):
-    """BERT-style head: dense → GELU → LayerNorm(eps 1e-12) → linear; (n, B, latent) → (B, out_dim, n)."""
+    """BERT-style head: dense → GELU → LayerNorm(eps 1e-12) → linear; (B, n, latent) → (B, out_dim, n)."""
 
     def __init__(self, out_dim: int, latent_dim: int):
         super().__init__()
@@ -147,7 +149,7 @@ class OutputProcess(nn.Module):
         self.poseFinal = nn.Linear(latent_dim, out_dim)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.poseFinal(self.LayerNorm(F.gelu(self.dense(h)))).permute(1, 2, 0)
+        return self.poseFinal(self.LayerNorm(F.gelu(self.dense(h)))).transpose(1, 2)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -223,16 +225,17 @@ class TextConditionedTransformer(nn.Module):
         """
         cond = self.cond_emb(self.mask_cond(cond, force_mask))
         motion = self.position_enc(self.input_process(x))
-        prefix = torch.stack([cond, *extra_prefix])
-        seq = torch.cat([prefix, motion], dim=0)
-        mask = F.pad(padding_mask, (prefix.shape[0], 0), value=False)
+        prefix = torch.stack([cond, *extra_prefix], dim=1)
+        seq = torch.cat([prefix, motion], dim=1)
+        num_prefix = prefix.shape[1]
+        mask = F.pad(padding_mask, (num_prefix, 0), value=False)
         if isinstance(self.seqTransEncoder, SSMEncoder):
             keep = torch.zeros_like(padding_mask) if keep_mask is None else keep_mask
-            keep = F.pad(keep, (prefix.shape[0], 0), value=True)
+            keep = F.pad(keep, (num_prefix, 0), value=True)
             out = self.seqTransEncoder(seq, src_key_padding_mask=mask, keep_mask=keep)
         else:
             out = self.seqTransEncoder(seq, src_key_padding_mask=mask)
-        return self.output_process(out[prefix.shape[0]:])
+        return self.output_process(out[:, num_prefix:])
 
 
 def with_unconditional(cond: Tensor) -> Tensor:

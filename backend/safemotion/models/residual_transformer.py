@@ -47,9 +47,18 @@ class ResidualTransformer(TextConditionedTransformer):
         """(Q-1, num_tokens+1, code_dim); row j-1 scores ids of code layer j."""
         return torch.cat([self.embed_proj_shared_weight, self.output_proj_weight_])
 
+    def input_table(self, layer: int) -> Tensor:
+        """token_embed_weight[layer] without building the stacked tensor."""
+        return self.token_embed_weight_[0] if layer == 0 else self.embed_proj_shared_weight[layer - 1]
+
+    def output_table(self, layer: int) -> Tensor:
+        """output_proj_weight[layer - 1] without building the stacked tensor."""
+        shared = self.embed_proj_shared_weight
+        return shared[layer - 1] if layer - 1 < shared.shape[0] else self.output_proj_weight_[0]
+
     def embed_tokens(self, layer: int, ids: Tensor) -> Tensor:
         """Embed ids (B, n) of code layer `layer` (0..Q-2; pads = pad_id) → (B, n, code_dim)."""
-        return F.embedding(ids, self.token_embed_weight[layer])
+        return F.embedding(ids, self.input_table(layer))
 
     def trans_forward(self, history: Tensor, qids: Tensor, cond: Tensor, padding_mask: Tensor,
                       force_mask: bool = False) -> Tensor:
@@ -59,6 +68,8 @@ class ResidualTransformer(TextConditionedTransformer):
 
     def output_project(self, features: Tensor, qids: Tensor) -> Tensor:
         """features (B, code_dim, n), qids (B,) → logits (B, num_tokens+1, n) from each sample's layer table."""
+        if bool((qids == qids[0]).all()):  # decoding: one layer for the whole batch, one shared table
+            return torch.matmul(self.output_table(int(qids[0])), features)
         return torch.einsum("bnc,bcs->bns", self.output_proj_weight[qids - 1], features)
 
     def logits(self, history: Tensor, qids: Tensor, cond: Tensor, padding_mask: Tensor,

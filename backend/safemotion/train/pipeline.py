@@ -9,14 +9,16 @@ next to the model directory), because a model directory is replaced as a whole w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -45,6 +47,8 @@ from safemotion.train.presets import official
 from safemotion.train.stages import DEFAULT_RECIPES, STAGES, LengthStage, MaskStage, ResidualStage, VQStage
 
 RECORD_FILE = "stages.json"
+STAGE_FIELDS = {"vq": "vq", "mask": "mask_transformer", "residual": "residual_transformer",
+                "length": "length_estimator"}
 CONFIG_FILE = "config.json"
 TEXT_BATCH = 256
 ENCODE_BATCH = 64
@@ -112,9 +116,38 @@ def run_stage(stage: str, options: TrainOptions) -> TrainResult:
     result = train(runner, recipe, checkpoint, seed=options.seed, resume=options.resume,
                    checkpoint_every=options.checkpoint_every, progress=options.progress, stop_at=options.stop_at)
     if result.iterations >= recipe.iters:
-        record = _update_record(work, stage, data, recipe, result)
-        save_model_dir(models.to("cpu"), out, card=_card(models.config, record), overwrite=True)
+        with _stage_lock(work):
+            record = _update_record(work, stage, data, recipe, result)
+            save_model_dir(_merged(stage, models.to("cpu"), out), out, card=_card(models.config, record),
+                           overwrite=True)
     return result
+
+
+def _merged(stage: str, models: MotionModels, out: Path) -> MotionModels:
+    """`models` for vq; otherwise the model directory as it is now on disk with only this stage's component
+    replaced, so stages trained in parallel (mask, residual and length need only the VQ) keep each other's work."""
+    if stage == "vq" or not out.exists():
+        return models
+    current = load_model_dir(out, device="cpu")
+    field = STAGE_FIELDS[stage]
+    return dataclasses.replace(current, **{field: getattr(models, field)})
+
+
+@contextlib.contextmanager
+def _stage_lock(work: Path, poll_seconds: float = 0.5) -> Iterator[None]:
+    """Hold work/.lock (created exclusively, portable) while a finished stage updates the record and model dir."""
+    work.mkdir(parents=True, exist_ok=True)
+    lock = work / ".lock"
+    while True:
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            break
+        except FileExistsError:
+            time.sleep(poll_seconds)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def _models_for(stage: str, options: TrainOptions, device: torch.device) -> MotionModels:
@@ -156,8 +189,7 @@ def _new_config(options: TrainOptions) -> ModelConfig:
 
 
 def _trained_module(stage: str, models: MotionModels) -> torch.nn.Module | None:
-    return {"vq": models.vq, "mask": models.mask_transformer, "residual": models.residual_transformer,
-            "length": models.length_estimator}[stage]
+    return getattr(models, STAGE_FIELDS[stage])
 
 
 def build_stage(stage: str, models: MotionModels, options: TrainOptions, device: torch.device) -> Stage:

@@ -1,8 +1,8 @@
 """Named model sizes for `safemotion train vq --preset NAME` and the benchmarks.
 
 - `official`: the released MoMask HumanML3D sizes (momask_architecture.md §3–§6), CLIP text features.
-- `mini`: a CPU-friendly model for the embedded default: half-width VQ (256), 6-layer 256-wide transformers,
-  MiniLM text features.
+- `mini`: the embedded default, sized so every stage trains in under an hour on 2 CPU cores (bench/RESULTS.md):
+  quarter-width VQ (128-wide convolutions, 128-d codes), 4-layer 256-wide transformers, MiniLM text features.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ def official() -> ModelConfig:
 def mini() -> ModelConfig:
     """Small model for CPU training and generation, MiniLM text encoder."""
     text_dim = TEXT_ENCODER_DIMS["minilm"]
-    transformer = TransformerConfig(latent_dim=256, ff_size=1024, num_layers=6, num_heads=4, dropout=0.2,
-                                    cond_drop_prob=0.1, text_dim=text_dim, num_tokens=512, code_dim=256)
+    transformer = TransformerConfig(latent_dim=256, ff_size=1024, num_layers=4, num_heads=4, dropout=0.2,
+                                    cond_drop_prob=0.1, text_dim=text_dim, num_tokens=512, code_dim=128)
     return ModelConfig(
-        vq=VQConfig(nb_code=512, code_dim=256, width=256),
+        vq=VQConfig(nb_code=512, code_dim=128, width=128),
         mask_transformer=transformer,
         residual_transformer=dataclasses.replace(transformer, cond_drop_prob=0.2),
         length_estimator=LengthEstimatorConfig(text_dim=text_dim, hidden_dim=256),
