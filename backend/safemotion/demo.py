@@ -1,121 +1,197 @@
-"""`make demo`: the longest real path through SafeMotion that exists today, end to end, with measured errors.
+"""`make demo`: a prompt → the bundled SafeMotion server → Blender retargets it onto a skinned rig → out/demo/.
 
-mocap clip → HumanML3D 263-d features → joints recovered from the features → SMPL pose by analytic IK → a stand-in
-body model in SMPL's file format posed by the real smplx code → `motion.npz`, `motion.bvh`, `report.json`.
+Blender runs headless as the bpy module of this environment, in its own process (`safemotion.demo_blender`) with the
+add-on enabled as an extension and a scratch Blender user folder. The add-on starts the bundled server
+(`python -m safemotion serve`, the server's default model or --model), generates the prompt onto a Mixamo-named demo
+rig with a skinned body, saves the scene and renders a Workbench preview; this process turns the frames into a GIF
+and writes the report.
+
+Outputs in --out: demo.blend, frames/frame_NNNN.png, preview.gif, report.json. They are written into a scratch
+folder beside --out and renamed into place at the end, so --out is either the previous complete demo or the new
+one. The server is stopped when the take is written; on any failure the whole Blender process group (the server
+included) is terminated.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+from PIL import Image
 
-from safemotion.data.bvh import bvh_from_smpl_joints, write_bvh
-from safemotion.data.deepmimic import load_deepmimic
-from safemotion.motion import skeleton
-from safemotion.motion.body_model import load_body_model, write_standin_smpl
-from safemotion.motion.features import extract_features, recover_from_ric
-from safemotion.motion.smpl import joints_to_smpl, smpl_forward_kinematics
+from safemotion.atomic_dir import replace_dir
+from safemotion.serve.settings import DEFAULT_MODEL, ServerSettings
 
-DEEPMIMIC_WALK = Path(__file__).resolve().parents[3] / "shared" / "data" / "deepmimic" / "humanoid3d_walk.txt"
-
-
-def procedural_walk(seconds: float = 4.0, fps: float = 20.0) -> np.ndarray:
-    """A simple walk cycle [T,22,3] on HumanML3D's rest skeleton: swinging legs and arms, pelvis moving forward."""
-    rest = skeleton.rest_joints()
-    frames = int(seconds * fps)
-    phase = 2 * np.pi * 1.8 * np.arange(frames) / fps
-    joints = np.repeat(rest[None], frames, axis=0)
-    for side, sign in ((skeleton.LEFT_CHAIN, 1.0), (skeleton.RIGHT_CHAIN, -1.0)):
-        hip, knee, ankle, foot = side[:4]
-        shoulder, elbow, wrist = side[5:8]
-        swing = 0.45 * sign * np.sin(phase)
-        for start, chain in ((hip, (knee, ankle, foot)), (shoulder, (elbow, wrist))):
-            angle = swing if start == hip else -0.6 * swing
-            pivot = joints[:, start].copy()
-            for j in chain:
-                d = rest[j] - rest[start]
-                joints[:, j, 1] = pivot[:, 1] + d[1] * np.cos(angle) - d[2] * np.sin(angle)
-                joints[:, j, 2] = pivot[:, 2] - d[1] * np.sin(angle) + d[2] * np.cos(angle)
-    joints[..., 2] += 1.2 * np.arange(frames)[:, None] / fps
-    joints[..., 1] += 0.02 * np.cos(2 * phase)[:, None]
-    return joints
+PROMPT = "a person walks forward and waves"
+GIF_FILE = "preview.gif"
+REPORT_FILE = "report.json"
+BLENDER_LOG_TAIL = 40  # lines of the Blender process's output shown when it fails
+STOP_WAIT_S = 10.0
 
 
-def loop_clip(cycle: np.ndarray, repeats: int) -> np.ndarray:
-    """Repeat a looping clip [T,22,3], carrying its horizontal travel over so each loop starts where the last ended."""
-    step = cycle[-1, 0] - cycle[0, 0]
-    step[1] = 0.0
-    step *= len(cycle) / (len(cycle) - 1)
-    return np.concatenate([cycle + k * step for k in range(repeats)])
+@dataclass(frozen=True)
+class DemoOptions:
+    """What the demo generates and renders."""
+
+    prompt: str = PROMPT
+    seed: int = 7
+    seconds: float = 6.0
+    model: Path | None = None  # None: the server's default model
+    width: int = 640
+    height: int = 360
+    every: int = 4  # render every n-th frame
+    timeout_s: float = 900.0  # the whole Blender process (server start, generation, render)
 
 
-def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+def model_dir(model: Path | None) -> Path:
+    """The model folder the server will load; FileNotFoundError saying what to do when it is not there."""
+    path = Path(model) if model is not None else ServerSettings().model_path()
+    if not (path / "config.json").is_file():
+        what = f"the default model {DEFAULT_MODEL!r}" if model is None else "the model"
+        raise FileNotFoundError(f"{what} is not at {path} (no config.json). Train it (README: Command line) or "
+                                "pass --model with a model folder")
+    return path.resolve()
 
 
-def run_demo(out: Path) -> dict:
-    """Run the pipeline into `out` and return the report (also written as report.json)."""
-    out.mkdir(parents=True, exist_ok=True)
-    if DEEPMIMIC_WALK.is_file():
-        source_name = f"DeepMimic walk ({DEEPMIMIC_WALK})"
-        cycle, _ = load_deepmimic(DEEPMIMIC_WALK)
-        joints = loop_clip(cycle, repeats=3)
-    else:
-        source_name = "procedural walk cycle (../shared/data not present)"
-        joints = procedural_walk()
-
-    features = extract_features(joints)
-    recovered = recover_from_ric(features)
-    motion = joints_to_smpl(recovered, fps=20.0)
-    fk = smpl_forward_kinematics(motion.pose, motion.transl, motion.rest_joints)[:, :22]
-    ik_error = np.linalg.norm(fk - recovered, axis=-1).mean()
-
-    model_path = write_standin_smpl(out / "standin_smpl.pkl", motion.rest_joints)
-    body = load_body_model(model_path)
-    with torch.no_grad():
-        posed = body(
-            global_orient=torch.from_numpy(motion.pose[:, 0]).float(),
-            body_pose=torch.from_numpy(motion.pose[:, 1:].reshape(len(motion.pose), -1)).float(),
-            transl=torch.from_numpy(motion.transl).float(),
-        )
-    smplx_error = (posed.joints[:, :22].double().numpy() - recovered).__abs__().max()
-
-    _atomic_save_npz(
-        out / "motion.npz", joints=recovered.astype(np.float32), features=features,
-        pose=motion.pose.astype(np.float32), transl=motion.transl.astype(np.float32),
-        rest_joints=motion.rest_joints.astype(np.float32), fps=np.float32(20.0),
-    )
-    write_bvh(bvh_from_smpl_joints(recovered, fps=20.0), out / "motion.bvh")
-    report = {
-        "source": source_name,
-        "frames": int(recovered.shape[0]),
-        "seconds": recovered.shape[0] / 20.0,
-        "travel_m": float(np.linalg.norm(recovered[-1, 0, [0, 2]] - recovered[0, 0, [0, 2]])),
-        "ik_round_trip_mpjpe_m": float(ik_error),
-        "smplx_vs_recovered_max_abs_m": float(smplx_error),
-        "body_model_vertices": int(posed.vertices.shape[1]),
-        "outputs": sorted({p.name for p in out.iterdir()} | {"report.json"}),
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+def run_demo(out: Path, options: DemoOptions = DemoOptions()) -> dict:
+    """Run the demo into `out` (replaced as a whole at the end) and return the report."""
+    model = model_dir(options.model)
+    if importlib.util.find_spec("bpy") is None:
+        raise ModuleNotFoundError(f"{sys.executable} cannot import bpy (Blender as a Python module); install "
+                                  "bpy==5.0.1 into this environment (`make install` does)")
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"  # mkdir, unlike mkdtemp, honours the umask
+    staging.mkdir()
+    work = Path(tempfile.mkdtemp(prefix="safemotion-demo-"))
+    try:
+        request = {"prompt": options.prompt, "seed": options.seed, "seconds": options.seconds,
+                   "python": sys.executable, "out_dir": str(staging),
+                   "model": str(model) if options.model is not None else None,
+                   "width": options.width, "height": options.height, "every": options.every,
+                   "extension_repo": str(work / "extensions")}
+        started = time.monotonic()
+        scene = run_blender(request, work, options.timeout_s)
+        frames = [staging / "frames" / name for name in scene["render"]["frames"]]
+        frame_ms = round(1000 * options.every / scene["fps"])
+        write_gif(frames, staging / GIF_FILE, frame_ms)
+        report = {**scene, "model": {**scene["model"], "path": str(model)},
+                  "gif": {"file": GIF_FILE, "frames": len(frames), "frame_ms": frame_ms},
+                  "timings_s": {**scene["timings_s"], "total": time.monotonic() - started},
+                  "outputs": sorted(["demo.blend", "frames/", GIF_FILE, REPORT_FILE])}
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def run_blender(request: dict, work: Path, timeout_s: float) -> dict:
+    """Run `safemotion.demo_blender` on the request in its own process group; its result, or RuntimeError."""
+    request_path, result_path, log_path = work / "request.json", work / "result.json", work / "blender.log"
+    request_path.write_text(json.dumps(request))
+    env = {**os.environ, "BLENDER_USER_RESOURCES": str(work / "blender_user"), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "safemotion.demo_blender", str(request_path), str(result_path)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=env, start_new_session=True)
+        try:
+            status = process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            status = None
+        finally:
+            _stop_group(process)
+    if status != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-BLENDER_LOG_TAIL:])
+        why = f"did not finish in {timeout_s:g} s" if status is None else f"failed (exit status {status})"
+        raise RuntimeError(f"the demo's Blender process {why}; the end of its output:\n{tail}")
+    return json.loads(result_path.read_text())
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Terminate what is left of the process's group (Blender, the bundled server), killing after STOP_WAIT_S."""
+    group = process.pid  # start_new_session: the group id is the leader's pid, kept while any member lives
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None and not _group_alive(group):
+                break
+            time.sleep(0.1)
+    process.wait()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def write_gif(frames: list[Path], path: Path, frame_ms: int) -> None:
+    """An endlessly looping GIF of the PNG frames, `frame_ms` milliseconds each."""
+    if not frames:
+        raise ValueError(f"write_gif {path}: no frames to write")
+    images = [Image.open(frame).convert("RGB").quantize(colors=255, dither=Image.Dither.NONE) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=frame_ms, loop=0, optimize=False)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 640x360") from None
+    return width, height
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry of `make demo`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("out/demo"))
-    report = run_demo(parser.parse_args(argv).out)
-    print(json.dumps(report, indent=2))
+    defaults = DemoOptions()
+    parser = argparse.ArgumentParser(prog="python -m safemotion.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (replaced as a whole)")
+    parser.add_argument("--model", type=Path, help=f"model folder (default: the server's {DEFAULT_MODEL})")
+    parser.add_argument("--prompt", default=defaults.prompt)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seconds", type=float, default=defaults.seconds)
+    parser.add_argument("--every", type=int, default=defaults.every, help="render every n-th frame")
+    parser.add_argument("--size", type=_size, default=(defaults.width, defaults.height), help="e.g. 640x360")
+    parser.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds for the Blender part")
+    args = parser.parse_args(argv)
+    options = dataclasses.replace(defaults, prompt=args.prompt, seed=args.seed, seconds=args.seconds,
+                                  model=args.model, every=args.every, width=args.size[0], height=args.size[1],
+                                  timeout_s=args.timeout)
+    print(f"SafeMotion demo: '{options.prompt}' (seed {options.seed}, {options.seconds:g} s) → {args.out}/",
+          flush=True)
+    try:
+        report = run_demo(args.out, options)
+    except (FileNotFoundError, ModuleNotFoundError, RuntimeError, ValueError) as err:
+        print(f"safemotion demo: error: {err}", file=sys.stderr)
+        return 1
+    errors = report["bone_direction_error_deg"]
+    print(f"model {report['model']['name']}: {report['frames']} frames, safety {report['safety']['decision']}; "
+          f"retarget bone-direction error mean {errors['mean']:.2g}°, max {errors['max']:.2g}°; "
+          f"{len(report['render']['frames'])} PNGs, {GIF_FILE}, demo.blend, {REPORT_FILE} "
+          f"in {report['timings_s']['total']:.0f} s")
     return 0
 
 
