@@ -89,6 +89,22 @@ def test_round_trip_gives_identical_weights_and_outputs(models, saved: Path) -> 
     assert "`minilm`" in card and "| Residual transformer |" in card
 
 
+def test_float16_storage_halves_the_files_and_loads_as_float32(models, saved: Path, tmp_path: Path) -> None:
+    half = save_model_dir(models, tmp_path / "half", dtype=torch.float16)
+    for name in ("vq", "mask_transformer"):
+        stored = load_file(str(half / f"{name}.safetensors"))
+        assert all(t.dtype == torch.float16 for t in stored.values())
+        assert (half / f"{name}.safetensors").stat().st_size < 0.6 * (saved / f"{name}.safetensors").stat().st_size
+    loaded = load_model_dir(half)
+    for name, module in models.components().items():
+        for key, value in module.state_dict().items():
+            other = loaded.components()[name].state_dict()[key]
+            assert other.dtype == torch.float32
+            torch.testing.assert_close(other, value.half().float(), rtol=0, atol=0)
+    for a, b in zip(_outputs(models), _outputs(loaded)):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
 def test_model_without_length_estimator(models, tmp_path: Path) -> None:
     config = replace(TINY, length_estimator=None)
     built = build_models(config)

@@ -101,8 +101,9 @@ def build_models(config: ModelConfig, mean: np.ndarray | None = None, std: np.nd
 
 
 def save_model_dir(models: MotionModels, out_dir: str | Path, card: str | None = None,
-                   overwrite: bool = False) -> Path:
-    """Write `models` as a model directory at out_dir (atomically) and return its path."""
+                   overwrite: bool = False, dtype: torch.dtype | None = None) -> Path:
+    """Write `models` as a model directory at out_dir (atomically) and return its path; `dtype` (e.g. float16)
+    stores the floating-point tensors at that precision (they are loaded back as float32)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; choose another path or remove it first")
@@ -111,7 +112,7 @@ def save_model_dir(models: MotionModels, out_dir: str | Path, card: str | None =
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        _write_contents(models, tmp, card if card is not None else model_card(models.config))
+        _write_contents(models, tmp, card if card is not None else model_card(models.config), dtype)
         check_model_dir(tmp)
         replace_dir(tmp, out_dir)
     except BaseException:
@@ -120,14 +121,21 @@ def save_model_dir(models: MotionModels, out_dir: str | Path, card: str | None =
     return out_dir
 
 
-def _write_contents(models: MotionModels, folder: Path, card: str) -> None:
+def _write_contents(models: MotionModels, folder: Path, card: str, dtype: torch.dtype | None = None) -> None:
     (folder / CONFIG_FILE).write_text(json.dumps(models.config.to_dict(), indent=2) + "\n", encoding="utf-8")
     for name, module in models.components().items():
-        tensors = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
+        tensors = {key: _stored(value, dtype) for key, value in module.state_dict().items()}
         save_file(tensors, str(folder / WEIGHT_FILES[name]), metadata={"component": name})
     np.save(folder / MEAN_FILE, models.mean.astype(np.float32))
     np.save(folder / STD_FILE, models.std.astype(np.float32))
     (folder / CARD_FILE).write_text(card, encoding="utf-8")
+
+
+def _stored(value: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    value = value.detach().cpu()
+    if dtype is not None and value.is_floating_point():
+        value = value.to(dtype)
+    return value.contiguous()
 
 
 def read_model_config(path: str | Path) -> ModelConfig:
@@ -173,6 +181,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Moti
     models.mean, models.std = mean, std
     for name, module in models.components().items():
         state = load_file(str(path / WEIGHT_FILES[name]), device=str(device))
+        state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
         module.load_state_dict(state, strict=True, assign=True)
     return models.eval()
 
