@@ -19,12 +19,16 @@ from safemotion.data.motion_dataset import (
     TokenSampler,
     WindowSampler,
     load_caption_samples,
+    load_motion,
     phase_crop,
     read_captions,
+    read_split,
 )
+from safemotion.eval.reconstruction import reconstruct
 from safemotion.generate import GenerationRequest, Generator
 from safemotion.models.config import LengthEstimatorConfig, ModelConfig, TransformerConfig, VQConfig
 from safemotion.models.model_dir import build_models, check_model_dir, load_model_dir
+from safemotion.motion.features import recover_from_ric
 from safemotion.motion.normalization import compute_mean_std
 from safemotion.train import TrainOptions, run_stage, train
 from safemotion.train.loop import Recipe, load_checkpoint
@@ -253,3 +257,15 @@ def test_cli_train_all_stages_then_generate(dataset, tmp_path, capsys):
 
     motion = Generator.from_dir(out).generate([GenerationRequest("a person walks forward", seconds=2.0)])[0]
     assert motion.joints.shape == (40, 22, 3) and np.isfinite(motion.joints).all()
+
+    lengths = [len(load_motion(dataset, clip_id)) // 4 * 4 for clip_id in read_split(dataset, "test")]
+    assert cli.main(["eval-vq", "--model", str(out), "--data", str(dataset), "--split", "test"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["clips"] == len(lengths) and report["frames"] == sum(lengths)
+    features = load_motion(dataset, report["worst_clip"])
+    recon = recover_from_ric(reconstruct(load_model_dir(out), features))
+    original = recover_from_ric(features[:len(recon)])
+    worst = np.linalg.norm((recon - recon[:, :1]) - (original - original[:, :1]), axis=-1).mean()
+    assert report["worst_clip_mpjpe_m"] == pytest.approx(worst, rel=1e-5)
+    assert 0 < report["clip_mpjpe_median_m"] <= report["worst_clip_mpjpe_m"]
+    assert report["global_mpjpe_m"] >= 0

@@ -140,6 +140,15 @@ def _train_evaluator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_vq(args: argparse.Namespace) -> int:
+    from safemotion.eval.reconstruction import reconstruction_error
+    from safemotion.models.model_dir import load_model_dir
+
+    report = reconstruction_error(load_model_dir(args.model), args.data, args.split, args.max_clips)
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from safemotion.eval.benchmark import (
         DEFAULT_EVALUATOR,
@@ -305,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--clip-vocab", type=Path, help="CLIP BPE merges file")
     evaluate.add_argument("--out", type=Path, required=True, help="report folder, e.g. reports/NAME")
     evaluate.set_defaults(func=_eval)
+
+    eval_vq = commands.add_parser("eval-vq", help="VQ reconstruction error (MPJPE, metres) on a dataset split")
+    eval_vq.add_argument("--model", type=Path, required=True, help="model directory")
+    eval_vq.add_argument("--data", type=Path, required=True, help="HumanML3D-layout dataset")
+    eval_vq.add_argument("--split", default="test")
+    eval_vq.add_argument("--max-clips", type=int, help="only the first N clips of the split")
+    eval_vq.set_defaults(func=_eval_vq)
 
     add_unlearn_commands(commands)
 
