@@ -149,6 +149,16 @@ def _eval_vq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_adherence(args: argparse.Namespace) -> int:
+    from safemotion.eval.adherence import run_suite
+    from safemotion.generate import DEFAULT_MODEL_DIR, Generator
+
+    results = run_suite(Generator.from_dir(args.model or DEFAULT_MODEL_DIR), seeds=range(args.seeds))
+    print(json.dumps([{"check": r.name, "prompts": r.prompts, "pass_rate": r.pass_rate, "passed": r.passed,
+                       "measured": r.measured} for r in results], indent=2))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from safemotion.eval.benchmark import (
         DEFAULT_EVALUATOR,
@@ -321,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     eval_vq.add_argument("--split", default="test")
     eval_vq.add_argument("--max-clips", type=int, help="only the first N clips of the split")
     eval_vq.set_defaults(func=_eval_vq)
+
+    adherence = commands.add_parser("eval-adherence", help="prompt adherence suite: physical checks over seeds")
+    adherence.add_argument("--model", type=Path, help="model directory (default: the embedded safemotion-mini)")
+    adherence.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per prompt")
+    adherence.set_defaults(func=_eval_adherence)
 
     add_unlearn_commands(commands)
 
