@@ -159,6 +159,27 @@ def _eval_adherence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_flags(args: argparse.Namespace) -> int:
+    from safemotion.generate import GenerationRequest
+    from safemotion.safe_generation import SafeGenerator
+    from safemotion.unlearn.prompt_sets import PROMPT_SETS, load_prompt_set
+
+    generator = SafeGenerator.from_dir(args.model)
+    if not generator.removed_codes:
+        raise ValueError(f"{args.model}: the model has no removed codes; flag rates need an LCR model")
+    rates = {}
+    for name in PROMPT_SETS:
+        prompts = load_prompt_set(name)
+        requests = [GenerationRequest(p, seconds=args.seconds, seed=args.seed + 1000 * i, variations=args.variations)
+                    for i, p in enumerate(prompts)]
+        records = [item.safety for items in generator.generate(requests, smpl=False) for item in items]
+        rates[name] = {"flagged": sum(r.flagged for r in records), "motions": len(records),
+                       "rate": sum(r.flagged for r in records) / len(records),
+                       "mean_hit_ratio": sum(r.hit_ratio for r in records) / len(records)}
+    print(json.dumps(rates, indent=2))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from safemotion.eval.benchmark import (
         DEFAULT_EVALUATOR,
@@ -336,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     adherence.add_argument("--model", type=Path, help="model directory (default: the embedded safemotion-mini)")
     adherence.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per prompt")
     adherence.set_defaults(func=_eval_adherence)
+
+    flags = commands.add_parser("eval-flags", help="flag rates of an LCR model on the shipped prompt sets")
+    flags.add_argument("--model", type=Path, required=True, help="LCR model directory")
+    flags.add_argument("--variations", type=int, default=3, help="motions per prompt")
+    flags.add_argument("--seconds", type=float, help="duration (default: the length estimator's)")
+    flags.add_argument("--seed", type=int, default=0)
+    flags.set_defaults(func=_eval_flags)
 
     add_unlearn_commands(commands)
 
