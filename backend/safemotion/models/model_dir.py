@@ -131,6 +131,14 @@ def _write_contents(models: MotionModels, folder: Path, card: str, dtype: torch.
     (folder / CARD_FILE).write_text(card, encoding="utf-8")
 
 
+def stored_dtype(path: str | Path) -> torch.dtype | None:
+    """The floating-point precision a model directory stores its VQ weights in (None: float32), so derived models
+    (LCR, UCE, ...) are written the same way."""
+    with safe_open(str(Path(path) / WEIGHT_FILES["vq"]), framework="pt") as handle:
+        dtype = handle.get_slice(next(iter(handle.keys()))).get_dtype()
+    return {"F16": torch.float16, "BF16": torch.bfloat16}.get(dtype)
+
+
 def _stored(value: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     value = value.detach().cpu()
     if dtype is not None and value.is_floating_point():

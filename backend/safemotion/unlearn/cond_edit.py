@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from safemotion.data.concepts import load_concept
 from safemotion.generate import pick_device
-from safemotion.models.model_dir import MotionModels, load_model_dir
+from safemotion.models.model_dir import MotionModels, load_model_dir, stored_dtype
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.unlearn.record import (
     UnlearningRecord,
@@ -198,4 +198,4 @@ def run_cond_edit(options: CondEditOptions, encoder: TextEncoder | None = None) 
         source_model=source_model_info(options.model),
     )
     return save_unlearned_model(edited.to("cpu"), out, record, model_card_with_unlearning(options.model, record),
-                                overwrite=options.overwrite)
+                                overwrite=options.overwrite, dtype=stored_dtype(options.model))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safemotion.data.concepts import DEFAULT_RULE
-from safemotion.models.model_dir import load_model_dir, save_model_dir
+from safemotion.models.model_dir import load_model_dir, save_model_dir, stored_dtype
 from safemotion.train import DEFAULT_RECIPES, TrainOptions, run_stage
 from safemotion.unlearn.concept_split import load_concept_split
 from safemotion.unlearn.record import (
@@ -103,4 +103,4 @@ def run_finetune(options: FinetuneOptions) -> Path:
         source_model=source_model_info(options.model),
     )
     return save_unlearned_model(tuned, out, record, model_card_with_unlearning(options.model, record),
-                                overwrite=options.overwrite)
+                                overwrite=options.overwrite, dtype=stored_dtype(options.model))

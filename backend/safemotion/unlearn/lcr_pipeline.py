@@ -25,7 +25,7 @@ import torch
 from safemotion.data.concepts import DEFAULT_RULE
 from safemotion.data.motion_dataset import read_split
 from safemotion.generate import pick_device
-from safemotion.models.model_dir import load_model_dir
+from safemotion.models.model_dir import load_model_dir, stored_dtype
 from safemotion.unlearn.code_stats import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_REPEATS,
@@ -175,7 +175,7 @@ def run_lcr(options: LCROptions) -> LCRResult:
     )
     save_unlearned_model(models.to("cpu"), out, record, model_card_with_unlearning(options.model, record),
                          extra_files={ORIGINAL_CODEBOOKS_FILE: codebook_tensors(originals)},
-                         overwrite=options.overwrite)
+                         overwrite=options.overwrite, dtype=stored_dtype(options.model))
     timings["write"] = time.perf_counter() - start
     return LCRResult(out, edits, n_forget, n_retain, cache_file, cache_hit, timings)
 

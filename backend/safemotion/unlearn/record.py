@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
+import torch
 from torch import Tensor
 
 from safemotion.atomic_dir import replace_dir
@@ -182,8 +183,10 @@ def model_card_with_unlearning(model_dir: str | Path, record: UnlearningRecord) 
 
 
 def save_unlearned_model(models: MotionModels, out: str | Path, record: UnlearningRecord, card: str,
-                         extra_files: dict[str, dict[str, Tensor]] | None = None, overwrite: bool = False) -> Path:
-    """Write `models` with `record` in config.json plus extra safetensors files, atomically, and return the path.
+                         extra_files: dict[str, dict[str, Tensor]] | None = None, overwrite: bool = False,
+                         dtype: torch.dtype | None = None) -> Path:
+    """Write `models` with `record` in config.json plus extra safetensors files, atomically, and return the path;
+    `dtype` as in save_model_dir (callers pass the source model's `stored_dtype`).
 
     The directory is staged in a hidden sibling folder, verified, then renamed onto `out`.
     """
@@ -196,7 +199,7 @@ def save_unlearned_model(models: MotionModels, out: str | Path, record: Unlearni
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".unlearn", dir=out.parent))
     try:
-        folder = save_model_dir(staged_models, staging / out.name, card=card)
+        folder = save_model_dir(staged_models, staging / out.name, card=card, dtype=dtype)
         for name, tensors in (extra_files or {}).items():
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / name),
                       metadata={"component": Path(name).stem})
