@@ -155,6 +155,16 @@ def read_target_rig(armature_obj: bpy.types.Object) -> retarget.TargetRig:
     )
 
 
+def target_mapping(target_obj: bpy.types.Object, preset: str) -> dict[str, str]:
+    """Role -> bone mapping of the target armature for a preset name or "AUTO"; ValueError when it cannot be mapped."""
+    names = [bone.name for bone in target_obj.data.bones]
+    if preset == "AUTO":
+        return retarget.auto_mapping(names)[1]
+    mapping = retarget.preset_mapping(preset, names)
+    retarget.validate_mapping(mapping, names)
+    return mapping
+
+
 def _rotation_channels(pose_bone: bpy.types.PoseBone, quats: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
     """Channels for quaternions [T,4] in the bone's own rotation mode (Euler modes kept, axis-angle switched)."""
     if pose_bone.rotation_mode == "AXIS_ANGLE":

@@ -140,19 +140,21 @@ def _read_row(record: list[str], header: list[str], source: str, line: int) -> t
         raise ValueError(f"{source}:{line}: {len(record)} cells but the header has {len(header)} columns; "
                          "quote prompts that contain commas")
     cells = dict(zip(header, (cell.strip() for cell in record)))
-    seconds = cells.get("seconds") or None
-    if seconds is not None:
-        try:
-            seconds = float(seconds)
-        except ValueError:
-            raise ValueError(f"{source}:{line}: seconds {seconds!r} is not a number") from None
-    seed = cells.get("seed") or None
-    if seed is not None:
-        try:
-            seed = int(seed)
-        except ValueError:
-            raise ValueError(f"{source}:{line}: seed {seed!r} is not a whole number") from None
+    where = f"{source}:{line}"
+    seconds = _number(cells, "seconds", float, "a number", where)
+    seed = _number(cells, "seed", int, "a whole number", where)
     return line, cells.get("prompt", ""), seconds, seed, cells.get("name") or None
+
+
+def _number(cells: dict[str, str], column: str, kind: type, expected: str, where: str) -> float | int | None:
+    """The cell of `column` as `kind`, None when absent or empty; ValueError naming `where` when it does not parse."""
+    cell = cells.get(column)
+    if not cell:
+        return None
+    try:
+        return kind(cell)
+    except ValueError:
+        raise ValueError(f"{where}: {column} {cell!r} is not {expected}") from None
 
 
 def _check(prompt: str, seconds: float | None, seed: int | None, source: str, line: int) -> None:

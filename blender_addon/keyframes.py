@@ -3,7 +3,7 @@
 - 4.2/4.3: legacy `action.fcurves` with action groups;
 - 4.4/4.5: slotted actions, F-curves live in a channelbag (layer -> keyframe strip -> channelbag of the object's slot);
 - 5.0: `action.fcurves` is gone; `Action.fcurve_ensure_for_datablock` creates the slot, layer, strip, channelbag and
-  F-curve in one call.
+  F-curve in one call, in a group. (4.5 has that call too, but without `group_name`: it takes the 4.4/4.5 route.)
 
 `AnimData.action_slot` is never assigned from Python (it crashes 4.5/5.0): assigning the action picks the slot, and
 `last_slot_identifier` steers that choice. Keys are written in bulk with `keyframe_points.add` + `foreach_set`.
@@ -20,6 +20,8 @@ import numpy as np
 OBJECT_GROUP = "Object Transforms"  # Blender's own group name for object-level channels
 _BONE_PATH = re.compile(r'^pose\.bones\["((?:[^"\\]|\\.)*)"\]\.')
 _LINEAR = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items["LINEAR"].value
+_ENSURE_FOR_DATABLOCK = bpy.types.Action.bl_rna.functions.get("fcurve_ensure_for_datablock")
+_ENSURE_TAKES_GROUP = _ENSURE_FOR_DATABLOCK is not None and "group_name" in _ENSURE_FOR_DATABLOCK.parameters  # 5.0
 
 
 def channel_group(data_path: str) -> str:
@@ -85,7 +87,7 @@ def ensure_fcurve(
 ) -> bpy.types.FCurve:
     """The F-curve of `action` for (data_path, index) on `obj`, created in `group` if missing, on Blender 4.2-5.0."""
     assign_action(obj, action)
-    if hasattr(action, "fcurve_ensure_for_datablock"):  # 5.0
+    if _ENSURE_TAKES_GROUP:  # 5.0
         return action.fcurve_ensure_for_datablock(obj, data_path, index=index, group_name=group)
     if hasattr(action, "layers"):  # 4.4/4.5 slotted actions
         return _ensure_fcurve_in_channelbag(action, obj, data_path, index, group)

@@ -21,9 +21,10 @@ import bpy
 from bpy.app.handlers import persistent
 from bpy.props import CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from . import armature, batch_prompts, retarget, safety
+from . import armature, batch_prompts, safety
 from .client import BackendClient, BackendError, decode_array
 from .preferences import client_from_preferences
+from .properties import is_armature
 
 MAX_JOB_ITEMS = 256  # the server's limit on prompts per job
 POLL_INTERVAL_S = 0.25
@@ -39,10 +40,6 @@ ITEM_STATES = (
 )
 STATE_ICONS = {identifier: icon for identifier, _, _, icon, _ in ITEM_STATES}
 FINAL_STATES = {"DONE", "BLOCKED"}
-
-
-def _is_armature(_batch, obj: bpy.types.Object) -> bool:
-    return obj.type == "ARMATURE"
 
 
 class SafeMotionBatchItem(bpy.types.PropertyGroup):
@@ -72,7 +69,7 @@ class SafeMotionBatch(bpy.types.PropertyGroup):
     active_item: IntProperty(name="Active Prompt")
     origin: StringProperty(name="Read From", description="Text block or file the batch was read from")
     policy: StringProperty(name="Policy", description="Safety policy the batch is generated under")
-    target: PointerProperty(name="Target", type=bpy.types.Object, poll=_is_armature,
+    target: PointerProperty(name="Target", type=bpy.types.Object, poll=is_armature,
                             description="Armature the prompts are retargeted onto (empty: an SMPL armature)")
     bone_preset: StringProperty(name="Bone Mapping", default="AUTO")
     smpl_armature: PointerProperty(name="SMPL Armature", type=bpy.types.Object,
@@ -108,16 +105,6 @@ def read_batch_source(batch: SafeMotionBatch) -> tuple[list[batch_prompts.BatchP
     return batch_prompts.read_prompt_file(path), path
 
 
-def target_mapping(target: bpy.types.Object, preset: str) -> dict[str, str]:
-    """Role -> bone mapping onto the target (preset "AUTO" = detected); ValueError when the bones do not fit."""
-    names = [bone.name for bone in target.data.bones]
-    if preset == "AUTO":
-        return retarget.auto_mapping(names)[1]
-    mapping = retarget.preset_mapping(preset, names)
-    retarget.validate_mapping(mapping, names)
-    return mapping
-
-
 def start_batch(scene: bpy.types.Scene, prompts: list[batch_prompts.BatchPrompt], origin: str) -> None:
     """Replace the scene's batch with these prompts (all pending) and the panel's settings at this moment.
 
@@ -126,7 +113,7 @@ def start_batch(scene: bpy.types.Scene, prompts: list[batch_prompts.BatchPrompt]
     settings = scene.safemotion
     batch = scene.safemotion_batch
     if settings.target_armature is not None:
-        target_mapping(settings.target_armature, settings.bone_preset)
+        armature.target_mapping(settings.target_armature, settings.bone_preset)
     seed = random.randrange(batch_prompts.MAX_SEED + 1) if settings.random_seed else settings.seed
     batch.items.clear()
     batch.active_item = 0
@@ -304,7 +291,7 @@ def apply_motion(scene: bpy.types.Scene, item: SafeMotionBatchItem, motion: dict
     fps = float(motion["fps"])
     if batch.target is not None:
         obj = batch.target
-        mapping = target_mapping(obj, batch.bone_preset)
+        mapping = armature.target_mapping(obj, batch.bone_preset)
         previous = obj.animation_data.action if obj.animation_data else None
         action, _ = armature.retarget_onto(obj, pose, transl, rest, mapping=mapping, fps=fps, action_name=item.name,
                                            frame_start=batch.frame_start)
@@ -364,6 +351,13 @@ class _BatchRun:
     """Shared run logic of Batch Generate and Resume Batch: synchronous in execute, a modal timer in invoke."""
 
     bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        if _running is not None:
+            cls.poll_message_set("A batch is running: wait for it or cancel it")
+            return False
+        return True
 
     def prepare(self, context) -> None:
         """Set up the scene's batch for running (raise ValueError to refuse)."""
@@ -471,13 +465,6 @@ class SAFEMOTION_OT_batch_generate(_BatchRun, bpy.types.Operator):
     bl_idname = "safemotion.batch_generate"
     bl_label = "Generate Batch"
 
-    @classmethod
-    def poll(cls, context):
-        if _running is not None:
-            cls.poll_message_set("A batch is running: wait for it or cancel it")
-            return False
-        return True
-
     def prepare(self, context) -> None:
         prompts, origin = read_batch_source(context.scene.safemotion_batch)
         start_batch(context.scene, prompts, origin)
@@ -491,8 +478,7 @@ class SAFEMOTION_OT_batch_resume(_BatchRun, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if _running is not None:
-            cls.poll_message_set("A batch is running")
+        if not super().poll(context):
             return False
         if not batch_unfinished(context.scene.safemotion_batch):
             cls.poll_message_set("No unfinished batch in this scene")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
-from . import armature, keyframes, retarget, safety, smpl_math
+from . import armature, keyframes, safety, smpl_math
 from .client import BackendClient, BackendError, decode_array
 from .preferences import BUNDLED_START_TIMEOUT_S, addon_preferences, client_from_preferences, start_bundled_server
 from .properties import MAX_SEED
@@ -108,16 +108,6 @@ def motions_of_results(results: dict) -> tuple[list[Motion], list[str]]:
     return motions, errors
 
 
-def target_mapping(target: bpy.types.Object, preset: str) -> dict[str, str]:
-    """Role -> bone mapping of the target armature for a preset name or AUTO; ValueError when it cannot be mapped."""
-    names = [bone.name for bone in target.data.bones]
-    if preset == "AUTO":
-        return retarget.auto_mapping(names)[1]
-    mapping = retarget.preset_mapping(preset, names)
-    retarget.validate_mapping(mapping, names)
-    return mapping
-
-
 def find_smpl_armature(scene: bpy.types.Scene, motion: Motion,
                        exclude: bpy.types.Object | None = None) -> bpy.types.Object | None:
     """An armature in the scene (not `exclude`) with this motion's joint names and rest joints, or None."""
@@ -172,7 +162,7 @@ def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: l
     outcome = Outcome()
     target = settings.target_armature
     writable = [m for m in motions if not m.blocked]
-    mapping = target_mapping(target, settings.bone_preset) if target is not None and writable else None
+    mapping = armature.target_mapping(target, settings.bone_preset) if target is not None and writable else None
     safety.fill_safety(settings.last_safety, _worst([m.safety for m in motions]))
     first_take = len(settings.takes)
     for motion in motions:
@@ -515,51 +505,55 @@ class SAFEMOTION_OT_cancel_generation(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class SAFEMOTION_OT_apply_take(bpy.types.Operator):
-    """Make this take the active animation of its armatures"""
+class _TakeOperator:
+    """An operator on the scene's take number `index` (set by the takes list's buttons)."""
 
-    bl_idname = "safemotion.apply_take"
-    bl_label = "Apply Take"
     bl_options = {"REGISTER", "UNDO"}
 
     index: bpy.props.IntProperty(name="Take", min=0)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        settings = context.scene.safemotion
-        if self.index >= len(settings.takes):
+        takes = context.scene.safemotion.takes
+        if self.index >= len(takes):
             self.report({"ERROR"}, f"There is no take {self.index + 1}")
             return {"CANCELLED"}
-        take = settings.takes[self.index]
+        return self.run(context, takes[self.index])
+
+    def run(self, context: bpy.types.Context, take: bpy.types.PropertyGroup) -> set[str]:
+        """Do the operator's job on the take."""
+        raise NotImplementedError
+
+
+class SAFEMOTION_OT_apply_take(_TakeOperator, bpy.types.Operator):
+    """Make this take the active animation of its armatures"""
+
+    bl_idname = "safemotion.apply_take"
+    bl_label = "Apply Take"
+
+    def run(self, context: bpy.types.Context, take: bpy.types.PropertyGroup) -> set[str]:
         try:
             apply_take(take)
         except ValueError as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
-        settings.active_take = self.index
+        context.scene.safemotion.active_take = self.index
         if take.safety.flagged:
             self.report({"WARNING"}, f"Take '{take.name}' was flagged: {take.safety.reason}")
         return {"FINISHED"}
 
 
-class SAFEMOTION_OT_discard_take(bpy.types.Operator):
+class SAFEMOTION_OT_discard_take(_TakeOperator, bpy.types.Operator):
     """Delete this take's actions and remove it from the list (flagged generations stay in the safety list)"""
 
     bl_idname = "safemotion.discard_take"
     bl_label = "Discard Take"
-    bl_options = {"REGISTER", "UNDO"}
 
-    index: bpy.props.IntProperty(name="Take", min=0)
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        settings = context.scene.safemotion
-        if self.index >= len(settings.takes):
-            self.report({"ERROR"}, f"There is no take {self.index + 1}")
-            return {"CANCELLED"}
-        take = settings.takes[self.index]
+    def run(self, context: bpy.types.Context, take: bpy.types.PropertyGroup) -> set[str]:
         for name in (take.action_name, take.target_action_name):
             action = bpy.data.actions.get(name) if name else None
             if action is not None:
                 bpy.data.actions.remove(action)
+        settings = context.scene.safemotion
         settings.takes.remove(self.index)
         settings.active_take = min(settings.active_take, max(len(settings.takes) - 1, 0))
         return {"FINISHED"}

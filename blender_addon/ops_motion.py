@@ -22,6 +22,7 @@ from mathutils import Euler, Quaternion
 from . import armature, keyframes, retarget, smpl_math
 from .client import BackendError, encode_array
 from .preferences import client_from_preferences
+from .properties import preset_items
 from .smpl_math import JOINT_NAMES
 
 AUDIT_JOINTS = 22  # the audit endpoint takes HumanML3D's first 22 SMPL joints
@@ -167,25 +168,13 @@ def _retarget_target(context, source: bpy.types.Object) -> bpy.types.Object:
                      "or set the target in the SafeMotion panel")
 
 
-PRESET_ITEMS = [("AUTO", "Auto-detect", "Choose the preset from the target's bone names")] + [
-    (name, name, f"Map the target's bones by the {name} naming preset") for name in retarget.PRESETS
-]
-
-
 # --- operators ------------------------------------------------------------------------------------------------------
 
 
-class SAFEMOTION_OT_retarget_action(bpy.types.Operator):
-    """Retarget the active SMPL armature's action onto the other selected armature (or the panel's target)"""
+class _SmplTakeOperator:
+    """An operator on the active SMPL armature's take (one undo step)."""
 
-    bl_idname = "safemotion.retarget_action"
-    bl_label = "Retarget Take"
     bl_options = {"REGISTER", "UNDO"}
-
-    preset: EnumProperty(name="Bone names", items=PRESET_ITEMS)
-    in_place: BoolProperty(name="In Place", description="Remove horizontal travel, keep the sway", default=False)
-    scale_root_motion: BoolProperty(name="Scale Root Motion", default=True,
-                                    description="Scale the hips' travel by the ratio of hip heights")
 
     @classmethod
     def poll(cls, context):
@@ -194,12 +183,23 @@ class SAFEMOTION_OT_retarget_action(bpy.types.Operator):
             return False
         return True
 
+
+class SAFEMOTION_OT_retarget_action(_SmplTakeOperator, bpy.types.Operator):
+    """Retarget the active SMPL armature's action onto the other selected armature (or the panel's target)"""
+
+    bl_idname = "safemotion.retarget_action"
+    bl_label = "Retarget Take"
+
+    preset: EnumProperty(name="Bone names", items=preset_items())
+    in_place: BoolProperty(name="In Place", description="Remove horizontal travel, keep the sway", default=False)
+    scale_root_motion: BoolProperty(name="Scale Root Motion", default=True,
+                                    description="Scale the hips' travel by the ratio of hip heights")
+
     def execute(self, context):
         try:
             source, action = active_smpl_take(context)
             target = _retarget_target(context, source)
-            names = [b.name for b in target.data.bones]
-            mapping = None if self.preset == "AUTO" else retarget.preset_mapping(self.preset, names)
+            mapping = armature.target_mapping(target, self.preset)
             take = read_smpl_take(source, action)
             options = retarget.RetargetOptions(scale_root_motion=self.scale_root_motion, in_place=self.in_place)
             result_action, _ = armature.retarget_onto(
@@ -212,19 +212,11 @@ class SAFEMOTION_OT_retarget_action(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class SAFEMOTION_OT_audit_action(bpy.types.Operator):
+class SAFEMOTION_OT_audit_action(_SmplTakeOperator, bpy.types.Operator):
     """Ask the server where the active SMPL take uses the motion codes the model removed; mark the hits"""
 
     bl_idname = "safemotion.audit_action"
     bl_label = "Audit Take"
-    bl_options = {"REGISTER", "UNDO"}
-
-    @classmethod
-    def poll(cls, context):
-        if not is_smpl_armature(context.active_object):
-            cls.poll_message_set("Make an SMPL armature with a take active")
-            return False
-        return True
 
     def execute(self, context):
         try:

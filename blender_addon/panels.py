@@ -37,12 +37,23 @@ def _draw_safety(layout: bpy.types.UILayout, safety: bpy.types.PropertyGroup) ->
         layout.label(text=safety.reason)
 
 
-class SAFEMOTION_PT_generate(bpy.types.Panel):
-    """Prompt, settings and the Generate button."""
+class _Sidebar:
+    """Where every SafeMotion panel lives: the 3D View's sidebar, SafeMotion tab."""
 
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = CATEGORY
+
+
+class _Section(_Sidebar):
+    """A sub-panel of the main SafeMotion panel."""
+
+    bl_parent_id = "SAFEMOTION_PT_generate"
+
+
+class SAFEMOTION_PT_generate(_Sidebar, bpy.types.Panel):
+    """Prompt, settings and the Generate button."""
+
     bl_label = "SafeMotion"
 
     def draw(self, context: bpy.types.Context) -> None:
@@ -79,13 +90,9 @@ class SAFEMOTION_PT_generate(bpy.types.Panel):
             layout.label(text=f"Prompts are sent to {where}", icon="URL")
 
 
-class SAFEMOTION_PT_last_result(bpy.types.Panel):
+class SAFEMOTION_PT_last_result(_Section, bpy.types.Panel):
     """Safety state of the last generation."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = CATEGORY
-    bl_parent_id = "SAFEMOTION_PT_generate"
     bl_label = "Last Result"
 
     @classmethod
@@ -106,13 +113,9 @@ class SAFEMOTION_UL_takes(bpy.types.UIList):
         row.operator(SAFEMOTION_OT_discard_take.bl_idname, text="", icon="TRASH").index = index
 
 
-class SAFEMOTION_PT_takes(bpy.types.Panel):
+class SAFEMOTION_PT_takes(_Section, bpy.types.Panel):
     """The takes of past generations in this scene."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = CATEGORY
-    bl_parent_id = "SAFEMOTION_PT_generate"
     bl_label = "Takes"
 
     def draw(self, context: bpy.types.Context) -> None:
@@ -125,13 +128,9 @@ class SAFEMOTION_PT_takes(bpy.types.Panel):
             _draw_safety(box, take.safety)
 
 
-class SAFEMOTION_PT_take_tools(bpy.types.Panel):
+class SAFEMOTION_PT_take_tools(_Section, bpy.types.Panel):
     """Retarget, audit and export the active armature's action."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = CATEGORY
-    bl_parent_id = "SAFEMOTION_PT_generate"
     bl_label = "Retarget, Audit, Export"
     bl_options = {"DEFAULT_CLOSED"}
 
@@ -139,13 +138,9 @@ class SAFEMOTION_PT_take_tools(bpy.types.Panel):
         ops_motion.draw_motion(self.layout, context)
 
 
-class SAFEMOTION_PT_batch(bpy.types.Panel):
+class SAFEMOTION_PT_batch(_Section, bpy.types.Panel):
     """Many prompts at once."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = CATEGORY
-    bl_parent_id = "SAFEMOTION_PT_generate"
     bl_label = "Batch"
     bl_options = {"DEFAULT_CLOSED"}
 
@@ -162,13 +157,9 @@ class SAFEMOTION_UL_flagged(bpy.types.UIList):
         row.label(text=f"{item.safety.decision} {item.safety.hit_ratio:.0%}")
 
 
-class SAFEMOTION_PT_safety(bpy.types.Panel):
+class SAFEMOTION_PT_safety(_Section, bpy.types.Panel):
     """Flagged generations of this file and the CSV report."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = CATEGORY
-    bl_parent_id = "SAFEMOTION_PT_generate"
     bl_label = "Safety"
     bl_options = {"DEFAULT_CLOSED"}
 

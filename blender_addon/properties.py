@@ -18,7 +18,7 @@ PRESET_LABELS = {"smpl": "SMPL", "mixamo": "Mixamo", "rigify": "Rigify (FK contr
                  "rigify_def": "Rigify (deform bones)", "ue5": "Unreal Engine 5"}
 
 
-def _preset_items() -> list[tuple[str, str, str]]:
+def preset_items() -> list[tuple[str, str, str]]:
     """AUTO plus one item per retarget preset (identifier = the preset's name)."""
     items = [("AUTO", "Auto-detect", "Pick the preset whose bone names match the target armature best")]
     for name in retarget.PRESETS:
@@ -26,7 +26,8 @@ def _preset_items() -> list[tuple[str, str, str]]:
     return items
 
 
-def _is_armature(_settings: bpy.types.PropertyGroup, obj: bpy.types.Object) -> bool:
+def is_armature(_owner: bpy.types.PropertyGroup, obj: bpy.types.Object) -> bool:
+    """PointerProperty poll: only armatures may be picked."""
     return obj.type == "ARMATURE"
 
 
@@ -87,9 +88,9 @@ class SafeMotionSettings(bpy.types.PropertyGroup):
                                         description="Pick a new seed for every generation (stored in each take)")
     variations: bpy.props.IntProperty(name="Variations", default=1, min=VARIATIONS_RANGE[0],
                                       max=VARIATIONS_RANGE[1], description="How many takes to generate")
-    target_armature: bpy.props.PointerProperty(name="Target", type=bpy.types.Object, poll=_is_armature,
+    target_armature: bpy.props.PointerProperty(name="Target", type=bpy.types.Object, poll=is_armature,
                                                description="Armature to retarget the takes onto (optional)")
-    bone_preset: bpy.props.EnumProperty(name="Bone Mapping", items=_preset_items(),
+    bone_preset: bpy.props.EnumProperty(name="Bone Mapping", items=preset_items(),
                                         description="How the target's bones are matched to SMPL joints")
     policy: bpy.props.EnumProperty(
         name="Safety Policy",

@@ -3,7 +3,6 @@ one NLA track per prompt, cancel, and resume after Blender and the server restar
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 
@@ -12,25 +11,27 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from addon_support import ADDON_MODULE, SCENE_FPS, addon, clean_scene, tiny_server, use_server  # noqa: E402,F401
+from addon_support import (  # noqa: E402
+    SCENE_FPS,
+    CheckingLayout,
+    addon,  # noqa: F401 (fixture)
+    addon_module,
+    clean_scene,  # noqa: F401 (fixture)
+    tiny_server,  # noqa: F401 (fixture)
+    use_server,
+)
 
 
 @pytest.fixture(scope="module")
 def ops(addon):
-    """The add-on's ops_batch module, registered (by the add-on, or here while __init__ does not list it)."""
-    module = importlib.import_module(f"{ADDON_MODULE}.ops_batch")
-    registered_here = not module.CLASSES[0].is_registered
-    if registered_here:
-        module.register()
-    yield module
-    if registered_here:
-        module.unregister()
+    """The add-on's ops_batch module (registered with the add-on)."""
+    return addon.ops_batch
 
 
 @pytest.fixture(scope="module")
 def batch_prompts(addon):
     """The add-on's pure prompt-list module."""
-    return importlib.import_module(f"{ADDON_MODULE}.batch_prompts")
+    return addon.batch_prompts
 
 
 @pytest.fixture
@@ -40,10 +41,6 @@ def server(tiny_server, clean_scene):
     clean_scene.safemotion.random_seed = False
     clean_scene.safemotion.seed = 3
     return tiny_server
-
-
-def addon_module(name: str):
-    return importlib.import_module(f"{ADDON_MODULE}.{name}")
 
 
 def client_for(server):
@@ -208,7 +205,9 @@ def test_csv_batch_is_retargeted_onto_the_target_rig(ops, server, tmp_path):
 
 
 def _fcurves(action):
-    """All F-curves of an action (every layer, strip and channelbag)."""
+    """All F-curves of an action: every layer, strip and channelbag (4.4+), or its legacy F-curve list (4.2, 4.3)."""
+    if not hasattr(action, "layers"):
+        return list(action.fcurves)
     return [fc for layer in action.layers for strip in layer.strips for bag in strip.channelbags
             for fc in bag.fcurves]
 
@@ -293,8 +292,6 @@ def test_cancel_keeps_finished_prompts_only_and_resume_completes(ops, server):
         bpy.ops.safemotion.batch_cancel()
 
     # The panel section and its list draw with real property, operator, list and icon names.
-    from test_addon_register import CheckingLayout  # the core tests' stand-in for UILayout
-
     calls: list = []
     ops.draw_batch(CheckingLayout(calls), bpy.context)
     for index, item in enumerate(batch.items):

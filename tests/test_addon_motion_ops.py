@@ -3,7 +3,6 @@ Rigify-named rigs, auditing it against a real server, exporting it through Blend
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
@@ -11,7 +10,15 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from addon_support import ADDON_MODULE, addon, clean_scene, tiny_server, use_server  # noqa: E402,F401
+from addon_support import (  # noqa: E402
+    addon,  # noqa: F401 (fixture)
+    addon_module,
+    clean_scene,  # noqa: F401 (fixture)
+    rest_skeleton,
+    synthetic_motion,
+    tiny_server,  # noqa: F401 (fixture)
+    use_server,
+)
 
 FPS = 20
 FRAMES = 30
@@ -19,35 +26,8 @@ FRAMES = 30
 
 @pytest.fixture(scope="module")
 def ops(addon):
-    """The add-on's ops_motion module, registered (by the add-on, or here while __init__ does not list it)."""
-    module = importlib.import_module(f"{ADDON_MODULE}.ops_motion")
-    registered_here = not module.CLASSES[0].is_registered
-    if registered_here:
-        module.register()
-    yield module
-    if registered_here:
-        module.unregister()
-
-
-def addon_module(name: str):
-    return importlib.import_module(f"{ADDON_MODULE}.{name}")
-
-
-def rest_skeleton() -> np.ndarray:
-    """The backend's SMPL T-pose [24, 3] (Y-up): what the server sends as the rest skeleton."""
-    smpl = pytest.importorskip("safemotion.motion.smpl")
-    return smpl.smpl_rest_joints()
-
-
-def synthetic_motion(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth random SMPL pose [T, 24, 3] (axis-angle) and a walk forward with sway [T, 3] (Y-up)."""
-    rng = np.random.default_rng(seed)
-    keys = rng.normal(scale=0.5, size=(4, 24, 3))
-    t = np.linspace(0.0, 1.0, frames)
-    knots = np.linspace(0.0, 1.0, len(keys))
-    pose = np.stack([np.stack([np.interp(t, knots, keys[:, j, k]) for k in range(3)], -1) for j in range(24)], 1)
-    transl = np.stack([0.05 * np.sin(4 * np.pi * t), 0.02 * np.sin(8 * np.pi * t), 1.5 * t], axis=-1)
-    return pose, transl
+    """The add-on's ops_motion module (registered with the add-on)."""
+    return addon.ops_motion
 
 
 def smpl_take(seed: int = 1, frame_start: int = 1):

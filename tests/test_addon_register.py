@@ -13,6 +13,7 @@ bpy = pytest.importorskip("bpy")
 
 from addon_support import (  # noqa: E402
     ADDON_MODULE,
+    CheckingLayout,
     addon,  # noqa: F401 (fixture)
     clean_scene,  # noqa: F401 (fixture)
     disable_addon,
@@ -221,62 +222,6 @@ def test_generate_starts_the_bundled_server_which_stops_with_the_addon(addon, cl
 
 
 # ---------------------------------------------------------------------------------------------- drawing
-
-ICONS = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
-
-
-class OperatorButton:
-    """What `layout.operator()` returns: only the operator's own properties may be set."""
-
-    def __init__(self, idname: str):
-        module, name = idname.split(".")
-        self.__dict__["_properties"] = set(getattr(getattr(bpy.ops, module), name).get_rna_type().properties.keys())
-
-    def __setattr__(self, name, value):
-        assert name in self._properties, f"operator has no property {name!r}"
-
-
-class CheckingLayout:
-    """Stands in for bpy.types.UILayout, which the module build never creates (draw() is never called there):
-    every property, operator, list type and icon that a draw function names must exist in Blender."""
-
-    def __init__(self, calls: list):
-        self.calls = calls
-
-    def _sub(self, *args, **kwargs):
-        return CheckingLayout(self.calls)
-
-    row = column = box = split = _sub
-
-    def _icon(self, icon: str) -> None:
-        assert icon in ICONS, f"unknown icon {icon!r}"
-
-    def prop(self, data, name, text=None, icon="NONE", **kwargs):
-        assert name in data.bl_rna.properties, f"{data.bl_rna.identifier} has no property {name!r}"
-        self._icon(icon)
-        self.calls.append(("prop", name))
-
-    def operator(self, idname, text=None, icon="NONE", **kwargs):
-        self._icon(icon)
-        self.calls.append(("operator", idname))
-        return OperatorButton(idname)
-
-    def label(self, text="", icon="NONE", **kwargs):
-        self._icon(icon)
-        self.calls.append(("label", text))
-
-    def progress(self, factor=0.0, type="BAR", text=""):
-        assert 0.0 <= factor <= 1.0 and type in ("BAR", "RING")
-        self.calls.append(("progress", text))
-
-    def template_list(self, list_type, list_id, data, prop, active_data, active_prop, **kwargs):
-        assert hasattr(bpy.types, list_type), f"UIList {list_type!r} is not registered"
-        assert prop in data.bl_rna.properties and active_prop in active_data.bl_rna.properties
-        self.calls.append(("list", list_type))
-
-    def separator(self, **kwargs):
-        pass
-
 
 class Host:
     """`self` for a draw function: a layout, and attribute access forwarded to the real object (if any)."""
