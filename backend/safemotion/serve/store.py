@@ -1,9 +1,13 @@
 """The server's database (SQLAlchemy Core): API keys, batch jobs and their items, and the audit log.
 
 SQLite in WAL mode by default (readers never wait for the writer; a committed item survives a crash), or any
-SQLAlchemy URL such as postgresql+psycopg://user@host/db. Times are UNIX seconds (floats). Each finished job item is
-written, with its audit entries, in one transaction the moment it completes, so a restart loses at most the items
-that were being computed.
+SQLAlchemy URL such as postgresql+psycopg://user@host/db (`pip install 'safemotion[postgres]'`; a plain postgresql://
+URL uses psycopg too). Times are UNIX seconds (floats). Each finished job item is written, with its audit entries, in
+one transaction the moment it completes, so a restart loses at most the items that were being computed.
+
+Transactions that change a job lock its `jobs` row first (SELECT ... FOR UPDATE; SQLite serialises writers anyway),
+so on PostgreSQL finishing and cancelling items of one job never deadlock and the job's final status is counted
+from committed rows. Several servers may share one PostgreSQL database; the first to start creates the tables.
 """
 
 from __future__ import annotations
@@ -28,14 +32,16 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 ROLES = ("artist", "safety-admin")
 ACTIVE_JOB_STATES = ("queued", "running")
+SCHEMA_LOCK = 0x5AFE_0001  # PostgreSQL advisory lock key held while creating tables
 
 metadata = MetaData()
 
@@ -55,7 +61,7 @@ jobs = Table(
     Column("id", String(32), primary_key=True),
     Column("owner", String(100), nullable=False),
     Column("role", String(20), nullable=False),
-    Column("model", String(200), nullable=False),
+    Column("model", String(255), nullable=False),  # a model folder's name
     Column("policy", String(20), nullable=False),
     Column("status", String(20), nullable=False, index=True),  # queued, running, done, cancelled
     Column("total", Integer, nullable=False),
@@ -84,7 +90,7 @@ audit_log = Table(
     Column("username", String(100), nullable=False, index=True),
     Column("role", String(20), nullable=False),
     Column("event", String(20), nullable=False),  # generate, job_item, policy_refused, motion_audit
-    Column("model", String(200), nullable=False),
+    Column("model", String(255), nullable=False),  # a model folder's name
     Column("prompt", Text),
     Column("policy", String(20)),
     Column("decision", String(20)),
@@ -93,7 +99,7 @@ audit_log = Table(
     Column("seed", BigInteger),
     Column("variation", Integer),
     Column("job_id", String(32)),
-    Column("request_id", String(32)),
+    Column("request_id", String(64)),  # the X-Request-ID header: up to 64 characters
 )
 
 
@@ -148,10 +154,15 @@ class Store:
     """All reads and writes of the server's tables; safe to use from several threads."""
 
     def __init__(self, url: str):
-        """Connect (creating a SQLite file's folder) and create missing tables."""
+        """Connect (creating a SQLite file's folder) and create missing tables; ValueError when that fails."""
         self.url = url
         self.engine = _create_engine(url)
-        metadata.create_all(self.engine)
+        try:
+            _create_tables(self.engine)
+        except OperationalError as err:
+            self.engine.dispose()
+            where = make_url(url).render_as_string(hide_password=True)
+            raise ValueError(f"cannot open the database {where}: {err.orig}".strip()) from None
 
     def close(self) -> None:
         """Release every pooled connection."""
@@ -264,6 +275,7 @@ class Store:
     def _close_item(self, job_id: str, index: int, values: dict[str, Any], entries: list[AuditEntry]) -> bool:
         now = time.time()
         with self.engine.begin() as conn:
+            _lock_job(conn, job_id)
             changed = conn.execute(update(job_items).where(job_items.c.job_id == job_id, job_items.c.idx == index,
                                                            job_items.c.status == "pending")
                                    .values(finished_at=now, **values)).rowcount
@@ -316,11 +328,32 @@ def _api_key(row: Any) -> ApiKey:
     return ApiKey(row.id, row.name, row.role, row.prefix, row.created_at, row.revoked_at)
 
 
+def _lock_job(conn: Any, job_id: str) -> None:
+    """Lock a job's row until the transaction ends (a no-op on SQLite, whose writers take turns)."""
+    conn.execute(select(jobs.c.id).where(jobs.c.id == job_id).with_for_update())
+
+
+def _create_tables(engine: Engine) -> None:
+    """Create missing tables; on PostgreSQL under an advisory lock, as servers starting together would collide."""
+    if engine.dialect.name != "postgresql":
+        metadata.create_all(engine)
+        return
+    with engine.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        metadata.create_all(conn)
+
+
 def _create_engine(url: str) -> Engine:
     """An engine; SQLite gets its folder created, WAL journaling, a busy timeout and enforced foreign keys."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")  # SQLAlchemy 2.0 would pick psycopg2
+        try:
+            return create_engine(parsed, pool_pre_ping=True)
+        except ImportError as err:  # the driver, or psycopg's libpq wrapper
+            extra = " (pip install 'safemotion[postgres]')" if parsed.get_backend_name() == "postgresql" else ""
+            raise ValueError(f"the database driver for {parsed.drivername} is not installed: {err}{extra}") from None
     database = parsed.database or ""
     in_memory = database in ("", ":memory:")
     if not in_memory:
