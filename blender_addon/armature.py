@@ -97,6 +97,53 @@ def build_smpl_armature(
     return build_armature(name, bones)
 
 
+def align_body_to_rest(vertices: np.ndarray, weights: np.ndarray, model_rest: np.ndarray,
+                       rest_joints: np.ndarray) -> np.ndarray:
+    """Template vertices [V,3] moved onto another rest skeleton: each vertex shifts by its dominant joint's offset.
+
+    The armature is built from each motion's fitted rest joints, which differ from the body model's own; shifting a
+    vertex with the joint that weighs most on it keeps every limb's mesh on its bone (limbs keep the template's
+    length, so a gap or overlap of the offset difference can appear at joints whose two sides move differently).
+    """
+    dominant = np.argmax(weights, axis=1)
+    return vertices + (rest_joints - model_rest)[dominant]
+
+
+def build_body_mesh(rig: bpy.types.Object, names: Sequence[str], vertices_yup: np.ndarray, faces: np.ndarray,
+                    weights: np.ndarray) -> bpy.types.Object:
+    """A mesh (Y-up vertices [V,3], triangles [F,3]) skinned to the SMPL armature: one vertex group per bone with
+    the weights [V, J], an Armature modifier, parented to the rig. The vertices must sit on the rig's rest pose."""
+    if weights.shape != (len(vertices_yup), len(names)) or faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"build_body_mesh: {len(vertices_yup)} vertices need weights [{len(vertices_yup)}, "
+                         f"{len(names)}] and faces [F, 3]; got {weights.shape} and {faces.shape}")
+    if len(faces) and not 0 <= faces.min() <= faces.max() < len(vertices_yup):
+        raise ValueError(f"build_body_mesh: face indices {faces.min()}..{faces.max()} are outside the "
+                         f"{len(vertices_yup)} vertices")
+    name = f"{rig.name} body"
+    mesh = bpy.data.meshes.new(name)
+    points = smpl_math.points_to_z_up(np.asarray(vertices_yup, dtype=np.float64))
+    mesh.vertices.add(len(points))
+    mesh.vertices.foreach_set("co", points.astype(np.float32).ravel())
+    triangles = np.asarray(faces, dtype=np.int32)
+    mesh.loops.add(triangles.size)
+    mesh.loops.foreach_set("vertex_index", triangles.ravel())
+    mesh.polygons.add(len(triangles))
+    mesh.polygons.foreach_set("loop_start", np.arange(0, triangles.size, 3, dtype=np.int32))
+    mesh.polygons.foreach_set("loop_total", np.full(len(triangles), 3, dtype=np.int32))
+    mesh.update()
+    mesh.validate()
+    body = bpy.data.objects.new(name, mesh)
+    for collection in rig.users_collection:
+        collection.objects.link(body)
+    groups = [body.vertex_groups.new(name=bone) for bone in names]
+    for v, j in zip(*np.nonzero(weights > 0)):
+        groups[j].add([int(v)], float(weights[v, j]), "REPLACE")
+    modifier = body.modifiers.new("Armature", "ARMATURE")
+    modifier.object = rig
+    body.parent = rig
+    return body
+
+
 def _frames(count: int, fps: float, frame_start: float) -> np.ndarray:
     """Scene frame of every motion frame: the motion's rate mapped onto the scene's rate."""
     render = bpy.context.scene.render

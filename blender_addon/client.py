@@ -105,6 +105,16 @@ class BackendClient:
         """GET /v1/models: the served model and what it accepts (lengths, variations, policies)."""
         return self._request("GET", "/v1/models")
 
+    def body_model(self) -> dict | None:
+        """GET /v1/body-model: the template mesh, faces, skinning weights and rest joints; None when the server has
+        no body model (404: started without --body-model, or older than the endpoint)."""
+        try:
+            return self._request("GET", "/v1/body-model")
+        except BackendError as err:
+            if err.status == 404:
+                return None
+            raise
+
     def submit(self, payload: dict) -> str:
         """POST /v1/jobs ({"items": [...], "policy", "model"}); returns the new job's id."""
         body = self._request("POST", "/v1/jobs", json=payload)

@@ -97,6 +97,36 @@ def decode_motion(payload: dict, where: str) -> Motion:
     return motion
 
 
+@dataclass
+class BodyModel:
+    """The server's body model (GET /v1/body-model): template mesh, skinning weights, its own rest joints; Y-up."""
+
+    names: tuple[str, ...]
+    rest_joints: np.ndarray  # [24, 3]
+    vertices: np.ndarray  # [V, 3]
+    faces: np.ndarray  # [F, 3]
+    weights: np.ndarray  # [V, 24]
+
+
+def decode_body_model(payload: dict) -> BodyModel:
+    """A BodyModel from a BodyModelResponse; malformed payloads raise BackendError."""
+    body = BodyModel(names=tuple(payload.get("joint_names", ())),
+                     rest_joints=decode_array(payload.get("rest_joints"), "body_model.rest_joints"),
+                     vertices=decode_array(payload.get("vertices"), "body_model.vertices"),
+                     faces=decode_array(payload.get("faces"), "body_model.faces"),
+                     weights=decode_array(payload.get("weights"), "body_model.weights"))
+    joints, count = len(body.names), len(body.vertices)
+    if (joints != smpl_math.NUM_JOINTS or set(body.names) != set(smpl_math.JOINT_NAMES)
+            or body.rest_joints.shape != (joints, 3) or body.vertices.shape != (count, 3)
+            or body.weights.shape != (count, joints) or body.faces.ndim != 2 or body.faces.shape[1:] != (3,)):
+        raise BackendError(f"the server sent a body model that is not SMPL's {smpl_math.NUM_JOINTS} joints or has "
+                           f"inconsistent shapes: joints {list(body.names)}, rest {body.rest_joints.shape}, vertices "
+                           f"{body.vertices.shape}, faces {body.faces.shape}, weights {body.weights.shape}")
+    if not all(np.isfinite(a).all() for a in (body.rest_joints, body.vertices, body.weights)):
+        raise BackendError("the server sent a body model with non-finite values")
+    return body
+
+
 def motions_of_results(results: dict) -> tuple[list[Motion], list[str]]:
     """The decoded motions of a job's results, in item order, and the error of every failed item."""
     motions, errors = [], []
@@ -156,8 +186,9 @@ def _worst(records: list[dict | None]) -> dict | None:
 
 
 def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: list[Motion], frame_start: int,
-                  model: str) -> Outcome:
-    """Write the takes of decoded motions into the scene (SMPL armature, actions, retarget, safety marks)."""
+                  model: str, body: BodyModel | None = None) -> Outcome:
+    """Write the takes of decoded motions into the scene (SMPL armature, actions, retarget, safety marks); each new
+    SMPL armature gets `body`'s mesh skinned to it when one is given."""
     settings = scene.safemotion
     outcome = Outcome()
     target = settings.target_armature
@@ -171,7 +202,7 @@ def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: l
             outcome.blocked += 1
             outcome.warnings.append(f"Take '{label}' was blocked: {motion.safety.get('reason', '')}")
             continue
-        take = _write_take(context, scene, motion, label, frame_start, target, mapping)
+        take = _write_take(context, scene, motion, label, frame_start, target, mapping, body)
         if take.safety.flagged:
             outcome.flagged += 1
             actions = [bpy.data.actions.get(take.action_name), bpy.data.actions.get(take.target_action_name)]
@@ -185,8 +216,10 @@ def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: l
 
 
 def _write_take(context: bpy.types.Context, scene: bpy.types.Scene, motion: Motion, label: str, frame_start: int,
-                target: bpy.types.Object | None, mapping: dict[str, str] | None) -> bpy.types.PropertyGroup:
-    """One take: the motion keyed on an SMPL armature (reused or built), retargeted onto the target, listed."""
+                target: bpy.types.Object | None, mapping: dict[str, str] | None,
+                body: BodyModel | None) -> bpy.types.PropertyGroup:
+    """One take: the motion keyed on an SMPL armature (reused or built, skinned with `body` when new), retargeted
+    onto the target, listed."""
     rig = find_smpl_armature(scene, motion, exclude=target)
     if rig is None:
         # Bones are created in edit mode, entered from object mode: leave the user's mode meanwhile.
@@ -194,6 +227,12 @@ def _write_take(context: bpy.types.Context, scene: bpy.types.Scene, motion: Moti
         if mode != "OBJECT":
             bpy.ops.object.mode_set(mode="OBJECT")
         rig = armature.build_smpl_armature(SMPL_ARMATURE_NAME, motion.names, motion.parents, motion.rest_joints)
+        if body is not None:
+            order = [body.names.index(name) for name in motion.names]  # the body's joints in the motion's order
+            weights = body.weights[:, order]
+            vertices = armature.align_body_to_rest(body.vertices, weights, body.rest_joints[order],
+                                                   motion.rest_joints)
+            armature.build_body_mesh(rig, motion.names, vertices, body.faces, weights)
         if mode != "OBJECT":
             bpy.ops.object.mode_set(mode=mode)  # build_smpl_armature gave the active object back
     action = armature.apply_smpl_motion(rig, motion.pose, motion.transl, fps=motion.fps,
@@ -317,13 +356,26 @@ class GenerationJob:
         self.client.timeout = self.prefs.timeout
         motions, errors = motions_of_results(self.client.results(self.job_id))
         try:
-            outcome = apply_motions(context, self.scene, motions, self.frame_start, self.model)
+            body = self._body_model(motions)
+        except BackendError as err:  # the takes are still worth writing, as bare armatures
+            body, errors = None, [*errors, f"No body mesh: {err}"]
+        try:
+            outcome = apply_motions(context, self.scene, motions, self.frame_start, self.model, body)
         except ValueError as err:  # the target cannot be mapped, or bad data for Blender
             raise BackendError(f"Nothing written: {err}") from None
         outcome.warnings += errors
         self.state = self.DONE
         self._close(outcome.summary(self.prompt))
         return outcome
+
+    def _body_model(self, motions: list[Motion]) -> BodyModel | None:
+        """The server's body model when skinning is on and some motion needs a new SMPL armature; else None."""
+        target = self.settings.target_armature
+        if not self.settings.skin_body or all(m.blocked or find_smpl_armature(self.scene, m, exclude=target)
+                                              for m in motions):
+            return None
+        payload = self.client.body_model()
+        return None if payload is None else decode_body_model(payload)
 
     def cancel(self) -> None:
         """Cancel on the server (best effort) and write nothing."""

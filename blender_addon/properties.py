@@ -88,6 +88,9 @@ class SafeMotionSettings(bpy.types.PropertyGroup):
                                         description="Pick a new seed for every generation (stored in each take)")
     variations: bpy.props.IntProperty(name="Variations", default=1, min=VARIATIONS_RANGE[0],
                                       max=VARIATIONS_RANGE[1], description="How many takes to generate")
+    skin_body: bpy.props.BoolProperty(name="Skin Body", default=True,
+                                      description="Give each new SMPL armature the server's body mesh, skinned to "
+                                                  "it (when the server was started with --body-model)")
     target_armature: bpy.props.PointerProperty(name="Target", type=bpy.types.Object, poll=is_armature,
                                                description="Armature to retarget the takes onto (optional)")
     bone_preset: bpy.props.EnumProperty(name="Bone Mapping", items=preset_items(),

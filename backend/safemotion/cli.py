@@ -214,7 +214,7 @@ def _server_settings(args: argparse.Namespace):
 
     options = {key: getattr(args, key) for key in (
         "host", "port", "model", "device", "max_batch", "batch_window_ms", "max_queue", "request_timeout",
-        "forbid_allow", "threads", "log_level") if hasattr(args, key)}
+        "forbid_allow", "threads", "log_level", "body_model") if hasattr(args, key)}
     if "request_timeout" in options:
         options["request_timeout_s"] = options.pop("request_timeout")
     return ServerSettings(db_url=args.db, data_dir=args.data_dir, **options)
@@ -383,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--request-timeout", type=float, default=120.0, help="deadline of each request, seconds")
     serve.add_argument("--forbid-allow", action="store_true", help="refuse the 'allow' policy for everyone")
     serve.add_argument("--threads", type=int, help="torch threads of the model worker")
+    serve.add_argument("--body-model", type=Path, help="SMPL-format body model (.pkl/.npz) you own, served to the "
+                       "Blender add-on to skin its SMPL armature (default: none)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=_serve)
 

@@ -7,6 +7,7 @@
     DELETE /v1/jobs/{id}           cancel
     POST   /v1/audit               a motion → where it uses removed codes
     GET    /v1/models              the served model and what it accepts
+    GET    /v1/body-model          the body mesh to skin the SMPL armature with (404 without --body-model)
     GET    /v1/health              liveness, queue and batching numbers (no key needed)
     GET    /v1/audit-log           generations and policy decisions (safety admins)
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import pathlib
 import re
 import time
 import uuid
@@ -39,11 +41,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import safemotion
 from safemotion.generate import GenerationRequest
+from safemotion.motion import skeleton
 from safemotion.motion.features import NUM_JOINTS
 from safemotion.serve import schemas
 from safemotion.serve.auth import AuthError, Caller, authenticate
 from safemotion.serve.batcher import DeadlineExceeded, MicroBatcher, QueueFull
-from safemotion.serve.encoding import ArrayError, decode_array
+from safemotion.serve.encoding import ArrayError, decode_array, encode_array
 from safemotion.serve.jobs import JobRunner, safety_fields
 from safemotion.serve.model_service import AuditTask, GenerationTask, ModelService, NotAuditable, motion_payloads
 from safemotion.serve.settings import ServerSettings
@@ -75,6 +78,7 @@ class ServerState:
     service: ModelService
     batcher: MicroBatcher
     runner: JobRunner
+    body_model: dict[str, Any] | None = None  # the GET /v1/body-model body, encoded once at start
 
     def keys_required(self) -> bool:
         """Keys are needed off loopback and whenever at least one key exists."""
@@ -129,9 +133,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         batcher = MicroBatcher(service.run, settings.max_batch, settings.batch_window_ms / 1000, settings.max_queue)
         runner = JobRunner(store, batcher, service.name, in_flight=2 * settings.max_batch,
                            forbid_allow=settings.forbid_allow)
+        body = None
+        if settings.body_model is not None:
+            body = await asyncio.to_thread(body_model_payload, settings.body_model)
         batcher.start()
         runner.start()
-        app.state.server = ServerState(settings, store, service, batcher, runner)
+        app.state.server = ServerState(settings, store, service, batcher, runner, body)
         log.info("ready", extra={"model": service.name, "device": service.device, "host": settings.host,
                                  "port": settings.port, "max_batch": settings.max_batch,
                                  "auth": "api-keys" if app.state.server.keys_required() else "single-user"})
@@ -208,7 +215,17 @@ def health(state: StateDep) -> dict[str, Any]:
 def models(state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """The served model: its name, what lengths and variations it accepts, its unlearning and policies."""
     policies = ["sanitize", "block"] + ([] if state.settings.forbid_allow else ["allow"])
-    return {"models": [{**state.service.info, "policies": policies}]}
+    return {"models": [{**state.service.info, "policies": policies}], "body_model": state.body_model is not None}
+
+
+@router.get("/body-model", response_model=schemas.BodyModelResponse,
+            responses={**ERRORS, 404: {"model": schemas.ErrorMessage}})
+def body_model(state: StateDep, caller: CallerDep) -> JSONResponse:
+    """The body model's template mesh and skinning weights, to skin the add-on's SMPL armature with."""
+    if state.body_model is None:
+        raise HTTPException(404, "this server has no body model; start it with `safemotion serve --body-model "
+                                 "PATH` (an SMPL-format .pkl/.npz you own) to get a skinned body")
+    return JSONResponse(state.body_model)
 
 
 @router.post("/generate", response_model=schemas.GenerateResponse, responses=ERRORS)
@@ -340,6 +357,22 @@ def job_status(state: ServerState, job_id: str) -> dict[str, Any]:
     return {"id": job_id, "status": job["status"], "owner": job["owner"], "model": job["model"],
             "policy": job["policy"], "created_at": iso_time(job["created_at"]),
             "updated_at": iso_time(job["updated_at"]), "total": job["total"], **job["counts"], "items": items}
+
+
+def body_model_payload(path: pathlib.Path) -> dict[str, Any]:
+    """The GET /v1/body-model body of an SMPL-format file (loaded once with smplx; ValueError if not 24 joints)."""
+    from safemotion.motion.body_model import load_body_model, model_rest_joints  # smplx: only with --body-model
+
+    model = load_body_model(pathlib.Path(path).expanduser())
+    weights = model.lbs_weights.detach().numpy()
+    if weights.shape[1] != len(skeleton.SMPL24_NAMES):
+        raise ValueError(f"--body-model {path}: skinning weights for {weights.shape[1]} joints; an SMPL body has "
+                         f"{len(skeleton.SMPL24_NAMES)}")
+    return {"joint_names": list(skeleton.SMPL24_NAMES), "parents": list(skeleton.SMPL24_PARENTS),
+            "rest_joints": encode_array(model_rest_joints(model)),
+            "vertices": encode_array(model.v_template.detach().numpy()),
+            "faces": encode_array(model.faces.astype(np.int64), "int32"),
+            "weights": encode_array(weights), "up": "+Y", "units": "metres"}
 
 
 def audit_joints_of(payload: schemas.ArrayPayload) -> np.ndarray:

@@ -253,6 +253,20 @@ class ModelsResponse(BaseModel):
     """GET /v1/models."""
 
     models: list[ModelInfo]
+    body_model: bool = Field(description="whether GET /v1/body-model serves a body mesh (`serve --body-model`)")
+
+
+class BodyModelResponse(BaseModel):
+    """GET /v1/body-model: the body model's zero-shape template mesh, Y-up metres, and how it is skinned."""
+
+    joint_names: list[str]
+    parents: list[int] = Field(description="parent index of each joint, -1 for the root")
+    rest_joints: ArrayPayload = Field(description="the template's joint positions [24, 3]")
+    vertices: ArrayPayload = Field(description="template vertex positions [V, 3] float32 (6890 for SMPL)")
+    faces: ArrayPayload = Field(description="triangles [F, 3] int32, indices into `vertices`")
+    weights: ArrayPayload = Field(description="linear blend skinning weights [V, 24] float32, rows sum to 1")
+    up: str = "+Y"
+    units: str = "metres"
 
 
 class QueueInfo(BaseModel):

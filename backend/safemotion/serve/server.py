@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 from safemotion.serve.settings import DEFAULT_MODEL, MODELS_DIR, ServerSettings
 from safemotion.serve.store import Store
@@ -46,7 +47,8 @@ def configure_logging(level: str = "info") -> None:
 
 
 def check_start(settings: ServerSettings) -> None:
-    """Raise ValueError/FileNotFoundError when the server must not start: an unprotected public bind, no model."""
+    """Raise ValueError/FileNotFoundError when the server must not start: an unprotected public bind, no model (or
+    a --body-model file that is not there)."""
     settings.validate()
     if not settings.is_loopback():
         store = Store(settings.database_url())
@@ -65,6 +67,9 @@ def check_start(settings: ServerSettings) -> None:
                 if settings.model == DEFAULT_MODEL else "")
         raise FileNotFoundError(f"model {settings.model!r} not found at {path}; {hint}pass --model with a model "
                                 f"directory or the name of one in {MODELS_DIR}")
+    if settings.body_model is not None and not Path(settings.body_model).expanduser().is_file():
+        raise FileNotFoundError(f"--body-model {settings.body_model}: no such file; pass an SMPL-format .pkl or .npz "
+                                "you own, or leave the flag out to serve no body mesh")
 
 
 def run_server(settings: ServerSettings) -> int:

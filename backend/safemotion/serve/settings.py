@@ -34,6 +34,7 @@ class ServerSettings:
     max_body_bytes: int = 2 * 1024 * 1024
     forbid_allow: bool = False  # refuse the `allow` policy even for safety admins
     threads: int | None = None  # torch intra-op threads of the model worker (None: torch's default)
+    body_model: Path | None = None  # an SMPL-format .pkl/.npz the user owns, served at GET /v1/body-model
     log_level: str = "info"
 
     def validate(self) -> None:
