@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from server_support import build_tiny_lcr_model
 
 from safemotion.motion import skeleton
+from safemotion.motion.body_model import write_standin_smpl
 from safemotion.serve.app import create_app
 from safemotion.serve.auth import create_key
 from safemotion.serve.encoding import encode_array
@@ -123,11 +124,12 @@ def parameter_strategy(operation: dict, where: str, known: list[str]) -> st.Sear
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The app on a tiny model, a safety-admin key (so every route is reachable) and one real job."""
+    """The app on a tiny model with the stand-in body model, a safety-admin key (so every route is reachable) and
+    one real job."""
     root = tmp_path_factory.mktemp("server_fuzz")
     model = build_tiny_lcr_model(root / "tiny-lcr")
     settings_ = ServerSettings(model=str(model), data_dir=root / "data", device="cpu", threads=1,
-                               max_body_bytes=256 * 1024)
+                               max_body_bytes=256 * 1024, body_model=write_standin_smpl(root / "standin_smpl.pkl"))
     key, _ = create_key(Store(settings_.database_url()), "fuzzer", "safety-admin")
     with TestClient(create_app(settings_), raise_server_exceptions=False) as client:
         job = client.post("/v1/jobs", json=VALID_BODIES[("/v1/jobs", "post")],
