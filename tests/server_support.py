@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from safemotion import cli
+from safemotion.serve import schemas
 from safemotion.models.config import LengthEstimatorConfig, ModelConfig, TransformerConfig, VQConfig
 from safemotion.models.model_dir import build_models
 from safemotion.unlearn.lcr import apply_lcr, replacement_vectors
@@ -140,3 +141,25 @@ class ServerProcess:
     def log_text(self) -> str:
         """Everything the server wrote so far."""
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+def wait_for_job(http: httpx.Client, job_id: str, until, timeout: float = 60) -> dict:
+    """The job status once `until(status)` holds; TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = schemas.JobStatus.model_validate(http.get(f"/v1/jobs/{job_id}").json()).model_dump()
+        if until(status):
+            return status
+        time.sleep(0.02)
+    raise TimeoutError(f"job {job_id} still {status['status']} ({status['done']}/{status['total']} done)")
+
+
+def all_results(http: httpx.Client, job_id: str) -> list[dict]:
+    """Every result item of a job, page by page (each page checked against the schema)."""
+    items, start = [], 0
+    while start is not None:
+        page = http.get(f"/v1/jobs/{job_id}/results", params={"start": start, "limit": 16}).json()
+        schemas.JobResults.model_validate(page)
+        items += page["items"]
+        start = page["next_start"]
+    return items

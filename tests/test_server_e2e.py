@@ -10,7 +10,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from server_support import ServerProcess, build_tiny_lcr_model, run_cli
+from server_support import ServerProcess, all_results, build_tiny_lcr_model, run_cli, wait_for_job
 
 from safemotion.serve import schemas
 from safemotion.serve.encoding import decode_array
@@ -39,26 +39,6 @@ def setup(tmp_path_factory):
 def client(setup, user: str | None) -> httpx.Client:
     headers = {} if user is None else {"Authorization": f"Bearer {setup['keys'].get(user, user)}"}
     return httpx.Client(base_url=setup["server"].url, headers=headers, timeout=60)
-
-
-def wait_for_job(http: httpx.Client, job_id: str, until, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = schemas.JobStatus.model_validate(http.get(f"/v1/jobs/{job_id}").json()).model_dump()
-        if until(status):
-            return status
-        time.sleep(0.02)
-    raise TimeoutError(f"job {job_id} still {status['status']} ({status['done']}/{status['total']} done)")
-
-
-def all_results(http: httpx.Client, job_id: str) -> list[dict]:
-    items, start = [], 0
-    while start is not None:
-        page = http.get(f"/v1/jobs/{job_id}/results", params={"start": start, "limit": 16}).json()
-        schemas.JobResults.model_validate(page)
-        items += page["items"]
-        start = page["next_start"]
-    return items
 
 
 def test_public_bind_without_keys_refuses_to_start(tmp_path):

@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from server_support import ServerProcess, build_tiny_lcr_model, run_cli
+from server_support import ServerProcess, all_results, build_tiny_lcr_model, run_cli, wait_for_job
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import make_url
 
-from safemotion.serve import schemas
 from safemotion.serve.auth import create_key, hash_key
 from safemotion.serve.schemas import MAX_SEED
 from safemotion.serve.store import AuditEntry, Store, api_keys, audit_log
@@ -230,24 +228,6 @@ def test_missing_driver_is_a_clear_error(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- real server
-
-def wait_for_job(http: httpx.Client, job_id: str, until, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = schemas.JobStatus.model_validate(http.get(f"/v1/jobs/{job_id}").json()).model_dump()
-        if until(status):
-            return status
-        time.sleep(0.02)
-    raise TimeoutError(f"job {job_id} still {status['status']} ({status['done']}/{status['total']} done)")
-
-
-def all_results(http: httpx.Client, job_id: str) -> list[dict]:
-    results, start = [], 0
-    while start is not None:
-        page = http.get(f"/v1/jobs/{job_id}/results", params={"start": start, "limit": 16}).json()
-        results += page["items"]
-        start = page["next_start"]
-    return results
 
 
 def test_server_on_postgres_survives_a_crash_mid_job(tmp_path, postgres_cluster, postgres_url):
