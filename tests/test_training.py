@@ -32,7 +32,7 @@ from safemotion.motion.features import recover_from_ric
 from safemotion.motion.normalization import compute_mean_std
 from safemotion.train import TrainOptions, run_stage, train
 from safemotion.train.loop import Recipe, load_checkpoint
-from safemotion.train.pipeline import build_stage
+from safemotion.train.pipeline import _stage_lock, build_stage
 
 CAPTIONS = ["a person walks forward", "someone jumps up", "a man waves his hand", "a person turns around"]
 NUM_TOKENS = 32
@@ -171,6 +171,14 @@ def test_stages_trained_in_parallel_keep_each_others_weights(dataset, tmp_path):
             torch.testing.assert_close(tensor, final[name].to(tensor.dtype), msg=f"{stage}: {name}")
     assert {"vq", "mask", "residual"} <= set(json.loads((work / "stages.json").read_text()))
     assert not (work / ".lock").exists()
+
+
+def test_a_stale_stage_lock_gives_a_clear_error(tmp_path):
+    (tmp_path / ".lock").touch()
+    with pytest.raises(TimeoutError, match="delete the file and rerun with --resume"):
+        with _stage_lock(tmp_path, poll_seconds=0.01, timeout=0.05):
+            pass
+    assert (tmp_path / ".lock").exists()  # someone else's lock is never removed
 
 
 def _mean(values):

@@ -134,15 +134,19 @@ def _merged(stage: str, models: MotionModels, out: Path) -> MotionModels:
 
 
 @contextlib.contextmanager
-def _stage_lock(work: Path, poll_seconds: float = 0.5) -> Iterator[None]:
+def _stage_lock(work: Path, poll_seconds: float = 0.5, timeout: float = 600.0) -> Iterator[None]:
     """Hold work/.lock (created exclusively, portable) while a finished stage updates the record and model dir."""
     work.mkdir(parents=True, exist_ok=True)
     lock = work / ".lock"
+    deadline = time.monotonic() + timeout
     while True:
         try:
             os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             break
         except FileExistsError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{lock} has been held for {timeout:.0f} s; if no other stage is finishing (a "
+                                   "killed one leaves it behind), delete the file and rerun with --resume") from None
             time.sleep(poll_seconds)
     try:
         yield
