@@ -173,6 +173,48 @@ def test_stages_trained_in_parallel_keep_each_others_weights(dataset, tmp_path):
     assert not (work / ".lock").exists()
 
 
+def test_from_scratch_retrains_a_stage_on_fresh_weights_and_keeps_the_vq(dataset, tmp_path):
+    out = tmp_path / "model"
+    run_stage("vq", options(dataset, out))
+    run_stage("mask", options(dataset, out, config=None))
+    trained = load_model_dir(out)
+    results = {}
+    for name, scratch in (("a", True), ("b", True), ("continued", False)):
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        run_stage("mask", options(dataset, copy, config=None, from_scratch=scratch))
+        results[name] = load_model_dir(copy)
+    weights = {k: m.mask_transformer.state_dict() for k, m in results.items()}
+    for key, tensor in weights["a"].items():
+        torch.testing.assert_close(tensor, weights["b"][key], msg=key)  # fresh start, same seed: same result
+    changed = [k for k, t in weights["a"].items() if not torch.equal(t, weights["continued"][k])]
+    assert len(changed) > len(weights["a"]) // 2  # continuing from the trained weights ends elsewhere
+    for key, tensor in trained.vq.state_dict().items():
+        assert torch.equal(tensor, results["a"].vq.state_dict()[key]), key
+    with pytest.raises(ValueError, match="--from-scratch applies to mask, residual and length"):
+        run_stage("vq", options(dataset, tmp_path / "a", config=None, from_scratch=True))
+
+
+def test_mask_stage_from_scratch_with_another_backbone(dataset, tmp_path):
+    out = tmp_path / "model"
+    run_stage("vq", options(dataset, out))
+    run_stage("residual", options(dataset, out, config=None))
+    before = load_model_dir(out)
+    run_stage("mask", options(dataset, out, config=None, from_scratch=True, backbone="serpent"))
+    after = load_model_dir(out)
+    assert after.config.mask_transformer.backbone == "serpent"
+    assert after.config.residual_transformer == before.config.residual_transformer
+    for key, tensor in before.residual_transformer.state_dict().items():
+        assert torch.equal(tensor, after.residual_transformer.state_dict()[key]), key
+    motions = Generator(after, None, device="cpu").generate_from_features(
+        torch.zeros(1, 384), seeds=[0], token_lengths=[3], smpl=False)
+    assert motions[0].features.shape == (12, 263)
+    with pytest.raises(ValueError, match="--backbone applies to the mask stage with --from-scratch"):
+        run_stage("residual", options(dataset, out, config=None, from_scratch=True, backbone="mamba"))
+    with pytest.raises(ValueError, match="backbone 'lstm' is not supported"):
+        run_stage("mask", options(dataset, out, config=None, from_scratch=True, backbone="lstm"))
+
+
 def test_a_stale_stage_lock_gives_a_clear_error(tmp_path):
     (tmp_path / ".lock").touch()
     with pytest.raises(TimeoutError, match="delete the file and rerun with --resume"):

@@ -108,7 +108,8 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, resume=args.resume, checkpoint_every=args.checkpoint_every,
         progress=not args.no_progress, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
         warmup_iters=args.warmup_iters, milestones=milestones, gamma=args.gamma,
-        clip_weights=args.clip_weights, clip_vocab=args.clip_vocab,
+        clip_weights=args.clip_weights, clip_vocab=args.clip_vocab, from_scratch=args.from_scratch,
+        backbone=args.backbone,
     )
     result = run_stage(args.stage, options)
     tail = result.losses[-100:]
@@ -193,7 +194,8 @@ def _eval(args: argparse.Namespace) -> int:
     specs = parse_model_specs(args.models, args.models_root)
     settings = BenchmarkSettings(sets=tuple(s.strip() for s in args.sets.split(",") if s.strip()),
                                  repeats=args.repeats, concept=args.concept, rule=args.rule, split=args.split,
-                                 seed=args.seed, device=args.device, prompt_variations=args.prompt_variations)
+                                 seed=args.seed, device=args.device, prompt_variations=args.prompt_variations,
+                                 samples_per_repeat=args.samples_per_repeat)
     if args.quick:
         settings = quick_settings(settings)
     result = run_benchmark(specs, args.data, args.evaluator or DEFAULT_EVALUATOR, settings, args.clip_weights,
@@ -312,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=3407)
     train.add_argument("--device", default="auto")
     train.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
+    train.add_argument("--from-scratch", action="store_true",
+                       help="mask/residual/length: start from fresh weights instead of the model directory's (e.g. "
+                            "the retrain reference D_r on a copy of a model, keeping its VQ)")
+    train.add_argument("--backbone", help="with mask --from-scratch: the new masked transformer's backbone "
+                       "(transformer, mamba or serpent)")
     train.add_argument("--checkpoint-every", type=int, default=1000)
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--clip-weights", type=Path)
@@ -339,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--prompt-variations", type=int, default=3,
                           help="generations per prompt for the flag rates (0 skips them)")
+    evaluate.add_argument("--samples-per-repeat", type=int,
+                          help="score at most N samples per repeat, a fresh random subset each repeat (default: all)")
     evaluate.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, ≤ 32 samples per set")
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda, auto, ...")
     evaluate.add_argument("--clip-weights", type=Path, help="CLIP weights for models using the clip encoder")

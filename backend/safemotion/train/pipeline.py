@@ -79,6 +79,8 @@ class TrainOptions:
     clip_weights: Path | None = None
     clip_vocab: Path | None = None
     stop_at: int | None = None  # end this call early (checkpoint written); the model directory is not updated
+    from_scratch: bool = False  # mask/residual/length: fresh seeded weights instead of the model directory's
+    backbone: str | None = None  # with from_scratch on the mask stage: its new backbone (transformer, mamba, serpent)
 
     @property
     def work_dir(self) -> Path:
@@ -130,7 +132,9 @@ def _merged(stage: str, models: MotionModels, out: Path) -> MotionModels:
         return models
     current = load_model_dir(out, device="cpu")
     field = STAGE_FIELDS[stage]
-    return dataclasses.replace(current, **{field: getattr(models, field)})
+    config = dataclasses.replace(current.config, mask_transformer=models.config.mask_transformer) \
+        if stage == "mask" else current.config  # the mask stage may have changed its backbone
+    return dataclasses.replace(current, config=config, **{field: getattr(models, field)})
 
 
 @contextlib.contextmanager
@@ -170,6 +174,19 @@ def _models_for(stage: str, options: TrainOptions, device: torch.device) -> Moti
     else:
         mean, std = load_dataset_stats(options.data)
         models = build_models(_new_config(options), mean, model_std(std, FEAT_BIAS)).to(device)
+    if options.backbone is not None and not (options.from_scratch and stage == "mask"):
+        raise ValueError("--backbone applies to the mask stage with --from-scratch (a new masked transformer)")
+    if options.from_scratch:
+        if stage == "vq":
+            raise ValueError("--from-scratch applies to mask, residual and length; a new VQ needs a new model "
+                             "directory (--out a folder that does not exist)")
+        if options.backbone is not None:
+            mask = dataclasses.replace(models.config.mask_transformer, backbone=options.backbone)
+            models.config = dataclasses.replace(models.config, mask_transformer=mask)
+            models.config.validate()
+        fresh = build_models(models.config)  # seeded by run_stage's torch.manual_seed
+        field = STAGE_FIELDS[stage]
+        setattr(models, field, None if getattr(fresh, field) is None else getattr(fresh, field).to(device))
     trained = _trained_module(stage, models)
     if trained is None:
         raise ValueError(f"{out}: this model has no length estimator (config length_estimator is null)")

@@ -8,14 +8,16 @@ milestones, the stage's usual iteration count and batch 64 (override with iters/
 Training runs in a work folder (default `<out>.training`: the model copy under `model/`, checkpoints, text-feature
 cache; resumable); only a finished run writes `out`, with the unlearning record.
 
-Retrain reference D_r (not a command of its own): train every stage from scratch on the retain clips of the train
-split with `safemotion train`, passing the retain split file relative to the dataset without `.txt` as --split:
+Retrain reference D_r (not a command of its own): train the stages on the retain clips of the train split with
+`safemotion train`, passing the retain split file relative to the dataset without `.txt` as --split. Either every
+stage into a new model directory (`train vq ... --preset mini` first), or, as the published report does, on a copy
+of the original model that keeps its VQ (so its codes, and the flag rates, stay comparable) with fresh transformers:
 
     R=kw_splits/word_boundary/train-wo-violence
-    safemotion train vq       --data DATA --out MODEL_DR --split $R --preset mini
-    safemotion train mask     --data DATA --out MODEL_DR --split $R
-    safemotion train residual --data DATA --out MODEL_DR --split $R
-    safemotion train length   --data DATA --out MODEL_DR --split $R
+    cp -r MODEL MODEL_DR
+    safemotion train mask     --data DATA --out MODEL_DR --split $R --from-scratch
+    safemotion train residual --data DATA --out MODEL_DR --split $R --from-scratch
+    safemotion train length   --data DATA --out MODEL_DR --split $R --from-scratch
 """
 
 from __future__ import annotations
