@@ -170,6 +170,20 @@ def test_quick_run_writes_the_paper_tables(dataset, models_root, evaluator_dir, 
             assert f"![plots/{plot}.png](plots/{plot}.png)" in markdown
 
 
+def test_samples_per_repeat_scores_a_capped_subset_in_whole_batches(dataset, models_root, evaluator_dir):
+    settings = BenchmarkSettings(sets=("retain",), repeats=2, batch_size=4, samples_per_repeat=10,
+                                 prompt_variations=0)
+    report = run_benchmark(parse_model_specs(["original"], models_root), dataset, evaluator_dir, settings,
+                           log=lambda _: None)
+    info = report["data"]["sets"]["retain"]
+    assert (info["samples"], info["samples_per_repeat"], info["batch_size"]) == (12, 8, 4)
+    r1 = report["results"]["retain"]["original"]["r1"]["values"]
+    assert all(abs(v * 8 % 1) < 1e-9 for v in r1)  # the mean of 2 batches of 4: multiples of 1/8
+    with pytest.raises(ValueError, match="samples_per_repeat is 2; give at least 4"):
+        run_benchmark(parse_model_specs(["original"], models_root), dataset, evaluator_dir,
+                      dataclasses.replace(settings, samples_per_repeat=2))
+
+
 def test_an_lcr_row_needs_removed_codes(dataset, models_root, evaluator_dir):
     specs = parse_model_specs(f"original={models_root / 'original'},lcr={models_root / 'original'}")
     with pytest.raises(ValueError, match=r"model 'lcr' has no removed codes for concept 'violence'"):

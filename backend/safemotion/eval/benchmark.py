@@ -91,6 +91,7 @@ class BenchmarkSettings:
     split: str = "test"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_samples: int | None = None  # per set, after a fixed shuffle (quick runs)
+    samples_per_repeat: int | None = None  # cap per repeat: each repeat scores a fresh random subset (whole batches)
     prompt_sets: tuple[str, ...] = PROMPT_SETS
     prompt_variations: int = 3
     max_prompts: int | None = None  # per prompt set (quick runs)
@@ -109,11 +110,11 @@ class BenchmarkSettings:
         if self.repeats < 1 or self.batch_size < MIN_SAMPLES or self.prompt_variations < 0:
             raise ValueError(f"repeats ({self.repeats}) must be ≥ 1, batch_size ({self.batch_size}) ≥ {MIN_SAMPLES}, "
                              f"prompt_variations ({self.prompt_variations}) ≥ 0")
-        for name in ("max_samples", "max_prompts"):
+        for name, least in (("max_samples", MIN_SAMPLES), ("samples_per_repeat", self.batch_size),
+                            ("max_prompts", 1)):
             value = getattr(self, name)
-            if value is not None and value < (MIN_SAMPLES if name == "max_samples" else 1):
-                raise ValueError(f"{name} is {value}; give at least {MIN_SAMPLES if name == 'max_samples' else 1} "
-                                 "or None for all")
+            if value is not None and value < least:
+                raise ValueError(f"{name} is {value}; give at least {least} or None for all")
         load_concept(self.concept, self.rule)
         self.sampling.validate()
 
@@ -235,13 +236,15 @@ class EvalSet:
     pairs: list[TextMotionPair]
     text_emb: np.ndarray
     batch_size: int
+    per_repeat_cap: int | None = None
     clean_text_emb: np.ndarray | None = None  # forget set: captions with the concept words masked
     changed: np.ndarray | None = None
 
     @property
     def samples_per_repeat(self) -> int:
-        """Samples scored per repeat (whole batches)."""
-        return len(self.pairs) // self.batch_size * self.batch_size
+        """Samples scored per repeat (whole batches, at most the cap)."""
+        available = len(self.pairs) if self.per_repeat_cap is None else min(len(self.pairs), self.per_repeat_cap)
+        return available // self.batch_size * self.batch_size
 
 
 def split_file(data: Path, settings: BenchmarkSettings, set_name: str) -> Path:
@@ -265,7 +268,8 @@ def load_eval_set(data: Path, set_name: str, evaluator: Evaluator, settings: Ben
                          f"benchmark needs at least {MIN_SAMPLES}")
     tokens = [list(p.tokens) for p in pairs]
     text_emb = evaluator.embed_texts([p.caption for p in pairs], tokens)
-    result = EvalSet(set_name, path, len(ids), pairs, text_emb, min(settings.batch_size, len(pairs)))
+    result = EvalSet(set_name, path, len(ids), pairs, text_emb, min(settings.batch_size, len(pairs)),
+                     settings.samples_per_repeat)
     if set_name == "forget":
         masked = [mask_concept_words(" ".join(t), settings.concept, settings.rule).split() for t in tokens]
         result.changed = np.array([m != t for m, t in zip(masked, tokens)])

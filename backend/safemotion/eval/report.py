@@ -103,7 +103,9 @@ def render_markdown(result: dict[str, Any], title: str, plots: list[str], plot_n
         info = result["data"]["sets"][set_name]
         parts += ["", f"## {SET_TITLES[set_name]}", "",
                   f"`{info['file']}`: {info['ids']} ids, {info['samples']} caption samples, "
-                  f"{info['samples_per_repeat']} scored per repeat in batches of {info['batch_size']}"
+                  f"{info['samples_per_repeat']} scored per repeat"
+                  + (" (a random subset, drawn afresh each repeat)" if info['samples_per_repeat'] < info['samples']
+                     else "") + f" in batches of {info['batch_size']}"
                   + (f", {info['masked_captions']} captions changed by masking" if "masked_captions" in info else "")
                   + ".", "", metric_table(set_result, PAPER_COLUMNS[set_name]), "",
                   "Further metrics:", "", metric_table(set_result, EXTRA_COLUMNS[set_name])]
