@@ -94,6 +94,23 @@ def test_calibration_on_overlapping_scores():
     assert result.n_positive == 400 and result.n_negative == 600
 
 
+def test_calibration_at_a_bounded_false_positive_rate():
+    positive = [0.30, 0.40, 0.50, 0.60]
+    negative = [0.00, 0.02, 0.05, 0.10, 0.35]
+    youden = calibrate_threshold(positive, negative)
+    assert youden.threshold == pytest.approx(0.2) and youden.criterion == "youden_j"  # J = 1 - 0.2 beats 0.75 - 0
+    strict = calibrate_threshold(positive, negative, max_fpr=0.0)  # no negative flagged: just above 0.35
+    assert strict.threshold == pytest.approx(0.375) and strict.false_positive_rate == 0.0
+    assert strict.true_positive_rate == 0.75 and strict.criterion == "max_fpr=0"
+    loose = calibrate_threshold(positive, negative, max_fpr=0.2)  # one of five negatives tolerated: just above 0.10
+    assert loose.threshold == pytest.approx(0.2) and loose.false_positive_rate == 0.2
+    assert loose.true_positive_rate == 1.0
+    everything = calibrate_threshold(positive, negative, max_fpr=0.99)  # 4 of 5 tolerated: above 0.00
+    assert everything.threshold == pytest.approx(0.01) and everything.false_positive_rate == 0.8
+    with pytest.raises(ValueError, match="max_fpr is 1.5"):
+        calibrate_threshold(positive, negative, max_fpr=1.5)
+
+
 def test_calibration_rejects_degenerate_inputs():
     with pytest.raises(ValueError, match="both sides"):
         calibrate_threshold([], [0.1])

@@ -4,7 +4,8 @@ Positives are the explicit concept captions (caption lines of forget-split clips
 "a person punches forward"); negatives are the caption lines of retain-split clips. Each caption is generated
 `samples` times with the model's masked transformer (base layer only, at the caption's ground-truth token length,
 seeds seed, seed+1, ...), its score is the mean fraction of base tokens in the removed codes, and
-`flagging.calibrate_threshold` picks the τ maximising Youden's J. The result is written to config.json's `safety`
+`flagging.calibrate_threshold` picks the τ maximising Youden's J, or with `max_fpr` the lowest τ whose false-positive
+rate on the retain captions stays ≤ max_fpr. The result is written to config.json's `safety`
 section (threshold, calibrated = true, the rates and the caption counts).
 """
 
@@ -57,6 +58,7 @@ class CalibrationOptions:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     device: str = "auto"
     batch_size: int = DEFAULT_BATCH_SIZE
+    max_fpr: float | None = None  # None: Youden's J; else the lowest τ with false-positive rate ≤ max_fpr
     write: bool = True
     clip_weights: Path | None = None
     clip_vocab: Path | None = None
@@ -135,7 +137,7 @@ def run_calibration(options: CalibrationOptions, encoder: TextEncoder | None = N
         runs = [hit_ratio_scores(models, features, tokens, [options.seed + k] * len(samples), options.sampling,
                                  options.batch_size) for k in range(options.samples)]
         side_scores.append(np.mean(runs, axis=0))
-    calibration = calibrate_threshold(side_scores[0], side_scores[1])
+    calibration = calibrate_threshold(side_scores[0], side_scores[1], options.max_fpr)
     if options.write:
         context = {"dataset": str(Path(options.data).resolve()), "split": options.split,
                    "samples_per_caption": options.samples, "seed": options.seed,

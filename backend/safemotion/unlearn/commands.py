@@ -68,7 +68,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     sampling.validate()
     calibration = run_calibration(CalibrationOptions(
         model=args.model, data=args.data, split=args.split, max_captions=args.max_captions, samples=args.samples,
-        seed=args.seed, sampling=sampling, device=args.device, batch_size=args.batch_size, write=not args.dry_run,
+        seed=args.seed, sampling=sampling, device=args.device, batch_size=args.batch_size, max_fpr=args.max_fpr,
+        write=not args.dry_run,
         clip_weights=args.clip_weights, clip_vocab=args.clip_vocab,
     ))
     print(json.dumps({"model_dir": str(args.model), "written": not args.dry_run, **calibration.to_dict()}, indent=2))
@@ -158,6 +159,9 @@ def add_unlearn_commands(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--steps", type=int, default=10, help="masked decoding steps")
     calibrate.add_argument("--cond-scale", type=float, default=4.0)
     calibrate.add_argument("--batch-size", type=int, default=64)
+    calibrate.add_argument("--max-fpr", type=float,
+                           help="pick the lowest threshold whose false-positive rate on the retain captions is at most "
+                                "this (e.g. 0.01) instead of maximising Youden's J")
     calibrate.add_argument("--dry-run", action="store_true", help="print the calibration, leave config.json as is")
     calibrate.add_argument("--device", default="auto")
     calibrate.add_argument("--clip-weights", type=Path)

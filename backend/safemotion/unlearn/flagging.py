@@ -165,11 +165,18 @@ class ThresholdCalibration:
         return dataclasses.asdict(self)
 
 
-def calibrate_threshold(positive_scores: Sequence[float], negative_scores: Sequence[float]) -> ThresholdCalibration:
-    """τ > 0 maximising Youden's J = TPR − FPR for flagged = score ≥ τ (positive = concept captions).
+def calibrate_threshold(positive_scores: Sequence[float], negative_scores: Sequence[float],
+                        max_fpr: float | None = None) -> ThresholdCalibration:
+    """The flagging threshold τ > 0 (flagged = score ≥ τ; positive = concept captions) by one of two criteria.
 
-    Candidates are the distinct positive scores > 0; τ is placed midway between the best candidate and the next lower
-    distinct score (any τ in that interval classifies the calibration data identically). Ties in J pick the higher τ.
+    - max_fpr None: τ maximising Youden's J = TPR − FPR. Candidates are the distinct positive scores > 0; ties in J
+      pick the higher τ.
+    - max_fpr α: the lowest τ whose false-positive rate on the negatives is ≤ α (Neyman–Pearson: bound false alarms,
+      flag as much as possible). On separable scores Youden's J puts τ just under the lowest positive, the top of the
+      gap; this criterion puts it just over the highest tolerated negative, its bottom.
+
+    τ is placed midway between the chosen score and its neighbour among all distinct scores (any τ in that interval
+    classifies the calibration data identically).
     """
     pos = np.asarray(positive_scores, dtype=np.float64)
     neg = np.asarray(negative_scores, dtype=np.float64)
@@ -177,24 +184,36 @@ def calibrate_threshold(positive_scores: Sequence[float], negative_scores: Seque
         raise ValueError(f"calibration needs scores on both sides, got {pos.size} positive and {neg.size} negative")
     if not (np.isfinite(pos).all() and np.isfinite(neg).all()):
         raise ValueError("calibration scores must be finite")
+    if max_fpr is not None and not 0.0 <= max_fpr < 1.0:
+        raise ValueError(f"max_fpr is {max_fpr}; give a false-positive rate in [0, 1), e.g. 0.01")
     candidates = np.unique(pos[pos > 0])
     if candidates.size == 0:
         raise ValueError("no positive (concept) sample has a score above 0; the removed codes never occur in them, "
                          "so no threshold can flag them")
-    best, best_j = candidates[-1], -np.inf
-    for tau in candidates[::-1]:
-        j = (pos >= tau).mean() - (neg >= tau).mean()
-        if j > best_j:
-            best, best_j = tau, j
     scores = np.unique(np.concatenate([pos, neg]))
-    lower = scores[scores < best]
-    threshold = float((best + lower[-1]) / 2) if lower.size else float(best / 2)
+    if max_fpr is None:
+        best, best_j = candidates[-1], -np.inf
+        for tau in candidates[::-1]:
+            j = (pos >= tau).mean() - (neg >= tau).mean()
+            if j > best_j:
+                best, best_j = tau, j
+        lower = scores[scores < best]
+        threshold = float((best + lower[-1]) / 2) if lower.size else float(best / 2)
+        criterion = "youden_j"
+    else:
+        tolerated = int(np.floor(max_fpr * neg.size + 1e-9))  # negatives allowed at or above τ
+        excluded = np.sort(neg)[::-1][tolerated] if tolerated < neg.size else -np.inf
+        if excluded < 0:  # every negative may be flagged: flag every score above 0
+            excluded = 0.0
+        higher = scores[scores > excluded]
+        threshold = float((excluded + higher[0]) / 2) if higher.size else float((excluded + 1.0) / 2)
+        criterion = f"max_fpr={max_fpr:g}"
     tpr, fpr = float((pos >= threshold).mean()), float((neg >= threshold).mean())
     flagged = (pos >= threshold).sum() + (neg >= threshold).sum()
     return ThresholdCalibration(
         threshold=threshold, youden_j=tpr - fpr, balanced_accuracy=(tpr + 1 - fpr) / 2, true_positive_rate=tpr,
         false_positive_rate=fpr, precision=float((pos >= threshold).sum() / flagged) if flagged else 0.0,
-        auc=roc_auc(pos, neg), n_positive=int(pos.size), n_negative=int(neg.size),
+        auc=roc_auc(pos, neg), n_positive=int(pos.size), n_negative=int(neg.size), criterion=criterion,
     )
 
 
