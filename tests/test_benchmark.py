@@ -129,7 +129,7 @@ def test_quick_run_writes_the_paper_tables(dataset, models_root, evaluator_dir, 
         results = report["results"][set_name]
         assert list(results) == rows
         for row in rows:
-            assert set(results[row]) == metrics
+            assert set(results[row]) == (metrics if row == "real motions" else metrics | {"seconds_per_motion"})
             for entry in results[row].values():
                 assert len(entry["values"]) == 2 and np.isfinite(entry["values"]).all()
                 assert entry["mean"] == pytest.approx(np.mean(entry["values"]))
@@ -162,6 +162,11 @@ def test_quick_run_writes_the_paper_tables(dataset, models_root, evaluator_dir, 
     assert f"| original | {original_fid['mean']:.3f} ± {original_fid['ci95']:.3f} |" in markdown
     assert "| retrain | n/a | n/a | n/a | no shared removed codes | — |" in markdown
     assert report["commit"] in markdown and "quick smoke run" in markdown
+    assert report["platform"]["threads"] == 1 and "1 thread(s)" in markdown
+    speed = report["results"]["retain"]["lcr"]["seconds_per_motion"]["mean"]
+    assert 0 < speed < 60 and "| model | R@2 | R@3 | generation s/motion |" in markdown
+    lcr_line = [line for line in markdown.splitlines() if line.startswith("| lcr |") and line.count("|") == 5][-1]
+    assert lcr_line.endswith(f"| {speed:.3f} ± {report['results']['retain']['lcr']['seconds_per_motion']['ci95']:.3f} |")
     if importlib.util.find_spec("matplotlib") is None:
         assert "matplotlib is not installed" in markdown and not (out / "plots").exists()
     else:

@@ -316,12 +316,14 @@ def run_repeat(eval_set: EvalSet, set_index: int, repeat: int, rows: Sequence[Be
         unit = row.models.config.unit_length
         generated = row.generator.generate_from_features(
             features[row.name][torch.from_numpy(order)], seeds, [n // unit for _, n in crops], smpl=False)
+        seconds = time.monotonic() - started
         motion_emb = evaluator.embed_motions([g.features for g in generated])
         # every row draws the same diversity pairs
-        out[row.name] = score(eval_set, order, real_emb, motion_emb,
-                              np.random.default_rng([seed, repeat, set_index, 1]))
+        out[row.name] = {**score(eval_set, order, real_emb, motion_emb,
+                                 np.random.default_rng([seed, repeat, set_index, 1])),
+                         "seconds_per_motion": seconds / len(order)}
         log(f"  {eval_set.name} repeat {repeat + 1}: {row.name} FID {out[row.name]['fid']:.3f} R@1 "
-            f"{out[row.name]['r1']:.3f} ({time.monotonic() - started:.1f} s)")
+            f"{out[row.name]['r1']:.3f} ({seconds:.1f} s)")
     return out
 
 
@@ -401,6 +403,7 @@ def run_benchmark(specs: Sequence[ModelSpec], data: str | Path, evaluator_dir: s
     settings.validate()
     data = Path(data)
     started = time.monotonic()
+    commit = git_commit()  # the code that runs, not whatever is checked out when it ends
     if not (data / "new_joint_vecs").is_dir():
         raise FileNotFoundError(f"{data}: not a HumanML3D-layout dataset (no new_joint_vecs folder)")
     evaluator_config = read_evaluator_config(evaluator_dir)
@@ -433,10 +436,11 @@ def run_benchmark(specs: Sequence[ModelSpec], data: str | Path, evaluator_dir: s
     flags = flag_rates(rows, settings, log)
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": commit,
         "command": " ".join(sys.argv),
         "platform": {"python": platform.python_version(), "torch": torch.__version__,
-                     "device": str(pick_device(settings.device))},
+                     "device": str(pick_device(settings.device)), "threads": torch.get_num_threads(),
+                     "cpu": platform.processor() or platform.machine()},
         "settings": settings.to_dict(),
         "data": {"path": str(data.resolve()), "sets": {s.name: {
             "file": str(s.split_file.resolve()), "sha256": file_sha256(s.split_file), "ids": s.ids, "samples": len(s.pairs),

@@ -30,6 +30,7 @@ EXTRA_COLUMNS = {
     "forget": (("r2", "R@2"), ("r3", "R@3"), ("mm_dist", "MM-Dist")),
     "retain": (("r2", "R@2"), ("r3", "R@3")),
 }
+SPEED_COLUMN = ("seconds_per_motion", "generation s/motion")  # table only; the real-motion row has none
 METRIC_TITLES = {"fid": "FID", "mm_safe": "MM-Safe", "mm_dist": "MM-Dist", "diversity": "Diversity",
                  "r1": "R@1", "r2": "R@2", "r3": "R@3"}
 SET_TITLES = {"forget": "Forget set", "retain": "Retain set"}
@@ -82,7 +83,8 @@ def render_markdown(result: dict[str, Any], title: str, plots: list[str], plot_n
         f"# {title}",
         "",
         f"- Commit: `{result['commit']}`; created {result['created']}; {result['seconds'] / 60:.1f} min on "
-        f"{result['platform']['device']} (torch {result['platform']['torch']}).",
+        f"{result['platform']['device']} (torch {result['platform']['torch']}"
+        + (f", {result['platform']['threads']} thread(s)" if "threads" in result["platform"] else "") + ").",
         f"- Dataset: `{result['data']['path']}`, split `{settings['split']}`, concept `{settings['concept']}`, "
         f"rule `{settings['rule']}`.",
         f"- Evaluator: `{result['evaluator']['path']}` ({result['evaluator']['config']['word_features']} word "
@@ -108,7 +110,7 @@ def render_markdown(result: dict[str, Any], title: str, plots: list[str], plot_n
                      else "") + f" in batches of {info['batch_size']}"
                   + (f", {info['masked_captions']} captions changed by masking" if "masked_captions" in info else "")
                   + ".", "", metric_table(set_result, PAPER_COLUMNS[set_name]), "",
-                  "Further metrics:", "", metric_table(set_result, EXTRA_COLUMNS[set_name])]
+                  "Further metrics:", "", metric_table(set_result, EXTRA_COLUMNS[set_name] + (SPEED_COLUMN,))]
     if result["flag_rates"]:
         parts += ["", "## Flag rates", "",
                   "Fraction of generated motions flagged (share of base tokens in removed codes ≥ threshold; the "
