@@ -200,16 +200,19 @@ def test_mask_stage_from_scratch_with_another_backbone(dataset, tmp_path):
     run_stage("vq", options(dataset, out))
     run_stage("residual", options(dataset, out, config=None))
     before = load_model_dir(out)
-    run_stage("mask", options(dataset, out, config=None, from_scratch=True, backbone="serpent"))
+    run_stage("mask", options(dataset, out, config=None, from_scratch=True, backbone="serpent", ssm_state=4,
+                              ssm_expand=1))
     after = load_model_dir(out)
-    assert after.config.mask_transformer.backbone == "serpent"
+    mask = after.config.mask_transformer
+    assert (mask.backbone, mask.ssm_state, mask.ssm_expand) == ("serpent", 4, 1)
+    assert after.mask_transformer.seqTransEncoder.layers[0].mixer.branches[0].ssm.forward_ssm.A_log.shape[1] == 4
     assert after.config.residual_transformer == before.config.residual_transformer
     for key, tensor in before.residual_transformer.state_dict().items():
         assert torch.equal(tensor, after.residual_transformer.state_dict()[key]), key
     motions = Generator(after, None, device="cpu").generate_from_features(
         torch.zeros(1, 384), seeds=[0], token_lengths=[3], smpl=False)
     assert motions[0].features.shape == (12, 263)
-    with pytest.raises(ValueError, match="--backbone applies to the mask stage with --from-scratch"):
+    with pytest.raises(ValueError, match="--backbone, --ssm-state and --ssm-expand apply to the mask stage"):
         run_stage("residual", options(dataset, out, config=None, from_scratch=True, backbone="mamba"))
     with pytest.raises(ValueError, match="backbone 'lstm' is not supported"):
         run_stage("mask", options(dataset, out, config=None, from_scratch=True, backbone="lstm"))

@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.no_progress, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
         warmup_iters=args.warmup_iters, milestones=milestones, gamma=args.gamma,
         clip_weights=args.clip_weights, clip_vocab=args.clip_vocab, from_scratch=args.from_scratch,
-        backbone=args.backbone,
+        backbone=args.backbone, ssm_state=args.ssm_state, ssm_expand=args.ssm_expand,
     )
     result = run_stage(args.stage, options)
     tail = result.losses[-100:]
@@ -319,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "the retrain reference D_r on a copy of a model, keeping its VQ)")
     train.add_argument("--backbone", help="with mask --from-scratch: the new masked transformer's backbone "
                        "(transformer, mamba or serpent)")
+    train.add_argument("--ssm-state", type=int, help="with mask --from-scratch: SSM state size of a mamba/serpent "
+                       "backbone (default 16)")
+    train.add_argument("--ssm-expand", type=int, help="with mask --from-scratch: SSM expansion of a mamba/serpent "
+                       "backbone (default 2)")
     train.add_argument("--checkpoint-every", type=int, default=1000)
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--clip-weights", type=Path)

@@ -50,10 +50,11 @@ class SSMBlock(nn.Module):
         super().__init__()
         d = cfg.latent_dim
         self.norm1 = nn.LayerNorm(d)
+        sizes = dict(d_model=d, bidirectional=True, d_state=cfg.ssm_state, expand=cfg.ssm_expand)
         if cfg.backbone == "mamba":
-            self.mixer: nn.Module = Mamba(MambaConfig(d_model=d, bidirectional=True))
+            self.mixer: nn.Module = Mamba(MambaConfig(**sizes))
         else:
-            self.mixer = SeRpEnt(SeRpEntConfig(d_model=d, bidirectional=True))
+            self.mixer = SeRpEnt(SeRpEntConfig(**sizes))
         self.norm2 = nn.LayerNorm(d)
         self.linear1 = nn.Linear(d, cfg.ff_size)
         self.linear2 = nn.Linear(cfg.ff_size, d)

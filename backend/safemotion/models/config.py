@@ -46,7 +46,8 @@ class VQConfig:
 class TransformerConfig:
     """Text-conditioned token transformer (masked base layer or residual layers).
 
-    `backbone` is one of BACKBONES; num_heads is used by the "transformer" backbone only.
+    `backbone` is one of BACKBONES; num_heads is used by the "transformer" backbone only, ssm_state (N) and
+    ssm_expand (d_inner = ssm_expand · latent_dim) by the "mamba" and "serpent" ones (Mamba's defaults 16 and 2).
     """
 
     latent_dim: int = 384
@@ -60,6 +61,8 @@ class TransformerConfig:
     code_dim: int = 512
     num_quantizers: int = 6
     backbone: str = "transformer"
+    ssm_state: int = 16
+    ssm_expand: int = 2
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class ModelConfig:
             allowed = BACKBONES if name == "mask_transformer" else ("transformer",)
             if tcfg.backbone not in allowed:
                 raise ValueError(f"{name}.backbone {tcfg.backbone!r} is not supported; choose one of {list(allowed)}")
+            if tcfg.ssm_state < 1 or tcfg.ssm_expand < 1:
+                raise ValueError(f"{name}.ssm_state ({tcfg.ssm_state}) and ssm_expand ({tcfg.ssm_expand}) must be ≥ 1")
             if tcfg.backbone == "transformer" and tcfg.latent_dim % tcfg.num_heads:
                 raise ValueError(f"{name}.latent_dim {tcfg.latent_dim} is not divisible by num_heads {tcfg.num_heads}")
         if self.length_estimator is not None and self.length_estimator.text_dim != text_dim:

@@ -81,6 +81,8 @@ class TrainOptions:
     stop_at: int | None = None  # end this call early (checkpoint written); the model directory is not updated
     from_scratch: bool = False  # mask/residual/length: fresh seeded weights instead of the model directory's
     backbone: str | None = None  # with from_scratch on the mask stage: its new backbone (transformer, mamba, serpent)
+    ssm_state: int | None = None  # with backbone mamba/serpent: SSM state size N (default 16)
+    ssm_expand: int | None = None  # with backbone mamba/serpent: SSM expansion (default 2)
 
     @property
     def work_dir(self) -> Path:
@@ -174,14 +176,18 @@ def _models_for(stage: str, options: TrainOptions, device: torch.device) -> Moti
     else:
         mean, std = load_dataset_stats(options.data)
         models = build_models(_new_config(options), mean, model_std(std, FEAT_BIAS)).to(device)
-    if options.backbone is not None and not (options.from_scratch and stage == "mask"):
-        raise ValueError("--backbone applies to the mask stage with --from-scratch (a new masked transformer)")
+    ssm_sizes = {k: v for k, v in (("ssm_state", options.ssm_state), ("ssm_expand", options.ssm_expand))
+                 if v is not None}
+    if (options.backbone is not None or ssm_sizes) and not (options.from_scratch and stage == "mask"):
+        raise ValueError("--backbone, --ssm-state and --ssm-expand apply to the mask stage with --from-scratch (a new "
+                         "masked transformer)")
     if options.from_scratch:
         if stage == "vq":
             raise ValueError("--from-scratch applies to mask, residual and length; a new VQ needs a new model "
                              "directory (--out a folder that does not exist)")
-        if options.backbone is not None:
-            mask = dataclasses.replace(models.config.mask_transformer, backbone=options.backbone)
+        if options.backbone is not None or ssm_sizes:
+            mask = dataclasses.replace(models.config.mask_transformer, backbone=options.backbone or
+                                       models.config.mask_transformer.backbone, **ssm_sizes)
             models.config = dataclasses.replace(models.config, mask_transformer=mask)
             models.config.validate()
         fresh = build_models(models.config)  # seeded by run_stage's torch.manual_seed
