@@ -19,7 +19,16 @@ from safemotion.data.concept_splits import write_concept_splits
 from safemotion.decoding import SamplingConfig
 from safemotion.models.config import LengthEstimatorConfig, ModelConfig, TransformerConfig, VQConfig
 from safemotion.models.model_dir import build_models, load_model_dir, read_model_config, save_model_dir
-from safemotion.unlearn.calibration import calibration_captions, hit_ratio_scores
+from safemotion.data.motion_dataset import load_motion
+from safemotion.motion.features import recover_from_ric
+from safemotion.unlearn.audit import audit_joints, encode_features
+from safemotion.unlearn.calibration import (
+    CalibrationOptions,
+    calibration_captions,
+    hit_ratio_scores,
+    run_audit_calibration,
+)
+from safemotion.unlearn.concept_split import load_concept_split
 from safemotion.unlearn.code_stats import StatsSettings, collect_codes, random_crop
 from safemotion.unlearn.cond_edit import (
     CondEditSettings,
@@ -30,13 +39,14 @@ from safemotion.unlearn.cond_edit import (
     uce_weight,
 )
 from safemotion.unlearn.finetune import FinetuneOptions, run_finetune
-from safemotion.unlearn.flagging import review
+from safemotion.unlearn.flagging import calibrate_threshold, original_codebook_models, review
 from safemotion.unlearn.lcr import code_presence, orthogonal_projection_vectors, replacement_vectors, select_codes
 from safemotion.unlearn.record import (
     ORIGINAL_CODEBOOKS_FILE,
     SafetySettings,
     file_sha256,
     load_original_codebooks,
+    safety_settings,
     unlearning_record,
     update_config_section,
 )
@@ -391,6 +401,37 @@ def test_calibration_captions_and_scores(dataset, lcr_dir):
     again = hit_ratio_scores(models, features, [5, 12, 7], [0, 1, 2], sampling, batch_size=1)
     assert np.array_equal(scores, again) and ((scores >= 0) & (scores <= 1)).all()
     assert all(round(s * n) == s * n for s, n in zip(scores, [5, 12, 7]))  # whole numbers of hit tokens
+
+
+def test_audit_threshold_is_calibrated_on_real_clips_and_used_by_audits(dataset, lcr_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(lcr_dir[0], model)
+    update_config_section(model, "safety", SafetySettings(threshold=0.5, calibrated=True).to_dict())
+    calibration = run_audit_calibration(CalibrationOptions(model=model, data=dataset, split="train_val",
+                                                           device="cpu"))
+    models = load_model_dir(model)
+    safety = safety_settings(models.config)
+    assert safety.audit_threshold == calibration.threshold and safety.audit_calibration["split"] == "train_val"
+    assert (safety.threshold, safety.calibrated) == (0.5, True)  # the generation threshold is left alone
+    # the scores by hand: whole clips encoded with the original codebooks
+    removed = unlearning_record(models.config).removed_codes[0]
+    original = original_codebook_models(models, model)
+    split = load_concept_split(dataset, "violence", "word_boundary", "train_val")
+    scores = [[float(np.isin(encode_features(original, load_motion(dataset, c))[:, 0], removed).mean())
+               for c in sorted(ids)] for ids in (split.forget_ids, split.retain_ids)]
+    assert calibration.threshold == calibrate_threshold(*scores).threshold
+    assert (calibration.n_positive, calibration.n_negative) == (5, 5)
+    clip = sorted(split.forget_ids)[0]
+    report = audit_joints(models, original, recover_from_ric(load_motion(dataset, clip)))
+    assert (report.threshold, report.calibrated) == (calibration.threshold, True)
+    assert report.flagged == (report.hit_ratio >= calibration.threshold)
+    assert cli.main(["unlearn", "calibrate", "--audit", "--model", str(model), "--data", str(dataset), "--split",
+                     "train_val", "--max-fpr", "0", "--dry-run", "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["threshold_of"] == "audit" and printed["criterion"] == "max_fpr=0" and not printed["written"]
+    assert safety_settings(load_model_dir(model).config).audit_threshold == calibration.threshold  # dry run
+    with pytest.raises(ValueError, match="audit_threshold must be in"):
+        SafetySettings.from_dict({"threshold": 0.5, "audit_threshold": 1.5})
 
 
 def test_calibrated_threshold_is_stored_and_used_by_review(lcr_dir, tmp_path):

@@ -4,7 +4,8 @@ The motion (BVH/FBX through `data.mocap_import.load_motion`, or an .npz with `jo
 optionally `fps`) becomes 263-d HumanML3D features (`motion.features.extract_features`, which also canonicalises it),
 is normalised with the model's mean/std, cropped to whole tokens and encoded by the model's RVQ with its ORIGINAL
 codebooks (LCR moved the removed rows, so the edited codebook would no longer attract the motions they stood for).
-A token is a hit when its base-layer code is removed; the report gives the hit ratio and flag (the model's
+A token is a hit when its base-layer code is removed; the report gives the hit ratio and flag (the model's audit
+threshold, calibrated on real validation clips by `safemotion unlearn calibrate --audit`, or else its generation
 threshold), merged hit spans in frames and seconds, a per-second timeline (fraction of the tokens starting in that
 second that hit) and, for other edited layers, their own ratios. Frames are at the model's frame rate (20 fps).
 """
@@ -131,12 +132,18 @@ def resample_joints(joints: np.ndarray, fps: float, target_fps: float) -> np.nda
 @torch.inference_mode()
 def encode_joints(models: MotionModels, joints: np.ndarray) -> np.ndarray:
     """RVQ code ids (n, num_quantizers) of joints [T, 22, 3] at the model's frame rate (whole tokens only)."""
-    unit = models.config.unit_length
     features = extract_features(np.asarray(joints, dtype=np.float64))
-    tokens = len(features) // unit
-    if tokens < 1:
+    if len(features) < models.config.unit_length:
         raise ValueError(f"the motion is too short to encode: {len(joints)} frames give {len(features)} feature "
-                         f"frames, fewer than one token of {unit}")
+                         f"frames, fewer than one token of {models.config.unit_length}")
+    return encode_features(models, features)
+
+
+@torch.inference_mode()
+def encode_features(models: MotionModels, features: np.ndarray) -> np.ndarray:
+    """RVQ code ids (n, num_quantizers) of 263-d features [T, 263] (whole tokens only; T ≥ one token)."""
+    unit = models.config.unit_length
+    tokens = len(features) // unit
     normalized = Normalizer(models.mean, models.std).normalize(features[:tokens * unit].astype(np.float32))
     device = next(models.vq.parameters()).device
     ids, _ = models.vq.encode(torch.from_numpy(normalized)[None].to(device))
@@ -150,12 +157,12 @@ def audit_joints(models: MotionModels, original: MotionModels, joints: np.ndarra
     if record is None or not record.removed_codes:
         raise ValueError(f"{model or 'the model'}: no removed codes to look for; audit with a model made by "
                          "`safemotion unlearn lcr`")
-    safety = safety_settings(models.config)
+    threshold, calibrated = safety_settings(models.config).audit()
     config = models.config
     unit, fps = config.unit_length, float(config.fps)
     ids = encode_joints(original, joints)
     base = record.removed_codes.get(0, [])
-    result = assess(ids[:, 0], base, unit, safety.threshold, concept=record.concept, calibrated=safety.calibrated)
+    result = assess(ids[:, 0], base, unit, threshold, concept=record.concept, calibrated=calibrated)
     hits = np.asarray(result.hit_tokens, dtype=np.int64)
     num_tokens = len(ids)
     frames = num_tokens * unit
@@ -170,7 +177,7 @@ def audit_joints(models: MotionModels, original: MotionModels, joints: np.ndarra
     return AuditReport(
         file=file, model=model, concept=record.concept, fps=fps, source_fps=float(source_fps), unit_length=unit,
         frames=frames, seconds=frames / fps, num_tokens=num_tokens, hits=len(hits), hit_ratio=result.hit_ratio,
-        threshold=safety.threshold, calibrated=safety.calibrated, flagged=result.flagged,
+        threshold=threshold, calibrated=calibrated, flagged=result.flagged,
         hit_tokens=result.hit_tokens,
         spans=[AuditSpan(start, end, start / fps, end / fps) for start, end in result.spans],
         timeline=timeline, layer_ratios=layer_ratios,

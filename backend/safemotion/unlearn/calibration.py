@@ -5,12 +5,18 @@ Positives are the explicit concept captions (caption lines of forget-split clips
 `samples` times with the model's masked transformer (base layer only, at the caption's ground-truth token length,
 seeds seed, seed+1, ...), its score is the mean fraction of base tokens in the removed codes, and
 `flagging.calibrate_threshold` picks the τ maximising Youden's J, or with `max_fpr` the lowest τ whose false-positive
-rate on the retain captions stays ≤ max_fpr. The result is written to config.json's `safety`
+rate on the retain captions stays ≤ max_fpr.
+
+Audits (`safemotion audit`) score real mocap, not generated tokens, so they get their own threshold
+(`run_audit_calibration`, `calibrate --audit`): each whole clip of the split's forget and retain lists is encoded with
+the model's original codebooks, its score is the fraction of its base tokens in the removed codes, and the same
+criteria pick `audit_threshold`. The result is written to config.json's `safety`
 section (threshold, calibrated = true, the rates and the caption counts).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +31,16 @@ from safemotion.generate import pick_device
 from safemotion.models.model_dir import MotionModels, load_model_dir
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.unlearn.concept_split import load_concept_split
-from safemotion.unlearn.flagging import ThresholdCalibration, calibrate_threshold, hit_token_indices
+from safemotion.unlearn.audit import encode_features
+from safemotion.unlearn.flagging import (
+    ThresholdCalibration,
+    calibrate_threshold,
+    hit_token_indices,
+    original_codebook_models,
+)
 from safemotion.unlearn.record import (
-    SafetySettings,
     removed_base_codes,
+    safety_settings,
     unlearning_record,
     update_config_section,
 )
@@ -142,6 +154,42 @@ def run_calibration(options: CalibrationOptions, encoder: TextEncoder | None = N
         context = {"dataset": str(Path(options.data).resolve()), "split": options.split,
                    "samples_per_caption": options.samples, "seed": options.seed,
                    "sampling": vars(options.sampling), **calibration.to_dict()}
-        update_config_section(options.model, "safety",
-                              SafetySettings(calibration.threshold, True, context).to_dict())
+        settings = dataclasses.replace(safety_settings(config), threshold=calibration.threshold, calibrated=True,
+                                       calibration=context)
+        update_config_section(options.model, "safety", settings.to_dict())
+    return calibration
+
+
+def clip_hit_ratios(models: MotionModels, dataset: str | Path, clip_ids: list[str], removed: list[int]) -> np.ndarray:
+    """Fraction of base tokens in `removed` for each whole clip of the dataset, encoded by `models`' VQ."""
+    unit = models.config.unit_length
+    scores = []
+    for clip_id in clip_ids:
+        features = load_motion(dataset, clip_id)
+        if len(features) < unit:
+            raise ValueError(f"{dataset}: clip '{clip_id}' has {len(features)} frames, fewer than one token")
+        base = encode_features(models, features)[:, 0]
+        scores.append(len(hit_token_indices(base, removed)) / len(base))
+    return np.array(scores)
+
+
+def run_audit_calibration(options: CalibrationOptions) -> ThresholdCalibration:
+    """Calibrate the LCR model's audit threshold on the real clips of a split (forget vs retain) and store it."""
+    device = pick_device(options.device)
+    models = load_model_dir(options.model, device=device)
+    record = unlearning_record(models.config)
+    removed = removed_base_codes(models.config)
+    if record is None or not removed:
+        raise ValueError(f"{options.model}: no removed base-layer codes; run `safemotion unlearn lcr` first")
+    split = load_concept_split(options.data, record.concept, record.rule, options.split)
+    original = original_codebook_models(models, options.model)
+    positive = clip_hit_ratios(original, options.data, sorted(split.forget_ids), removed)
+    negative = clip_hit_ratios(original, options.data, sorted(split.retain_ids), removed)
+    calibration = calibrate_threshold(positive, negative, options.max_fpr)
+    if options.write:
+        context = {"dataset": str(Path(options.data).resolve()), "split": options.split, "clips": "whole clips",
+                   **calibration.to_dict()}
+        settings = dataclasses.replace(safety_settings(models.config), audit_threshold=calibration.threshold,
+                                       audit_calibration=context)
+        update_config_section(options.model, "safety", settings.to_dict())
     return calibration

@@ -62,17 +62,19 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from safemotion.decoding import SamplingConfig
-    from safemotion.unlearn.calibration import CalibrationOptions, run_calibration
+    from safemotion.unlearn.calibration import CalibrationOptions, run_audit_calibration, run_calibration
 
     sampling = SamplingConfig(time_steps=args.steps, cond_scale=args.cond_scale)
     sampling.validate()
-    calibration = run_calibration(CalibrationOptions(
+    calibrate = run_audit_calibration if args.audit else run_calibration
+    calibration = calibrate(CalibrationOptions(
         model=args.model, data=args.data, split=args.split, max_captions=args.max_captions, samples=args.samples,
         seed=args.seed, sampling=sampling, device=args.device, batch_size=args.batch_size, max_fpr=args.max_fpr,
         write=not args.dry_run,
         clip_weights=args.clip_weights, clip_vocab=args.clip_vocab,
     ))
-    print(json.dumps({"model_dir": str(args.model), "written": not args.dry_run, **calibration.to_dict()}, indent=2))
+    print(json.dumps({"model_dir": str(args.model), "threshold_of": "audit" if args.audit else "generation",
+                      "written": not args.dry_run, **calibration.to_dict()}, indent=2))
     return 0
 
 
@@ -162,6 +164,9 @@ def add_unlearn_commands(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--max-fpr", type=float,
                            help="pick the lowest threshold whose false-positive rate on the retain captions is at most "
                                 "this (e.g. 0.01) instead of maximising Youden's J")
+    calibrate.add_argument("--audit", action="store_true",
+                           help="calibrate the threshold of `safemotion audit` instead, on the split's real clips "
+                                "(violent vs safe, encoded with the original codebooks)")
     calibrate.add_argument("--dry-run", action="store_true", help="print the calibration, leave config.json as is")
     calibrate.add_argument("--device", default="auto")
     calibrate.add_argument("--clip-weights", type=Path)

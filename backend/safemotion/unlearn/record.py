@@ -99,11 +99,24 @@ class UnlearningRecord:
 
 @dataclass
 class SafetySettings:
-    """The `safety` section of config.json: the flagging threshold on the fraction of base tokens in removed codes."""
+    """The `safety` section of config.json: the flagging threshold on the fraction of base tokens in removed codes.
+
+    `threshold` judges generated motions (calibrated on generated tokens). `audit_threshold`, when set, judges motions
+    that `safemotion audit` encodes from mocap (calibrated on real validation clips); without it audits use
+    `threshold`.
+    """
 
     threshold: float = UNCALIBRATED_THRESHOLD
     calibrated: bool = False
     calibration: dict[str, Any] | None = None
+    audit_threshold: float | None = None
+    audit_calibration: dict[str, Any] | None = None
+
+    def audit(self) -> tuple[float, bool]:
+        """(threshold, calibrated) for audits of existing motion."""
+        if self.audit_threshold is not None:
+            return self.audit_threshold, True
+        return self.threshold, self.calibrated
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -116,8 +129,11 @@ class SafetySettings:
             settings = cls(**data)
         except TypeError as err:
             raise ValueError(f"{where}: {err}") from None
-        if not (isinstance(settings.threshold, (int, float)) and 0 < settings.threshold <= 1):
-            raise ValueError(f"{where}: threshold must be in (0, 1], found {settings.threshold!r}")
+        for name in ("threshold", "audit_threshold"):
+            value = getattr(settings, name)
+            if (value is not None or name == "threshold") and not (
+                    isinstance(value, (int, float)) and 0 < value <= 1):
+                raise ValueError(f"{where}: {name} must be in (0, 1], found {value!r}")
         return settings
 
 
