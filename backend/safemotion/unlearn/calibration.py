@@ -5,13 +5,13 @@ Positives are the explicit concept captions (caption lines of forget-split clips
 `samples` times with the model's masked transformer (base layer only, at the caption's ground-truth token length,
 seeds seed, seed+1, ...), its score is the mean fraction of base tokens in the removed codes, and
 `flagging.calibrate_threshold` picks the τ maximising Youden's J, or with `max_fpr` the lowest τ whose false-positive
-rate on the retain captions stays ≤ max_fpr.
+rate on the retain captions stays ≤ max_fpr. The result is written to config.json's `safety` section (threshold,
+calibrated = true, the rates and the caption counts).
 
 Audits (`safemotion audit`) score real mocap, not generated tokens, so they get their own threshold
 (`run_audit_calibration`, `calibrate --audit`): each whole clip of the split's forget and retain lists is encoded with
 the model's original codebooks, its score is the fraction of its base tokens in the removed codes, and the same
-criteria pick `audit_threshold`. The result is written to config.json's `safety`
-section (threshold, calibrated = true, the rates and the caption counts).
+criteria pick `audit_threshold` (stored beside the other, with its own calibration record).
 """
 
 from __future__ import annotations
