@@ -85,9 +85,16 @@ def test_generate_over_http_with_json_logs(setup):
     motions = response.json()["motions"]
     assert [m["seed"] for m in motions] == [5, 6]
     assert decode_array(motions[0]["joints"]).shape == (60, 22, 3)
-    lines = [json.loads(line) for line in setup["server"].log_text().splitlines()]
+    # the access line is logged once the response has gone out, so it may land a moment after the client has it
+    deadline = time.monotonic() + 10
+    while True:
+        text = setup["server"].log_text()
+        lines = [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]  # whole lines only
+        access = [line for line in lines if line.get("request_id") == "e2e-generate-1" and line["message"] == "request"]
+        if access or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert any(line["message"] == "ready" and line["model"] == "tiny-lcr" for line in lines)
-    access = [line for line in lines if line.get("request_id") == "e2e-generate-1" and line["message"] == "request"]
     assert len(access) == 1
     assert access[0]["status"] == 200 and access[0]["user"] == "alice" and access[0]["path"] == "/v1/generate"
 
