@@ -82,6 +82,10 @@ class MotionModels:
         return self
 
 
+COMPONENT_CLASSES = {"vq": RVQVAE, "mask_transformer": MaskTransformer, "residual_transformer": ResidualTransformer,
+                     "length_estimator": LengthEstimator}  # MotionModels field = config section → module class
+
+
 def build_models(config: ModelConfig, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> MotionModels:
     """Freshly initialised modules for `config`; mean/std default to 0/1."""
     config.validate()
@@ -89,15 +93,14 @@ def build_models(config: ModelConfig, mean: np.ndarray | None = None, std: np.nd
     mean = np.zeros(dim, np.float32) if mean is None else np.asarray(mean, np.float32)
     std = np.ones(dim, np.float32) if std is None else np.asarray(std, np.float32)
     _check_stats(mean, std, dim, "build_models")
-    return MotionModels(
-        config=config,
-        vq=RVQVAE(config.vq),
-        mask_transformer=MaskTransformer(config.mask_transformer),
-        residual_transformer=ResidualTransformer(config.residual_transformer),
-        length_estimator=None if config.length_estimator is None else LengthEstimator(config.length_estimator),
-        mean=mean,
-        std=std,
-    )
+    return MotionModels(config=config, **{name: build_component(config, name) for name in COMPONENT_CLASSES},
+                        mean=mean, std=std)
+
+
+def build_component(config: ModelConfig, name: str) -> nn.Module | None:
+    """A freshly initialised component (a MotionModels field) of `config`; None for an absent length estimator."""
+    section = getattr(config, name)
+    return None if section is None else COMPONENT_CLASSES[name](section)
 
 
 def save_model_dir(models: MotionModels, out_dir: str | Path, card: str | None = None,

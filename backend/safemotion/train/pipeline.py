@@ -38,7 +38,14 @@ from safemotion.data.motion_dataset import (
 )
 from safemotion.generate import pick_device
 from safemotion.models.config import ModelConfig
-from safemotion.models.model_dir import MotionModels, build_models, load_model_dir, model_card, save_model_dir
+from safemotion.models.model_dir import (
+    MotionModels,
+    build_component,
+    build_models,
+    load_model_dir,
+    model_card,
+    save_model_dir,
+)
 from safemotion.models.rvqvae import RVQVAE
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.motion.normalization import FEAT_BIAS, Normalizer, model_std
@@ -133,9 +140,8 @@ def _merged(stage: str, models: MotionModels, out: Path) -> MotionModels:
     if stage == "vq" or not out.exists():
         return models
     current = load_model_dir(out, device="cpu")
-    field = STAGE_FIELDS[stage]
-    config = dataclasses.replace(current.config, mask_transformer=models.config.mask_transformer) \
-        if stage == "mask" else current.config  # the mask stage may have changed its backbone
+    field = STAGE_FIELDS[stage]  # also the stage's config section, which may have changed (e.g. the mask backbone)
+    config = dataclasses.replace(current.config, **{field: getattr(models.config, field)})
     return dataclasses.replace(current, config=config, **{field: getattr(models, field)})
 
 
@@ -190,9 +196,8 @@ def _models_for(stage: str, options: TrainOptions, device: torch.device) -> Moti
                                        models.config.mask_transformer.backbone, **ssm_sizes)
             models.config = dataclasses.replace(models.config, mask_transformer=mask)
             models.config.validate()
-        fresh = build_models(models.config)  # seeded by run_stage's torch.manual_seed
-        field = STAGE_FIELDS[stage]
-        setattr(models, field, None if getattr(fresh, field) is None else getattr(fresh, field).to(device))
+        fresh = build_component(models.config, STAGE_FIELDS[stage])  # seeded by run_stage's torch.manual_seed
+        setattr(models, STAGE_FIELDS[stage], None if fresh is None else fresh.to(device))
     trained = _trained_module(stage, models)
     if trained is None:
         raise ValueError(f"{out}: this model has no length estimator (config length_estimator is null)")

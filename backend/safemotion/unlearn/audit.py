@@ -129,21 +129,19 @@ def resample_joints(joints: np.ndarray, fps: float, target_fps: float) -> np.nda
     return out.reshape(len(new_times), *joints.shape[1:])
 
 
-@torch.inference_mode()
 def encode_joints(models: MotionModels, joints: np.ndarray) -> np.ndarray:
     """RVQ code ids (n, num_quantizers) of joints [T, 22, 3] at the model's frame rate (whole tokens only)."""
-    features = extract_features(np.asarray(joints, dtype=np.float64))
-    if len(features) < models.config.unit_length:
-        raise ValueError(f"the motion is too short to encode: {len(joints)} frames give {len(features)} feature "
-                         f"frames, fewer than one token of {models.config.unit_length}")
-    return encode_features(models, features)
+    return encode_features(models, extract_features(np.asarray(joints, dtype=np.float64)))
 
 
 @torch.inference_mode()
 def encode_features(models: MotionModels, features: np.ndarray) -> np.ndarray:
-    """RVQ code ids (n, num_quantizers) of 263-d features [T, 263] (whole tokens only; T ≥ one token)."""
+    """RVQ code ids (n, num_quantizers) of 263-d features [T, 263] (whole tokens only)."""
     unit = models.config.unit_length
     tokens = len(features) // unit
+    if tokens < 1:
+        raise ValueError(f"the motion is too short to encode: {len(features)} feature frames, fewer than one token "
+                         f"of {unit}")
     normalized = Normalizer(models.mean, models.std).normalize(features[:tokens * unit].astype(np.float32))
     device = next(models.vq.parameters()).device
     ids, _ = models.vq.encode(torch.from_numpy(normalized)[None].to(device))

@@ -162,13 +162,12 @@ def run_calibration(options: CalibrationOptions, encoder: TextEncoder | None = N
 
 def clip_hit_ratios(models: MotionModels, dataset: str | Path, clip_ids: list[str], removed: list[int]) -> np.ndarray:
     """Fraction of base tokens in `removed` for each whole clip of the dataset, encoded by `models`' VQ."""
-    unit = models.config.unit_length
     scores = []
     for clip_id in clip_ids:
-        features = load_motion(dataset, clip_id)
-        if len(features) < unit:
-            raise ValueError(f"{dataset}: clip '{clip_id}' has {len(features)} frames, fewer than one token")
-        base = encode_features(models, features)[:, 0]
+        try:
+            base = encode_features(models, load_motion(dataset, clip_id))[:, 0]
+        except ValueError as err:
+            raise ValueError(f"{dataset}: clip '{clip_id}': {err}") from None
         scores.append(len(hit_token_indices(base, removed)) / len(base))
     return np.array(scores)
 

@@ -129,10 +129,11 @@ class SafetySettings:
             settings = cls(**data)
         except TypeError as err:
             raise ValueError(f"{where}: {err}") from None
-        for name in ("threshold", "audit_threshold"):
-            value = getattr(settings, name)
-            if (value is not None or name == "threshold") and not (
-                    isinstance(value, (int, float)) and 0 < value <= 1):
+        thresholds = {"threshold": settings.threshold}
+        if settings.audit_threshold is not None:
+            thresholds["audit_threshold"] = settings.audit_threshold
+        for name, value in thresholds.items():
+            if not (isinstance(value, (int, float)) and 0 < value <= 1):
                 raise ValueError(f"{where}: {name} must be in (0, 1], found {value!r}")
         return settings
 
