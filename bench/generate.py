@@ -3,7 +3,8 @@
 Models have random weights (speed does not depend on training); text features are precomputed random vectors, so the
 text encoder is not timed. Settings: 10 decoding steps, guidance 4 (base) / 5 (residual), top-k 0.9, 196 frames
 (49 tokens). A "motion" is timed from text features to joint positions (base + residual tokens, VQ decoding,
-un-normalisation, recover_from_ric); the SMPL fit is timed separately.
+un-normalisation, recover_from_ric); the SMPL fit is timed separately. Each size runs with the transformers in fp32
+and, where the CPU has native bfloat16 (AVX512-BF16 or AMX), in bf16.
 
     .venv/bin/python bench/generate.py --threads 2 --write
 """
@@ -11,6 +12,7 @@ un-normalisation, recover_from_ric); the SMPL fit is timed separately.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from safemotion.decoding import SamplingConfig, decode_base, decode_residual
-from safemotion.generate import Generator
+from safemotion.generate import Generator, bf16_is_native
 from safemotion.models.model_dir import build_models, parameter_count
 from safemotion.motion.smpl import joints_to_smpl
 from safemotion.train.presets import preset
@@ -35,13 +37,14 @@ QUIET = 0.10  # a timing counts as uncontended when other processes used < 10% o
 SAMPLING = SamplingConfig(time_steps=10, cond_scale=4.0, residual_cond_scale=5.0, topk_filter_thres=0.9)
 
 
-def random_generator(size: str) -> Generator:
+def random_generator(size: str, precision: str = "fp32") -> Generator:
     """A Generator over randomly initialised models of a preset size (non-zero codebooks)."""
     torch.manual_seed(0)
     models = build_models(preset(size))
     for layer in models.vq.quantizer.layers:
         layer.codebook.normal_()
-    return Generator(models.eval(), None, SAMPLING, "cpu", batch_size=THROUGHPUT_BATCH)
+    sampling = dataclasses.replace(SAMPLING, precision=precision)
+    return Generator(models.eval(), None, sampling, "cpu", batch_size=THROUGHPUT_BATCH)
 
 
 def _cpu_jiffies() -> tuple[int, int]:
@@ -87,10 +90,11 @@ def timed_runs(fn, count: int, deadline: float) -> tuple[list[float], list[float
     return quiet, everything, contended
 
 
-def bench_size(size: str, repeats: int, batches: int, budget: float) -> dict:
+def bench_size(size: str, precision: str, repeats: int, batches: int, budget: float) -> dict:
     """Latency percentiles, throughput and a per-part breakdown for one model size, within `budget` seconds."""
     deadline = time.monotonic() + budget
-    generator = random_generator(size)
+    generator = random_generator(size, precision)
+    sampling = generator.sampling
     text_dim = generator.models.config.mask_transformer.text_dim
     features = torch.randn(THROUGHPUT_BATCH, text_dim, generator=torch.Generator().manual_seed(1))
     seeds = iter(range(1, 10**6))
@@ -111,12 +115,12 @@ def bench_size(size: str, repeats: int, batches: int, budget: float) -> dict:
     lengths = torch.tensor([TOKENS])
     models = generator.models
     gens = lambda: [torch.Generator().manual_seed(5)]  # noqa: E731
-    base = decode_base(models.mask_transformer, features[:1], lengths, gens(), SAMPLING)
-    ids = decode_residual(models.residual_transformer, base, features[:1], lengths, gens(), SAMPLING)
+    base = decode_base(models.mask_transformer, features[:1], lengths, gens(), sampling)
+    ids = decode_residual(models.residual_transformer, base, features[:1], lengths, gens(), sampling)
     parts = {
-        "base layer (10 steps)": lambda: decode_base(models.mask_transformer, features[:1], lengths, gens(), SAMPLING),
+        "base layer (10 steps)": lambda: decode_base(models.mask_transformer, features[:1], lengths, gens(), sampling),
         "residual layers (5)": lambda: decode_residual(models.residual_transformer, base, features[:1], lengths, gens(),
-                                                       SAMPLING),
+                                                       sampling),
         "VQ decode + joints": lambda: generator.decode_tokens([ids[0].numpy()]),
     }
     part_times = {name: min(timed(fn)[0] for _ in range(3)) for name, fn in parts.items()}
@@ -135,7 +139,8 @@ def bench_size(size: str, repeats: int, batches: int, budget: float) -> dict:
         return (float(np.percentile(values, 50)), float(np.percentile(values, 90))) if values else (float("nan"),) * 2
 
     return {
-        "size": size, "params": params, "quiet": percentiles(latencies), "all": percentiles(all_latencies),
+        "size": size, "precision": precision, "params": params, "quiet": percentiles(latencies),
+        "all": percentiles(all_latencies),
         "runs": (len(latencies), len(all_latencies)), "contended": contended,
         "throughput": THROUGHPUT_BATCH / statistics.median(batch_times) if batch_times else float("nan"),
         "throughput_all": THROUGHPUT_BATCH / statistics.median(all_batches),
@@ -157,24 +162,32 @@ def report(results: list[dict], before: str, after: str, threads: int) -> str:
         "CPU time per motion with one thread (batch 1 / batch 32, from `time.process_time`), which other processes' "
         "load hardly changes; half of it is the ideal two-thread time.", "",
         f"- Machine at start: {before}", f"- Machine at end: {after}", "",
-        "| model | parameters | latency p50 / p90 (s), quiet runs | latency p50 / p90 (s), all runs | "
+        "| model | precision | parameters | latency p50 / p90 (s), quiet runs | latency p50 / p90 (s), all runs | "
         "throughput batch 32 (motions/s), quiet / all | base / residual / decode (s) | SMPL fit (s) | "
         "1-thread CPU s per motion, batch 1 / 32 |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         parts = " / ".join(f"{v:.3f}" for v in r["parts"].values())
         lines.append(
-            f"| {r['size']} | {r['params'] / 1e6:.1f} M | {r['quiet'][0]:.3f} / {r['quiet'][1]:.3f} "
+            f"| {r['size']} | {r['precision']} | {r['params'] / 1e6:.1f} M | {r['quiet'][0]:.3f} / {r['quiet'][1]:.3f} "
             f"({r['runs'][0]} runs) | {r['all'][0]:.3f} / {r['all'][1]:.3f} ({r['runs'][1]} runs) | "
             f"{r['throughput']:.2f} ({r['batch_runs'][0]} batches) / {r['throughput_all']:.2f} "
             f"({r['batch_runs'][1]}) | {parts} | {r['smpl']:.3f} | {r['cpu_one']:.3f} / {r['cpu_batch']:.3f} |")
     lines += ["", "Ideal two-thread figures derived from the one-thread CPU time (an estimate, not a measurement: "
               "perfect scaling over both cores, no other load):", ""]
-    lines += [f"- {r['size']}: ≈ {r['cpu_one'] / 2:.2f} s per motion at batch 1, ≈ {2 / r['cpu_batch']:.1f} motions/s "
+    lines += [f"- {r['size']}, {r['precision']}: ≈ {r['cpu_one'] / 2:.2f} s per motion at batch 1, "
+              f"≈ {2 / r['cpu_batch']:.1f} motions/s "
               "at batch 32." for r in results]
-    lines += ["", "Targets (official size, this 2-core machine): ≤ 0.5 s per motion at batch 1, ≥ 2.5 motions/s at "
-              "batch 32 (the official implementation: 0.56 s and 3.9 motions/s).", ""]
+    fp32 = {r["size"]: r for r in results if r["precision"] == "fp32"}
+    speedups = [f"{r['size']} {fp32[r['size']]['quiet'][0] / r['quiet'][0]:.2f}× at batch 1, "
+                f"{r['throughput'] / fp32[r['size']]['throughput']:.2f}× at batch 32"
+                for r in results if r["precision"] == "bf16" and r["size"] in fp32]
+    if speedups:
+        lines += ["", "bf16 against fp32 in this run (quiet p50 latency, quiet throughput): " + "; ".join(speedups) + "."]
+    lines += ["", "Targets (this 2-core machine): official size ≤ 0.5 s per motion at batch 1 and ≥ 2.5 motions/s at "
+              "batch 32 (the official implementation: 0.56 s and 3.9 motions/s); mini ≤ 0.1 s per motion at batch 1.",
+              ""]
     return "\n".join(lines)
 
 
@@ -182,17 +195,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sizes", nargs="+", default=["official", "mini"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
+                        help="transformer precisions; bf16 is skipped where the CPU would emulate it")
     parser.add_argument("--repeats", type=int, default=8, help="batch-1 runs for the latency percentiles")
     parser.add_argument("--batches", type=int, default=2, help="batch-32 runs for the throughput")
     parser.add_argument("--budget", type=float, default=120, help="seconds per model size, retries included")
     parser.add_argument("--write", action="store_true", help=f"write the section into {RESULTS}")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    precisions = [p for p in args.precisions if p != "bf16" or bf16_is_native(torch.device("cpu"))]
+    if precisions != args.precisions:
+        print("bf16 skipped: this CPU has neither AVX512-BF16 nor AMX", file=sys.stderr)
     before = machine()
     results = []
     for size in args.sizes:
-        results.append(bench_size(size, args.repeats, args.batches, args.budget))
-        print(results[-1], flush=True)
+        for precision in precisions:
+            results.append(bench_size(size, precision, args.repeats, args.batches, args.budget))
+            print(results[-1], flush=True)
     text = report(results, before, machine(), args.threads)
     print(text)
     if args.write:

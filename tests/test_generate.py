@@ -20,9 +20,11 @@ from safemotion.decoding import (
     sample_token_lengths,
     top_k_filter,
 )
+from safemotion import generate as generate_module
 from safemotion.generate import (
     GenerationRequest,
     Generator,
+    bf16_is_native,
     output_paths,
     save_bvh,
     save_npz,
@@ -317,6 +319,39 @@ def test_generator_end_to_end(generator):
     single = generator.generate([GenerationRequest("a person walks forward", seconds=3.0, seed=3)])[0]
     assert np.array_equal(single.tokens, motions[2].tokens)
     np.testing.assert_allclose(single.joints, motions[2].joints, atol=1e-5)
+
+
+bf16_native = pytest.mark.skipif(not bf16_is_native(torch.device("cpu")),
+                                 reason="this CPU has neither AVX512-BF16 nor AMX")
+
+
+@bf16_native
+def test_bf16_generation_tracks_fp32(model_dir, generator):
+    sampling = SamplingConfig(precision="bf16")
+    fast = Generator.from_dir(model_dir, device="cpu", sampling=sampling)
+    assert fast.models.mask_transformer.cond_emb.weight.dtype == torch.bfloat16
+    assert fast.models.residual_transformer.cond_emb.weight.dtype == torch.bfloat16
+    assert fast.models.vq.quantizer.layers[0].codebook.dtype == torch.float32
+    request = [GenerationRequest("a person walks forward", seconds=3.0, seed=1, variations=2)]
+    motions, again = fast.generate(request), fast.generate(request)
+    for motion, repeat in zip(motions, again):
+        assert motion.sampling.precision == "bf16" and motion.tokens.shape == (15, 6)
+        assert np.isfinite(motion.joints).all() and np.array_equal(motion.tokens, repeat.tokens)
+    # the same function in lower precision: guided logits within bf16 rounding of the float32 ones
+    ids = torch.randint(0, NUM_TOKENS, (2, 15), generator=torch.Generator().manual_seed(0))
+    padding = torch.zeros(2, 15, dtype=torch.bool)
+    with torch.inference_mode():
+        exact = generator.models.mask_transformer.forward_with_cond_scale(ids, conditions(2), padding, 4.0)
+        rounded = fast.models.mask_transformer.forward_with_cond_scale(ids, conditions(2).bfloat16(), padding, 4.0)
+    assert (rounded.float() - exact).abs().max() <= 0.05 * exact.abs().max()
+
+
+def test_bf16_is_refused_where_it_would_be_emulated(model_dir, monkeypatch):
+    monkeypatch.setattr(generate_module, "bf16_is_native", lambda device: False)
+    with pytest.raises(ValueError, match="precision bf16 needs a GPU with bfloat16 or a CPU with AVX512-BF16 or AMX"):
+        Generator.from_dir(model_dir, device="cpu", sampling=SamplingConfig(precision="bf16"))
+    with pytest.raises(ValueError, match=r"precision is 'fp16'; choose one of \['fp32', 'bf16'\]"):
+        SamplingConfig(precision="fp16").validate()
 
 
 def test_generator_rejects_bad_requests_before_working(generator):

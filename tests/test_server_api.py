@@ -5,6 +5,7 @@ micro-batcher on its own."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -147,7 +148,7 @@ def test_generations_are_audited(client):
 
 def test_models_and_health(client):
     model = client.get("/v1/models").json()["models"][0]
-    assert model["name"] == "tiny-lcr" and model["seconds_range"] == [0.5, 9.8]
+    assert model["name"] == "tiny-lcr" and model["seconds_range"] == [0.5, 9.8] and model["precision"] == "fp32"
     assert model["unlearning"] == {"method": "lcr", "concept": "violence", "removed_base_codes": len(REMOVED_CODES)}
     assert model["policies"] == ["sanitize", "block", "allow"]
     schemas.ModelsResponse.model_validate(client.get("/v1/models").json())
@@ -349,3 +350,13 @@ def test_batcher_skips_cancelled_and_expired_tasks_and_bounds_the_queue():
     finally:
         batcher.stop()
     assert handler.batches == [[0], [3]]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("port", 0, "--port 0: must be 1-65535"),
+    ("max_batch", 0, "--max-batch 0: must be 1-256"),
+    ("precision", "fp16", "--precision 'fp16': choose fp32 or bf16"),
+])
+def test_settings_name_the_bad_option(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ServerSettings(**{field: value}).validate()

@@ -10,6 +10,9 @@ from pathlib import Path
 from safemotion.unlearn.commands import add_unlearn_commands
 from safemotion.unlearn.policies import DEFAULT_POLICY, POLICIES
 
+PRECISION_HELP = ("token transformers in fp32 (default) or bf16: faster on GPUs and on CPUs with AVX512-BF16 or AMX, "
+                  "slightly different motions for a seed; refused where it would be emulated")
+
 
 def _data_build(args: argparse.Namespace) -> int:
     from safemotion.data.dataset_builder import build_dataset
@@ -55,7 +58,7 @@ def _generate(args: argparse.Namespace) -> int:
     request.validate()
     sampling = SamplingConfig(time_steps=args.steps, cond_scale=args.cond_scale,
                               residual_cond_scale=args.residual_cond_scale, temperature=args.temperature,
-                              gumbel_sample=args.gumbel)
+                              gumbel_sample=args.gumbel, precision=args.precision)
     sampling.validate()
     generator = SafeGenerator.from_dir(args.model or DEFAULT_MODEL_DIR, device=args.device, sampling=sampling,
                                        clip_weights=args.clip_weights, clip_vocab=args.clip_vocab)
@@ -216,7 +219,7 @@ def _server_settings(args: argparse.Namespace):
 
     options = {key: getattr(args, key) for key in (
         "host", "port", "model", "device", "max_batch", "batch_window_ms", "max_queue", "request_timeout",
-        "forbid_allow", "threads", "log_level", "body_model") if hasattr(args, key)}
+        "forbid_allow", "threads", "precision", "log_level", "body_model") if hasattr(args, key)}
     if "request_timeout" in options:
         options["request_timeout_s"] = options.pop("request_timeout")
     return ServerSettings(db_url=args.db, data_dir=args.data_dir, **options)
@@ -290,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--residual-cond-scale", type=float, default=5.0, help="guidance of the residual layers")
     generate.add_argument("--temperature", type=float, default=1.0)
     generate.add_argument("--gumbel", action="store_true", help="Gumbel-max instead of categorical sampling")
+    generate.add_argument("--precision", default="fp32", help=PRECISION_HELP)
     generate.add_argument("--clip-weights", type=Path, help="CLIP ViT-B/32 weights (models using the clip encoder)")
     generate.add_argument("--clip-vocab", type=Path, help="CLIP BPE merges file")
     generate.set_defaults(func=_generate)
@@ -396,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--request-timeout", type=float, default=120.0, help="deadline of each request, seconds")
     serve.add_argument("--forbid-allow", action="store_true", help="refuse the 'allow' policy for everyone")
     serve.add_argument("--threads", type=int, help="torch threads of the model worker")
+    serve.add_argument("--precision", default="fp32", help=PRECISION_HELP)
     serve.add_argument("--body-model", type=Path, help="SMPL-format body model (.pkl/.npz) you own, served to the "
                        "Blender add-on to skin its SMPL armature (default: none)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

@@ -7,6 +7,9 @@ The conditional and unconditional (zero text feature) passes of classifier-free 
 Differences from momask-codes, both invisible at the default temperature 1: categorical sampling applies the
 temperature to the logits (momask-codes divides the probabilities, which the renormalisation undoes), and the
 categorical draw uses the inverse CDF of one uniform number per position instead of `torch.distributions`.
+
+Precision: the transformers may run in bfloat16 (SamplingConfig.precision, applied by the Generator); the text
+features are cast to the transformer's dtype and the logits back to float32, so sampling is always done in float32.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from safemotion.models.residual_transformer import ResidualTransformer
 
 SKIP_ID = -1  # id of padding and of skipped residual codes in decoded token tensors
 KEPT_SCORE = 1e5  # confidence of positions that are never re-masked (pads, tokens kept from earlier steps)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class SamplingConfig:
     temperature: float = 1.0
     topk_filter_thres: float = 0.9
     gumbel_sample: bool = False
+    precision: str = "fp32"  # of the two transformers: "fp32", or "bf16" (faster where the hardware has it)
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range setting."""
@@ -45,6 +50,8 @@ class SamplingConfig:
             raise ValueError(f"temperature is {self.temperature}; it must be positive")
         if not 0 <= self.topk_filter_thres < 1:
             raise ValueError(f"topk_filter_thres is {self.topk_filter_thres}; allowed range is [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision is {self.precision!r}; choose one of {list(PRECISIONS)}")
         for name in ("cond_scale", "residual_cond_scale"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} is {getattr(self, name)}; it must be a finite number")
@@ -106,6 +113,7 @@ def decode_base(model: MaskTransformer, cond: Tensor, lengths: Tensor, generator
     (at least one), predicts them with guided logits, and scores the new ids by the unfiltered softmax.
     """
     device = cond.device
+    cond = cond.to(model.cond_emb.weight.dtype)
     lengths = lengths.to(device)
     max_len = int(lengths.max())
     padding = ~lengths_to_mask(lengths, max_len)
@@ -118,7 +126,7 @@ def decode_base(model: MaskTransformer, cond: Tensor, lengths: Tensor, generator
         is_mask = ranks < num_masked.unsqueeze(-1)
         ids = torch.where(is_mask, model.mask_id, ids)
 
-        logits = model.forward_with_cond_scale(ids, cond, padding, cond_scale=cfg.cond_scale).permute(0, 2, 1)
+        logits = model.forward_with_cond_scale(ids, cond, padding, cond_scale=cfg.cond_scale).float().permute(0, 2, 1)
         noise = per_sample_uniform(generators, lengths, max_len, classes if cfg.gumbel_sample else 0, device)
         predicted = sample_ids(top_k_filter(logits, cfg.topk_filter_thres), noise, cfg.temperature,
                                cfg.gumbel_sample)
@@ -136,15 +144,16 @@ def decode_residual(model: ResidualTransformer, base_ids: Tensor, cond: Tensor, 
     Padding and residual positions predicted as the pad class come back as −1 (a skipped, zero code).
     """
     device = cond.device
+    cond = cond.to(model.cond_emb.weight.dtype)
     lengths = lengths.to(device)
     padding = ~lengths_to_mask(lengths, base_ids.shape[1])
     ids = torch.where(padding, model.pad_id, base_ids)
     layers = [ids]
-    history = torch.zeros((), device=device)
+    history = torch.zeros((), device=device, dtype=cond.dtype)
     for layer in range(1, model.num_quantizers):
         history = history + model.embed_tokens(layer - 1, ids)
         logits = model.forward_with_cond_scale(history, layer, cond, padding,
-                                               cond_scale=cfg.residual_cond_scale).permute(0, 2, 1)
+                                               cond_scale=cfg.residual_cond_scale).float().permute(0, 2, 1)
         noise = per_sample_uniform(generators, lengths, base_ids.shape[1], logits.shape[-1], device)
         predicted = sample_ids(top_k_filter(logits, cfg.topk_filter_thres), noise, cfg.temperature, gumbel=True)
         ids = torch.where(padding, model.pad_id, predicted)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from safemotion.data.bvh import Bvh, write_bvh
-from safemotion.decoding import SamplingConfig, decode_base, decode_residual, sample_token_lengths
+from safemotion.decoding import PRECISIONS, SamplingConfig, decode_base, decode_residual, sample_token_lengths
 from safemotion.models.model_dir import MotionModels, load_model_dir
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.motion import rotations as rot
@@ -110,6 +110,29 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices in hardware (CUDA with bf16, a CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
+
+
+def with_precision(models: MotionModels, precision: str, device: torch.device) -> MotionModels:
+    """`models` with both token transformers cast in place to `precision`; the VQ and length estimator stay float32.
+
+    bf16 is refused where the device would emulate it (several times slower than float32, not faster).
+    """
+    dtype = PRECISIONS[precision]
+    if dtype == torch.bfloat16 and not bf16_is_native(device):
+        raise ValueError(f"precision bf16 needs a GPU with bfloat16 or a CPU with AVX512-BF16 or AMX; {device} has "
+                         "neither, so it would run slower than float32: use precision fp32")
+    models.mask_transformer.to(dtype)
+    models.residual_transformer.to(dtype)
+    return models
+
+
 class Generator:
     """Text-to-motion generation with a loaded model directory."""
 
@@ -117,10 +140,10 @@ class Generator:
                  device: str | torch.device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE):
         """`text_encoder` may be None when only precomputed features are used (generate_from_features)."""
         self.device = pick_device(device) if isinstance(device, str) else device
-        self.models = models.to(self.device).eval()
-        self.text_encoder = text_encoder
         self.sampling = sampling or SamplingConfig()
         self.sampling.validate()
+        self.models = with_precision(models.to(self.device).eval(), self.sampling.precision, self.device)
+        self.text_encoder = text_encoder
         self.batch_size = batch_size
         self.normalizer = Normalizer(models.mean, models.std)
         config = models.config

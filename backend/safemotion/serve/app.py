@@ -129,7 +129,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def lifespan(app: FastAPI):
         store = Store(settings.database_url())
         service = await asyncio.to_thread(ModelService.load, settings.model_path(), settings.device,
-                                          settings.threads)
+                                          settings.threads, settings.precision)
         batcher = MicroBatcher(service.run, settings.max_batch, settings.batch_window_ms / 1000, settings.max_queue)
         runner = JobRunner(store, batcher, service.name, in_flight=2 * settings.max_batch,
                            forbid_allow=settings.forbid_allow)
@@ -139,7 +139,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         batcher.start()
         runner.start()
         app.state.server = ServerState(settings, store, service, batcher, runner, body)
-        log.info("ready", extra={"model": service.name, "device": service.device, "host": settings.host,
+        log.info("ready", extra={"model": service.name, "device": service.device,
+                                 "precision": settings.precision, "host": settings.host,
                                  "port": settings.port, "max_batch": settings.max_batch,
                                  "auth": "api-keys" if app.state.server.keys_required() else "single-user"})
         try:

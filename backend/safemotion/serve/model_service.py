@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from safemotion.data.mocap_import import TARGET_FPS
+from safemotion.decoding import SamplingConfig
 from safemotion.generate import SECONDS_RANGE, VARIATIONS_RANGE, GenerationRequest, Generator, pick_device
 from safemotion.motion import skeleton
 from safemotion.motion.smpl import joints_to_smpl
@@ -67,12 +68,14 @@ class ModelService:
         self.info = self._describe()
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", threads: int | None = None) -> ModelService:
-        """Load the model directory at `path` on `device` (auto: cuda, mps or cpu)."""
+    def load(cls, path: str | Path, device: str = "auto", threads: int | None = None,
+             precision: str = "fp32") -> ModelService:
+        """Load the model directory at `path` on `device` (auto: cuda, mps or cpu), transformers in `precision`."""
         if threads is not None:
             torch.set_num_threads(threads)
         path = Path(path)
-        generator = Generator.from_dir(path, device=str(resolve_device(device)))
+        generator = Generator.from_dir(path, device=str(resolve_device(device)),
+                                       sampling=SamplingConfig(precision=precision))
         return cls(path.name, path, generator)
 
     @property
@@ -86,7 +89,8 @@ class ModelService:
         safety = safety_settings(config) if self.removed_codes else None
         max_seconds = min(SECONDS_RANGE[1], config.max_motion_length / config.fps)
         return {
-            "name": self.name, "text_encoder": config.text_encoder, "fps": float(config.fps),
+            "name": self.name, "text_encoder": config.text_encoder, "precision": self.generator.sampling.precision,
+            "fps": float(config.fps),
             "unit_length": config.unit_length, "seconds_range": [SECONDS_RANGE[0], max_seconds],
             "variations_range": list(VARIATIONS_RANGE),
             "length_estimator": self.generator.models.length_estimator is not None,

@@ -238,6 +238,7 @@ class ModelInfo(BaseModel):
 
     name: str
     text_encoder: str
+    precision: str = Field(description="of the token transformers: fp32 or bf16")
     fps: float
     unit_length: int
     seconds_range: list[float]
