@@ -29,7 +29,8 @@ from safemotion.unlearn.calibration import (
     run_audit_calibration,
 )
 from safemotion.unlearn.concept_split import load_concept_split
-from safemotion.unlearn.code_stats import StatsSettings, collect_codes, random_crop
+from safemotion.motion.normalization import Normalizer
+from safemotion.unlearn.code_stats import StatsSettings, caption_windows, collect_codes, random_crop
 from safemotion.unlearn.cond_edit import (
     CondEditSettings,
     CondTexts,
@@ -231,6 +232,29 @@ def test_random_crop_follows_the_evaluation_crop():
         lengths.add(length)
     assert lengths == {56, 52}
     assert random_crop(199, 4, 120, rng)[1] == 120  # capped at max_motion_length
+
+
+def test_each_sample_row_is_its_own_crop_encoded_alone(model_dir, dataset, tmp_path):
+    """Distinct crops are encoded once and shared; every row must still equal its sample's crop encoded by itself."""
+    models = load_model_dir(model_dir)
+    settings = StatsSettings(repeats=6, batch_size=5)
+    table, _, _ = collect_codes(models, dataset, settings, tmp_path, progress=False)
+    rng, normalizer, row = np.random.default_rng(settings.seed), Normalizer(models.mean, models.std), 0
+    for clip_id in table.clip_ids:
+        motion = load_motion(dataset, clip_id)
+        if not 40 <= len(motion) < 200:
+            continue
+        for start, end in caption_windows(dataset, clip_id, len(motion)):
+            for _ in range(settings.repeats):
+                offset, length = random_crop(end - start, 4, 196, rng)
+                crop = np.zeros((1, 196, 263), np.float32)
+                crop[0, :length] = normalizer.normalize(motion[start + offset:start + offset + length])
+                with torch.inference_mode():
+                    ids, _ = models.vq.encode(torch.from_numpy(crop))
+                assert np.array_equal(table.codes[row, :, 0], ids[0, :, 0].numpy())
+                assert table.lengths[row] == length // 4
+                row += 1
+    assert row == len(table) and row > len({tuple(codes) for codes in table.codes[:, :, 0].tolist()})
 
 
 def test_code_table_presence_without_padding(model_dir, dataset, lcr_dir):

@@ -10,7 +10,8 @@ As Mamiglia/hmu `src/methods/lcr.py` with its momask-codes fork's `Text2MotionDa
   layer; upstream counts all of them, padding positions included (`count_padding=True`).
 
 The crops come from one numpy generator seeded with `seed`, drawn clip by clip, line by line, repeat by repeat, so the
-table is deterministic; crops are encoded in batches. Motions are read one clip at a time.
+table is deterministic. A clip has few distinct crops (a start among ≤ 8 frames, one of two lengths), so each distinct
+crop is encoded once, in batches, and shared by every sample that drew it. Motions are read one clip at a time.
 
 Cache: the code table is saved as `<cache_dir>/<key>.npz` (default cache_dir `<dataset>/.cache/lcr`), where key is
 the SHA-256 of (the VQ weights, mean/std and sizes; the split file's bytes and the size and modification time of each
@@ -92,11 +93,9 @@ class CodeTable:
         if layer not in self.layers:
             raise ValueError(f"the code table holds layers {list(self.layers)}, not layer {layer}")
         in_set = np.array([clip in clip_ids for clip in self.clip_ids], dtype=bool)[self.sample_clip]
-        rows = self.codes[in_set, :, self.layers.index(layer)].astype(np.int64)
-        if count_padding:
-            return code_presence(rows, num_codes), len(rows)
-        lengths = self.lengths[in_set]
-        return code_presence([row[:n] for row, n in zip(rows, lengths)], num_codes), len(rows)
+        rows = self.codes[in_set, :, self.layers.index(layer)]
+        lengths = None if count_padding else self.lengths[in_set]
+        return code_presence(rows, num_codes, lengths), len(rows)
 
 
 def caption_windows(root: Path, clip_id: str, frames: int) -> list[tuple[int, int]]:
@@ -178,7 +177,8 @@ def _encode_split(models: MotionModels, dataset: Path, clip_ids: list[str], sett
     rng = np.random.default_rng(settings.seed)
     batch = np.zeros((settings.batch_size, max_frames, config.vq.dim_pose), np.float32)
     filled = 0
-    codes: list[np.ndarray] = []
+    codes: list[np.ndarray] = []  # codes of the distinct crops, in batches
+    crop_of_sample: list[int] = []  # index of each sample's crop among the distinct crops
     lengths: list[int] = []
     sample_clip: list[int] = []
 
@@ -186,28 +186,36 @@ def _encode_split(models: MotionModels, dataset: Path, clip_ids: list[str], sett
         ids, _ = vq.encode(torch.from_numpy(batch[:filled]).to(device))
         codes.append(ids[..., list(settings.layers)].cpu().numpy().astype(np.int16))
 
+    distinct = 0
     for index, clip_id in enumerate(tqdm(clip_ids, desc="encode caption crops with the VQ", disable=not progress)):
         motion = load_motion(dataset, clip_id)
         if not MIN_FRAMES <= len(motion) < MAX_FRAMES_EXCLUSIVE:
             continue
+        crops: dict[tuple[int, int], int] = {}  # (first frame, length) → distinct crop index
         for start, end in caption_windows(dataset, clip_id, len(motion)):
             for _ in range(settings.repeats):
                 offset, length = random_crop(end - start, unit, max_frames, rng)
-                batch[filled] = 0.0
-                batch[filled, :length] = normalizer.normalize(motion[start + offset:start + offset + length])
-                filled += 1
+                key = (start + offset, length)
+                if key not in crops:
+                    crops[key] = distinct
+                    distinct += 1
+                    batch[filled] = 0.0
+                    batch[filled, :length] = normalizer.normalize(motion[key[0]:key[0] + length])
+                    filled += 1
+                    if filled == settings.batch_size:
+                        flush()
+                        filled = 0
+                crop_of_sample.append(crops[key])
                 lengths.append(length // unit)
                 sample_clip.append(index)
-                if filled == settings.batch_size:
-                    flush()
-                    filled = 0
     if filled:
         flush()
     if not sample_clip:
         raise ValueError(f"{dataset}: split '{settings.split}' has no caption line of {MIN_FRAMES}-"
                          f"{MAX_FRAMES_EXCLUSIVE - 1} frames to encode")
     return CodeTable(clip_ids=list(clip_ids), sample_clip=np.array(sample_clip, np.int32),
-                     codes=np.concatenate(codes), lengths=np.array(lengths, np.int16), layers=tuple(settings.layers))
+                     codes=np.concatenate(codes)[crop_of_sample], lengths=np.array(lengths, np.int16),
+                     layers=tuple(settings.layers))
 
 
 def _write_table(path: Path, table: CodeTable) -> None:

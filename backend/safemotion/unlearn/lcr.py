@@ -34,23 +34,33 @@ from torch import Tensor
 
 EPS = 1e-8  # upstream's guard against division by zero in both selection scores
 DEFAULT_K = 16  # upstream --code_prune
+PRESENCE_BLOCK = 4096  # sequences per block when counting code presence (4096 × codebook size bools)
 
 
-def code_presence(indices: np.ndarray | Tensor | Sequence[np.ndarray | Tensor], num_codes: int) -> np.ndarray:
-    """Per code, how many sequences contain it at least once; indices is (N, n) or a list of 1-D id arrays."""
+def code_presence(indices: np.ndarray | Tensor | Sequence[np.ndarray | Tensor], num_codes: int,
+                  lengths: np.ndarray | None = None) -> np.ndarray:
+    """Per code, how many sequences contain it at least once; indices is (N, n) (row i's first lengths[i] ids when
+    lengths is given) or a list of 1-D id arrays."""
     if num_codes < 1:
         raise ValueError(f"num_codes must be positive, got {num_codes}")
-    ids, sequence = _flat_ids(indices)
-    bad = (ids < 0) | (ids >= num_codes)
+    ids, lengths = _padded_ids(indices, lengths)
+    valid = np.arange(ids.shape[1]) < lengths[:, None]
+    bad = valid & ((ids < 0) | (ids >= num_codes))
     if bad.any():
-        i = int(np.argmax(bad))
+        row, column = np.argwhere(bad)[0]
         raise ValueError(
-            f"sequence {sequence[i]}: code id {ids[i]} is outside 0..{num_codes - 1} "
+            f"sequence {row}: code id {ids[row, column]} is outside 0..{num_codes - 1} "
             "(drop padding / skipped (-1) positions before counting)"
         )
-    # Each distinct (sequence, code) pair counts once.
-    pairs = np.unique(sequence * num_codes + ids)
-    return np.bincount(pairs % num_codes, minlength=num_codes)
+    # Each (sequence, code) pair counts once: mark pairs in a (sequences, codes + 1) table, a block of rows at a time;
+    # positions past a row's length land in the extra column.
+    counts = np.zeros(num_codes, np.int64)
+    for first in range(0, len(ids), PRESENCE_BLOCK):
+        block = np.where(valid[first:first + PRESENCE_BLOCK], ids[first:first + PRESENCE_BLOCK], num_codes)
+        seen = np.zeros((len(block), num_codes + 1), dtype=bool)
+        seen[np.arange(len(block))[:, None], block] = True
+        counts += seen[:, :num_codes].sum(axis=0)
+    return counts
 
 
 def select_codes(
@@ -139,8 +149,9 @@ def apply_lcr(codebook: Tensor, censored: Sequence[int], vectors: Tensor) -> Ten
     return edited
 
 
-def _flat_ids(indices: np.ndarray | Tensor | Sequence[np.ndarray | Tensor]) -> tuple[np.ndarray, np.ndarray]:
-    """All ids as one int64 array, with the index of the sequence each came from."""
+def _padded_ids(indices: np.ndarray | Tensor | Sequence[np.ndarray | Tensor],
+                lengths: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (N, n) integer array, lengths (N,)): a 2-D input as it is, a list of 1-D arrays padded with 0."""
     if isinstance(indices, Tensor):
         indices = indices.detach().cpu().numpy()
     if isinstance(indices, np.ndarray):
@@ -149,15 +160,17 @@ def _flat_ids(indices: np.ndarray | Tensor | Sequence[np.ndarray | Tensor]) -> t
                 f"indices must be integer (sequences, tokens) or a list of 1-D arrays, got {indices.dtype} "
                 f"{indices.shape}"
             )
-        n, length = indices.shape
-        return indices.astype(np.int64).ravel(), np.repeat(np.arange(n, dtype=np.int64), length)
+        n, width = indices.shape
+        return indices, np.full(n, width) if lengths is None else np.minimum(np.asarray(lengths), width)
     rows = [row.detach().cpu().numpy() if isinstance(row, Tensor) else np.asarray(row) for row in indices]
     for i, row in enumerate(rows):
         if row.ndim != 1 or not (row.size == 0 or np.issubdtype(row.dtype, np.integer)):
             raise ValueError(f"sequence {i}: expected a 1-D array of integer code ids, got {row.dtype} {row.shape}")
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(rows).astype(np.int64), np.repeat(np.arange(len(rows), dtype=np.int64), list(map(len, rows)))
+    sizes = np.array([len(row) for row in rows], dtype=np.int64)
+    padded = np.zeros((len(rows), int(sizes.max(initial=0))), np.int64)
+    for i, row in enumerate(rows):
+        padded[i, :len(row)] = row
+    return padded, sizes if lengths is None else np.minimum(np.asarray(lengths), sizes)
 
 
 def _codebook(codebook: Tensor) -> Tensor:
