@@ -191,6 +191,11 @@ def test_from_scratch_retrains_a_stage_on_fresh_weights_and_keeps_the_vq(dataset
     assert len(changed) > len(weights["a"]) // 2  # continuing from the trained weights ends elsewhere
     for key, tensor in trained.vq.state_dict().items():
         assert torch.equal(tensor, results["a"].vq.state_dict()[key]), key
+    # the copies' work folders saw only the mask stage; the card must not call the copied VQ untrained
+    card = (tmp_path / "continued" / "MODEL_CARD.md").read_text()
+    assert "Not trained yet" not in card
+    assert "Not trained in this work folder (weights as the model directory had them): vq, residual, length" in card
+    assert "Not trained yet (freshly initialised weights): residual, length" in (out / "MODEL_CARD.md").read_text()
     with pytest.raises(ValueError, match="--from-scratch applies to mask, residual and length"):
         run_stage("vq", options(dataset, tmp_path / "a", config=None, from_scratch=True))
 

@@ -321,6 +321,11 @@ def _card(config: ModelConfig, record: dict) -> str:
              + (f", final loss {info['final_loss']:.4f}" if info["final_loss"] is not None else "")
              for stage, info in record.items()]
     missing = [s for s in STAGES if s not in record and not (s == "length" and config.length_estimator is None)]
-    untrained = f"\n\nNot trained yet (freshly initialised weights): {', '.join(missing)}." if missing else ""
-    provenance = "Trained with `safemotion train`:\n\n" + "\n".join(lines) + untrained
+    others = ""
+    if missing and "vq" in record:  # this work folder created the model: the other stages are still fresh
+        others = f"\n\nNot trained yet (freshly initialised weights): {', '.join(missing)}."
+    elif missing:  # training continued in a model directory made elsewhere
+        others = (f"\n\nNot trained in this work folder (weights as the model directory had them): "
+                  f"{', '.join(missing)}.")
+    provenance = "Trained with `safemotion train`:\n\n" + "\n".join(lines) + others
     return model_card(config, provenance=provenance)
