@@ -30,6 +30,9 @@ def test_code_presence_counts_each_code_once_per_sequence():
     rows = [np.array([4, 4, 4, 4, 1]), torch.tensor([1]), np.array([], dtype=np.int64), [4, 0]]
     np.testing.assert_array_equal(code_presence(rows, 5), [1, 2, 0, 0, 2])
     np.testing.assert_array_equal(code_presence([], 3), [0, 0, 0])
+    # lengths: only each row's first ids count; what lies beyond (here -1 and 9) is never looked at
+    padded = np.array([[4, 4, 1, -1], [1, 9, 9, 9], [-1, -1, -1, -1], [4, 0, 2, 2]], dtype=np.int16)
+    np.testing.assert_array_equal(code_presence(padded, 5, lengths=np.array([3, 1, 0, 2])), [1, 2, 0, 0, 2])
 
 
 def test_code_presence_rejects_ids_outside_the_codebook():

@@ -56,7 +56,8 @@ def code_presence(indices: np.ndarray | Tensor | Sequence[np.ndarray | Tensor], 
     # positions past a row's length land in the extra column.
     counts = np.zeros(num_codes, np.int64)
     for first in range(0, len(ids), PRESENCE_BLOCK):
-        block = np.where(valid[first:first + PRESENCE_BLOCK], ids[first:first + PRESENCE_BLOCK], num_codes)
+        rows = ids[first:first + PRESENCE_BLOCK].astype(np.int64)
+        block = np.where(valid[first:first + PRESENCE_BLOCK], rows, num_codes)
         seen = np.zeros((len(block), num_codes + 1), dtype=bool)
         seen[np.arange(len(block))[:, None], block] = True
         counts += seen[:, :num_codes].sum(axis=0)
