@@ -33,6 +33,8 @@ def test_code_presence_counts_each_code_once_per_sequence():
     # lengths: only each row's first ids count; what lies beyond (here -1 and 9) is never looked at
     padded = np.array([[4, 4, 1, -1], [1, 9, 9, 9], [-1, -1, -1, -1], [4, 0, 2, 2]], dtype=np.int16)
     np.testing.assert_array_equal(code_presence(padded, 5, lengths=np.array([3, 1, 0, 2])), [1, 2, 0, 0, 2])
+    # weights: row i stands for weights[i] sequences
+    np.testing.assert_array_equal(code_presence(ids, 5, weights=np.array([2, 0, 3])), [3, 2, 2, 0, 0])
 
 
 def test_code_presence_rejects_ids_outside_the_codebook():

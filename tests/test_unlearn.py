@@ -21,6 +21,7 @@ from safemotion.models.config import LengthEstimatorConfig, ModelConfig, Transfo
 from safemotion.models.model_dir import build_models, load_model_dir, read_model_config, save_model_dir
 from safemotion.data.motion_dataset import load_motion
 from safemotion.motion.features import recover_from_ric
+from safemotion.motion.normalization import Normalizer
 from safemotion.unlearn.audit import audit_joints, encode_features
 from safemotion.unlearn.calibration import (
     CalibrationOptions,
@@ -29,7 +30,6 @@ from safemotion.unlearn.calibration import (
     run_audit_calibration,
 )
 from safemotion.unlearn.concept_split import load_concept_split
-from safemotion.motion.normalization import Normalizer
 from safemotion.unlearn.code_stats import StatsSettings, caption_windows, collect_codes, random_crop
 from safemotion.unlearn.cond_edit import (
     CondEditSettings,
@@ -178,11 +178,12 @@ def test_lcr_selection_matches_counts_recomputed_from_the_cached_table(model_dir
     models = load_model_dir(model_dir)
     table, cache_file, hit = collect_codes(models, dataset, StatsSettings(repeats=3), cache, progress=False)
     assert hit and cache_file.parent == cache
-    assert table.codes.shape == (len(table), 49, 1) and table.lengths.max() <= 49
+    assert table.codes.shape == (table.sample_crop.max() + 1, 49, 1) and table.lengths.max() <= 49
     forget_ids = set((dataset / "kw_splits/word_boundary/train_val-w-violence.txt").read_text().split())
     rows = {True: [], False: []}
     for i in range(len(table)):
-        rows[table.clip_ids[table.sample_clip[i]] in forget_ids].append(set(table.codes[i, :, 0].tolist()))
+        codes = table.codes[table.sample_crop[i], :, 0]
+        rows[table.clip_ids[table.sample_clip[i]] in forget_ids].append(set(codes.tolist()))
     forget = np.array([sum(c in row for row in rows[True]) for c in range(NUM_CODES)])
     retain = np.array([sum(c in row for row in rows[False]) for c in range(NUM_CODES)])
     expected = select_codes(forget, retain, len(rows[True]), len(rows[False]), k=4)
@@ -251,10 +252,10 @@ def test_each_sample_row_is_its_own_crop_encoded_alone(model_dir, dataset, tmp_p
                 crop[0, :length] = normalizer.normalize(motion[start + offset:start + offset + length])
                 with torch.inference_mode():
                     ids, _ = models.vq.encode(torch.from_numpy(crop))
-                assert np.array_equal(table.codes[row, :, 0], ids[0, :, 0].numpy())
-                assert table.lengths[row] == length // 4
+                assert np.array_equal(table.codes[table.sample_crop[row], :, 0], ids[0, :, 0].numpy())
+                assert table.lengths[table.sample_crop[row]] == length // 4
                 row += 1
-    assert row == len(table) and row > len({tuple(codes) for codes in table.codes[:, :, 0].tolist()})
+    assert row == len(table) and row > len(table.codes)  # samples did share crops
 
 
 def test_code_table_presence_without_padding(model_dir, dataset, lcr_dir):
@@ -262,7 +263,8 @@ def test_code_table_presence_without_padding(model_dir, dataset, lcr_dir):
     table, _, _ = collect_codes(load_model_dir(model_dir), dataset, StatsSettings(repeats=3), cache, progress=False)
     ids = frozenset(table.clip_ids)
     counts, n = table.presence(0, ids, NUM_CODES, count_padding=False)
-    rows = [table.codes[i, :table.lengths[i], 0] for i in range(len(table))]
+    crops = table.sample_crop
+    rows = [table.codes[crops[i], :table.lengths[crops[i]], 0] for i in range(len(table))]
     assert n == len(table) and np.array_equal(counts, code_presence(rows, NUM_CODES))
 
 

@@ -11,7 +11,8 @@ As Mamiglia/hmu `src/methods/lcr.py` with its momask-codes fork's `Text2MotionDa
 
 The crops come from one numpy generator seeded with `seed`, drawn clip by clip, line by line, repeat by repeat, so the
 table is deterministic. A clip has few distinct crops (a start among ≤ 8 frames, one of two lengths), so each distinct
-crop is encoded once, in batches, and shared by every sample that drew it. Motions are read one clip at a time.
+crop is encoded once, in batches; the table keeps the distinct crops' codes and each sample's crop. Motions are read
+one clip at a time.
 
 Cache: the code table is saved as `<cache_dir>/<key>.npz` (default cache_dir `<dataset>/.cache/lcr`), where key is
 the SHA-256 of (the VQ weights, mean/std and sizes; the split file's bytes and the size and modification time of each
@@ -45,7 +46,7 @@ from safemotion.models.model_dir import MotionModels
 from safemotion.motion.normalization import Normalizer
 from safemotion.unlearn.lcr import code_presence
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: codes of distinct crops, with each sample's crop index
 DEFAULT_REPEATS = 20  # upstream --repeat_times in scripts/eval/lcr.sh
 DEFAULT_BATCH_SIZE = 256
 
@@ -75,12 +76,13 @@ class StatsSettings:
 
 @dataclass
 class CodeTable:
-    """Encoded crops: codes (N, max_tokens, len(layers)) of N samples, each from clip clip_ids[sample_clip[i]]."""
+    """N samples from C distinct encoded crops: sample i is crop sample_crop[i], of clip clip_ids[sample_clip[i]]."""
 
     clip_ids: list[str]
     sample_clip: np.ndarray  # (N,) int32
-    codes: np.ndarray  # (N, max_tokens, len(layers)) int16
-    lengths: np.ndarray  # (N,) int16, tokens covered by the crop (the rest is padding)
+    sample_crop: np.ndarray  # (N,) int32
+    codes: np.ndarray  # (C, max_tokens, len(layers)) int16, codes of each distinct crop
+    lengths: np.ndarray  # (C,) int16, tokens each crop covers (the rest is padding)
     layers: tuple[int, ...]
 
     def __len__(self) -> int:
@@ -93,9 +95,10 @@ class CodeTable:
         if layer not in self.layers:
             raise ValueError(f"the code table holds layers {list(self.layers)}, not layer {layer}")
         in_set = np.array([clip in clip_ids for clip in self.clip_ids], dtype=bool)[self.sample_clip]
-        rows = self.codes[in_set, :, self.layers.index(layer)]
-        lengths = None if count_padding else self.lengths[in_set]
-        return code_presence(rows, num_codes, lengths), len(rows)
+        samples_per_crop = np.bincount(self.sample_crop[in_set], minlength=len(self.codes))
+        rows = self.codes[:, :, self.layers.index(layer)]
+        lengths = None if count_padding else self.lengths
+        return code_presence(rows, num_codes, lengths, weights=samples_per_crop), int(in_set.sum())
 
 
 def caption_windows(root: Path, clip_id: str, frames: int) -> list[tuple[int, int]]:
@@ -178,15 +181,14 @@ def _encode_split(models: MotionModels, dataset: Path, clip_ids: list[str], sett
     batch = np.zeros((settings.batch_size, max_frames, config.vq.dim_pose), np.float32)
     filled = 0
     codes: list[np.ndarray] = []  # codes of the distinct crops, in batches
-    crop_of_sample: list[int] = []  # index of each sample's crop among the distinct crops
-    lengths: list[int] = []
+    lengths: list[int] = []  # tokens of each distinct crop
+    sample_crop: list[int] = []
     sample_clip: list[int] = []
 
     def flush() -> None:
         ids, _ = vq.encode(torch.from_numpy(batch[:filled]).to(device))
         codes.append(ids[..., list(settings.layers)].cpu().numpy().astype(np.int16))
 
-    distinct = 0
     for index, clip_id in enumerate(tqdm(clip_ids, desc="encode caption crops with the VQ", disable=not progress)):
         motion = load_motion(dataset, clip_id)
         if not MIN_FRAMES <= len(motion) < MAX_FRAMES_EXCLUSIVE:
@@ -197,16 +199,15 @@ def _encode_split(models: MotionModels, dataset: Path, clip_ids: list[str], sett
                 offset, length = random_crop(end - start, unit, max_frames, rng)
                 key = (start + offset, length)
                 if key not in crops:
-                    crops[key] = distinct
-                    distinct += 1
+                    crops[key] = len(lengths)
+                    lengths.append(length // unit)
                     batch[filled] = 0.0
                     batch[filled, :length] = normalizer.normalize(motion[key[0]:key[0] + length])
                     filled += 1
                     if filled == settings.batch_size:
                         flush()
                         filled = 0
-                crop_of_sample.append(crops[key])
-                lengths.append(length // unit)
+                sample_crop.append(crops[key])
                 sample_clip.append(index)
     if filled:
         flush()
@@ -214,8 +215,8 @@ def _encode_split(models: MotionModels, dataset: Path, clip_ids: list[str], sett
         raise ValueError(f"{dataset}: split '{settings.split}' has no caption line of {MIN_FRAMES}-"
                          f"{MAX_FRAMES_EXCLUSIVE - 1} frames to encode")
     return CodeTable(clip_ids=list(clip_ids), sample_clip=np.array(sample_clip, np.int32),
-                     codes=np.concatenate(codes)[crop_of_sample], lengths=np.array(lengths, np.int16),
-                     layers=tuple(settings.layers))
+                     sample_crop=np.array(sample_crop, np.int32), codes=np.concatenate(codes),
+                     lengths=np.array(lengths, np.int16), layers=tuple(settings.layers))
 
 
 def _write_table(path: Path, table: CodeTable) -> None:
@@ -224,7 +225,8 @@ def _write_table(path: Path, table: CodeTable) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, clip_ids=np.array(table.clip_ids, dtype=np.str_), sample_clip=table.sample_clip,
-                     codes=table.codes, lengths=table.lengths, layers=np.array(table.layers, np.int64))
+                     sample_crop=table.sample_crop, codes=table.codes, lengths=table.lengths,
+                     layers=np.array(table.layers, np.int64))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -235,7 +237,7 @@ def _read_table(path: Path) -> CodeTable:
     try:
         with np.load(path, allow_pickle=False) as data:
             return CodeTable(clip_ids=[str(c) for c in data["clip_ids"]], sample_clip=data["sample_clip"],
-                             codes=data["codes"], lengths=data["lengths"],
+                             sample_crop=data["sample_crop"], codes=data["codes"], lengths=data["lengths"],
                              layers=tuple(int(x) for x in data["layers"]))
     except (OSError, KeyError, ValueError) as err:
         raise ValueError(f"{path}: unreadable LCR code cache ({err}); delete the file to re-encode") from None

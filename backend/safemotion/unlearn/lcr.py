@@ -34,13 +34,13 @@ from torch import Tensor
 
 EPS = 1e-8  # upstream's guard against division by zero in both selection scores
 DEFAULT_K = 16  # upstream --code_prune
-PRESENCE_BLOCK = 4096  # sequences per block when counting code presence (4096 × codebook size bools)
+PRESENCE_BLOCK = 4096  # sequences per block when counting code presence (a 4096 × codebook-size table)
 
 
 def code_presence(indices: np.ndarray | Tensor | Sequence[np.ndarray | Tensor], num_codes: int,
-                  lengths: np.ndarray | None = None) -> np.ndarray:
+                  lengths: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
     """Per code, how many sequences contain it at least once; indices is (N, n) (row i's first lengths[i] ids when
-    lengths is given) or a list of 1-D id arrays."""
+    lengths is given) or a list of 1-D id arrays; with weights (N,), row i stands for weights[i] sequences."""
     if num_codes < 1:
         raise ValueError(f"num_codes must be positive, got {num_codes}")
     ids, lengths = _padded_ids(indices, lengths)
@@ -54,14 +54,16 @@ def code_presence(indices: np.ndarray | Tensor | Sequence[np.ndarray | Tensor], 
         )
     # Each (sequence, code) pair counts once: mark pairs in a (sequences, codes + 1) table, a block of rows at a time;
     # positions past a row's length land in the extra column.
-    counts = np.zeros(num_codes, np.int64)
+    # float64 so the product runs in BLAS; exact for counts below 2^53
+    weights = np.ones(len(ids)) if weights is None else np.asarray(weights, np.float64)
+    counts = np.zeros(num_codes)
     for first in range(0, len(ids), PRESENCE_BLOCK):
         rows = ids[first:first + PRESENCE_BLOCK].astype(np.int64)
         block = np.where(valid[first:first + PRESENCE_BLOCK], rows, num_codes)
-        seen = np.zeros((len(block), num_codes + 1), dtype=bool)
-        seen[np.arange(len(block))[:, None], block] = True
-        counts += seen[:, :num_codes].sum(axis=0)
-    return counts
+        seen = np.zeros((len(block), num_codes + 1))
+        seen[np.arange(len(block))[:, None], block] = 1.0
+        counts += weights[first:first + PRESENCE_BLOCK] @ seen[:, :num_codes]
+    return counts.astype(np.int64)
 
 
 def select_codes(
