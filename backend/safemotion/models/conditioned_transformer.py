@@ -235,7 +235,8 @@ class TextConditionedTransformer(nn.Module):
             keep = F.pad(keep, (num_prefix, 0), value=True)
             out = self.seqTransEncoder(seq, src_key_padding_mask=mask, keep_mask=keep)
         else:
-            out = self.seqTransEncoder(seq, src_key_padding_mask=mask)
+            # Without padding, no mask lets PyTorch use fused attention instead of its slower masked softmax.
+            out = self.seqTransEncoder(seq, src_key_padding_mask=mask if mask.any() else None)
         return self.output_process(out[:, num_prefix:])
 
 
