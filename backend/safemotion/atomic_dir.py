@@ -1,4 +1,4 @@
-"""Putting a finished output folder in place in one step, so readers never see a half-written folder."""
+"""Putting a finished output file or folder in place in one step, so readers never see a half-written one."""
 
 from __future__ import annotations
 
@@ -23,3 +23,19 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.rename(old, dst)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write text (UTF-8) to path through a temporary file in the same folder and os.replace; returns path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -12,10 +12,9 @@ because the `word/POS` field would defeat its false-friend phrases ("kick/VERB a
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from safemotion.atomic_dir import write_text_atomic
 from safemotion.data.concepts import DEFAULT_RULE, load_concept
 
 SPLITS = ("train", "val", "test", "train_val")
@@ -42,14 +41,7 @@ def is_forget(text_file: Path, concept: str, rule: str) -> bool:
 
 
 def _write_lines_atomic(path: Path, lines: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(f"{line}\n" for line in lines))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text_atomic(path, "".join(f"{line}\n" for line in lines))
 
 
 def write_concept_splits(dataset_dir: Path, concept: str = "violence", rule: str = DEFAULT_RULE) -> dict[str, int]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from safemotion.atomic_dir import write_text_atomic
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "openapi.json"
 
@@ -32,16 +32,7 @@ def schema_text() -> str:
 
 def write_schema(path: Path = SCHEMA_FILE) -> Path:
     """Write the schema to `path` atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(schema_text())
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, schema_text())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from safetensors.torch import load_file, save_file
 import torch
 from torch import Tensor
 
-from safemotion.atomic_dir import replace_dir
+from safemotion.atomic_dir import replace_dir, write_text_atomic
 from safemotion.models.config import ModelConfig
 from safemotion.models.model_dir import (
     CARD_FILE,
@@ -254,15 +253,7 @@ def update_config_section(model_dir: str | Path, section: str, value: dict[str, 
     config = read_model_config(model_dir)
     updated = dataclasses.replace(config, **{section: value})
     updated.validate()
-    path = model_dir / CONFIG_FILE
-    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{CONFIG_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(updated.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(model_dir / CONFIG_FILE, json.dumps(updated.to_dict(), indent=2) + "\n")
     return updated
 
 
