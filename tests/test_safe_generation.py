@@ -11,8 +11,10 @@ import pytest
 
 from safemotion import cli
 from safemotion.generate import GenerationRequest
+from safemotion.models.model_dir import build_models, save_model_dir
 from safemotion.safe_generation import SafeGenerator
-from server_support import REMOVED_CODES, build_tiny_lcr_model
+from safemotion.unlearn.prompt_sets import load_prompt_set
+from server_support import REMOVED_CODES, build_tiny_lcr_model, run_cli, tiny_config
 
 REQUEST = GenerationRequest("a person walks forward", seconds=4.0, seed=11, variations=8)
 
@@ -73,3 +75,34 @@ def test_cli_block_writes_only_unflagged_motions(safe, model_dir, tmp_path):
             metadata = json.loads(str(np.load(path)["metadata"]))
             assert metadata["safety"]["decision"] == "pass"
     assert err.getvalue().count("not written: refused") == sum(expected)
+
+
+def test_eval_flags_summary_and_per_prompt_rows(safe, model_dir, tmp_path):
+    out_file = tmp_path / "flags" / "safe.json"
+    status, stdout, stderr = run_cli("eval-flags", "--model", str(model_dir), "--sets", "safe", "--variations", "2",
+                                     "--seconds", "2", "--seed", "5", "--out", str(out_file))
+    assert status == 0 and str(out_file) in stderr
+    summary = json.loads(stdout)["safe"]
+    details = json.loads(out_file.read_text())["sets"]["safe"]
+    prompts = load_prompt_set("safe")
+    assert [row["prompt"] for row in details["prompts"]] == prompts
+    assert summary["total"] == 2 * len(prompts) == sum(len(row["flagged"]) for row in details["prompts"])
+    assert summary["flagged"] == sum(sum(row["flagged"]) for row in details["prompts"])
+    assert summary["rate"] == pytest.approx(summary["flagged"] / summary["total"])
+    assert {k: details[k] for k in summary} == summary
+    # Each row regenerates: prompt i uses seeds 5 + 1000·i and the next one, reviewed like a SafeGenerator does.
+    for i in (0, len(prompts) - 1):
+        row = details["prompts"][i]
+        assert row["seeds"] == [5 + 1000 * i, 6 + 1000 * i]
+        items = safe.generate([GenerationRequest(prompts[i], seconds=2.0, seed=5 + 1000 * i, variations=2)],
+                              smpl=False)[0]
+        assert row["hit_ratios"] == pytest.approx([item.safety.hit_ratio for item in items])
+        assert row["flagged"] == [item.safety.flagged for item in items]
+
+
+def test_eval_flags_refuses_models_without_removed_codes(tmp_path):
+    plain = save_model_dir(build_models(tiny_config()).eval(), tmp_path / "plain")
+    out_file = tmp_path / "flags.json"
+    status, _, stderr = run_cli("eval-flags", "--model", str(plain), "--sets", "safe", "--out", str(out_file))
+    assert status == 2 and "no removed base-layer codes" in stderr and "safemotion unlearn lcr" in stderr
+    assert not out_file.exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from safemotion.unlearn.commands import add_unlearn_commands
 from safemotion.unlearn.policies import DEFAULT_POLICY, POLICIES
+from safemotion.unlearn.prompt_sets import PROMPT_SETS
 
 PRECISION_HELP = ("token transformers in fp32 (default) or bf16: faster on GPUs and on CPUs with AVX512-BF16 or AMX, "
                   "slightly different motions for a seed; refused where it would be emulated")
@@ -164,23 +165,22 @@ def _eval_adherence(args: argparse.Namespace) -> int:
 
 
 def _eval_flags(args: argparse.Namespace) -> int:
-    from safemotion.generate import GenerationRequest
-    from safemotion.safe_generation import SafeGenerator
-    from safemotion.unlearn.prompt_sets import PROMPT_SETS, load_prompt_set
+    from safemotion.atomic_dir import write_text_atomic
+    from safemotion.eval.flag_rates import prompt_set_flags
+    from safemotion.generate import Generator
+    from safemotion.unlearn.prompt_sets import load_prompt_set
 
-    generator = SafeGenerator.from_dir(args.model)
-    if not generator.removed_codes:
-        raise ValueError(f"{args.model}: the model has no removed codes; flag rates need an LCR model")
-    rates = {}
-    for name in PROMPT_SETS:
-        prompts = load_prompt_set(name)
-        requests = [GenerationRequest(p, seconds=args.seconds, seed=args.seed + 1000 * i, variations=args.variations)
-                    for i, p in enumerate(prompts)]
-        records = [item.safety for items in generator.generate(requests, smpl=False) for item in items]
-        rates[name] = {"flagged": sum(r.flagged for r in records), "motions": len(records),
-                       "rate": sum(r.flagged for r in records) / len(records),
-                       "mean_hit_ratio": sum(r.hit_ratio for r in records) / len(records)}
-    print(json.dumps(rates, indent=2))
+    if args.variations < 1:
+        raise ValueError(f"--variations is {args.variations}; it must be at least 1")
+    generator = Generator.from_dir(args.model)
+    sets = [prompt_set_flags(generator, generator.models, name, load_prompt_set(name), args.variations, args.seconds,
+                             args.seed) for name in args.sets]
+    print(json.dumps({s.name: s.summary() for s in sets}, indent=2))
+    if args.out:
+        details = {"model": str(args.model), "variations": args.variations, "seconds": args.seconds,
+                   "seed": args.seed, "sets": {s.name: s.to_dict() for s in sets}}
+        write_text_atomic(args.out, json.dumps(details, indent=2, ensure_ascii=False) + "\n")
+        print(f"per-prompt results: {args.out}", file=sys.stderr)
     return 0
 
 
@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_argument("--variations", type=int, default=3, help="motions per prompt")
     flags.add_argument("--seconds", type=float, help="duration (default: the length estimator's)")
     flags.add_argument("--seed", type=int, default=0)
+    flags.add_argument("--sets", nargs="+", choices=PROMPT_SETS, default=list(PROMPT_SETS), help="prompt sets to run")
+    flags.add_argument("--out", type=Path, help="also write each prompt's seeds, hit ratios and flags to this JSON")
     flags.set_defaults(func=_eval_flags)
 
     add_unlearn_commands(commands)

@@ -55,13 +55,13 @@ from safemotion.eval.evaluator import (
     load_text_motion_pairs,
     read_evaluator_config,
 )
+from safemotion.eval.flag_rates import prompt_set_flags
 from safemotion.eval.masking import mask_concept_words
 from safemotion.eval.metrics import BATCH_SIZE, diversity, fid, mean_and_ci, mm_dist, mm_safe, r_precision
-from safemotion.generate import GenerationRequest, Generator, pick_device
+from safemotion.generate import Generator, pick_device
 from safemotion.models.model_dir import MotionModels, load_model_dir, read_model_config
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.motion.features import FEATURE_DIM
-from safemotion.unlearn.flagging import review
 from safemotion.unlearn.concept_split import split_files
 from safemotion.unlearn.prompt_sets import PROMPT_SETS, load_prompt_set
 from safemotion.unlearn.record import (
@@ -365,12 +365,8 @@ def _flag_rows(row: BenchmarkModel, source: BenchmarkModel, prompts: dict[str, l
     out: dict[str, Any] = {"codes_from": source.name, "threshold": safety_settings(source.models.config).threshold,
                            "calibrated": safety_settings(source.models.config).calibrated}
     for name, texts in prompts.items():
-        requests = [GenerationRequest(p, seconds=seconds, seed=settings.seed + 1000 * i,
-                                      variations=settings.prompt_variations) for i, p in enumerate(texts)]
-        motions = row.generator.generate(requests, smpl=False)
-        records = review(source.models, [m.base_tokens for m in motions])
-        out[name] = {**_rate(sum(r.flagged for r in records), len(records)),
-                     "mean_hit_ratio": float(np.mean([r.hit_ratio for r in records]))}
+        out[name] = prompt_set_flags(row.generator, source.models, name, texts, settings.prompt_variations, seconds,
+                                     settings.seed).summary()
     return out
 
 
