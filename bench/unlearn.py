@@ -33,20 +33,27 @@ def bench(args: argparse.Namespace, work: Path) -> list[tuple[str, float, str]]:
     """(step, seconds, details) rows."""
     rows = []
     load_model_dir(args.model)  # warm-up: the first load pays one-off import and allocation costs
-    for repeats in args.repeats:
-        cache = work / f"cache-{repeats}"
-        for name in ("cold", "warm"):
-            start = time.perf_counter()
-            result = run_lcr(LCROptions(model=args.model, data=args.data, out=work / f"lcr-{repeats}-{name}",
-                                        concept=args.concept, rule=args.rule, k=args.k, repeats=repeats,
-                                        cache_dir=cache, device=args.device, progress=False))
-            seconds = time.perf_counter() - start
-            parts = ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
-            rows.append((f"LCR, {repeats} crops per caption, statistics "
-                         f"{'encoded' if not result.cache_hit else 'from cache'}", seconds,
-                         f"{parts}; {result.n_forget} forget / {result.n_retain} retain samples, "
-                         f"{sum(map(len, result.removed_codes.values()))} codes removed"))
-            print(rows[-1], flush=True)
+    removed = {}
+    for precision in args.precisions:
+        for repeats in args.repeats:
+            cache = work / f"cache-{precision}-{repeats}"
+            for name in ("cold", "warm"):
+                start = time.perf_counter()
+                result = run_lcr(LCROptions(model=args.model, data=args.data,
+                                            out=work / f"lcr-{precision}-{repeats}-{name}", concept=args.concept,
+                                            rule=args.rule, k=args.k, repeats=repeats, cache_dir=cache,
+                                            precision=precision, device=args.device, progress=False))
+                seconds = time.perf_counter() - start
+                parts = ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
+                removed.setdefault(repeats, {})[precision] = result.removed_codes
+                same = "" if precision == "fp32" or "fp32" not in removed[repeats] else (
+                    "; removed codes as fp32" if result.removed_codes == removed[repeats]["fp32"] else
+                    f"; removed codes DIFFER from fp32: {result.removed_codes}")
+                rows.append((f"LCR, {repeats} crops per caption, encoder {precision}, statistics "
+                             f"{'encoded' if not result.cache_hit else 'from cache'}", seconds,
+                             f"{parts}; {result.n_forget} forget / {result.n_retain} retain samples, "
+                             f"{sum(map(len, result.removed_codes.values()))} codes removed{same}"))
+                print(rows[-1], flush=True)
     if args.skip_cond:
         return rows
     device = pick_device(args.device)
@@ -68,7 +75,7 @@ def report(args: argparse.Namespace, rows: list[tuple[str, float, str]], before:
     lines = [SECTION, "",
              f"`bench/unlearn.py`: model `{args.model}`, dataset `{args.data}`, concept `{args.concept}` "
              f"(rule `{args.rule}`), k = {args.k}, crops per caption {' and '.join(map(str, args.repeats))} "
-             f"(the paper: 20), device {args.device}.", "",
+             f"(the paper: 20), VQ encoder {' and '.join(args.precisions)}, device {args.device}.", "",
              f"- Machine at start: {before}", f"- Machine at end: {after}", "",
              "| step | wall time (s) | details |", "|---|---|---|"]
     lines += [f"| {step} | {seconds:.2f} | {details} |" for step, seconds, details in rows]
@@ -83,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rule", default="word_boundary")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--repeats", type=int, nargs="+", default=[20], help="crops per caption line, one LCR each")
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+                        help="VQ encoder precisions for the statistics, one set of LCR runs each")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-cond", action="store_true", help="time LCR only (no text encoder needed)")

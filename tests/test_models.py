@@ -120,6 +120,16 @@ def test_quantizer_round_trip() -> None:
     assert torch.allclose(decoded, vq.decoder(latent).permute(0, 2, 1), atol=1e-6)
 
 
+def test_encoding_fewer_layers_gives_the_first_layers_of_a_full_encode() -> None:
+    vq = RVQVAE(TINY_VQ).eval()
+    motion = torch.randn(2, 24, 12)
+    ids, codes = vq.encode(motion)
+    for num_layers in (1, 2):
+        some_ids, some_codes = vq.encode(motion, num_layers)
+        assert some_ids.shape == (2, 6, num_layers) and torch.equal(some_ids, ids[..., :num_layers])
+        assert torch.equal(some_codes, codes[:num_layers])
+
+
 def test_skip_code_and_coarse_decode_are_zero_codes() -> None:
     vq = RVQVAE(TINY_VQ).eval()
     _distinct_codebooks(vq)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from safemotion import cli
 from safemotion.data.concept_splits import write_concept_splits
 from safemotion.decoding import SamplingConfig
+from safemotion.generate import bf16_is_native
 from safemotion.models.config import LengthEstimatorConfig, ModelConfig, TransformerConfig, VQConfig
 from safemotion.models.model_dir import build_models, load_model_dir, read_model_config, save_model_dir
 from safemotion.data.motion_dataset import load_motion
@@ -222,6 +223,29 @@ def test_lcr_orthogonal_variant_on_two_layers_without_padding(model_dir, dataset
     record = unlearning_record(read_model_config(tmp_path / "orth"))
     assert record.settings["source_codes"] == {"0": None, "2": None} and record.settings["count_padding"] is False
     assert record.settings["layers"] == [0, 2]
+
+
+@pytest.mark.skipif(not bf16_is_native(torch.device("cpu")), reason="this CPU would emulate bfloat16")
+def test_bf16_statistics_get_their_own_cache_and_nearly_the_same_codes(model_dir, dataset, lcr_dir, tmp_path, capsys):
+    out, cache = lcr_dir
+    code, summary = run_cli(lcr_args(model_dir, dataset, tmp_path / "bf16", cache, "--precision", "bf16"), capsys)
+    assert code == 0 and summary["cache_hit"] is False and len(list(cache.glob("*.npz"))) >= 2
+    record = unlearning_record(read_model_config(tmp_path / "bf16"))
+    assert record.settings["statistics_precision"] == "bf16"
+    assert unlearning_record(read_model_config(out)).settings["statistics_precision"] == "fp32"
+    models = load_model_dir(model_dir)
+    fp32, _, hit32 = collect_codes(models, dataset, StatsSettings(repeats=3), cache, progress=False)
+    bf16, _, hit16 = collect_codes(models, dataset, StatsSettings(repeats=3, precision="bf16"), cache, progress=False)
+    assert hit32 and hit16 and np.array_equal(fp32.sample_crop, bf16.sample_crop)
+    agreement = float((fp32.codes == bf16.codes).mean())
+    print(f"\nbf16 vs fp32 encoder: {agreement:.4f} of the crop codes agree")
+    assert agreement >= 0.95
+    assert models.vq.encoder_dtype == torch.float32  # the bf16 encoder was a copy
+
+
+def test_statistics_precision_is_validated(model_dir):
+    with pytest.raises(ValueError, match="precision is 'fp16'; choose one of"):
+        StatsSettings(precision="fp16").validate(6)
 
 
 def test_random_crop_follows_the_evaluation_crop():

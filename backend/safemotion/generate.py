@@ -119,15 +119,21 @@ def bf16_is_native(device: torch.device) -> bool:
     return False
 
 
+def require_native_bf16(device: torch.device) -> None:
+    """Raise ValueError where `device` would emulate bfloat16 (several times slower than float32, not faster)."""
+    if not bf16_is_native(device):
+        raise ValueError(f"precision bf16 needs a GPU with bfloat16 or a CPU with AVX512-BF16 or AMX; {device} has "
+                         "neither, so it would run slower than float32: use precision fp32")
+
+
 def with_precision(models: MotionModels, precision: str, device: torch.device) -> MotionModels:
     """`models` with both token transformers cast in place to `precision`; the VQ and length estimator stay float32.
 
     bf16 is refused where the device would emulate it (several times slower than float32, not faster).
     """
     dtype = PRECISIONS[precision]
-    if dtype == torch.bfloat16 and not bf16_is_native(device):
-        raise ValueError(f"precision bf16 needs a GPU with bfloat16 or a CPU with AVX512-BF16 or AMX; {device} has "
-                         "neither, so it would run slower than float32: use precision fp32")
+    if dtype == torch.bfloat16:
+        require_native_bf16(device)
     models.mask_transformer.to(dtype)
     models.residual_transformer.to(dtype)
     return models

@@ -201,11 +201,12 @@ class ResidualVQ(nn.Module):
         codes = [layer.dequantize(indices[..., k].clamp(min=0)) for k, layer in enumerate(self.layers)]
         return torch.stack(codes).masked_fill(skip.permute(2, 0, 1, 3), 0.0)
 
-    def quantize(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Nearest-neighbour codes without updates: x (B, C, n) → (indices (B, n, q), codes (q, B, C, n))."""
+    def quantize(self, x: Tensor, num_layers: int | None = None) -> tuple[Tensor, Tensor]:
+        """Nearest-neighbour codes without updates: x (B, C, n) → (indices (B, n, q), codes (q, B, C, n)), q =
+        num_layers (default all); the first layers' codes do not depend on the later ones."""
         residual = x
         all_idx, all_codes = [], []
-        for layer in self.layers:
+        for layer in self.layers[:num_layers]:
             flat = residual.permute(0, 2, 1).reshape(-1, residual.shape[1])
             idx = layer.nearest(flat).view(x.shape[0], x.shape[2])
             codes = layer.dequantize(idx).permute(0, 2, 1)
@@ -249,9 +250,16 @@ class RVQVAE(nn.Module):
         self.decoder = Decoder(cfg)
         self.quantizer = ResidualVQ(cfg)
 
-    def encode(self, motion: Tensor) -> tuple[Tensor, Tensor]:
-        """Normalised motion (B, T, dim_pose) → (ids (B, n, q), codes (q, B, code_dim, n)), nearest neighbour."""
-        return self.quantizer.quantize(self.encoder(motion.permute(0, 2, 1).float()))
+    def encode(self, motion: Tensor, num_layers: int | None = None) -> tuple[Tensor, Tensor]:
+        """Normalised motion (B, T, dim_pose) → (ids (B, n, q), codes (q, B, code_dim, n)), nearest neighbour, for the
+        first num_layers code layers (default all)."""
+        latent = self.encoder(motion.permute(0, 2, 1).to(self.encoder_dtype))
+        return self.quantizer.quantize(latent.float(), num_layers)
+
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        """The encoder's weight dtype (float32, or bfloat16 after `encoder.to(torch.bfloat16)`)."""
+        return next(self.encoder.parameters()).dtype
 
     def forward(self, motion: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Training pass: (reconstruction (B, T, dim_pose), commitment loss, perplexity)."""

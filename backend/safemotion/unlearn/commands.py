@@ -18,8 +18,8 @@ def _lcr(args: argparse.Namespace) -> int:
         model=args.model, data=args.data, out=args.out, concept=args.concept, rule=args.rule, k=args.k,
         alpha=args.alpha, layers=tuple(args.layers), orthogonal=args.orth, source_code=args.source_code,
         seed=args.seed, repeats=args.repeats, split=args.split, count_padding=not args.exclude_padding,
-        cache_dir=cache_dir, batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        cache_dir=cache_dir, batch_size=args.batch_size, precision=args.precision, device=args.device,
+        overwrite=args.overwrite, progress=not args.no_progress,
     ))
     print(json.dumps({
         "model_dir": str(result.out), "removed_codes": {str(k): v for k, v in result.removed_codes.items()},
@@ -108,6 +108,9 @@ def add_unlearn_commands(commands: argparse._SubParsersAction) -> None:
     lcr.add_argument("--cache-dir", type=Path, help="code-statistics cache (default: <data>/.cache/lcr)")
     lcr.add_argument("--no-cache", action="store_true", help="neither read nor write cached code statistics")
     lcr.add_argument("--batch-size", type=int, default=256, help="crops encoded per batch")
+    lcr.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                     help="VQ encoder precision for the statistics: bf16 is about 2.7x faster on CPUs with AVX512-BF16 "
+                     "or AMX and on GPUs, but a few crops may get other codes (default fp32, as upstream)")
     _common(lcr, progress=True)
     lcr.set_defaults(func=_lcr)
 

@@ -76,6 +76,7 @@ class LCROptions:
     count_padding: bool = True
     cache_dir: Path | str | None = USE_DEFAULT_CACHE  # None: no cache
     batch_size: int = DEFAULT_BATCH_SIZE
+    precision: str = "fp32"  # of the VQ encoder while collecting statistics (StatsSettings.precision)
     device: str = "auto"
     overwrite: bool = False
     progress: bool = True
@@ -130,7 +131,8 @@ def run_lcr(options: LCROptions) -> LCRResult:
     if not 0 <= options.source_code < nb_code:
         raise ValueError(f"source code {options.source_code} is outside the codebook (0..{nb_code - 1})")
     settings = StatsSettings(split=options.split, repeats=options.repeats, seed=options.seed,
-                             layers=tuple(options.layers), batch_size=options.batch_size)
+                             layers=tuple(options.layers), batch_size=options.batch_size,
+                             precision=options.precision)
     settings.validate(models.config.vq.num_quantizers)
     for layer in options.layers:
         if not models.vq.quantizer.layers[layer].codebook.any():
@@ -167,6 +169,7 @@ def run_lcr(options: LCROptions) -> LCRResult:
                   "source_codes": {str(e.layer): e.source_code for e in edits},
                   "sigma": {str(e.layer): e.sigma for e in edits}, "repeats": options.repeats, "split": options.split,
                   "count_padding": options.count_padding, "samples": {"forget": n_forget, "retain": n_retain},
+                  "statistics_precision": options.precision,
                   "dataset": str(Path(options.data).resolve()),
                   "selection": "union of top-k by n_f/n_r and by (n_f/Σn_f)/(n_r/Σn_r)"},
         source_model=source_model_info(options.model),
