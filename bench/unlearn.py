@@ -33,7 +33,7 @@ def bench(args: argparse.Namespace, work: Path) -> list[tuple[str, float, str]]:
     """(step, seconds, details) rows."""
     rows = []
     load_model_dir(args.model)  # warm-up: the first load pays one-off import and allocation costs
-    removed = {}
+    fp32_removed: dict[int, dict[int, list[int]]] = {}  # crops per caption → fp32 run's removed codes
     for precision in args.precisions:
         for repeats in args.repeats:
             cache = work / f"cache-{precision}-{repeats}"
@@ -45,10 +45,12 @@ def bench(args: argparse.Namespace, work: Path) -> list[tuple[str, float, str]]:
                                             precision=precision, device=args.device, progress=False))
                 seconds = time.perf_counter() - start
                 parts = ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
-                removed.setdefault(repeats, {})[precision] = result.removed_codes
-                same = "" if precision == "fp32" or "fp32" not in removed[repeats] else (
-                    "; removed codes as fp32" if result.removed_codes == removed[repeats]["fp32"] else
-                    f"; removed codes DIFFER from fp32: {result.removed_codes}")
+                same = ""
+                if precision == "fp32":
+                    fp32_removed[repeats] = result.removed_codes
+                elif repeats in fp32_removed:
+                    same = ("; removed codes as fp32" if result.removed_codes == fp32_removed[repeats] else
+                            f"; removed codes DIFFER from fp32: {result.removed_codes}")
                 rows.append((f"LCR, {repeats} crops per caption, encoder {precision}, statistics "
                              f"{'encoded' if not result.cache_hit else 'from cache'}", seconds,
                              f"{parts}; {result.n_forget} forget / {result.n_retain} retain samples, "

@@ -31,7 +31,13 @@ from safemotion.unlearn.calibration import (
     run_audit_calibration,
 )
 from safemotion.unlearn.concept_split import load_concept_split
-from safemotion.unlearn.code_stats import StatsSettings, caption_windows, collect_codes, random_crop
+from safemotion.unlearn.code_stats import (
+    StatsSettings,
+    caption_windows,
+    collect_codes,
+    encoding_vq,
+    random_crop,
+)
 from safemotion.unlearn.cond_edit import (
     CondEditSettings,
     CondTexts,
@@ -240,7 +246,8 @@ def test_bf16_statistics_get_their_own_cache_and_nearly_the_same_codes(model_dir
     agreement = float((fp32.codes == bf16.codes).mean())
     print(f"\nbf16 vs fp32 encoder: {agreement:.4f} of the crop codes agree")
     assert agreement >= 0.95
-    assert models.vq.encoder_dtype == torch.float32  # the bf16 encoder was a copy
+    encoding = encoding_vq(models, "bf16", torch.device("cpu"))
+    assert encoding.encoder_dtype == torch.bfloat16 and models.vq.encoder_dtype == torch.float32  # a copy
 
 
 def test_statistics_precision_is_validated(model_dir):

@@ -170,8 +170,6 @@ def _eval_flags(args: argparse.Namespace) -> int:
     from safemotion.generate import Generator
     from safemotion.unlearn.prompt_sets import load_prompt_set
 
-    if args.variations < 1:
-        raise ValueError(f"--variations is {args.variations}; it must be at least 1")
     generator = Generator.from_dir(args.model)
     sets = [prompt_set_flags(generator, generator.models, name, load_prompt_set(name), args.variations, args.seconds,
                              args.seed) for name in args.sets]

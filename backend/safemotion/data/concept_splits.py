@@ -40,10 +40,6 @@ def is_forget(text_file: Path, concept: str, rule: str) -> bool:
     return matching >= MIN_MATCHING_LINES
 
 
-def _write_lines_atomic(path: Path, lines: list[str]) -> None:
-    write_text_atomic(path, "".join(f"{line}\n" for line in lines))
-
-
 def write_concept_splits(dataset_dir: Path, concept: str = "violence", rule: str = DEFAULT_RULE) -> dict[str, int]:
     """Write forget/retain id files for every split; returns id counts keyed by file stem (e.g. 'test-w-violence')."""
     dataset_dir = Path(dataset_dir)
@@ -60,5 +56,5 @@ def write_concept_splits(dataset_dir: Path, concept: str = "violence", rule: str
     out_dir = dataset_dir / "kw_splits" / rule
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, ids in files.items():
-        _write_lines_atomic(out_dir / f"{name}.txt", ids)
+        write_text_atomic(out_dir / f"{name}.txt", "".join(f"{line}\n" for line in ids))
     return {name: len(ids) for name, ids in files.items()}
