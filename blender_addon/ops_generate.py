@@ -41,8 +41,8 @@ def job_request(settings: bpy.types.PropertyGroup) -> tuple[dict, int]:
     if not prompt:
         raise BackendError("Type a prompt first, e.g. 'a person walks forward and waves'")
     seed = random.randrange(0, MAX_SEED + 1) if settings.random_seed else settings.seed
-    items = [{"prompt": prompt, "seconds": round(float(settings.seconds), 3), "seed": seed + k, "variations": 1}
-             for k in range(settings.variations)]
+    items = [{"prompt": prompt, "seconds": round(float(settings.seconds), 3), "seed": seed + k, "variations": 1,
+              "foot_cleanup": bool(settings.foot_cleanup)} for k in range(settings.variations)]
     return {"items": items, "policy": settings.policy.lower()}, seed
 
 
@@ -61,6 +61,7 @@ class Motion:
     rest_joints: np.ndarray | None = None  # [24, 3]
     names: tuple[str, ...] = ()
     parents: tuple[int, ...] = ()
+    foot_cleanup: bool = False  # whether the server pinned the feet and grounded the motion
 
     @property
     def blocked(self) -> bool:
@@ -72,7 +73,7 @@ def decode_motion(payload: dict, where: str) -> Motion:
     """A Motion from a MotionPayload; malformed payloads raise BackendError naming `where`."""
     try:
         motion = Motion(prompt=str(payload["prompt"]), seed=int(payload["seed"]), fps=float(payload["fps"]),
-                        safety=payload.get("safety"))
+                        safety=payload.get("safety"), foot_cleanup=bool(payload.get("foot_cleanup", False)))
         smpl, skeleton = payload.get("smpl"), payload.get("skeleton")
     except (KeyError, TypeError, ValueError) as err:
         raise BackendError(f"the server sent a malformed motion ({where}): {err!r}") from None
@@ -243,6 +244,7 @@ def _write_take(context: bpy.types.Context, scene: bpy.types.Scene, motion: Moti
     take.name, take.prompt, take.seed = label, motion.prompt, motion.seed
     take.frames, take.frame_start = len(motion.pose), frame_start
     take.armature, take.action_name = rig, action.name
+    take.foot_cleanup = motion.foot_cleanup
     if mapping is not None:
         target_action, _ = armature.retarget_onto(target, motion.pose, motion.transl, motion.rest_joints,
                                                   mapping=mapping, fps=motion.fps,

@@ -71,6 +71,7 @@ class SAFEMOTION_PT_generate(_Sidebar, bpy.types.Panel):
         row.prop(settings, "random_seed", text="", icon="FILE_REFRESH")
         col.prop(settings, "variations")
         col.prop(settings, "policy")
+        col.prop(settings, "foot_cleanup")
         col.prop(settings, "skin_body")
         col.prop(settings, "target_armature")
         sub = col.row()

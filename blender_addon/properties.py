@@ -60,6 +60,9 @@ class SafeMotionTake(bpy.types.PropertyGroup):
     action_name: bpy.props.StringProperty(name="Action", description="Action on the SMPL armature")
     target: bpy.props.PointerProperty(name="Target", type=bpy.types.Object)
     target_action_name: bpy.props.StringProperty(name="Target Action", description="Retargeted action")
+    foot_cleanup: bpy.props.BoolProperty(name="Feet Cleaned Up",
+                                         description="The server pinned this take's planted feet and put it on the "
+                                                     "floor")
     safety: bpy.props.PointerProperty(type=SafeMotionSafety)
 
 
@@ -91,6 +94,9 @@ class SafeMotionSettings(bpy.types.PropertyGroup):
     skin_body: bpy.props.BoolProperty(name="Skin Body", default=True,
                                       description="Give each new SMPL armature the server's body mesh, skinned to "
                                                   "it (when the server was started with --body-model)")
+    foot_cleanup: bpy.props.BoolProperty(name="Clean Up Feet", default=True,
+                                         description="Pin planted feet (no sliding) and put the lowest contact on "
+                                                     "the floor; off: the model's raw motion")
     target_armature: bpy.props.PointerProperty(name="Target", type=bpy.types.Object, poll=is_armature,
                                                description="Armature to retarget the takes onto (optional)")
     bone_preset: bpy.props.EnumProperty(name="Bone Mapping", items=preset_items(),

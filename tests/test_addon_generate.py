@@ -70,6 +70,7 @@ def test_generate_writes_smpl_takes_with_the_servers_motion_and_marks_flagged_on
     assert len(bpy.data.objects) == len({t.armature.name for t in settings.takes})
 
     assert [t.seed for t in settings.takes] == [8, 9, 10]
+    assert all(t.foot_cleanup for t in settings.takes)  # the clean-up is on by default, and each take says so
     assert settings.status == f"3 take(s) for '{PROMPT}', 2 flagged"
     keyframes = addon.keyframes
     for take, motion in zip(settings.takes, expected):
@@ -109,6 +110,18 @@ def test_generate_writes_smpl_takes_with_the_servers_motion_and_marks_flagged_on
     first = settings.takes[0]
     assert first.armature.animation_data.action.name == first.action_name  # the first take is applied
     assert scene.frame_end >= 90
+
+
+def test_the_foot_cleanup_checkbox_reaches_every_item_and_the_takes(addon, scene):
+    settings = scene.safemotion
+    settings.seed, settings.variations = PASSING_SEED, 2
+    body, _ = addon.ops_generate.job_request(settings)
+    assert [item["foot_cleanup"] for item in body["items"]] == [True, True]
+    settings.foot_cleanup = False
+    body, _ = addon.ops_generate.job_request(settings)
+    assert [item["foot_cleanup"] for item in body["items"]] == [False, False]
+    assert bpy.ops.safemotion.generate() == {"FINISHED"}
+    assert [t.foot_cleanup for t in settings.takes] == [False, False]
 
 
 def test_a_second_generation_reuses_the_armature_of_the_same_body(addon, scene):

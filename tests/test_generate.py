@@ -34,6 +34,7 @@ from safemotion.models.conditioned_transformer import cosine_schedule, lengths_t
 from safemotion.models.config import LengthEstimatorConfig, ModelConfig, TransformerConfig, VQConfig
 from safemotion.models.model_dir import build_models, save_model_dir
 from safemotion.motion import skeleton
+from safemotion.motion.features import recover_from_ric
 from safemotion.motion.smpl import smpl_forward_kinematics
 
 TEXT_DIM = 384
@@ -268,6 +269,7 @@ def test_estimated_lengths_are_clamped_to_1_and_the_maximum(models):
     (GenerationRequest("walk", variations=0), "variations", "1-16"),
     (GenerationRequest("walk", variations=17), "variations", "1-16"),
     (GenerationRequest("walk", seed=-1), "seed", "0-"),
+    (GenerationRequest("walk", foot_cleanup=1), "foot_cleanup", "true or false"),
 ])
 def test_bad_requests_name_the_field_and_its_range(request_, field, allowed):
     with pytest.raises(ValueError, match=field) as err:
@@ -361,6 +363,22 @@ def test_generator_rejects_bad_requests_before_working(generator):
         generator.generate([])
 
 
+def test_foot_cleanup_is_on_by_default_and_keeps_the_bones(generator):
+    cleaned, raw = generator.generate([GenerationRequest("a person walks forward", seconds=3.0, seed=2),
+                                       GenerationRequest("a person walks forward", seconds=3.0, seed=2,
+                                                         foot_cleanup=False)])
+    assert np.array_equal(cleaned.tokens, raw.tokens) and np.array_equal(cleaned.features, raw.features)
+    assert raw.foot_cleanup is None and np.array_equal(raw.joints, recover_from_ric(raw.features))
+    report = cleaned.foot_cleanup
+    assert report is not None and math.isfinite(report.floor_shift_m)
+    feet = cleaned.joints[:, [7, 8, 10, 11], 1]
+    assert feet.min() > -0.02  # nothing sinks more than 2 cm below the floor
+    parents = list(skeleton.SMPL22_PARENTS[1:])
+    bones = [np.linalg.norm(m.joints[:, 1:] - m.joints[:, parents], axis=-1) for m in (cleaned, raw)]
+    np.testing.assert_allclose(bones[0], bones[1], atol=1e-3)
+    np.testing.assert_allclose(cleaned.joints[:, 0, [0, 2]], raw.joints[:, 0, [0, 2]], atol=1e-6)  # root path kept
+
+
 def test_npz_and_bvh_writers(generator, tmp_path):
     motion = generator.generate([GenerationRequest("a person waves", seconds=2.0, seed=4)])[0]
     npz = save_npz(motion, tmp_path / "wave.npz")
@@ -371,6 +389,7 @@ def test_npz_and_bvh_writers(generator, tmp_path):
         assert data["smpl_pose"].shape == (40, 24, 3)
         meta = json.loads(str(data["metadata"]))
     assert meta["prompt"] == "a person waves" and meta["seed"] == 4 and meta["frames"] == 40
+    assert meta["foot_cleanup"] == {"applied": True, **motion.foot_cleanup.to_dict()}
 
     bvh = read_bvh(save_bvh(motion, tmp_path / "wave.bvh"))
     assert bvh.num_frames == 40 and bvh.fps == 20
@@ -389,9 +408,24 @@ def test_cli_generate_writes_one_file_per_variation(model_dir, generator, tmp_pa
     with np.load(tmp_path / "walk_2.npz") as data:
         assert data["joints"].shape == (80, 22, 3)
         assert json.loads(str(data["metadata"]))["seed"] == 2
+    assert written[0]["foot_cleanup"] is True
     assert cli.main(["generate", "a person walks", "--model", str(model_dir), "--seconds", "2",
                      "--out", str(tmp_path / "walk.bvh"), "--device", "cpu"]) == 0
     assert read_bvh(tmp_path / "walk.bvh").num_frames == 40
+    capsys.readouterr()
+
+
+def test_cli_generate_can_keep_the_raw_feet(model_dir, tmp_path, capsys):
+    args = ["generate", "a person walks forward", "--model", str(model_dir), "--seconds", "2", "--seed", "3",
+            "--device", "cpu", "--out"]
+    assert cli.main([*args, str(tmp_path / "raw.npz"), "--no-foot-cleanup"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["foot_cleanup"] is False
+    assert cli.main([*args, str(tmp_path / "clean.npz")]) == 0
+    with np.load(tmp_path / "raw.npz") as raw, np.load(tmp_path / "clean.npz") as clean:
+        assert json.loads(str(raw["metadata"]))["foot_cleanup"] == {"applied": False}
+        assert json.loads(str(clean["metadata"]))["foot_cleanup"]["applied"] is True
+        np.testing.assert_allclose(raw["joints"], recover_from_ric(raw["features"]), atol=1e-6)
+        assert not np.allclose(raw["joints"], clean["joints"])
 
 
 def test_cli_generate_reports_bad_input_and_missing_models(model_dir, tmp_path, capsys):

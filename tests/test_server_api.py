@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
 from server_support import REMOVED_CODES, build_tiny_lcr_model
 
 from safemotion.motion import skeleton
@@ -22,6 +23,7 @@ from safemotion.serve.batcher import DeadlineExceeded, MicroBatcher, QueueFull
 from safemotion.serve.encoding import decode_array, encode_array
 from safemotion.serve.openapi import SCHEMA_FILE, schema_text
 from safemotion.serve.settings import ServerSettings
+from safemotion.serve.store import Store
 
 BODY_LIMIT = 64 * 1024
 QUEUE = 2
@@ -97,6 +99,48 @@ def test_variation_k_is_reproduced_by_seed_plus_k(client):
     assert one["seed"] == many[3]["seed"] == 43
     np.testing.assert_array_equal(decode_array(one["tokens"]), decode_array(many[3]["tokens"]))
     np.testing.assert_allclose(decode_array(one["joints"]), decode_array(many[3]["joints"]), atol=1e-5)
+
+
+def test_foot_cleanup_is_on_unless_the_request_turns_it_off(client):
+    cleaned = generate(client, seconds=2.0, seed=5).json()["motions"][0]
+    raw = generate(client, seconds=2.0, seed=5, foot_cleanup=False).json()["motions"][0]
+    assert cleaned["foot_cleanup"] is True and raw["foot_cleanup"] is False
+    np.testing.assert_array_equal(decode_array(cleaned["tokens"]), decode_array(raw["tokens"]))
+    before, after = decode_array(raw["joints"]), decode_array(cleaned["joints"])
+    assert not np.allclose(before, after)
+    bones = lambda j: np.linalg.norm(j[:, 1:] - j[:, skeleton.SMPL22_PARENTS[1:]], axis=-1)  # noqa: E731
+    np.testing.assert_allclose(bones(after), bones(before), atol=1e-3)
+    assert fields_of(generate(client, foot_cleanup="no")) == ["foot_cleanup"]
+
+    job = client.post("/v1/jobs", json={"items": [{"prompt": "a person walks forward", "seconds": 2.0, "seed": 5,
+                                                   "foot_cleanup": False},
+                                                  {"prompt": "a person walks forward", "seconds": 2.0, "seed": 5}]})
+    assert job.status_code == 202, job.text
+    job_id = job.json()["id"]
+    for _ in range(600):
+        if client.get(f"/v1/jobs/{job_id}").json()["status"] == "done":
+            break
+        time.sleep(0.05)
+    items = client.get(f"/v1/jobs/{job_id}/results").json()["items"]
+    assert [item["motions"][0]["foot_cleanup"] for item in items] == [False, True]
+    np.testing.assert_allclose(decode_array(items[0]["motions"][0]["joints"]), before, atol=1e-5)
+
+
+def test_a_database_from_before_the_foot_cleanup_column_is_upgraded(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    Store(url).close()
+    engine = create_engine(url)
+    with engine.begin() as conn:  # the job_items table as earlier versions created it, with a queued item
+        conn.execute(text("ALTER TABLE job_items DROP COLUMN foot_cleanup"))
+    engine.dispose()
+    store = Store(url)
+    store.create_job("a" * 32, "alice", "artist", "tiny", "sanitize",
+                     [{"prompt": "walk", "seconds": None, "seed": 0, "variations": 1, "foot_cleanup": False}])
+    with store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO job_items (job_id, idx, prompt, seed, variations, status, foot_cleanup) "
+                          "VALUES (:job, 1, 'run', 0, 1, 'pending', NULL)"), {"job": "a" * 32})
+    assert [item.foot_cleanup for item in store.pending_items("tiny", 10, set())] == [False, True]
+    store.close()
 
 
 def test_block_policy_withholds_flagged_motions_only(client):

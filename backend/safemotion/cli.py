@@ -55,7 +55,8 @@ def _generate(args: argparse.Namespace) -> int:
     suffix = args.out.suffix.lower()
     if suffix not in (".npz", ".bvh"):
         raise ValueError(f"--out {args.out}: unknown file type '{suffix}'; use .npz or .bvh")
-    request = GenerationRequest(args.prompt, seconds=args.seconds, seed=args.seed, variations=args.variations)
+    request = GenerationRequest(args.prompt, seconds=args.seconds, seed=args.seed, variations=args.variations,
+                                foot_cleanup=not args.no_foot_cleanup)
     request.validate()
     sampling = SamplingConfig(time_steps=args.steps, cond_scale=args.cond_scale,
                               residual_cond_scale=args.residual_cond_scale, temperature=args.temperature,
@@ -68,7 +69,8 @@ def _generate(args: argparse.Namespace) -> int:
     for item, path in zip(results, output_paths(args.out, len(results))):
         motion, safety = item.motion, None if item.safety is None else item.safety.to_dict()
         entry = {"file": None if item.blocked else str(path), "seed": motion.seed, "frames": motion.num_frames,
-                 "seconds": motion.seconds, "length_from": motion.length_from, "safety": safety}
+                 "seconds": motion.seconds, "length_from": motion.length_from,
+                 "foot_cleanup": motion.foot_cleanup is not None, "safety": safety}
         if item.blocked:
             print(f"variation {motion.variation} (seed {motion.seed}) not written: {item.safety.reason}",
                   file=sys.stderr)
@@ -161,6 +163,18 @@ def _eval_adherence(args: argparse.Namespace) -> int:
     results = run_suite(Generator.from_dir(args.model or DEFAULT_MODEL_DIR), seeds=range(args.seeds))
     print(json.dumps([{"check": r.name, "prompts": r.prompts, "pass_rate": r.pass_rate, "passed": r.passed,
                        "measured": r.measured} for r in results], indent=2))
+    return 0
+
+
+def _eval_feet(args: argparse.Namespace) -> int:
+    from safemotion.eval.foot_skating import feet_report
+    from safemotion.generate import DEFAULT_MODEL_DIR, Generator
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: use at least 1")
+    report = feet_report(Generator.from_dir(args.model or DEFAULT_MODEL_DIR), args.data, seeds=range(args.seeds),
+                         split=args.split, seconds=args.seconds)
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -285,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
                           help="for LCR models: sanitize (flag, keep the LCR motion), block (write nothing for flagged "
                                "motions) or allow (decode with the original codebook)")
+    generate.add_argument("--no-foot-cleanup", action="store_true",
+                          help="keep the decoder's feet as they are (default: pin planted feet with leg IK and put "
+                               "the lowest contact on the floor)")
     generate.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     generate.add_argument("--steps", type=int, default=10, help="masked decoding steps")
     generate.add_argument("--cond-scale", type=float, default=4.0, help="guidance scale of the base layer")
@@ -372,6 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     adherence.add_argument("--model", type=Path, help="model directory (default: the embedded safemotion-mini)")
     adherence.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per prompt")
     adherence.set_defaults(func=_eval_adherence)
+
+    feet = commands.add_parser("eval-feet", help="foot skating, contact and ground penetration of generated walks and "
+                                                 "runs (before and after the foot clean-up) and of real ones")
+    feet.add_argument("--model", type=Path, help="model directory (default: the embedded safemotion-mini)")
+    feet.add_argument("--data", type=Path, help="HumanML3D-layout dataset for the real clips (optional)")
+    feet.add_argument("--split", default="test")
+    feet.add_argument("--seeds", type=int, default=6, help="seeds 0..N-1 per prompt")
+    feet.add_argument("--seconds", type=float, default=4.0, help="duration of the generated motions")
+    feet.set_defaults(func=_eval_feet)
 
     flags = commands.add_parser("eval-flags", help="flag rates of an LCR model on the shipped prompt sets")
     flags.add_argument("--model", type=Path, required=True, help="LCR model directory")

@@ -29,6 +29,7 @@ from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.motion import rotations as rot
 from safemotion.motion import skeleton
 from safemotion.motion.features import recover_from_ric
+from safemotion.motion.foot_contact import FootCleanupReport, clean_feet
 from safemotion.motion.normalization import Normalizer
 from safemotion.motion.smpl import SmplMotion, joints_to_smpl
 
@@ -41,12 +42,14 @@ DEFAULT_BATCH_SIZE = 32
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One prompt; `seconds` None lets the length estimator choose; `variations` motions from seeds seed..seed+k-1."""
+    """One prompt; `seconds` None lets the length estimator choose; `variations` motions from seeds seed..seed+k-1;
+    `foot_cleanup` pins planted feet and grounds the motion after decoding (motion.foot_contact)."""
 
     prompt: str
     seconds: float | None = None
     seed: int = 0
     variations: int = 1
+    foot_cleanup: bool = True
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field and its allowed range."""
@@ -64,6 +67,8 @@ class GenerationRequest:
             raise ValueError(f"variations is {self.variations}; allowed range is {low}-{high}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63 - high:
             raise ValueError(f"seed is {self.seed}; allowed range is 0-{2**63 - high - 1}")
+        if not isinstance(self.foot_cleanup, bool):
+            raise ValueError(f"foot_cleanup is {self.foot_cleanup!r}; use true or false")
 
 
 @dataclass
@@ -75,11 +80,12 @@ class GeneratedMotion:
     variation: int  # index within its request
     fps: float
     tokens: np.ndarray  # (n, num_quantizers) int64 code ids; -1 = skipped residual code
-    features: np.ndarray  # (4n, 263) float32 HumanML3D features, not normalised
-    joints: np.ndarray  # (4n, 22, 3) float32 joint positions in metres, Y-up
+    features: np.ndarray  # (4n, 263) float32 HumanML3D features as decoded, not normalised
+    joints: np.ndarray  # (4n, 22, 3) float32 joint positions in metres, Y-up (after the foot clean-up when on)
     smpl: SmplMotion | None  # SMPL pose fitted to the joints (None when generated with smpl=False)
     length_from: str  # "request" or "estimator"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    foot_cleanup: FootCleanupReport | None = None  # what the foot clean-up did to `joints`; None when it was off
 
     @property
     def base_tokens(self) -> np.ndarray:
@@ -192,7 +198,7 @@ class Generator:
                 raise ValueError(f"request {index}: {err}") from None
         unique = list(dict.fromkeys(r.prompt for r in requests))
         features = self.encode_prompts(unique)
-        rows, seeds, lengths, prompts, variations = [], [], [], [], []
+        rows, seeds, lengths, prompts, variations, cleanup = [], [], [], [], [], []
         for request in requests:
             tokens = None if request.seconds is None else seconds_to_tokens(
                 request.seconds, self.fps, self.unit_length, self.max_tokens)
@@ -202,15 +208,22 @@ class Generator:
                 lengths.append(tokens)
                 prompts.append(request.prompt)
                 variations.append(k)
-        motions = self.generate_from_features(features[rows], seeds, lengths, smpl=smpl, prompts=prompts)
+                cleanup.append(request.foot_cleanup)
+        motions = self.generate_from_features(features[rows], seeds, lengths, smpl=smpl, prompts=prompts,
+                                              foot_cleanup=cleanup)
         for motion, variation in zip(motions, variations):
             motion.variation = variation
         return motions
 
     def generate_from_features(self, features: Tensor, seeds: list[int], token_lengths: list[int | None],
-                               smpl: bool = True, prompts: list[str] | None = None) -> list[GeneratedMotion]:
-        """Motions for precomputed text features (N, text_dim), one seed and token length (None: estimate) each."""
+                               smpl: bool = True, prompts: list[str] | None = None,
+                               foot_cleanup: bool | list[bool] = True) -> list[GeneratedMotion]:
+        """Motions for precomputed text features (N, text_dim), one seed and token length (None: estimate) each;
+        `foot_cleanup` for all or one per row."""
         count = features.shape[0]
+        cleanup = [foot_cleanup] * count if isinstance(foot_cleanup, bool) else list(foot_cleanup)
+        if len(cleanup) != count:
+            raise ValueError(f"got {count} feature rows and {len(cleanup)} foot_cleanup flags")
         if not len(seeds) == len(token_lengths) == count:
             raise ValueError(f"got {count} feature rows, {len(seeds)} seeds and {len(token_lengths)} lengths")
         features = features.float().to(self.device)
@@ -227,12 +240,15 @@ class Generator:
         motion_features = self.decode_tokens(tokens)
         results = []
         for i in range(count):
-            joints = recover_from_ric(motion_features[i])
+            joints, report = recover_from_ric(motion_features[i]), None
+            if cleanup[i]:
+                cleaned = clean_feet(joints, motion_features[i], self.fps)
+                joints, report = cleaned.joints, cleaned.report
             results.append(GeneratedMotion(
                 prompt="" if prompts is None else prompts[i], seed=seeds[i], variation=0, fps=self.fps,
                 tokens=tokens[i], features=motion_features[i], joints=joints,
                 smpl=joints_to_smpl(joints, fps=self.fps) if smpl else None,
-                length_from=length_from[i], sampling=self.sampling,
+                length_from=length_from[i], sampling=self.sampling, foot_cleanup=report,
             ))
         return results
 
@@ -291,6 +307,8 @@ def save_npz(motion: GeneratedMotion, path: str | Path, safety: dict | None = No
         "frames": motion.num_frames, "length_from": motion.length_from, "sampling": vars(motion.sampling),
         "joint_names": list(skeleton.SMPL22_NAMES), "smpl_joint_names": list(skeleton.SMPL24_NAMES),
         "safety": safety,
+        "foot_cleanup": {"applied": motion.foot_cleanup is not None,
+                         **(motion.foot_cleanup.to_dict() if motion.foot_cleanup is not None else {})},
     }
     arrays = {
         "joints": motion.joints.astype(np.float32),

@@ -236,7 +236,8 @@ async def generate(body: schemas.GenerateRequest, request: Request, state: State
     model = state.check_model(body.model)
     state.check_seconds(body.seconds, "seconds")
     await run_in_threadpool(state.check_policy, caller, body.policy, [body.prompt], request_id(request))
-    task = GenerationTask(GenerationRequest(body.prompt, body.seconds, body.seed, body.variations), body.policy)
+    task = GenerationTask(GenerationRequest(body.prompt, body.seconds, body.seed, body.variations,
+                                            body.foot_cleanup), body.policy)
     generated = await state.run_interactive(task, body.variations)
     motions = await run_in_threadpool(motion_payloads, generated)
     entries = [AuditEntry(username=caller.name, role=caller.role, event="generate", model=model, prompt=body.prompt,

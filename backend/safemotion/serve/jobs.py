@@ -92,7 +92,7 @@ class JobRunner:
             if item.policy == "allow" and self.forbid_allow:
                 self.store.fail_item(item.job_id, item.index, "this server now forbids the 'allow' policy")
                 continue
-            request = GenerationRequest(item.prompt, item.seconds, item.seed, item.variations)
+            request = GenerationRequest(item.prompt, item.seconds, item.seed, item.variations, item.foot_cleanup)
             future = self.batcher.submit(GenerationTask(request, item.policy), size=item.variations, kind=JOB)
             with self._lock:
                 self._flying[future] = item

@@ -139,6 +139,7 @@ def _payload(item: Generated) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "prompt": motion.prompt, "seed": motion.seed, "variation": motion.variation, "fps": motion.fps,
         "frames": motion.num_frames, "seconds": motion.seconds, "length_from": motion.length_from,
+        "foot_cleanup": motion.foot_cleanup is not None,
         "joints": None, "smpl": None, "skeleton": None, "tokens": None,
         "safety": None if item.safety is None else item.safety.to_dict(),
     }

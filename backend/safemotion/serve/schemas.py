@@ -57,6 +57,8 @@ class MotionSettings(Strict):
                                   description="duration; null lets the model's length estimator choose")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="variation k is generated from seed + k")
     variations: int = Field(1, ge=VARIATIONS_RANGE[0], le=VARIATIONS_RANGE[1])
+    foot_cleanup: bool = Field(True, description="pin planted feet with leg IK and put the lowest contact on the "
+                                                 "floor after decoding (false: the decoder's joints as they are)")
 
 
 class GenerateRequest(MotionSettings):
@@ -138,6 +140,7 @@ class MotionPayload(BaseModel):
     frames: int
     seconds: float
     length_from: Literal["request", "estimator"]
+    foot_cleanup: bool = Field(description="whether planted feet were pinned and the motion grounded")
     joints: ArrayPayload | None = Field(description="joint positions [T, 22, 3], metres, Y-up")
     smpl: SmplPayload | None
     skeleton: Skeleton | None

@@ -31,6 +31,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
     update,
@@ -78,6 +79,7 @@ job_items = Table(
     Column("seed", BigInteger, nullable=False),
     Column("variations", Integer, nullable=False),
     Column("status", String(20), nullable=False, index=True),  # pending, done, failed, cancelled
+    Column("foot_cleanup", Boolean),  # NULL (items queued before the column existed): on
     Column("result", Text),  # JSON list of motion payloads
     Column("error", Text),
     Column("finished_at", Float),
@@ -148,6 +150,7 @@ class JobItem:
     policy: str
     owner: str
     role: str
+    foot_cleanup: bool = True
 
 
 class Store:
@@ -212,14 +215,16 @@ class Store:
 
     def create_job(self, job_id: str, owner: str, role: str, model: str, policy: str,
                    items: list[dict[str, Any]]) -> None:
-        """Insert a queued job and its pending items (dicts with prompt, seconds, seed, variations)."""
+        """Insert a queued job and its pending items (dicts with prompt, seconds, seed, variations, and
+        optionally foot_cleanup, default on)."""
         now = time.time()
         with self.engine.begin() as conn:
             conn.execute(jobs.insert().values(id=job_id, owner=owner, role=role, model=model, policy=policy,
                                               status="queued", total=len(items), created_at=now, updated_at=now))
             conn.execute(job_items.insert(), [
                 {"job_id": job_id, "idx": i, "prompt": item["prompt"], "seconds": item["seconds"],
-                 "seed": item["seed"], "variations": item["variations"], "status": "pending"}
+                 "seed": item["seed"], "variations": item["variations"], "status": "pending",
+                 "foot_cleanup": item.get("foot_cleanup", True)}
                 for i, item in enumerate(items)])
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
@@ -253,7 +258,8 @@ class Store:
     def pending_items(self, model: str, limit: int, skip: set[tuple[str, int]]) -> list[JobItem]:
         """Up to `limit` pending items of active jobs for `model`, oldest job first, not in `skip`."""
         query = (select(job_items.c.job_id, job_items.c.idx, job_items.c.prompt, job_items.c.seconds,
-                        job_items.c.seed, job_items.c.variations, jobs.c.policy, jobs.c.owner, jobs.c.role)
+                        job_items.c.seed, job_items.c.variations, jobs.c.policy, jobs.c.owner, jobs.c.role,
+                        job_items.c.foot_cleanup)
                  .join(jobs, jobs.c.id == job_items.c.job_id)
                  .where(jobs.c.status.in_(ACTIVE_JOB_STATES), jobs.c.model == model,
                         job_items.c.status == "pending")
@@ -261,7 +267,8 @@ class Store:
                  .limit(limit + len(skip)))
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        items = [JobItem(*row) for row in rows if (row.job_id, row.idx) not in skip]
+        items = [JobItem(*row[:-1], foot_cleanup=row.foot_cleanup is not False) for row in rows
+                 if (row.job_id, row.idx) not in skip]
         return items[:limit]
 
     def finish_item(self, job_id: str, index: int, result_json: str, entries: list[AuditEntry]) -> bool:
@@ -337,10 +344,23 @@ def _create_tables(engine: Engine) -> None:
     """Create missing tables; on PostgreSQL under an advisory lock, as servers starting together would collide."""
     if engine.dialect.name != "postgresql":
         metadata.create_all(engine)
+        with engine.begin() as conn:
+            _add_missing_columns(conn)
         return
     with engine.begin() as conn:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
         metadata.create_all(conn)
+        _add_missing_columns(conn)
+
+
+def _add_missing_columns(conn: Any) -> None:
+    """Add the nullable columns later versions introduced to the tables of an older database."""
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
 
 
 def _create_engine(url: str) -> Engine:
