@@ -111,6 +111,16 @@ def test_the_lowest_contact_goes_to_the_floor():
     assert airborne.report.floor_shift_m == pytest.approx(-0.12) and not airborne.contacts.any()
 
 
+def test_a_swinging_foot_never_goes_below_the_floor():
+    joints, features = gliding_walk()
+    ankle = joints[:, R_ANKLE].copy()
+    joints[30:36, R_TOE] = ankle[30:36] + np.array([0.0, -0.13, 0.05])  # toe pointing down, 3 cm into the floor
+    joints[33, R_ANKLE:R_ANKLE + 1, 1] -= 0.12  # and once the ankle too (8 cm + 2 cm below)
+    cleaned = clean_feet(joints, features, FPS)
+    assert cleaned.joints[:, [L_ANKLE, L_TOE, R_ANKLE, R_TOE], 1].min() > -1e-9
+    np.testing.assert_allclose(bone_lengths(cleaned.joints), bone_lengths(joints), atol=1e-6)
+
+
 def test_contacts_out_of_the_legs_reach_are_cut_and_nothing_breaks():
     joints, features = gliding_walk(frames=60, step=0.045, planted=(5, 55))  # 0.9 m/s for 2.5 s: cannot stay planted
     cleaned = clean_feet(joints, features, FPS)

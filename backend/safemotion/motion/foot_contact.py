@@ -13,7 +13,8 @@
    where the leg can reach it. The ankle goes to its anchor, or, where only the toe is planted, to wherever keeps the
    toe on its anchor with the foot's generated orientation; the toe follows the ankle, turned towards its own anchor
    while planted. Targets blend in and out of each run with a smoothstep over `blend_frames`, so positions and
-   velocities stay continuous. Where a foot joint would still sit below the floor its ankle target is raised.
+   velocities stay continuous. An ankle that would sit below the floor gets its target raised; a toe below it is
+   pitched up about the ankle onto the floor.
 4. Analytic two-bone IK per frame (hip fixed, knee kept in the plane of the generated leg) places knee, ankle and toe
    at each frame's own generated bone lengths, so no bone changes length.
 
@@ -43,7 +44,7 @@ class FootCleanupConfig:
     """Thresholds of the foot clean-up; speeds in m/s, heights and distances in metres."""
 
     contact_threshold: float = 0.5  # the model's contact channel: planted above this
-    release_speed: float = 1.0  # a joint the model calls planted is in the air when it moves faster than this
+    release_speed: float = 1.5  # a joint the model calls planted is in the air when it moves faster than this
     plant_speed: float = 0.2  # a joint the model calls free is planted when slower than this and near the floor
     plant_height: float = 0.05  # ... i.e. at most this far above the floor
     min_contact_frames: int = 2  # shorter contact runs are dropped
@@ -240,12 +241,10 @@ def pin_feet(joints: np.ndarray, contacts: np.ndarray, fps: float,
         # The ankle goes to its anchor; as far as it is free, the whole foot moves to put the toe on its anchor.
         target = ankle + w_ankle * (a_ankle - ankle) + (1.0 - w_ankle) * w_toe * (a_toe - toe)
         new_knee, new_ankle = two_bone_ik(hip, knee, ankle, target, forward)
-        new_toe = _place_toe(new_ankle, foot, w_toe, a_toe)
-        lowest = np.minimum(new_ankle[:, 1], new_toe[:, 1])
-        if (lowest < 0).any():  # a foot joint below the floor: raise the ankle target and solve again
-            target[:, 1] += np.maximum(-lowest, 0.0)
+        if (new_ankle[:, 1] < 0).any():  # the ankle below the floor: raise its target and solve again
+            target[:, 1] += np.maximum(-new_ankle[:, 1], 0.0)
             new_knee, new_ankle = two_bone_ik(hip, knee, ankle, target, forward)
-            new_toe = _place_toe(new_ankle, foot, w_toe, a_toe)
+        new_toe = _keep_toe_above_floor(new_ankle, _place_toe(new_ankle, foot, w_toe, a_toe))
         planted = kept_all[:, ankle_c] | kept_all[:, toe_c]
         if planted.any():
             worst = max(worst, float(np.linalg.norm(new_ankle - target, axis=-1)[planted].max()))
@@ -261,6 +260,22 @@ def _place_toe(ankle: np.ndarray, foot: np.ndarray, w_toe: np.ndarray, toe_ancho
     norm = np.linalg.norm(aim, axis=-1, keepdims=True)
     direction = np.where(norm > 1e-9, aim / np.maximum(norm, 1e-12), foot / np.maximum(length, 1e-12))
     return ankle + length * direction
+
+
+def _keep_toe_above_floor(ankle: np.ndarray, toe: np.ndarray) -> np.ndarray:
+    """The toe, where it is below the floor, pitched up about the ankle onto the floor (the foot keeps its length)."""
+    foot = toe - ankle
+    below = (toe[:, 1] < 0) & (ankle[:, 1] >= 0)
+    if not below.any():
+        return toe
+    length = np.linalg.norm(foot[below], axis=-1)
+    rise = -ankle[below, 1]  # the foot's height change that puts the toe at y = 0
+    flat = foot[below][:, [0, 2]]
+    flat = flat / np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+    flat *= np.sqrt(np.maximum(length**2 - rise**2, 0.0))[:, None]
+    out = toe.copy()
+    out[below] = ankle[below] + np.stack([flat[:, 0], rise, flat[:, 1]], axis=-1)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- all together
