@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import itertools
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
 
+from safemotion.data import captions
 from safemotion.eval.adherence import (
+    PARAPHRASE_CHECKS,
+    PARAPHRASE_SPEEDS,
     J,
     bows,
     facing,
@@ -14,6 +22,7 @@ from safemotion.eval.adherence import (
     raises_hand,
     run_suite,
     speed,
+    stays_still,
     walks_backwards,
     walks_forward,
 )
@@ -69,18 +78,61 @@ def test_bow_and_jump_checks():
     assert jumps(jump)[0] and not jumps(standing())[0]
 
 
+def test_stays_still_check():
+    assert stays_still(standing())[0]
+    assert stays_still(moved(standing(), np.array([0.3, 0, 0.3])))[0]  # 42 cm: still within 0.5 m
+    passed, measured = stays_still(moved(standing(), np.array([0, 0, 0.6])))
+    assert not passed and measured["pelvis_wander_m"] == pytest.approx(0.6)
+    there_and_back = standing()
+    there_and_back[20:60, J["pelvis"], 0] += 0.7  # wanders off and comes back: not still
+    assert not stays_still(there_and_back)[0]
+
+
+# Every paraphrased prompt; "a person walks forward" is the in-domain walk they are compared with.
+PARAPHRASES = ({prompt for prompt, _, _ in PARAPHRASE_CHECKS.values()}
+               | {prompt for pair in PARAPHRASE_SPEEDS.values() for prompt in pair}) - {"a person walks forward"}
+
+
+def words(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z ]", " ", text.lower()).split())
+
+
+def test_paraphrases_are_not_bandai_or_deepmimic_captions():
+    assert len(PARAPHRASE_CHECKS) + len(PARAPHRASE_SPEEDS) >= 6
+    bandai = {words(" ".join(filter(None, parts))) for parts in itertools.product(
+        captions._SUBJECTS, itertools.chain(*captions.BANDAI_CONTENT.values()),
+        itertools.chain(*captions.BANDAI_STYLE.values()))}
+    deepmimic = {words(c) for c in itertools.chain(*captions.DEEPMIMIC_CAPTIONS.values())}
+    assert not {words(p) for p in PARAPHRASES} & (bandai | deepmimic)
+
+
+def test_paraphrases_are_not_cmu_captions(shared_dir):
+    cmu = shared_dir / "data" / "cmu"
+    kit = json.loads((cmu / "kitml_cmu_captions.json").read_text(encoding="utf-8"))["trials"]
+    known = {words(c["text"]) for trial in kit.values() for c in trial["captions"]}
+    with (cmu / "cmu_trials.csv").open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["Motion Description"].strip():
+                known |= {words(c) for c in captions.cmu_description_captions(row["Motion Description"],
+                                                                               int(row["Subject"]))}
+    assert len(known) > 1000
+    assert not {words(p) for p in PARAPHRASES} & known
+
+
 @pytest.fixture(scope="module")
 def suite():
     torch.manual_seed(0)
     return run_suite(Generator.from_dir(DEFAULT_MODEL_DIR), seeds=range(5))
 
 
-# The committed mini model does not yet bow on request (15 Bandai takes; MODEL_CARD.md gives the measured rates).
-# This stays a strict xfail so that a better model turns it red.
-KNOWN_MISSES = {"bow lowers the head ≥ 15 cm, pelvis in place"}
+# The committed mini model does not yet bow on request (15 Bandai takes; MODEL_CARD.md gives the measured rates), nor
+# stand still or stroll slowly when asked in words outside its captions (0/10 each). These stay strict xfails so that a
+# better model turns them red.
+KNOWN_MISSES = {"bow lowers the head ≥ 15 cm, pelvis in place", "'stays still': pelvis within 0.5 m over 3 s",
+                "'strolls ahead at an easy pace' slower than 'walks forward'"}
 CHECKS = ["walk forward ≥ 1 m in 4 s", "walk backwards against the facing", "right hand above head, left below shoulder",
           "left hand above head, right below shoulder", "run faster than walk", "jump lifts the pelvis ≥ 15 cm",
-          "bow lowers the head ≥ 15 cm, pelvis in place"]
+          "bow lowers the head ≥ 15 cm, pelvis in place", *PARAPHRASE_CHECKS, *PARAPHRASE_SPEEDS]
 
 
 @pytest.mark.parametrize("check", [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="model card: not "

@@ -1,4 +1,5 @@
-"""Prompt adherence: physical checks that generated joints do what in-domain prompts ask (issue 3's suite).
+"""Prompt adherence: physical checks that generated joints do what in-domain prompts ask (issue 3's suite), and the
+same checks on paraphrased wordings a new user would type, none of them a training caption (issue 15).
 
 Joints are (T, 22, 3) SMPL-22 positions in metres, Y up, at the model's fps. Each check takes the motions generated
 for its prompts (one per seed, seeds paired across prompts) and says, per seed, whether it passed and what it
@@ -24,6 +25,7 @@ MIN_WALK_M = 1.0  # "walks forward" travels at least this far in 4 s
 MIN_BACKWARD_M = 0.2  # "walks backwards": net travel against the facing, at least this much
 MIN_DROP_M = 0.15  # "bows" lowers the head / "jumps" lifts the pelvis by at least this much
 MAX_BOW_TRAVEL_M = 0.3  # "bows" keeps the pelvis within this horizontal distance of where it started
+MAX_STILL_M = 0.5  # "stays still" keeps the pelvis within this horizontal distance of where it started
 
 
 @dataclass
@@ -106,6 +108,13 @@ def bows(joints: np.ndarray) -> tuple[bool, dict[str, float]]:
     return drop >= MIN_DROP_M and wander <= MAX_BOW_TRAVEL_M, {"head_drop_m": drop, "pelvis_wander_m": wander}
 
 
+def stays_still(joints: np.ndarray) -> tuple[bool, dict[str, float]]:
+    """The pelvis stays within MAX_STILL_M (horizontally) of where it started."""
+    pelvis = horizontal(joints[:, J["pelvis"]])
+    wander = float(np.linalg.norm(pelvis - pelvis[0], axis=-1).max())
+    return wander <= MAX_STILL_M, {"pelvis_wander_m": wander}
+
+
 def jumps(joints: np.ndarray) -> tuple[bool, dict[str, float]]:
     """The pelvis rises at least MIN_DROP_M above its starting height."""
     lift = float(joints[:, J["pelvis"], UP].max() - joints[0, J["pelvis"], UP])
@@ -124,27 +133,53 @@ SINGLE_CHECKS: dict[str, tuple[str, Callable[[np.ndarray], tuple[bool, dict[str,
 }
 RUN_VS_WALK = ("a person runs", "a person walks")
 SECONDS = 4.0
+STILL_SECONDS = 3.0
+
+# Paraphrases: (prompt, seconds, check), and pairs (expected slower, expected faster) compared on mean pelvis speed.
+PARAPHRASE_CHECKS: dict[str, tuple[str, float, Callable[[np.ndarray], tuple[bool, dict[str, float]]]]] = {
+    "'stays still': pelvis within 0.5 m over 3 s": ("someone stays still", STILL_SECONDS, stays_still),
+    "'leaps into the air': pelvis lifts ≥ 15 cm": ("someone leaps into the air", SECONDS, jumps),
+    "'lifts their right arm over their head'": ("someone lifts their right arm over their head", SECONDS,
+                                                raises_hand("right")),
+    "'backs up a few steps': against the facing": ("a person backs up a few steps", SECONDS, walks_backwards),
+}
+PARAPHRASE_SPEEDS: dict[str, tuple[str, str]] = {
+    "'strolls ahead at an easy pace' slower than 'walks forward'": ("a person strolls ahead at an easy pace",
+                                                                    "a person walks forward"),
+    "'ambles along slowly' slower than 'walks forward'": ("a person ambles along slowly", "a person walks forward"),
+    "'jogs along' faster than 'walks forward'": ("a person walks forward", "a man jogs along"),
+}
 
 
-def run_suite(generator: Generator, seeds: Iterable[int] = range(5), seconds: float = SECONDS) -> list[CheckResult]:
-    """Generate every prompt of the suite for each seed (one batch) and evaluate every check."""
+def run_suite(generator: Generator, seeds: Iterable[int] = range(5), seconds: float = SECONDS,
+              paraphrases: bool = True) -> list[CheckResult]:
+    """Generate every prompt of the suite for each seed (one batch) and evaluate every check (the in-domain ones at
+    `seconds`; with `paraphrases`, also the paraphrase checks at their own durations)."""
     seeds = list(seeds)
-    prompts = list(dict.fromkeys([prompt for prompt, _ in SINGLE_CHECKS.values()] + list(RUN_VS_WALK)))
-    requests = [GenerationRequest(prompt, seconds=seconds, seed=seed) for prompt in prompts for seed in seeds]
+    singles = {name: (prompt, seconds, check) for name, (prompt, check) in SINGLE_CHECKS.items()}
+    pairs = {"run faster than walk": RUN_VS_WALK[::-1]}
+    if paraphrases:
+        singles |= PARAPHRASE_CHECKS
+        pairs |= PARAPHRASE_SPEEDS
+    wanted = [(prompt, length) for prompt, length, _ in singles.values()]
+    wanted += [(prompt, seconds) for pair in pairs.values() for prompt in pair]
+    requests = [GenerationRequest(prompt, seconds=length, seed=seed)
+                for prompt, length in dict.fromkeys(wanted) for seed in seeds]
     motions = generator.generate(requests, smpl=False)
-    joints = {(m.prompt, m.seed): m.joints.astype(np.float64) for m in motions}
+    joints = {(r.prompt, r.seconds, r.seed): m.joints.astype(np.float64) for r, m in zip(requests, motions)}
     results = []
-    for name, (prompt, check) in SINGLE_CHECKS.items():
+    for name, (prompt, length, check) in singles.items():
         result = CheckResult(name, (prompt,))
         for seed in seeds:
-            passed, measured = check(joints[prompt, seed])
+            passed, measured = check(joints[prompt, length, seed])
             result.passed.append(bool(passed))
             result.measured.append(measured)
         results.append(result)
-    result = CheckResult("run faster than walk", RUN_VS_WALK)
-    for seed in seeds:
-        run, walk = (speed(joints[prompt, seed], generator.fps) for prompt in RUN_VS_WALK)
-        result.passed.append(run > walk)
-        result.measured.append({"run_speed_mps": run, "walk_speed_mps": walk})
-    results.append(result)
+    for name, (slower, faster) in pairs.items():
+        result = CheckResult(name, (slower, faster))
+        for seed in seeds:
+            low, high = (speed(joints[prompt, seconds, seed], generator.fps) for prompt in (slower, faster))
+            result.passed.append(high > low)
+            result.measured.append({"slower_speed_mps": low, "faster_speed_mps": high})
+        results.append(result)
     return results
