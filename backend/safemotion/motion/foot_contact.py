@@ -9,8 +9,8 @@
    `plant_height` of the floor is planted. Runs shorter than `min_contact_frames` are dropped.
 2. Grounding: the whole motion is shifted vertically so that the lowest planted foot joint sits on the floor (y = 0)
    (with no contact at all, the lowest foot joint).
-3. Pinning: each contact run holds its joint at one anchor (where the joint is slowest in the run), cut to the frames
-   where the leg can reach it. The ankle goes to its anchor, or, where only the toe is planted, to wherever keeps the
+3. Pinning: each contact run holds its joint at one anchor (where the joint is at the run's middle frame, as the hip
+   passes over a planted foot in mid-stance), cut to the frames where the leg can reach it. The ankle goes to its anchor, or, where only the toe is planted, to wherever keeps the
    toe on its anchor with the foot's generated orientation; the toe follows the ankle, turned towards its own anchor
    while planted. Targets blend in and out of each run with a smoothstep over `blend_frames`, so positions and
    velocities stay continuous. An ankle that would sit below the floor gets its target raised; a toe below it is
@@ -176,17 +176,17 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 
 
 def _pin_targets(positions: np.ndarray, contacts: np.ndarray, reachable: Callable[[np.ndarray], np.ndarray],
-                 speeds: np.ndarray, blend_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 blend_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per frame: blend weight (T,), anchor (T, 3) and the contacts kept after the reach limit (T,) of one joint.
 
-    Each contact run is anchored where the joint is slowest, then cut to the frames around that one at which
+    Each contact run is anchored where the joint is at its middle frame, then cut to the frames around that one at which
     `reachable(anchor)` (T,) says the leg reaches the anchor; weights ramp out of each run over at most
     `blend_frames`, and at most half the gap to the neighbouring run.
     """
     frames = len(positions)
     runs = []
     for start, end in contact_runs(contacts):
-        anchor = start + int(np.argmin(speeds[start:end]))
+        anchor = (start + end - 1) // 2
         ok = reachable(positions[anchor])
         first, last = anchor, anchor + 1
         while first > start and ok[first - 1]:
@@ -213,14 +213,13 @@ def _pin_targets(positions: np.ndarray, contacts: np.ndarray, reachable: Callabl
     return weights, anchors, kept
 
 
-def pin_feet(joints: np.ndarray, contacts: np.ndarray, fps: float,
+def pin_feet(joints: np.ndarray, contacts: np.ndarray,
              config: FootCleanupConfig = FootCleanupConfig()) -> tuple[np.ndarray, np.ndarray, float]:
     """Joints with the planted feet pinned by leg IK, the contacts kept after the reach limit, the largest ankle
     pin error (m)."""
     out = joints.copy()
     kept_all = np.zeros_like(contacts)
     forward = body_forward(joints)
-    speeds = joint_speeds(joints, fps)
     worst = 0.0
     for (hip_j, knee_j, ankle_j, toe_j), (ankle_c, toe_c) in LEGS:
         hip, knee, ankle, toe = (joints[:, j] for j in (hip_j, knee_j, ankle_j, toe_j))
@@ -234,9 +233,8 @@ def pin_feet(joints: np.ndarray, contacts: np.ndarray, fps: float,
             return np.linalg.norm(anchor - foot - hip, axis=-1) <= reach
 
         w_ankle, a_ankle, kept_all[:, ankle_c] = _pin_targets(ankle, contacts[:, ankle_c], ankle_reachable,
-                                                              speeds[:, ankle_c], config.blend_frames)
-        w_toe, a_toe, kept_all[:, toe_c] = _pin_targets(toe, contacts[:, toe_c], toe_reachable,
-                                                        speeds[:, toe_c], config.blend_frames)
+                                                              config.blend_frames)
+        w_toe, a_toe, kept_all[:, toe_c] = _pin_targets(toe, contacts[:, toe_c], toe_reachable, config.blend_frames)
         w_ankle, w_toe = w_ankle[:, None], w_toe[:, None]
         # The ankle goes to its anchor; as far as it is free, the whole foot moves to put the toe on its anchor.
         target = ankle + w_ankle * (a_ankle - ankle) + (1.0 - w_ankle) * w_toe * (a_toe - toe)
@@ -299,7 +297,7 @@ def clean_feet(joints: np.ndarray, features: np.ndarray, fps: float,
     contacts = detect_contacts(positions, features.astype(np.float64), fps, config)
     shift = -floor_height(positions, contacts)
     positions[..., 1] += shift
-    pinned, kept, worst = pin_feet(positions, contacts, fps, config)
+    pinned, kept, worst = pin_feet(positions, contacts, config)
     report = FootCleanupReport(
         floor_shift_m=shift, contact_frames={name: int(kept[:, k].sum()) for k, name in enumerate(FOOT_NAMES)},
         contact_runs=sum(len(contact_runs(kept[:, k])) for k in range(4)), max_pin_error_m=worst)
