@@ -41,8 +41,11 @@ def job_request(settings: bpy.types.PropertyGroup) -> tuple[dict, int]:
     if not prompt:
         raise BackendError("Type a prompt first, e.g. 'a person walks forward and waves'")
     seed = random.randrange(0, MAX_SEED + 1) if settings.random_seed else settings.seed
-    items = [{"prompt": prompt, "seconds": round(float(settings.seconds), 3), "seed": seed + k, "variations": 1,
-              "foot_cleanup": bool(settings.foot_cleanup)} for k in range(settings.variations)]
+    items = [{"prompt": prompt, "seconds": round(float(settings.seconds), 3), "seed": seed + k, "variations": 1}
+             for k in range(settings.variations)]
+    if not settings.foot_cleanup:  # only when off: the server's default is on, and older servers know no such field
+        for item in items:
+            item["foot_cleanup"] = False
     return {"items": items, "policy": settings.policy.lower()}, seed
 
 
