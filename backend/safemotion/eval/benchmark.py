@@ -314,8 +314,9 @@ def run_repeat(eval_set: EvalSet, set_index: int, repeat: int, rows: Sequence[Be
     for row in rows:
         started = time.monotonic()
         unit = row.models.config.unit_length
-        generated = row.generator.generate_from_features(
-            features[row.name][torch.from_numpy(order)], seeds, [n // unit for _, n in crops], smpl=False)
+        generated = row.generator.generate_from_features(  # the evaluator reads features: no foot clean-up
+            features[row.name][torch.from_numpy(order)], seeds, [n // unit for _, n in crops], smpl=False,
+            foot_cleanup=False)
         seconds = time.monotonic() - started
         motion_emb = evaluator.embed_motions([g.features for g in generated])
         # every row draws the same diversity pairs

@@ -67,8 +67,8 @@ def prompt_set_flags(generator: Generator, reviewer: MotionModels, name: str, pr
     if not removed_base_codes(reviewer.config):
         raise ValueError(f"prompt set {name!r}: the reviewing model has no removed base-layer codes; flag rates "
                          "need a model made by `safemotion unlearn lcr`")
-    requests = [GenerationRequest(p, seconds=seconds, seed=seed + PROMPT_SEED_STRIDE * i, variations=variations)
-                for i, p in enumerate(prompts)]
+    requests = [GenerationRequest(p, seconds=seconds, seed=seed + PROMPT_SEED_STRIDE * i, variations=variations,
+                                  foot_cleanup=False) for i, p in enumerate(prompts)]  # tokens are all it needs
     motions = generator.generate(requests, smpl=False)
     records = review(reviewer, [m.base_tokens for m in motions])
     rows = []
