@@ -128,8 +128,8 @@ def feet_report(generator: Generator, data: Path | None, seeds: Iterable[int] = 
     """Foot metrics of generated walks and runs (before and after the clean-up, per motion and mean) and, with a
     dataset, of the split's real walk and run clips."""
     seeds = list(seeds)
-    requests = [GenerationRequest(prompt, seconds=seconds, seed=seed, foot_cleanup=False) for prompt, _ in KINDS.values()
-                for seed in seeds]
+    requests = [GenerationRequest(prompt, seconds=seconds, seed=seed, foot_cleanup=False)
+                for prompt, _ in KINDS.values() for seed in seeds]
     motions = generator.generate(requests, smpl=False)
     report: dict = {"definitions": {"skating": f"either toe below {SKATE_HEIGHT_M} m and faster than "
                                                f"{SKATE_SPEED_MPS} m/s (step and {SKATE_WINDOW}-step mean)",

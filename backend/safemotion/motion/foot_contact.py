@@ -10,11 +10,11 @@
 2. Grounding: the whole motion is shifted vertically so that the lowest planted foot joint sits on the floor (y = 0)
    (with no contact at all, the lowest foot joint).
 3. Pinning: each contact run holds its joint at one anchor (where the joint is at the run's middle frame, as the hip
-   passes over a planted foot in mid-stance), cut to the frames where the leg can reach it. The ankle goes to its anchor, or, where only the toe is planted, to wherever keeps the
-   toe on its anchor with the foot's generated orientation; the toe follows the ankle, turned towards its own anchor
-   while planted. Targets blend in and out of each run with a smoothstep over `blend_frames`, so positions and
-   velocities stay continuous. An ankle that would sit below the floor gets its target raised; a toe below it is
-   pitched up about the ankle onto the floor.
+   passes over a planted foot in mid-stance), cut to the frames where the leg can reach it. The ankle goes to its
+   anchor, or, where only the toe is planted, to wherever keeps the toe on its anchor with the foot's generated
+   orientation; the toe follows the ankle, turned towards its own anchor while planted. Targets blend in and out of
+   each run with a smoothstep over `blend_frames`, so positions and velocities stay continuous. An ankle that would
+   sit below the floor gets its target raised; a toe below it is pitched up about the ankle onto the floor.
 4. Analytic two-bone IK per frame (hip fixed, knee kept in the plane of the generated leg) places knee, ankle and toe
    at each frame's own generated bone lengths, so no bone changes length.
 
@@ -171,7 +171,7 @@ def body_forward(joints: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- pinning
 
-def _smoothstep(x: np.ndarray) -> np.ndarray:
+def _smoothstep(x: float) -> float:
     return x * x * (3.0 - 2.0 * x)
 
 
@@ -179,8 +179,8 @@ def _pin_targets(positions: np.ndarray, contacts: np.ndarray, reachable: Callabl
                  blend_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per frame: blend weight (T,), anchor (T, 3) and the contacts kept after the reach limit (T,) of one joint.
 
-    Each contact run is anchored where the joint is at its middle frame, then cut to the frames around that one at which
-    `reachable(anchor)` (T,) says the leg reaches the anchor; weights ramp out of each run over at most
+    Each contact run is anchored where the joint is at its middle frame, then cut to the frames around that one at
+    which `reachable(anchor)` (T,) says the leg reaches the anchor; weights ramp out of each run over at most
     `blend_frames`, and at most half the gap to the neighbouring run.
     """
     frames = len(positions)
@@ -208,7 +208,7 @@ def _pin_targets(positions: np.ndarray, contacts: np.ndarray, reachable: Callabl
             for i in range(1, ramp + 1):
                 frame = start - i if side < 0 else end - 1 + i
                 if 0 <= frame < frames:
-                    weights[frame] = _smoothstep(np.array(1.0 - i / (ramp + 1)))
+                    weights[frame] = _smoothstep(1.0 - i / (ramp + 1))
                     anchors[frame] = anchor
     return weights, anchors, kept
 
@@ -263,13 +263,13 @@ def _place_toe(ankle: np.ndarray, foot: np.ndarray, w_toe: np.ndarray, toe_ancho
 def _keep_toe_above_floor(ankle: np.ndarray, toe: np.ndarray) -> np.ndarray:
     """The toe, where it is below the floor, pitched up about the ankle onto the floor (the foot keeps its length)."""
     foot = toe - ankle
-    below = (toe[:, 1] < 0) & (ankle[:, 1] >= 0)
+    below = (toe[:, 1] < 0) & (ankle[:, 1] >= 0) & (np.linalg.norm(foot[:, [0, 2]], axis=-1) > 1e-9)
     if not below.any():
         return toe
     length = np.linalg.norm(foot[below], axis=-1)
     rise = -ankle[below, 1]  # the foot's height change that puts the toe at y = 0
     flat = foot[below][:, [0, 2]]
-    flat = flat / np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+    flat = flat / np.linalg.norm(flat, axis=-1, keepdims=True)
     flat *= np.sqrt(np.maximum(length**2 - rise**2, 0.0))[:, None]
     out = toe.copy()
     out[below] = ankle[below] + np.stack([flat[:, 0], rise, flat[:, 1]], axis=-1)
