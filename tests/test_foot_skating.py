@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,33 @@ def test_foot_metrics_and_their_mean():
     assert both.skating_ratio == pytest.approx(0.5) and both.contact_ratio == pytest.approx(0.75)
     with pytest.raises(ValueError, match="22, 3"):
         foot_metrics(np.zeros((10, 24, 3)), FPS)
+
+
+def test_eval_feet_reports_generated_and_real_clips_of_the_split(tmp_path, capsys):
+    from server_support import build_tiny_lcr_model
+
+    from safemotion import cli
+
+    data = tmp_path / "data"
+    (data / "new_joints").mkdir(parents=True)
+    takes = {"B000000": ("bandai-1", "dataset-1_walk_normal_001", standing()),  # test: counted with its mirror
+             "B000001": ("bandai-1", "dataset-1_walk-back_normal_001", standing()),  # another content
+             "B000002": ("bandai-2", "dataset-2_walk_active_004", slide(standing(), L_TOE, 1.0)),  # train split
+             "B000003": ("bandai-2", "dataset-2_run_active_010", slide(standing(), L_TOE, 1.0))}  # test run
+    rows = ["id,source,take,start_frame,end_frame"]
+    for motion_id, (source, take, joints) in takes.items():
+        rows.append(f"{motion_id},{source},{take},0,{FRAMES}")
+        for name in (motion_id, f"M{motion_id}"):
+            np.save(data / "new_joints" / f"{name}.npy", joints.astype(np.float32))
+    (data / "index.csv").write_text("\n".join(rows) + "\n")
+    (data / "test.txt").write_text("B000000\nMB000000\nB000001\nMB000001\nB000003\nMB000003\n")
+    model = build_tiny_lcr_model(tmp_path / "tiny")
+    assert cli.main(["eval-feet", "--model", str(model), "--data", str(data), "--seeds", "2", "--seconds", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["real"]["walk"]["clips"] == 2 and report["real"]["walk"]["contact_ratio"] == 1.0
+    assert report["real"]["run"]["clips"] == 2 and report["real"]["run"]["skating_ratio"] == 1.0
+    for kind in ("walk", "run"):
+        generated = report["generated"][kind]
+        assert [s["seed"] for s in generated["per_seed"]] == [0, 1]
+        assert generated["cleaned"]["max_penetration_m"] < 1e-6  # grounded: no foot below the floor
+        assert set(generated["raw"]) == {"skating_ratio", "contact_ratio", "max_penetration_m", "mean_penetration_m"}
