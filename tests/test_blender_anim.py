@@ -262,3 +262,67 @@ def test_retarget_onto_rigify_style_rig() -> None:
     travel = (joints[:, 0] - joints[0, 0])[:, :2] * result.scale
     np.testing.assert_allclose(root[:, :2] - root[0, :2], travel, atol=1e-4)
     np.testing.assert_allclose(hips - hips[0], (joints[:, 0] - joints[0, 0]) * result.scale, atol=1e-4)
+
+
+def _census() -> dict[str, int]:
+    """How many data-blocks of the kinds a retarget could add."""
+    return {kind: len(getattr(bpy.data, kind)) for kind in ("objects", "armatures", "actions", "meshes")}
+
+
+def test_rig_built_lying_down_is_refused_before_anything_is_written() -> None:
+    """Y-up bones (the character lies along +Y in world space): a clear refusal, no action, pose untouched."""
+    lying = [armature.BoneSpec(b.name, (b.head[0], b.head[2], -b.head[1]), (b.tail[0], b.tail[2], -b.tail[1]),
+                               b.parent) for b in armature.demo_rig_bones()]
+    rig = armature.build_armature("Lying", lying)
+    before = _census()
+    pose, transl = synthetic_motion(10, seed=3)
+    with pytest.raises(ValueError, match="does not stand upright"):
+        armature.retarget_onto(rig, pose, transl, rest_skeleton(), fps=FPS)
+    assert _census() == before and rig.animation_data is None
+    # Standing it up through the object's rotation is enough.
+    rig.rotation_euler = (np.pi / 2, 0.0, 0.0)
+    bpy.context.view_layer.update()
+    action, _ = armature.retarget_onto(rig, pose, transl, rest_skeleton(), fps=FPS)
+    assert rig.animation_data.action == action
+
+
+def test_constraint_driven_bones_are_solved_on_the_evaluated_pose() -> None:
+    """A hips control that follows a root bone through an Armature constraint (as in Rigify) and an upper arm that
+    copies the root's rotation: the evaluated pose still follows the source, root motion applied once."""
+    rest = rest_skeleton()
+    pose, transl = synthetic_motion(20, seed=7)
+    bones = [armature.BoneSpec("root", (0, 0, 0), (0, 0.3, 0))] + armature.demo_rig_bones(prefix="")
+    rig = armature.build_armature("Driven", bones)
+    hips = rig.pose.bones["Hips"]
+    follow = hips.constraints.new("ARMATURE")
+    follow.targets.new().target = rig
+    follow.targets[0].subtarget = "root"
+    turn = rig.pose.bones["LeftArm"].constraints.new("COPY_ROTATION")
+    turn.target, turn.subtarget, turn.mix_mode, turn.target_space, turn.owner_space = (
+        rig, "root", "BEFORE", "LOCAL", "LOCAL")
+    bpy.context.view_layer.update()
+    mapping = dict(retarget.preset_mapping("mixamo", [b.name for b in rig.data.bones]), root="root")
+    _, result = armature.retarget_onto(rig, pose, transl, rest, mapping=mapping, fps=FPS)
+    errors = direction_errors(rig, mapping, source_joints(pose, transl, rest))
+    assert errors.max() < 0.01
+    _, heads, _ = evaluated_bones(rig, np.arange(1, 21))
+    index = [b.name for b in rig.data.bones].index("Hips")
+    joints = source_joints(pose, transl, rest)
+    np.testing.assert_allclose(heads[:, index] - heads[0, index], (joints[:, 0] - joints[0, 0]) * result.scale,
+                               atol=1e-4)
+
+
+def test_bones_held_by_constraints_are_reported() -> None:
+    """Keying bones that a Copy Transforms constraint holds does nothing: refused, naming them, nothing written."""
+    rig = armature.build_demo_rig("Held")
+    for name in ("mixamorig:LeftForeArm", "mixamorig:RightLeg"):
+        hold = rig.pose.bones[name].constraints.new("COPY_TRANSFORMS")
+        hold.target, hold.subtarget = rig, "mixamorig:Spine"
+    before = _census()
+    with pytest.raises(ValueError, match=r"2 mapped bone\(s\) do not move when keyed.*'mixamorig:LeftForeArm' "
+                                         r"\(left_elbow\)"):
+        armature.target_mapping(rig, "AUTO")
+    pose, transl = synthetic_motion(5, seed=1)
+    with pytest.raises(ValueError, match="do not move when keyed"):
+        armature.retarget_onto(rig, pose, transl, rest_skeleton(), fps=FPS)
+    assert _census() == before
