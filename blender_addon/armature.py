@@ -284,7 +284,8 @@ def solve_evaluated(obj: bpy.types.Object, result: retarget.RetargetResult,
     is within SOLVE_DEGREES / SOLVE_METRES. The rig's action is set aside and its pose restored afterwards, so nothing
     changes when this raises: ValueError when bones stay farther than FIT_DEGREES / FIT_METRES from their goal.
     """
-    bones = list(result.targets)
+    bones = list(result.ancestors) + [bone for bone in result.targets if bone not in result.ancestors]
+    ancestors = np.array([bones.index(result.ancestors[b]) if result.ancestors.get(b) else -1 for b in bones])
     located = np.array([bone in result.locations for bone in bones])
     desired = np.stack([result.targets[bone] for bone in bones], axis=1)  # [T, N, 4, 4]
     frames = len(desired)
@@ -317,7 +318,7 @@ def solve_evaluated(obj: bpy.types.Object, result: retarget.RetargetResult,
                 distances = np.where(located, distances, 0.0)
                 if angles.max() < SOLVE_DEGREES and distances.max() < SOLVE_METRES:
                     break
-                bases = retarget.correct_bases(bases, evaluated, desired[t], located)
+                bases = retarget.correct_bases(bases, evaluated, desired[t], located, ancestors)
             worst = np.maximum(worst, (angles, distances))
             solved[t] = bases
             correction = np.linalg.inv(start[t]) @ bases
@@ -386,7 +387,7 @@ def retarget_onto(
     switches = limb_switches(target_obj)
     rotations, locations = solve_evaluated(target_obj, result, switches)
     result = retarget.RetargetResult(rotations=rotations, locations=locations, scale=result.scale,
-                                     targets=result.targets)
+                                     targets=result.targets, ancestors=result.ancestors)
     channels: dict[tuple[str, int], np.ndarray] = {}
     for bone, quats in rotations.items():
         channels.update(_rotation_channels(target_obj.pose.bones[bone], quats))

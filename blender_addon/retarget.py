@@ -494,6 +494,8 @@ class RetargetResult:
     locations: dict[str, np.ndarray]  # bone -> [T, 3]
     scale: float  # root-motion scale that was applied
     targets: dict[str, np.ndarray] = field(default_factory=dict)  # bone -> [T, 4, 4] Bone pose matrix to reach
+    # bone -> the target bone whose motion it inherits along the SMPL chain (None: none); parents listed first
+    ancestors: dict[str, str | None] = field(default_factory=dict)
 
 
 # --- transfer -------------------------------------------------------------------------------------------------------
@@ -560,7 +562,25 @@ def retarget(
         desired_pos[root] = _transform(to_armature, heads[root] + ground3)
 
     rotations, locations, targets = _pose_basis(rig, desired_rot, desired_pos)
-    return RetargetResult(rotations=rotations, locations=locations, scale=float(scale), targets=targets)
+    ancestors = _chain_ancestors(mapping, root is not None)
+    ancestors.update({bone: None for bone in targets if bone not in ancestors})
+    return RetargetResult(rotations=rotations, locations=locations, scale=float(scale), targets=targets,
+                          ancestors={bone: ancestors[bone] for bone in ancestors if bone in targets})
+
+
+def _chain_ancestors(mapping: Mapping[str, str], with_root: bool) -> dict[str, str | None]:
+    """Mapped bone -> the bone of its nearest mapped SMPL ancestor (the root bone above the pelvis), parents first."""
+    chain: dict[str, str | None] = {}
+    if with_root:
+        chain[mapping[ROOT]] = None
+    for j, role in enumerate(JOINT_NAMES):
+        if role not in mapping:
+            continue
+        p = PARENTS[j]
+        while p >= 0 and JOINT_NAMES[p] not in mapping:
+            p = PARENTS[p]
+        chain[mapping[role]] = mapping[JOINT_NAMES[p]] if p >= 0 else (mapping[ROOT] if with_root else None)
+    return chain
 
 
 # Roles that mark the top and the bottom of a standing body, most telling first.
@@ -688,19 +708,32 @@ def _pose_basis(
 # --- solving on the evaluated pose (the bpy glue evaluates, these functions correct) ---------------------------------
 
 
-def correct_bases(bases: np.ndarray, evaluated: np.ndarray, desired: np.ndarray, located: np.ndarray) -> np.ndarray:
+def correct_bases(bases: np.ndarray, evaluated: np.ndarray, desired: np.ndarray, located: np.ndarray,
+                  ancestors: np.ndarray | None = None) -> np.ndarray:
     """Basis matrices [N, 4, 4] that bring each bone's evaluated armature-space frame onto the desired one.
 
     Assumes evaluated = P · basis with P independent of the bone's own basis (parenting, and constraints that act like
     parenting: Armature, Child Of, Copy Rotation of another bone ...): then basis' = basis · evaluated⁻¹ · desired.
     Located bones [N] (bool) get the full correction, the others only their rotation (their location stays).
-    Applied to all bones at once this is a Jacobi step; a chain of constraint-coupled bones needs a few.
+    `ancestors` [N] (index of the bone whose motion a bone inherits, -1 for none, listed before it) lets a bone expect
+    its ancestor's correction (as if carried rigidly), so a chain settles in a step or two instead of one step per
+    link; where the guess is wrong (a limb that follows the root's rotation instead), the next step fixes it.
     """
+    count = len(bases)
+    expected = evaluated.copy()
+    if ancestors is not None:
+        change = desired @ np.linalg.inv(evaluated)  # where each bone is about to go, from where it is
+        for k in range(count):
+            a = ancestors[k]
+            if a >= 0:
+                if a >= k:
+                    raise ValueError(f"correct_bases: ancestor {a} of bone {k} must come before it")
+                expected[k] = change[a] @ evaluated[k]
     out = bases.copy()
-    out[:, :3, :3] = _orthonormal(bases[:, :3, :3] @ np.swapaxes(_orthonormal(evaluated[:, :3, :3]), -1, -2)
+    out[:, :3, :3] = _orthonormal(bases[:, :3, :3] @ np.swapaxes(_orthonormal(expected[:, :3, :3]), -1, -2)
                                   @ desired[:, :3, :3])
     if located.any():
-        full = bases[located] @ np.linalg.inv(evaluated[located]) @ desired[located]
+        full = bases[located] @ np.linalg.inv(expected[located]) @ desired[located]
         out[located, :3, 3] = full[:, :3, 3]
     return out
 
@@ -708,8 +741,8 @@ def correct_bases(bases: np.ndarray, evaluated: np.ndarray, desired: np.ndarray,
 def pose_errors(evaluated: np.ndarray, desired: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per bone: angle (degrees) between evaluated and desired rotations [..., 4, 4], and head distance."""
     relative = np.swapaxes(_orthonormal(evaluated[..., :3, :3]), -1, -2) @ desired[..., :3, :3]
-    cos = (np.trace(relative, axis1=-2, axis2=-1) - 1.0) / 2.0
-    angles = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    q = smpl_math.matrix_to_quat(relative)  # the half-angle form stays exact for tiny angles (arccos does not)
+    angles = np.degrees(2.0 * np.arctan2(np.linalg.norm(q[..., 1:], axis=-1), np.abs(q[..., 0])))
     return angles, np.linalg.norm(evaluated[..., :3, 3] - desired[..., :3, 3], axis=-1)
 
 

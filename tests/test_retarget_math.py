@@ -559,3 +559,30 @@ def test_correct_bases_reaches_targets_through_a_hidden_parent() -> None:
     angles, distances = retarget.pose_errors(hidden @ fixed, goal)
     assert angles.max() < 1e-6 and distances[located].max() < 1e-9
     np.testing.assert_allclose(fixed[1, :3, 3], basis[1, :3, 3])  # an unlocated bone keeps its location
+
+
+def test_correct_bases_expects_the_ancestors_move() -> None:
+    """Two bones in a chain behind a hidden parent: with the chain known, one step lands both; without, two."""
+    rng = np.random.default_rng(8)
+
+    def rigid(k: int) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, :3] = smpl_math.axis_angle_to_matrix(rng.normal(size=3))
+        m[:3, 3] = rng.normal(size=3)
+        return m
+
+    hidden, link = rigid(0), rigid(1)
+    bases = np.stack([rigid(2), rigid(3)])
+    goal = np.stack([rigid(4), rigid(5)])
+
+    def evaluate(b: np.ndarray) -> np.ndarray:
+        first = hidden @ b[0]
+        return np.stack([first, first @ link @ b[1]])
+
+    located = np.array([True, True])
+    one_step = retarget.correct_bases(bases, evaluate(bases), goal, located, np.array([-1, 0]))
+    assert retarget.pose_errors(evaluate(one_step), goal)[0].max() < 1e-6
+    jacobi = retarget.correct_bases(bases, evaluate(bases), goal, located)
+    assert retarget.pose_errors(evaluate(jacobi), goal)[0][1] > 1.0
+    with pytest.raises(ValueError, match="must come before it"):
+        retarget.correct_bases(bases, evaluate(bases), goal, located, np.array([1, -1]))
