@@ -217,15 +217,17 @@ def target_mapping(target_obj: bpy.types.Object, preset: str) -> dict[str, str]:
 
 def check_target(target_obj: bpy.types.Object, mapping: Mapping[str, str]) -> None:
     """Raise ValueError, changing nothing, when `mapping` cannot drive the armature: problems of the mapping, a rig
-    that does not stand along +Z, or mapped bones that constraints hold still whatever their keys say."""
+    that does not stand along +Z or has its hips below its feet, or mapped bones that constraints hold still
+    whatever their keys say. `target_mapping` runs it, so callers that map first check before writing anything."""
     names = [bone.name for bone in target_obj.data.bones]
     retarget.validate_mapping(mapping, names)
     rig = read_target_rig(target_obj)
     reference = retarget.reference_mapping(mapping, names)
     index = {name: b for b, name in enumerate(rig.names)}
-    heads = np.array(target_obj.matrix_world, dtype=np.float64)
-    heads = rig.rest[:, :3, 3] @ heads[:3, :3].T + heads[:3, 3]
-    retarget.check_upright(heads, {role: index[reference.get(role, bone)] for role, bone in mapping.items()})
+    heads = rig.rest[:, :3, 3] @ rig.world[:3, :3].T + rig.world[:3, 3]
+    shape_of = {role: index[reference.get(role, bone)] for role, bone in mapping.items()}
+    retarget.check_upright(heads, shape_of)
+    retarget.hip_height(heads, shape_of)
     frozen = _frozen_bones(target_obj, list(mapping.values()))
     if frozen:
         roles = {bone: role for role, bone in mapping.items()}

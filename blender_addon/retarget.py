@@ -641,21 +641,28 @@ def _rest_offsets(
     return offsets
 
 
-def _hip_height_ratio(source: SourceMotion, heads: np.ndarray, bone_of: Mapping[str, int]) -> float:
-    """Target hip height over source hip height, each from the pelvis joint down to the lowest rest foot joint
-    (bone heads, never tails: an imported rig's tails can point anywhere), in world units."""
-    feet = [role for role in _FEET_ROLES if role in bone_of]
-    source_joints = [JOINT_NAMES.index(role) for role in feet] or list(range(len(JOINT_NAMES)))
-    target_bones = [bone_of[role] for role in feet] or [b for role, b in bone_of.items() if role != ROOT]
-    source_height = source.rest_joints[0, 2] - source.rest_joints[source_joints, 2].min()
-    target_height = heads[bone_of["pelvis"], 2] - heads[target_bones, 2].min()
-    if source_height <= 1e-6 or target_height <= 1e-6:
+def hip_height(heads: np.ndarray, bone_of: Mapping[str, int]) -> float:
+    """Height of the pelvis joint above the lowest mapped rest foot joint (world bone heads [B, 3], never tails: an
+    imported rig's tails can point anywhere); ValueError when the hips are not above the feet."""
+    feet = [bone_of[role] for role in _FEET_ROLES if role in bone_of]
+    lowest = feet or [b for role, b in bone_of.items() if role != ROOT]
+    height = float(heads[bone_of["pelvis"], 2] - heads[lowest, 2].min())
+    if height <= 1e-6:
         raise ValueError(
-            f"retarget: cannot scale root motion, hip heights are {source_height:.4g} (source) and "
-            f"{target_height:.4g} (target); the rigs must stand upright (Z-up) with the hips above the feet, "
-            "or turn off root-motion scaling"
+            f"retarget: the target's hips are {height:.4g} above its feet; the rig must stand upright (Z-up) with the "
+            "hips above the feet: check that the bones mapped to the pelvis and the feet are the right ones"
         )
-    return float(target_height / source_height)
+    return height
+
+
+def _hip_height_ratio(source: SourceMotion, heads: np.ndarray, bone_of: Mapping[str, int]) -> float:
+    """Target hip height over source hip height, each from the pelvis joint down to the same lowest foot joints."""
+    feet = [JOINT_NAMES.index(role) for role in _FEET_ROLES if role in bone_of] or list(range(len(JOINT_NAMES)))
+    source_height = source.rest_joints[0, 2] - source.rest_joints[feet, 2].min()
+    if source_height <= 1e-6:
+        raise ValueError(f"retarget: the source's hips are {source_height:.4g} above its feet; the motion's rest "
+                         "skeleton must stand upright")
+    return hip_height(heads, bone_of) / float(source_height)
 
 
 def _heading(source: SourceMotion) -> np.ndarray:

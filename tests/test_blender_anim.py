@@ -326,3 +326,62 @@ def test_bones_held_by_constraints_are_reported() -> None:
     with pytest.raises(ValueError, match="do not move when keyed"):
         armature.retarget_onto(rig, pose, transl, rest_skeleton(), fps=FPS)
     assert _census() == before
+
+
+GERMAN_NAMES = {"Hips": "Becken", "Spine": "Wirbelsäule", "Spine1": "Wirbelsäule.001", "Spine2": "Brust",
+                "Neck": "Hals", "Head": "Kopf", "Shoulder": "Schulter", "Arm": "Oberarm", "ForeArm": "Unterarm",
+                "Hand": "Hand", "UpLeg": "Oberschenkel", "Leg": "Unterschenkel", "Foot": "Fuß", "ToeBase": "Zehen"}
+
+
+def _renamed(rename) -> list[armature.BoneSpec]:
+    """The demo rig's bones (no prefix) under other names."""
+    return [armature.BoneSpec(rename(b.name), b.head, b.tail, rename(b.parent) if b.parent else None)
+            for b in armature.demo_rig_bones(prefix="")]
+
+
+def _german(name: str) -> str:
+    for side, suffix in (("Left", ".L"), ("Right", ".R")):
+        if name.startswith(side):
+            return GERMAN_NAMES[name[len(side):]] + suffix
+    return GERMAN_NAMES[name]
+
+
+def test_german_and_generic_bone_names_end_to_end() -> None:
+    rest = rest_skeleton()
+    pose, transl = synthetic_motion(12, seed=9)
+    joints = source_joints(pose, transl, rest)
+    german = armature.build_armature("Deutsch", _renamed(_german))
+    mapping = armature.target_mapping(german, "AUTO")
+    assert len(mapping) == 22 and mapping["left_ankle"] == "Fuß.L" and mapping["spine3"] == "Brust"
+    armature.retarget_onto(german, pose, transl, rest, mapping=mapping, fps=FPS)
+    assert direction_errors(german, mapping, joints).max() < 0.01
+
+    # Generic names: nothing is guessed; a mapping made bone by bone (as the editor does) drives the rig.
+    order = [b.name for b in armature.demo_rig_bones(prefix="")]
+    generic = armature.build_armature("Generic", _renamed(lambda n: f"bone_{order.index(n):03d}"))
+    with pytest.raises(ValueError, match="map the bones by hand"):
+        armature.target_mapping(generic, "AUTO")
+    by_hand: dict[str, str] = {}
+    for role, bone in retarget.preset_mapping("mixamo", order).items():
+        by_hand = retarget.set_mapping_bone(by_hand, role, f"bone_{order.index(bone):03d}")
+    armature.check_target(generic, by_hand)
+    armature.retarget_onto(generic, pose, transl, rest, mapping=by_hand, fps=FPS)
+    assert direction_errors(generic, by_hand, joints).max() < 0.01
+
+
+def test_rig_facing_the_other_way_faces_the_source() -> None:
+    """A rig built facing +Y (Blender's convention is -Y): the take still faces where the source faces."""
+    rest = rest_skeleton()
+    pose, transl = synthetic_motion(12, seed=10)
+    turned = [armature.BoneSpec(b.name, (-b.head[0], -b.head[1], b.head[2]), (-b.tail[0], -b.tail[1], b.tail[2]),
+                                b.parent) for b in armature.demo_rig_bones()]
+    rig = armature.build_armature("Backwards", turned)
+    _, mapping = retarget.auto_mapping([b.name for b in rig.data.bones])
+    armature.retarget_onto(rig, pose, transl, rest, mapping=mapping, fps=FPS)
+    joints = source_joints(pose, transl, rest)
+    names, heads, _ = evaluated_bones(rig, np.arange(1, 13))
+    across = heads[:, names.index(mapping["left_hip"])] - heads[:, names.index(mapping["right_hip"])]
+    source_across = joints[:, 1] - joints[:, 2]
+    yaw = np.degrees(np.arctan2(across[:, 1], across[:, 0]) - np.arctan2(source_across[:, 1], source_across[:, 0]))
+    assert np.abs((yaw + 180.0) % 360.0 - 180.0).max() < 0.01
+    assert direction_errors(rig, mapping, joints).max() < 0.01

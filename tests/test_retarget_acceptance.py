@@ -33,7 +33,7 @@ smpl = pytest.importorskip("safemotion.motion.smpl")
 import addon_utils  # noqa: E402
 
 from addon_support import ExitGuard  # noqa: E402
-from blender_addon import armature, retarget, smpl_math  # noqa: E402
+from blender_addon import armature, keyframes, retarget, smpl_math  # noqa: E402
 from blender_addon.smpl_math import JOINT_NAMES, PARENTS  # noqa: E402
 
 FPS = 20
@@ -229,3 +229,24 @@ def test_retarget_acceptance(kind: str, clip: str, clips, shared_dir) -> None:
     assert abs(numbers["travel_m"] - numbers["expected_travel_m"]) <= numbers["travel_limit_m"]
     assert numbers["facing_max_deg"] <= 5.0
     assert abs(numbers["planted_target"] - numbers["planted_source"]) <= max(1, 0.1 * numbers["planted_source"])
+
+
+def test_rigify_deform_preset_is_refused_and_fk_switches_are_keyed(clips) -> None:
+    """The generated rig's DEF bones follow constraints, not keys: that preset is refused, naming the bones, before
+    anything is written; AUTO picks the FK controls and keys every limb's IK/FK switch to FK for the take."""
+    motion = clips["jump"]
+    rig = rigify_rig("IK")
+    counts = {kind: len(getattr(bpy.data, kind)) for kind in ("objects", "armatures", "actions")}
+    with pytest.raises(ValueError, match=r"mapped bone\(s\) do not move when keyed.*'DEF-spine' \(pelvis\).*"
+                                         r"'Rigify \(FK controls\)' preset"):
+        armature.target_mapping(rig, "rigify_def")
+    assert {kind: len(getattr(bpy.data, kind)) for kind in counts} == counts
+    switches = armature.limb_switches(rig)
+    assert len(switches) == 4 and all(rig.pose.bones[n][armature.RIGIFY_SWITCH] == 0.0 for n in switches)
+    mapping = armature.target_mapping(rig, "AUTO")
+    assert mapping["pelvis"] == "torso" and mapping["left_elbow"] == "forearm_fk.L"
+    action, _ = armature.retarget_onto(rig, motion.pose[:10], motion.transl[:10], motion.rest_joints,
+                                       mapping=mapping, fps=FPS)
+    for name in switches:
+        path = f'pose.bones["{name}"]["{armature.RIGIFY_SWITCH}"]'
+        assert set(keyframes.read_keys(action, rig, path, 0)[1]) == {1.0}
