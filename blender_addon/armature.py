@@ -308,6 +308,7 @@ def solve_evaluated(obj: bpy.types.Object, result: retarget.RetargetResult,
             anim.action = None  # its keys would win over the pose set here
         for name in switches:
             pose_bones[name][RIGIFY_SWITCH] = 1.0
+        view_layer.update()  # let animation that is still evaluated (NLA strips) apply before the poses are set
         correction = np.tile(np.eye(4), (len(bones), 1, 1))
         for t in range(frames):
             bases = start[t] @ correction
@@ -333,6 +334,7 @@ def solve_evaluated(obj: bpy.types.Object, result: retarget.RetargetResult,
             anim.action = saved_action
         view_layer.update()
     off = [k for k in range(len(bones)) if worst[0, k] > FIT_DEGREES or worst[1, k] > FIT_METRES]
+    off.sort(key=lambda k: ancestors[k] in off)  # the bones that cause it first, then those they carry along
     if off:
         listed = ", ".join(f"{bones[k]!r} ({worst[0, k]:.1f} deg, {worst[1, k] * 100:.1f} cm)" for k in off[:6])
         raise ValueError(

@@ -385,3 +385,23 @@ def test_rig_facing_the_other_way_faces_the_source() -> None:
     yaw = np.degrees(np.arctan2(across[:, 1], across[:, 0]) - np.arctan2(source_across[:, 1], source_across[:, 0]))
     assert np.abs((yaw + 180.0) % 360.0 - 180.0).max() < 0.01
     assert direction_errors(rig, mapping, joints).max() < 0.01
+
+
+def test_bones_that_cannot_reach_the_motion_are_reported_and_the_rig_is_restored() -> None:
+    """A Limit Rotation lets the test turn through (20 of 30 degrees) but not the motion's larger turns: the solve
+    names the bone, creates nothing and puts the rig's pose and action back."""
+    rig = armature.build_demo_rig("Limited")
+    limit = rig.pose.bones["mixamorig:LeftForeArm"].constraints.new("LIMIT_ROTATION")
+    limit.owner_space = "LOCAL"
+    for axis in "xyz":
+        setattr(limit, f"use_limit_{axis}", True)
+        setattr(limit, f"min_{axis}", -np.radians(20.0))
+        setattr(limit, f"max_{axis}", np.radians(20.0))
+    pose, transl = synthetic_motion(10, seed=4)
+    first, _ = armature.retarget_onto(rig, 0.1 * pose, transl, rest_skeleton(), fps=FPS, action_name="kept")
+    bpy.context.scene.frame_set(1)
+    before = (_census(), [tuple(b.matrix_basis.col[3]) + tuple(b.rotation_quaternion) for b in rig.pose.bones])
+    with pytest.raises(ValueError, match=r"'mixamorig:LeftForeArm' \(\d+\.\d deg, 0\.0 cm\).*does not fit"):
+        armature.retarget_onto(rig, pose, transl, rest_skeleton(), fps=FPS)
+    after = (_census(), [tuple(b.matrix_basis.col[3]) + tuple(b.rotation_quaternion) for b in rig.pose.bones])
+    assert after == before and rig.animation_data.action == first
