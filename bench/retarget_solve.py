@@ -24,24 +24,22 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+import bpy  # noqa: E402  (before addon_utils, which bpy provides)
 import addon_utils  # noqa: E402
-import bpy  # noqa: E402
 
 from blender_addon import armature, retarget  # noqa: E402
 from blender_keys import rest_skeleton, stats  # noqa: E402
-from results_md import write_section  # noqa: E402
+from results_md import publish  # noqa: E402
 
 SECTION = "## Retargeting solve (issue 17)"
 
 
 def smooth_motion(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth random SMPL pose [T, 24, 3] (four random key poses, interpolated) and a walk forward [T, 3] (Y-up)."""
+    """A random walk in pose space [T, 24, 3] (small steps: smooth, like mocap) and a walk forward [T, 3] (Y-up)."""
     rng = np.random.default_rng(seed)
-    keys = rng.normal(scale=0.4, size=(4, 24, 3))
-    t = np.linspace(0.0, 1.0, frames)
-    knots = np.linspace(0.0, 1.0, len(keys))
-    pose = np.stack([np.stack([np.interp(t, knots, keys[:, j, k]) for k in range(3)], -1) for j in range(24)], 1)
-    return pose, np.stack([0.05 * np.sin(8 * t), np.zeros(frames), 1.2 * frames / 20.0 * t], axis=-1)
+    pose = np.cumsum(rng.normal(scale=0.03, size=(frames, 24, 3)), axis=0)
+    forward = np.arange(frames) * 1.2 / 20.0
+    return pose, np.column_stack([0.05 * np.sin(forward * 4.0), np.zeros(frames), forward])
 
 
 def build(kind: str) -> bpy.types.Object:
@@ -127,10 +125,7 @@ def main() -> None:
             f"| {row['full'][0] / row['numpy'][0]:.0f}× | {row['steps']:.2f} |"
         )
     text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text, args.results)
-        print(f"\nwritten to {args.results}")
+    publish(SECTION, text, args.results, write=not args.no_write)
 
 
 if __name__ == "__main__":

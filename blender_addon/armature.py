@@ -311,20 +311,26 @@ def solve_evaluated(obj: bpy.types.Object, result: retarget.RetargetResult,
         view_layer.update()  # let animation that is still evaluated (NLA strips) apply before the poses are set
         correction = np.tile(np.eye(4), (len(bones), 1, 1))
         for t in range(frames):
-            bases = start[t] @ correction
-            for _ in range(SOLVE_STEPS):
+            bases = correction @ start[t]
+            for step in range(SOLVE_STEPS):
                 for k, bone in enumerate(bones):
                     pose_bones[bone].matrix_basis = Matrix(bases[k])
                 view_layer.update()
                 evaluated = np.array([np.array(pose_bones[bone].matrix) for bone in bones])
                 angles, distances = retarget.pose_errors(evaluated, desired[t])
                 distances = np.where(located, distances, 0.0)
-                if angles.max() < SOLVE_DEGREES and distances.max() < SOLVE_METRES:
+                done = (angles < SOLVE_DEGREES) & (distances < SOLVE_METRES)
+                if done.all():
                     break
+                if step:
+                    # Still off although its ancestor arrived: it does not turn with that ancestor (Rigify's head
+                    # follows the torso, not the neck), so from now on it expects the moves of the one above.
+                    wrong = (ancestors >= 0) & ~done & done[ancestors]
+                    ancestors[wrong] = ancestors[ancestors[wrong]]
                 bases = retarget.correct_bases(bases, evaluated, desired[t], located, ancestors)
             worst = np.maximum(worst, (angles, distances))
             solved[t] = bases
-            correction = np.linalg.inv(start[t]) @ bases
+            correction = bases @ np.linalg.inv(start[t])
     finally:
         for bone, basis in saved_bases.items():
             pose_bones[bone].matrix_basis = basis

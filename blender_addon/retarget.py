@@ -494,7 +494,7 @@ class RetargetResult:
     locations: dict[str, np.ndarray]  # bone -> [T, 3]
     scale: float  # root-motion scale that was applied
     targets: dict[str, np.ndarray] = field(default_factory=dict)  # bone -> [T, 4, 4] Bone pose matrix to reach
-    # bone -> the target bone whose motion it inherits along the SMPL chain (None: none); parents listed first
+    # bone -> the nearest driven bone above it in the rig's hierarchy (None: none); parents listed first
     ancestors: dict[str, str | None] = field(default_factory=dict)
 
 
@@ -562,25 +562,23 @@ def retarget(
         desired_pos[root] = _transform(to_armature, heads[root] + ground3)
 
     rotations, locations, targets = _pose_basis(rig, desired_rot, desired_pos)
-    ancestors = _chain_ancestors(mapping, root is not None)
-    ancestors.update({bone: None for bone in targets if bone not in ancestors})
     return RetargetResult(rotations=rotations, locations=locations, scale=float(scale), targets=targets,
-                          ancestors={bone: ancestors[bone] for bone in ancestors if bone in targets})
+                          ancestors=_driven_ancestors(rig, targets))
 
 
-def _chain_ancestors(mapping: Mapping[str, str], with_root: bool) -> dict[str, str | None]:
-    """Mapped bone -> the bone of its nearest mapped SMPL ancestor (the root bone above the pelvis), parents first."""
-    chain: dict[str, str | None] = {}
-    if with_root:
-        chain[mapping[ROOT]] = None
-    for j, role in enumerate(JOINT_NAMES):
-        if role not in mapping:
+def _driven_ancestors(rig: TargetRig, driven: Iterable[str]) -> dict[str, str | None]:
+    """Driven bone -> its nearest driven ancestor in the rig's hierarchy (None: none), parents listed first."""
+    index = {name: b for b, name in enumerate(rig.names)}
+    wanted = {index[name] for name in driven}
+    ancestors: dict[str, str | None] = {}
+    for b in rig.order():
+        if b not in wanted:
             continue
-        p = PARENTS[j]
-        while p >= 0 and JOINT_NAMES[p] not in mapping:
-            p = PARENTS[p]
-        chain[mapping[role]] = mapping[JOINT_NAMES[p]] if p >= 0 else (mapping[ROOT] if with_root else None)
-    return chain
+        p = rig.parents[b]
+        while p >= 0 and p not in wanted:
+            p = rig.parents[p]
+        ancestors[rig.names[b]] = rig.names[p] if p >= 0 else None
+    return ancestors
 
 
 # Roles that mark the top and the bottom of a standing body, most telling first.
