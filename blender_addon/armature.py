@@ -209,8 +209,7 @@ def target_mapping(target_obj: bpy.types.Object, preset: str) -> dict[str, str]:
     if preset == "AUTO":
         mapping = retarget.auto_mapping(names)[1]
     else:
-        mapping = retarget.preset_mapping(preset, names)
-        retarget.validate_mapping(mapping, names)
+        mapping = retarget.chosen_preset_mapping(preset, names)
     check_target(target_obj, mapping)
     return mapping
 

@@ -163,6 +163,23 @@ def preset_mapping(preset: str, bone_names: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
+def chosen_preset_mapping(preset: str, bone_names: Iterable[str]) -> dict[str, str]:
+    """Role -> bone mapping of a preset the user picked; ValueError when it does not fit these bones (no pelvis, or
+    fewer of its bones found than auto-detection requires), naming the preset that fits if one does."""
+    names = list(bone_names)
+    mapping = preset_mapping(preset, names)
+    validate_mapping(mapping, names)
+    needed = MIN_PRESET_MATCH * len(_preset_table(preset))
+    if len(mapping) < needed:
+        best = detect_preset(names)
+        hint = f"choose {best!r} (or Auto-detect)" if best else "map the bones by hand"
+        raise ValueError(
+            f"the {preset!r} bone-name preset finds only {len(mapping)} of its {len(PRESETS[preset])} bones in this "
+            f"armature ({', '.join(mapping.values())}): it does not fit this rig; {hint}"
+        )
+    return mapping
+
+
 def detect_preset(bone_names: Iterable[str]) -> str | None:
     """The preset whose names match these bones best, or None when none matches well enough."""
     bone_names = list(bone_names)

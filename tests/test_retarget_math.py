@@ -586,3 +586,12 @@ def test_correct_bases_expects_the_ancestors_move() -> None:
     assert retarget.pose_errors(evaluate(jacobi), goal)[0][1] > 1.0
     with pytest.raises(ValueError, match="must come before it"):
         retarget.correct_bases(bases, evaluate(bases), goal, located, np.array([1, -1]))
+
+
+def test_a_chosen_preset_that_does_not_fit_is_refused() -> None:
+    # UE5 names share 'pelvis' and 'head' with SMPL's: two bones are not a fit.
+    with pytest.raises(ValueError, match=r"'smpl' bone-name preset finds only 2 of its 24 bones.*choose 'ue5'"):
+        retarget.chosen_preset_mapping("smpl", UE5)
+    with pytest.raises(ValueError, match="no bone is mapped to 'pelvis'"):
+        retarget.chosen_preset_mapping("ue5", MIXAMO)
+    assert retarget.chosen_preset_mapping("ue5", UE5) == retarget.preset_mapping("ue5", UE5)
