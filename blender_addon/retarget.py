@@ -259,7 +259,7 @@ _ROLE_WORDS: dict[str, tuple[str, ...]] = {
     "wrist": ("hand", "wrist", "handgelenk", "main", "poignet", "mano", "muneca", "polso"),
 }
 _SIDED_ROLES = {"thigh": "hip", "knee": "knee", "ankle": "ankle", "foot": "foot", "collar": "collar",
-                "shoulder": "shoulder", "elbow": "elbow", "wrist": "wrist", "pelvis": "hip"}  # pelvis + side = hip
+                "shoulder": "shoulder", "elbow": "elbow", "wrist": "wrist"}
 _SPINE_ROLES = ("spine1", "spine2", "spine3")
 
 
@@ -293,18 +293,23 @@ def fuzzy_mapping(bone_names: Iterable[str]) -> dict[str, str]:
     .L, _l, Left, links; rig prefixes dropped); the first bone per role wins. Spine bones keep the armature's
     order (parents before children, as Blender lists them)."""
     mapping: dict[str, str] = {}
+    hips: dict[str, str] = {}  # side -> a sided "hip"/"pelvis" bone: the hip joint only if no thigh bone is named
     spine: list[str] = []
     for name in bone_names:
         words, side = _words(name)
         part = _role_of(words)
         if part is None:
             continue
-        if side is not None and part in _SIDED_ROLES:
+        if side is not None and part == "pelvis":
+            hips.setdefault(side, name)
+        elif side is not None and part in _SIDED_ROLES:
             mapping.setdefault(f"{side}_{_SIDED_ROLES[part]}", name)
         elif side is None and part == "spine":
             spine.append(name)
         elif side is None and part in ("pelvis", "neck", "head"):
             mapping.setdefault(part, name)
+    for side, name in hips.items():
+        mapping.setdefault(f"{side}_hip", name)
     names = spine
     if len(names) > 3:  # first, middle, last: SMPL's three spine joints over however many the rig has
         names = [names[0], names[len(names) // 2], names[-1]]

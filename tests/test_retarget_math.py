@@ -496,10 +496,15 @@ def test_name_matcher_maps_german_names_and_side_spellings() -> None:
     assert (mapping["spine1"], mapping["spine2"], mapping["spine3"]) == ("Wirbelsäule", "Wirbelsäule.001", "Brust")
     assert mapping["left_ankle"] == "Fuß.L" and mapping["right_collar"] == "Schulter.R"
     assert mapping["left_shoulder"] == "Oberarm.L" and mapping["left_foot"] == "Zehen.L"
-    sides = ["L_Thigh", "thigh_r", "LeftLeg", "Knie rechts", "bip01 L Clavicle", "ctrl:Right_Foot", "Hips"]
+    sides = ["Hips", "pelvis.L", "L_Thigh", "thigh_r", "LeftLeg", "Knie rechts", "bip01 L Clavicle",
+             "ctrl:Right_Foot", "R_Hip", "Avant-bras_gauche", "muslo_izquierdo", "Coscia sinistra", "Mano.Derecha"]
     got = retarget.fuzzy_mapping(sides)
     assert got == {"pelvis": "Hips", "left_hip": "L_Thigh", "right_hip": "thigh_r", "left_knee": "LeftLeg",
-                   "right_knee": "Knie rechts", "right_ankle": "ctrl:Right_Foot", "left_collar": "bip01 L Clavicle"}
+                   "right_knee": "Knie rechts", "right_ankle": "ctrl:Right_Foot", "left_collar": "bip01 L Clavicle",
+                   "left_elbow": "Avant-bras_gauche", "right_wrist": "Mano.Derecha"}
+    # A sided hip bone is the hip joint only when no thigh is named.
+    assert retarget.fuzzy_mapping(["R_Hip", "L_Hip"]) == {"left_hip": "L_Hip", "right_hip": "R_Hip"}
+    assert retarget.fuzzy_mapping(["muslo_izquierdo", "Coscia sinistra"]) == {"left_hip": "muslo_izquierdo"}
     # Mixamo names through the matcher alone agree with the preset (twist, finger and end bones ignored).
     names = ["mixamorig:" + n for n in MIXAMO] + ["mixamorig:LeftHandIndex1", "mixamorig:LeftToe_End"]
     assert retarget.fill_mapping("FUZZY", names) == retarget.fill_mapping("mixamo", names)
