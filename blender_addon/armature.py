@@ -239,6 +239,18 @@ def check_target(target_obj: bpy.types.Object, mapping: Mapping[str, str]) -> No
 
 
 PROBE_DEGREES = 30.0  # test turn of each mapped bone in `_frozen_bones`
+_POSE_CHANNELS = ("location", "rotation_quaternion", "rotation_euler", "rotation_axis_angle", "scale")
+
+
+def _pose_values(pose_bone: bpy.types.PoseBone) -> dict[str, tuple[float, ...]]:
+    """The bone's transform channels exactly as stored (setting matrix_basis back could flip a quaternion's sign)."""
+    return {channel: tuple(getattr(pose_bone, channel)) for channel in _POSE_CHANNELS}
+
+
+def _restore_pose(pose_bone: bpy.types.PoseBone, values: dict[str, tuple[float, ...]]) -> None:
+    """Put back what `_pose_values` read."""
+    for channel, value in values.items():
+        setattr(pose_bone, channel, value)
 
 
 def _frozen_bones(obj: bpy.types.Object, bones: Sequence[str]) -> list[str]:
@@ -249,15 +261,15 @@ def _frozen_bones(obj: bpy.types.Object, bones: Sequence[str]) -> list[str]:
     frozen = []
     for name in bones:
         pose_bone = pose_bones[name]
-        saved = pose_bone.matrix_basis.copy()
+        saved = _pose_values(pose_bone)
         try:
             view_layer.update()
             before = np.array(pose_bone.matrix)
-            pose_bone.matrix_basis = saved @ turn
+            pose_bone.matrix_basis = pose_bone.matrix_basis @ turn
             view_layer.update()
             after = np.array(pose_bone.matrix)
         finally:
-            pose_bone.matrix_basis = saved
+            _restore_pose(pose_bone, saved)
         if retarget.pose_errors(after, before)[0] < PROBE_DEGREES / 2:
             frozen.append(name)
     view_layer.update()
@@ -297,7 +309,7 @@ def solve_evaluated(obj: bpy.types.Object, result: retarget.RetargetResult,
         start[:, k, :3, 3] = result.locations[bone] if located[k] else tuple(pose_bones[bone].location)
     solved = np.empty_like(start)
     worst = np.zeros((2, len(bones)))
-    saved_bases = {bone: pose_bones[bone].matrix_basis.copy() for bone in bones}
+    saved_pose = {bone: _pose_values(pose_bones[bone]) for bone in bones}
     saved_switches = {name: pose_bones[name][RIGIFY_SWITCH] for name in switches}
     anim = obj.animation_data
     saved_action = anim.action if anim is not None else None
@@ -331,12 +343,13 @@ def solve_evaluated(obj: bpy.types.Object, result: retarget.RetargetResult,
             solved[t] = bases
             correction = bases @ np.linalg.inv(start[t])
     finally:
-        for bone, basis in saved_bases.items():
-            pose_bones[bone].matrix_basis = basis
         for name, value in saved_switches.items():
             pose_bones[name][RIGIFY_SWITCH] = value
         if saved_action is not None:
             anim.action = saved_action
+            view_layer.update()  # the action is evaluated once on assignment; the pose put back below stays
+        for bone, values in saved_pose.items():
+            _restore_pose(pose_bones[bone], values)
         view_layer.update()
     off = [k for k in range(len(bones)) if worst[0, k] > FIT_DEGREES or worst[1, k] > FIT_METRES]
     off.sort(key=lambda k: ancestors[k] in off)  # the bones that cause it first, then those they carry along

@@ -400,8 +400,14 @@ def test_bones_that_cannot_reach_the_motion_are_reported_and_the_rig_is_restored
     pose, transl = synthetic_motion(10, seed=4)
     first, _ = armature.retarget_onto(rig, 0.1 * pose, transl, rest_skeleton(), fps=FPS, action_name="kept")
     bpy.context.scene.frame_set(1)
-    before = (_census(), [tuple(b.matrix_basis.col[3]) + tuple(b.rotation_quaternion) for b in rig.pose.bones])
+    rig.pose.bones["mixamorig:Spine"].rotation_quaternion = (-0.9, 0.1, 0.2, 0.3)  # unkeyed, w < 0, not unit
+
+    def pose_values():
+        return [tuple(v for c in ("location", "rotation_quaternion", "scale") for v in getattr(b, c))
+                for b in rig.pose.bones]
+
+    before = (_census(), pose_values())
     with pytest.raises(ValueError, match=r"'mixamorig:LeftForeArm' \(\d+\.\d deg, 0\.0 cm\).*does not fit"):
         armature.retarget_onto(rig, pose, transl, rest_skeleton(), fps=FPS)
-    after = (_census(), [tuple(b.matrix_basis.col[3]) + tuple(b.rotation_quaternion) for b in rig.pose.bones])
+    after = (_census(), pose_values())
     assert after == before and rig.animation_data.action == first
