@@ -201,7 +201,8 @@ def measure(rig, motion, result, measured: dict[str, str]) -> dict[str, float]:
     target_feet = np.stack([heads[:, at[r]] for r in feet_roles], 1)
     contacts_t = int(planted(target_feet, scale).sum())
     contacts_s = int(planted(source[:, list(FOOT_JOINTS)], 1.0).sum())
-    return {"p95_deg": float(np.percentile(errors, 95)), "max_deg": float(errors.max()), "travel_m": float(travel),
+    return {"p95_deg": float(np.percentile(errors, 95)), "max_deg": float(errors.max()),
+            "travel_error_m": float(abs(travel - expected)), "travel_m": float(travel),
             "expected_travel_m": float(expected), "travel_limit_m": float(max(0.05 * expected, 0.1 * scale * source_hip)),
             "facing_max_deg": float(np.abs(facing).max()), "planted_target": contacts_t, "planted_source": contacts_s,
             "scale": float(scale)}
