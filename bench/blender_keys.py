@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import bpy  # noqa: E402
 
 from blender_addon import armature, keyframes, smpl_math  # noqa: E402
-from results_md import write_section
+from results_md import publish
 
 SECTION = "## Blender keying (issue 7)"
 
@@ -166,10 +166,7 @@ def main() -> None:
             f"Same key values from both methods: {'yes' if consistent else 'NO'}.",
         ]
     )
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text, args.results)
-        print(f"\nwritten to {args.results}")
+    publish(SECTION, text, args.results, write=not args.no_write)
 
 
 if __name__ == "__main__":

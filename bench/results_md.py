@@ -25,6 +25,14 @@ def write_section(heading: str, text: str, path: Path = RESULTS) -> None:
     os.replace(tmp, path)
 
 
+def publish(heading: str, text: str, path: Path, write: bool) -> None:
+    """Print a benchmark's section and, when `write`, put it into the results file (see write_section)."""
+    print(text)
+    if write:
+        write_section(heading, text, path)
+        print(f"\nwritten to {path}")
+
+
 def machine() -> str:
     """CPU model, cores, GPU if any, Python and torch builds, torch threads and load average, as one line."""
     import platform

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import bpy
 import numpy as np
-from mathutils import Euler, Quaternion
+from mathutils import Euler, Matrix, Quaternion
 
 from . import keyframes, retarget, smpl_math
 
@@ -203,13 +203,167 @@ def read_target_rig(armature_obj: bpy.types.Object) -> retarget.TargetRig:
 
 
 def target_mapping(target_obj: bpy.types.Object, preset: str) -> dict[str, str]:
-    """Role -> bone mapping of the target armature for a preset name or "AUTO"; ValueError when it cannot be mapped."""
+    """Role -> bone mapping of the target armature for a preset name or "AUTO", checked on the rig itself before
+    anything is written (see `check_target`); ValueError when it cannot be mapped or does not fit."""
     names = [bone.name for bone in target_obj.data.bones]
     if preset == "AUTO":
-        return retarget.auto_mapping(names)[1]
-    mapping = retarget.preset_mapping(preset, names)
-    retarget.validate_mapping(mapping, names)
+        mapping = retarget.auto_mapping(names)[1]
+    else:
+        mapping = retarget.chosen_preset_mapping(preset, names)
+    check_target(target_obj, mapping)
     return mapping
+
+
+def check_target(target_obj: bpy.types.Object, mapping: Mapping[str, str]) -> None:
+    """Raise ValueError, changing nothing, when `mapping` cannot drive the armature: problems of the mapping, a rig
+    that does not stand along +Z or has its hips below its feet, or mapped bones that constraints hold still
+    whatever their keys say. `target_mapping` runs it, so callers that map first check before writing anything."""
+    names = [bone.name for bone in target_obj.data.bones]
+    retarget.validate_mapping(mapping, names)
+    rig = read_target_rig(target_obj)
+    reference = retarget.reference_mapping(mapping, names)
+    index = {name: b for b, name in enumerate(rig.names)}
+    heads = rig.rest[:, :3, 3] @ rig.world[:3, :3].T + rig.world[:3, 3]
+    shape_of = {role: index[reference.get(role, bone)] for role, bone in mapping.items()}
+    retarget.check_upright(heads, shape_of)
+    retarget.hip_height(heads, shape_of)
+    frozen = _frozen_bones(target_obj, list(mapping.values()))
+    if frozen:
+        roles = {bone: role for role, bone in mapping.items()}
+        listed = ", ".join(f"{bone!r} ({roles[bone]})" for bone in frozen[:6])
+        raise ValueError(
+            f"retarget onto {target_obj.name!r}: {len(frozen)} mapped bone(s) do not move when keyed because "
+            f"constraints or drivers hold them ({listed}); this bone mapping does not fit the rig. Map the rig's "
+            "animation controls instead (for a generated Rigify rig: the 'Rigify (FK controls)' preset)"
+        )
+
+
+PROBE_DEGREES = 30.0  # test turn of each mapped bone in `_frozen_bones`
+_POSE_CHANNELS = ("location", "rotation_quaternion", "rotation_euler", "rotation_axis_angle", "scale")
+
+
+def _pose_values(pose_bone: bpy.types.PoseBone) -> dict[str, tuple[float, ...]]:
+    """The bone's transform channels exactly as stored (setting matrix_basis back could flip a quaternion's sign)."""
+    return {channel: tuple(getattr(pose_bone, channel)) for channel in _POSE_CHANNELS}
+
+
+def _restore_pose(pose_bone: bpy.types.PoseBone, values: dict[str, tuple[float, ...]]) -> None:
+    """Put back what `_pose_values` read."""
+    for channel, value in values.items():
+        setattr(pose_bone, channel, value)
+
+
+def _frozen_bones(obj: bpy.types.Object, bones: Sequence[str]) -> list[str]:
+    """Mapped bones whose evaluated rotation follows less than half of a test turn of their own basis."""
+    pose_bones = obj.pose.bones
+    view_layer = bpy.context.view_layer
+    turn = Quaternion((1.0, 0.0, 0.0), np.radians(PROBE_DEGREES)).to_matrix().to_4x4()
+    frozen = []
+    for name in bones:
+        pose_bone = pose_bones[name]
+        saved = _pose_values(pose_bone)
+        try:
+            view_layer.update()
+            before = np.array(pose_bone.matrix)
+            pose_bone.matrix_basis = pose_bone.matrix_basis @ turn
+            view_layer.update()
+            after = np.array(pose_bone.matrix)
+        finally:
+            _restore_pose(pose_bone, saved)
+        if retarget.pose_errors(after, before)[0] < PROBE_DEGREES / 2:
+            frozen.append(name)
+    view_layer.update()
+    return frozen
+
+
+RIGIFY_SWITCH = "IK_FK"  # Rigify's IK/FK switch, a custom property of each limb's parent control (1.0 = FK)
+SOLVE_STEPS = 12  # most correction steps per frame
+SOLVE_DEGREES, SOLVE_METRES = 0.01, 1e-5  # a frame is solved when every mapped bone is this close to its goal
+FIT_DEGREES, FIT_METRES = 0.5, 1e-3  # a bone still farther than this after the solve: the mapping does not fit
+
+
+def limb_switches(obj: bpy.types.Object) -> list[str]:
+    """Pose bones that carry Rigify's IK/FK switch; retargeting drives the FK controls and keys these to FK."""
+    return [pose_bone.name for pose_bone in obj.pose.bones if RIGIFY_SWITCH in pose_bone.keys()]
+
+
+def solve_evaluated(obj: bpy.types.Object, result: retarget.RetargetResult,
+                    switches: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Rotations [T, 4] and locations [T, 3] of the mapped bones that make the rig's *evaluated* pose (constraints,
+    drivers and switches included) reach `result.targets`, frame by frame.
+
+    Each frame starts from the hierarchy-only solution (with the previous frame's correction), poses the bones,
+    lets Blender evaluate the rig and corrects every bone by its remaining error (`retarget.correct_bases`) until it
+    is within SOLVE_DEGREES / SOLVE_METRES. The rig's action is set aside and its pose restored afterwards, so nothing
+    changes when this raises: ValueError when bones stay farther than FIT_DEGREES / FIT_METRES from their goal.
+    """
+    bones = list(result.ancestors) + [bone for bone in result.targets if bone not in result.ancestors]
+    ancestors = np.array([bones.index(result.ancestors[b]) if result.ancestors.get(b) else -1 for b in bones])
+    located = np.array([bone in result.locations for bone in bones])
+    desired = np.stack([result.targets[bone] for bone in bones], axis=1)  # [T, N, 4, 4]
+    frames = len(desired)
+    pose_bones = obj.pose.bones
+    start = np.tile(np.eye(4), (frames, len(bones), 1, 1))
+    for k, bone in enumerate(bones):
+        start[:, k, :3, :3] = smpl_math.quat_to_matrix(result.rotations[bone])
+        start[:, k, :3, 3] = result.locations[bone] if located[k] else tuple(pose_bones[bone].location)
+    solved = np.empty_like(start)
+    worst = np.zeros((2, len(bones)))
+    saved_pose = {bone: _pose_values(pose_bones[bone]) for bone in bones}
+    saved_switches = {name: pose_bones[name][RIGIFY_SWITCH] for name in switches}
+    anim = obj.animation_data
+    saved_action = anim.action if anim is not None else None
+    view_layer = bpy.context.view_layer
+    try:
+        if saved_action is not None:
+            anim.action = None  # its keys would win over the pose set here
+        for name in switches:
+            pose_bones[name][RIGIFY_SWITCH] = 1.0
+        view_layer.update()  # let animation that is still evaluated (NLA strips) apply before the poses are set
+        correction = np.tile(np.eye(4), (len(bones), 1, 1))
+        for t in range(frames):
+            bases = correction @ start[t]
+            for step in range(SOLVE_STEPS):
+                for k, bone in enumerate(bones):
+                    pose_bones[bone].matrix_basis = Matrix(bases[k])
+                view_layer.update()
+                evaluated = np.array([np.array(pose_bones[bone].matrix) for bone in bones])
+                angles, distances = retarget.pose_errors(evaluated, desired[t])
+                distances = np.where(located, distances, 0.0)
+                done = (angles < SOLVE_DEGREES) & (distances < SOLVE_METRES)
+                if done.all():
+                    break
+                if step:
+                    # Still off although its ancestor arrived: it does not turn with that ancestor (Rigify's head
+                    # follows the torso, not the neck), so from now on it expects the moves of the one above.
+                    wrong = (ancestors >= 0) & ~done & done[ancestors]
+                    ancestors[wrong] = ancestors[ancestors[wrong]]
+                bases = retarget.correct_bases(bases, evaluated, desired[t], located, ancestors)
+            worst = np.maximum(worst, (angles, distances))
+            solved[t] = bases
+            correction = bases @ np.linalg.inv(start[t])
+    finally:
+        for name, value in saved_switches.items():
+            pose_bones[name][RIGIFY_SWITCH] = value
+        if saved_action is not None:
+            anim.action = saved_action
+            view_layer.update()  # the action is evaluated once on assignment; the pose put back below stays
+        for bone, values in saved_pose.items():
+            _restore_pose(pose_bones[bone], values)
+        view_layer.update()
+    off = [k for k in range(len(bones)) if worst[0, k] > FIT_DEGREES or worst[1, k] > FIT_METRES]
+    off.sort(key=lambda k: ancestors[k] in off)  # the bones that cause it first, then those they carry along
+    if off:
+        listed = ", ".join(f"{bones[k]!r} ({worst[0, k]:.1f} deg, {worst[1, k] * 100:.1f} cm)" for k in off[:6])
+        raise ValueError(
+            f"retarget onto {obj.name!r}: {len(off)} mapped bone(s) cannot reach the motion on the evaluated rig "
+            f"(worst errors {listed}); constraints, drivers or locks override them, so this bone mapping does not "
+            "fit. Map the rig's animation controls instead"
+        )
+    rotations = {bone: smpl_math.quat_continuous(smpl_math.matrix_to_quat(solved[:, k, :3, :3]))
+                 for k, bone in enumerate(bones)}
+    locations = {bone: solved[:, k, :3, 3].copy() for k, bone in enumerate(bones) if located[k]}
+    return rotations, locations
 
 
 def _rotation_channels(pose_bone: bpy.types.PoseBone, quats: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
@@ -241,19 +395,29 @@ def retarget_onto(
 ) -> tuple[bpy.types.Action, retarget.RetargetResult]:
     """Key an SMPL motion (backend axes) onto an armature; mapping None = auto-detected preset.
 
-    Mapped bones get rotation keys (in their rotation mode), the hips and root bone location keys. Unmapped bones are
-    expected at rest, without constraints.
+    The mapped bones get rotation keys (in their rotation mode), the hips and root bone location keys, solved so
+    that the evaluated rig follows the motion (`solve_evaluated`); Rigify's IK/FK switches are keyed to FK. Every
+    check runs before the action is created: on ValueError nothing was added or changed.
     """
     rig = read_target_rig(target_obj)
     if mapping is None:
         _, mapping = retarget.auto_mapping(rig.names)
+    check_target(target_obj, mapping)
     source = retarget.source_from_smpl(pose, transl, rest_joints_yup, fps=fps)
-    result = retarget.retarget(source, rig, mapping, options)
+    result = retarget.retarget(source, rig, mapping, options, reference=retarget.reference_mapping(mapping, rig.names),
+                               followers=retarget.follower_bones(mapping, rig.names))
+    switches = limb_switches(target_obj)
+    rotations, locations = solve_evaluated(target_obj, result, switches)
+    result = retarget.RetargetResult(rotations=rotations, locations=locations, scale=result.scale,
+                                     targets=result.targets, ancestors=result.ancestors)
     channels: dict[tuple[str, int], np.ndarray] = {}
-    for bone, quats in result.rotations.items():
+    for bone, quats in rotations.items():
         channels.update(_rotation_channels(target_obj.pose.bones[bone], quats))
-    for bone, location in result.locations.items():
+    for bone, location in locations.items():
         channels.update({(_bone_path(bone, "location"), i): location[:, i] for i in range(3)})
+    for name in switches:
+        path = f'pose.bones["{bpy.utils.escape_identifier(name)}"]["{RIGIFY_SWITCH}"]'
+        channels[(path, 0)] = np.ones(len(source.pelvis))
     action = bpy.data.actions.new(action_name)
     keyframes.write_keys(target_obj, action, channels, _frames(len(source.pelvis), fps, frame_start))
     return action, result

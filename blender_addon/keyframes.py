@@ -18,14 +18,14 @@ import bpy
 import numpy as np
 
 OBJECT_GROUP = "Object Transforms"  # Blender's own group name for object-level channels
-_BONE_PATH = re.compile(r'^pose\.bones\["((?:[^"\\]|\\.)*)"\]\.')
+_BONE_PATH = re.compile(r'^pose\.bones\["((?:[^"\\]|\\.)*)"\][.\[]')  # a property or a custom property
 _LINEAR = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items["LINEAR"].value
 _ENSURE_FOR_DATABLOCK = bpy.types.Action.bl_rna.functions.get("fcurve_ensure_for_datablock")
 _ENSURE_TAKES_GROUP = _ENSURE_FOR_DATABLOCK is not None and "group_name" in _ENSURE_FOR_DATABLOCK.parameters  # 5.0
 
 
 def channel_group(data_path: str) -> str:
-    """Group for an F-curve: the bone name for `pose.bones["Name"].…` paths, else Blender's object group."""
+    """Group for an F-curve: the bone name for `pose.bones["Name"].…` and `…["prop"]` paths, else the object group."""
     match = _BONE_PATH.match(data_path)
     return match.group(1).replace('\\"', '"') if match else OBJECT_GROUP
 

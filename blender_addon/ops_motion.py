@@ -208,7 +208,9 @@ class SAFEMOTION_OT_retarget_action(_SmplTakeOperator, bpy.types.Operator):
         except ValueError as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Retargeted {action.name!r} onto {target.name!r} as {result_action.name!r}")
+        switched = armature.limb_switches(target)
+        note = f"; {len(switched)} IK/FK switches keyed to FK" if switched else ""
+        self.report({"INFO"}, f"Retargeted {action.name!r} onto {target.name!r} as {result_action.name!r}{note}")
         return {"FINISHED"}
 
 

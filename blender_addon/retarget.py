@@ -12,21 +12,32 @@ bone points, whatever the target's rest pose and bone rolls. O_j is built down t
 then the shortest swing of the bone direction (bone head to the head of the bone mapped to the SMPL child joint) onto
 the source's rest direction, so twist is inherited consistently along limbs.
 
-Root motion: the pelvis travel is scaled by the ratio of hip heights (pelvis above the lowest rest point) and added to
-the target hips' rest position. With a mapped root bone, the root takes the ground travel and the pelvis heading (yaw)
-and the hips keep the rest. In place removes the travel (a local straight-line fit over about a second) and keeps the
-sway around it.
+Root motion: the pelvis travel is scaled by the ratio of hip heights (pelvis joint above the lowest rest foot joint,
+both measured on joints: bone heads, never tails) and added to the target hips' rest position. With a mapped root
+bone, the root takes the ground travel and the pelvis heading (yaw) and the hips keep the rest. In place removes the
+travel (a local straight-line fit over about a second) and keeps the sway around it. A rig that does not stand along
++Z in world space (built lying down) is refused before anything is computed.
 
 World pose rotations become pose-bone local values parents-first: basis = (P_pose · P_rest⁻¹ · C_rest)⁻¹ · C_pose in
 armature space (inherit rotation on, no constraints); unmapped bones keep their rest pose. Quaternions are made sign-
-continuous over time.
+continuous over time. Those values are only the start of the solve on the evaluated rig (armature.solve_evaluated):
+the armature-space frame each mapped bone must reach is kept in `RetargetResult.targets`, and `correct_bases` moves
+the bases until Blender's evaluated pose (constraints, drivers, IK/FK switches) reaches them, so root motion that a
+control inherits through constraints is applied once. Control rigs whose controls are not shaped like the body
+(generated Rigify) take the rest geometry from their deform bones (`reference_mapping`).
+
+Mapping helpers for the editor: `fill_mapping` (a preset, AUTO or the name matcher), `fuzzy_mapping` (body-part words
+in several languages, side markers, rig prefixes), `mapping_problems` / `missing_roles` (what to tell the user),
+`set_mapping_bone`, `save_mapping` / `load_mapping`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +163,23 @@ def preset_mapping(preset: str, bone_names: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
+def chosen_preset_mapping(preset: str, bone_names: Iterable[str]) -> dict[str, str]:
+    """Role -> bone mapping of a preset the user picked; ValueError when it does not fit these bones (no pelvis, or
+    fewer of its bones found than auto-detection requires), naming the preset that fits if one does."""
+    names = list(bone_names)
+    mapping = preset_mapping(preset, names)
+    validate_mapping(mapping, names)
+    needed = MIN_PRESET_MATCH * len(_preset_table(preset))
+    if len(mapping) < needed:
+        best = detect_preset(names)
+        hint = f"choose {best!r} (or Auto-detect)" if best else "map the bones by hand"
+        raise ValueError(
+            f"the {preset!r} bone-name preset finds only {len(mapping)} of its {len(PRESETS[preset])} bones in this "
+            f"armature ({', '.join(mapping.values())}): it does not fit this rig; {hint}"
+        )
+    return mapping
+
+
 def detect_preset(bone_names: Iterable[str]) -> str | None:
     """The preset whose names match these bones best, or None when none matches well enough."""
     bone_names = list(bone_names)
@@ -165,20 +193,134 @@ def detect_preset(bone_names: Iterable[str]) -> str | None:
 
 
 def auto_mapping(bone_names: Iterable[str]) -> tuple[str, dict[str, str]]:
-    """Detected preset name and its role -> bone mapping; raises ValueError when no preset fits."""
+    """Detected preset name (or "fuzzy") and its role -> bone mapping; raises ValueError when neither fits."""
     bone_names = list(bone_names)
     preset = detect_preset(bone_names)
-    if preset is None:
-        sample = ", ".join(bone_names[:8])
-        raise ValueError(
-            f"no retarget preset ({', '.join(PRESETS)}) matches this armature's bones ({sample}, ...): "
-            "map the bones by hand"
-        )
-    return preset, preset_mapping(preset, bone_names)
+    if preset is not None:
+        return preset, preset_mapping(preset, bone_names)
+    mapping = fuzzy_mapping(bone_names)
+    body = [role for role in mapping if role != ROOT]
+    if "pelvis" in mapping and len(body) >= MIN_PRESET_MATCH * len(BODY_ROLES):
+        return FUZZY, mapping
+    sample = ", ".join(bone_names[:8])
+    raise ValueError(
+        f"no retarget preset ({', '.join(PRESETS)}) matches this armature's bones ({sample}, ...) and the name "
+        f"matcher recognises only {len(body)} of {len(BODY_ROLES)} body joints: map the bones by hand"
+    )
 
 
-def validate_mapping(mapping: Mapping[str, str], bone_names: Iterable[str]) -> None:
-    """Raise ValueError listing every problem: unknown roles, missing or reused bones, no pelvis."""
+def fill_mapping(source: str, bone_names: Iterable[str]) -> dict[str, str]:
+    """Role -> bone mapping for the editor's auto-fill: a preset name, "AUTO" (best preset, else the name matcher)
+    or "FUZZY" (the name matcher alone). Roles without a matching bone are left out."""
+    bone_names = list(bone_names)
+    if source == "AUTO":
+        preset = detect_preset(bone_names)
+        return preset_mapping(preset, bone_names) if preset else fuzzy_mapping(bone_names)
+    if source.upper() == "FUZZY":
+        return fuzzy_mapping(bone_names)
+    return preset_mapping(source, bone_names)
+
+
+# --- the name matcher -------------------------------------------------------------------------------------------------
+
+FUZZY = "fuzzy"
+BODY_ROLES: tuple[str, ...] = JOINT_NAMES[:22]  # the joints a HumanML3D motion drives (no hand ends)
+# Prefixes that exporters and rigging tools put before every bone name (matched case-insensitively, then removed).
+_NAME_PREFIXES = re.compile(
+    r"^(?:.*[:|])?(?:mixamorig\d*_?|def[-_]|org[-_]|cc_base_|bip0*1[ _]?|b_|bn_|j_bip_[clr]_|bone_|jnt_|sk_|rig_)?",
+    re.IGNORECASE,
+)
+# Side markers: whole words after splitting, in English, German, French, Spanish and Italian, and single letters.
+_SIDE_WORDS = {
+    "left": "left", "l": "left", "links": "left", "linke": "left", "linker": "left", "linkes": "left",
+    "gauche": "left", "izquierda": "left", "izquierdo": "left", "izq": "left", "sinistra": "left", "sinistro": "left",
+    "right": "right", "r": "right", "rechts": "right", "rechte": "right", "rechter": "right", "rechtes": "right",
+    "droite": "right", "droit": "right", "derecha": "right", "derecho": "right", "destra": "right",
+    "destro": "right",
+}
+# Body-part words per side-less role, as the name's words joined without digits (accents dropped, ß -> ss).
+_ROLE_WORDS: dict[str, tuple[str, ...]] = {
+    "pelvis": ("hips", "hip", "pelvis", "becken", "hufte", "bassin", "hanche", "cadera", "caderas", "bacino"),
+    "spine": ("spine", "chest", "upperchest", "torso", "abdomen", "wirbelsaule", "rucken", "brust", "colonne",
+              "poitrine", "torse", "columna", "pecho", "spina", "petto", "tronco"),
+    "neck": ("neck", "hals", "nacken", "cou", "cuello", "collo"),
+    "head": ("head", "kopf", "tete", "cabeza", "testa"),
+    "thigh": ("thigh", "upleg", "upperleg", "legupper", "femur", "oberschenkel", "cuisse", "muslo", "coscia"),
+    "knee": ("calf", "shin", "leg", "lowerleg", "leglower", "knee", "unterschenkel", "schienbein", "knie", "bein",
+             "jambe", "genou", "pierna", "rodilla", "gamba", "ginocchio"),
+    "ankle": ("foot", "ankle", "fuss", "knochel", "pied", "cheville", "pie", "tobillo", "piede", "caviglia"),
+    "foot": ("toe", "toes", "toebase", "ball", "zeh", "zehe", "zehen", "ballen", "orteil", "orteils", "dedos",
+             "punta", "dita"),
+    "collar": ("clavicle", "collar", "collarbone", "shoulder", "schlusselbein", "schulter", "clavicule", "epaule",
+               "clavicula", "hombro", "clavicola", "spalla"),
+    "shoulder": ("upperarm", "arm", "armupper", "humerus", "oberarm", "bras", "brazo", "braccio"),
+    "elbow": ("forearm", "lowerarm", "armlower", "elbow", "unterarm", "ellbogen", "ellenbogen", "avantbras",
+              "coude", "antebrazo", "codo", "avambraccio", "gomito"),
+    "wrist": ("hand", "wrist", "handgelenk", "main", "poignet", "mano", "muneca", "polso"),
+}
+_SIDED_ROLES = {"thigh": "hip", "knee": "knee", "ankle": "ankle", "foot": "foot", "collar": "collar",
+                "shoulder": "shoulder", "elbow": "elbow", "wrist": "wrist"}
+_SPINE_ROLES = ("spine1", "spine2", "spine3")
+
+
+def _words(name: str) -> tuple[list[str], str | None]:
+    """Lower-case ASCII words of a bone name without its rig prefix, and the side they name (None: centre)."""
+    text = unicodedata.normalize("NFKD", name.replace("ß", "ss"))
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    text = _NAME_PREFIXES.sub("", text)
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)  # CamelCase -> words
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", text.lower()) if w]
+    side = None
+    kept = []
+    for k, word in enumerate(words):
+        named = _SIDE_WORDS.get(word)
+        # Single letters count as a side only at either end of the name (".L", "L_", "_l").
+        if named and (len(word) > 1 or k in (0, len(words) - 1)):
+            side = side or named
+        else:
+            kept.append(word)
+    return kept, side
+
+
+def _role_of(words: list[str]) -> str | None:
+    """The side-less body part (a key of _ROLE_WORDS) these words name, digits ignored."""
+    joined = "".join(re.sub(r"\d+", "", word) for word in words)
+    return next((part for part, aliases in _ROLE_WORDS.items() if joined in aliases), None)
+
+
+def fuzzy_mapping(bone_names: Iterable[str]) -> dict[str, str]:
+    """Role -> bone by body-part words in the names (English, German, French, Spanish, Italian; side markers such as
+    .L, _l, Left, links; rig prefixes dropped); the first bone per role wins. Spine bones keep the armature's
+    order (parents before children, as Blender lists them)."""
+    mapping: dict[str, str] = {}
+    hips: dict[str, str] = {}  # side -> a sided "hip"/"pelvis" bone: the hip joint only if no thigh bone is named
+    spine: list[str] = []
+    for name in bone_names:
+        words, side = _words(name)
+        part = _role_of(words)
+        if part is None:
+            continue
+        if side is not None and part == "pelvis":
+            hips.setdefault(side, name)
+        elif side is not None and part in _SIDED_ROLES:
+            mapping.setdefault(f"{side}_{_SIDED_ROLES[part]}", name)
+        elif side is None and part == "spine":
+            spine.append(name)
+        elif side is None and part in ("pelvis", "neck", "head"):
+            mapping.setdefault(part, name)
+    for side, name in hips.items():
+        mapping.setdefault(f"{side}_hip", name)
+    names = spine
+    if len(names) > 3:  # first, middle, last: SMPL's three spine joints over however many the rig has
+        names = [names[0], names[len(names) // 2], names[-1]]
+    for role, name in zip(_SPINE_ROLES if len(names) != 2 else ("spine1", "spine3"), names):
+        mapping[role] = name
+    return {role: mapping[role] for role in ROLES if role in mapping}
+
+
+def mapping_problems(mapping: Mapping[str, str], bone_names: Iterable[str]) -> list[str]:
+    """Every reason a mapping cannot drive these bones, one sentence each (empty when it can): unknown roles,
+    bones not in the armature, bones mapped twice, no pelvis."""
     names = set(bone_names)
     problems = []
     seen: dict[str, str] = {}
@@ -192,6 +334,17 @@ def validate_mapping(mapping: Mapping[str, str], bone_names: Iterable[str]) -> N
         seen[bone] = role
     if "pelvis" not in mapping:
         problems.append("no bone is mapped to 'pelvis' (the hips): choose one")
+    return problems
+
+
+def missing_roles(mapping: Mapping[str, str]) -> list[str]:
+    """The body joints (SMPL-22) that no bone follows; they are allowed, but those limbs keep their rest pose."""
+    return [role for role in BODY_ROLES if role not in mapping]
+
+
+def validate_mapping(mapping: Mapping[str, str], bone_names: Iterable[str]) -> None:
+    """Raise ValueError listing every problem of `mapping_problems`."""
+    problems = mapping_problems(mapping, bone_names)
     if problems:
         raise ValueError("retarget mapping: " + "; ".join(problems))
 
@@ -235,6 +388,32 @@ def load_mapping(path: str | os.PathLike) -> dict[str, str]:
     if unknown:
         raise ValueError(f"{path}: unknown roles {unknown}; expected SMPL joint names or {ROOT!r}")
     return data
+
+
+# Controls of a generated Rigify rig that turn with a role's bone without being mapped to it: `spine_fk`, the FK bone
+# below the torso's pivot, carries the pelvis deform bone (DEF-spine) and must turn with the pelvis.
+RIGIFY_FOLLOWERS = {"spine_fk": "pelvis"}
+
+
+def follower_bones(mapping: Mapping[str, str], bone_names: Iterable[str]) -> dict[str, str]:
+    """Bone -> role of the controls that must turn with a mapped role's bone (see RIGIFY_FOLLOWERS), else {}."""
+    names = list(bone_names)
+    if not reference_mapping(mapping, names):
+        return {}
+    return {bone: role for bone, role in RIGIFY_FOLLOWERS.items()
+            if bone in names and role in mapping and bone not in mapping.values()}
+
+
+def reference_mapping(mapping: Mapping[str, str], bone_names: Iterable[str]) -> dict[str, str]:
+    """Role -> deform bone standing for the skeleton where `mapping` drives a generated Rigify rig's controls (their
+    rest geometry is not the body's: the torso control lies flat), else {}."""
+    names = list(bone_names)
+    controls = preset_mapping("rigify", names)
+    deform = preset_mapping("rigify_def", names)
+    if len(controls) < MIN_PRESET_MATCH * len(PRESETS["rigify"]) or "pelvis" not in deform:
+        return {}
+    return {role: deform[role] for role, bone in mapping.items()
+            if role != ROOT and role in deform and controls.get(role) == bone}
 
 
 def _preset_table(preset: str) -> dict[str, tuple[str, ...]]:
@@ -330,44 +509,67 @@ class RetargetOptions:
 
 @dataclass(frozen=True)
 class RetargetResult:
-    """Pose-bone channels per frame: rotation_quaternion (w, x, y, z) of mapped bones, location of hips/root."""
+    """Pose-bone channels per frame: rotation_quaternion (w, x, y, z) of mapped bones, location of hips/root; and the
+    armature-space frame [T, 4, 4] each mapped bone is meant to reach once evaluated (the solver's goal)."""
 
     rotations: dict[str, np.ndarray]  # bone -> [T, 4]
     locations: dict[str, np.ndarray]  # bone -> [T, 3]
     scale: float  # root-motion scale that was applied
+    targets: dict[str, np.ndarray] = field(default_factory=dict)  # bone -> [T, 4, 4] Bone pose matrix to reach
+    # bone -> the nearest driven bone above it in the rig's hierarchy (None: none); parents listed first
+    ancestors: dict[str, str | None] = field(default_factory=dict)
 
 
 # --- transfer -------------------------------------------------------------------------------------------------------
 
 
 def retarget(
-    source: SourceMotion, rig: TargetRig, mapping: Mapping[str, str], options: RetargetOptions = RetargetOptions()
+    source: SourceMotion, rig: TargetRig, mapping: Mapping[str, str], options: RetargetOptions = RetargetOptions(),
+    reference: Mapping[str, str] | None = None, followers: Mapping[str, str] | None = None,
 ) -> RetargetResult:
-    """Pose-bone rotations and hips/root locations that make `rig` follow `source` (see the module docstring)."""
+    """Pose-bone rotations and hips/root locations that make `rig` follow `source` (see the module docstring).
+
+    `reference` (role -> bone) names the bones whose rest geometry stands for the skeleton when the mapped bones are
+    controls placed elsewhere (a generated Rigify rig: FK controls mapped, DEF bones as reference); roles it lacks
+    use the mapped bone itself. `followers` (bone -> role) are further controls that turn with a role's bone
+    (Rigify's `spine_fk`, which carries the pelvis deform bone below the torso pivot); they get rotation keys only.
+    """
     validate_mapping(mapping, rig.names)
     index = {name: b for b, name in enumerate(rig.names)}
     bone_of = {role: index[bone] for role, bone in mapping.items()}
+    reference = reference or {}
+    missing = sorted(bone for bone in reference.values() if bone not in index)
+    if missing:
+        raise ValueError(f"retarget: reference bones {missing} are not in the armature")
+    shape_of = {role: index[reference.get(role, mapping[role])] for role in mapping}
     world_rot = _rotation_part(rig.world)
     to_armature = np.linalg.inv(rig.world)
     heads = _transform(rig.world, rig.rest[:, :3, 3])
     tails = _transform(rig.world, rig.tails)
     rest_world = world_rot @ rig.rest[:, :3, :3]
 
-    offsets = _rest_offsets(source.rest_joints, heads, tails, bone_of)
+    check_upright(heads, shape_of)
+    offsets = _rest_offsets(source.rest_joints, heads, tails, shape_of)
     desired_rot = {
         bone_of[JOINT_NAMES[j]]: world_rot.T @ source.rotations[:, j] @ offset @ rest_world[bone_of[JOINT_NAMES[j]]]
         for j, offset in offsets.items()
     }
+    for bone, role in (followers or {}).items():
+        if bone in index and role in mapping and JOINT_NAMES.index(role) in offsets:
+            j = JOINT_NAMES.index(role)
+            desired_rot[index[bone]] = world_rot.T @ source.rotations[:, j] @ offsets[j] @ rest_world[index[bone]]
 
-    hips = bone_of["pelvis"]
-    scale = _hip_height_ratio(source, heads, tails, bone_of) if options.scale_root_motion else 1.0
+    hips, hips_shape = bone_of["pelvis"], shape_of["pelvis"]
+    scale = _hip_height_ratio(source, heads, shape_of) if options.scale_root_motion else 1.0
     travel = (source.pelvis - source.rest_joints[0]) * scale
     ground = travel[:, :2].copy()
     if options.in_place:
         window = max(1, round(options.in_place_window * source.fps))
         travel[:, :2] -= _travel(travel[:, :2], window)
         ground[:] = 0.0
-    desired_pos = {hips: _transform(to_armature, heads[hips] + travel)}
+    # The skeleton's pelvis joint travels; a control elsewhere (Rigify's torso) turns rigidly about it.
+    lever = (source.rotations[:, 0] @ offsets[0]) @ (heads[hips] - heads[hips_shape])
+    desired_pos = {hips: _transform(to_armature, heads[hips_shape] + travel + lever)}
 
     root = bone_of.get(ROOT) if options.use_root_bone else None
     if root is not None:
@@ -381,8 +583,50 @@ def retarget(
         ground3 = np.concatenate([ground, np.zeros((len(ground), 1))], axis=1)
         desired_pos[root] = _transform(to_armature, heads[root] + ground3)
 
-    rotations, locations = _pose_basis(rig, desired_rot, desired_pos)
-    return RetargetResult(rotations=rotations, locations=locations, scale=float(scale))
+    rotations, locations, targets = _pose_basis(rig, desired_rot, desired_pos)
+    return RetargetResult(rotations=rotations, locations=locations, scale=float(scale), targets=targets,
+                          ancestors=_driven_ancestors(rig, targets))
+
+
+def _driven_ancestors(rig: TargetRig, driven: Iterable[str]) -> dict[str, str | None]:
+    """Driven bone -> its nearest driven ancestor in the rig's hierarchy (None: none), parents listed first."""
+    index = {name: b for b, name in enumerate(rig.names)}
+    wanted = {index[name] for name in driven}
+    ancestors: dict[str, str | None] = {}
+    for b in rig.order():
+        if b not in wanted:
+            continue
+        p = rig.parents[b]
+        while p >= 0 and p not in wanted:
+            p = rig.parents[p]
+        ancestors[rig.names[b]] = rig.names[p] if p >= 0 else None
+    return ancestors
+
+
+# Roles that mark the top and the bottom of a standing body, most telling first.
+_TOP_ROLES = ("head", "neck", "spine3", "spine2", "spine1")
+_FEET_ROLES = ("left_ankle", "right_ankle", "left_foot", "right_foot")
+MAX_TILT_DEGREES = 45.0
+
+
+def check_upright(heads: np.ndarray, bone_of: Mapping[str, int]) -> None:
+    """Raise ValueError when the mapped skeleton (world bone heads [B, 3]) does not stand along world +Z, e.g. a rig
+    built lying down with Y-up bones: its feet-to-head axis must be within MAX_TILT_DEGREES of +Z."""
+    top = next((bone_of[role] for role in _TOP_ROLES if role in bone_of), None)
+    feet = [bone_of[role] for role in _FEET_ROLES if role in bone_of]
+    if top is None or not feet:
+        return
+    up = heads[top] - heads[feet].mean(axis=0)
+    length = float(np.linalg.norm(up))
+    tilt = 180.0 if length < 1e-9 else float(np.degrees(np.arccos(np.clip(up[2] / length, -1.0, 1.0))))
+    if tilt > MAX_TILT_DEGREES:
+        direction = ", ".join(f"{v:.2f}" for v in up / max(length, 1e-12))
+        raise ValueError(
+            f"retarget: the target armature does not stand upright: from its feet to its head points along "
+            f"({direction}) in world space, {tilt:.0f} degrees away from Blender's up axis +Z (a rig built lying down, "
+            "e.g. with Y-up bones from an exporter without axis conversion). Rotate the armature object so the "
+            "character stands along +Z (for Y-up: Rotate X 90 degrees, then Apply > Rotation) and retarget again"
+        )
 
 
 def _rest_offsets(
@@ -417,20 +661,28 @@ def _rest_offsets(
     return offsets
 
 
-def _hip_height_ratio(
-    source: SourceMotion, heads: np.ndarray, tails: np.ndarray, bone_of: Mapping[str, int]
-) -> float:
-    """Target hip height over source hip height, each measured from its lowest rest point (world units)."""
-    source_height = source.rest_joints[0, 2] - source.rest_joints[:, 2].min()
-    body = [b for role, b in bone_of.items() if role != ROOT]
-    target_height = heads[bone_of["pelvis"], 2] - min(heads[body, 2].min(), tails[body, 2].min())
-    if source_height <= 1e-6 or target_height <= 1e-6:
+def hip_height(heads: np.ndarray, bone_of: Mapping[str, int]) -> float:
+    """Height of the pelvis joint above the lowest mapped rest foot joint (world bone heads [B, 3], never tails: an
+    imported rig's tails can point anywhere); ValueError when the hips are not above the feet."""
+    feet = [bone_of[role] for role in _FEET_ROLES if role in bone_of]
+    lowest = feet or [b for role, b in bone_of.items() if role != ROOT]
+    height = float(heads[bone_of["pelvis"], 2] - heads[lowest, 2].min())
+    if height <= 1e-6:
         raise ValueError(
-            f"retarget: cannot scale root motion, hip heights are {source_height:.4g} (source) and "
-            f"{target_height:.4g} (target); the rigs must stand upright (Z-up) with the hips above the feet, "
-            "or turn off root-motion scaling"
+            f"retarget: the target's hips are {height:.4g} above its feet; the rig must stand upright (Z-up) with the "
+            "hips above the feet: check that the bones mapped to the pelvis and the feet are the right ones"
         )
-    return float(target_height / source_height)
+    return height
+
+
+def _hip_height_ratio(source: SourceMotion, heads: np.ndarray, bone_of: Mapping[str, int]) -> float:
+    """Target hip height over source hip height, each from the pelvis joint down to the same lowest foot joints."""
+    feet = [JOINT_NAMES.index(role) for role in _FEET_ROLES if role in bone_of] or list(range(len(JOINT_NAMES)))
+    source_height = source.rest_joints[0, 2] - source.rest_joints[feet, 2].min()
+    if source_height <= 1e-6:
+        raise ValueError(f"retarget: the source's hips are {source_height:.4g} above its feet; the motion's rest "
+                         "skeleton must stand upright")
+    return hip_height(heads, bone_of) / float(source_height)
 
 
 def _heading(source: SourceMotion) -> np.ndarray:
@@ -450,12 +702,14 @@ def _heading(source: SourceMotion) -> np.ndarray:
 
 def _pose_basis(
     rig: TargetRig, desired_rot: Mapping[int, np.ndarray], desired_pos: Mapping[int, np.ndarray]
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Pose-bone rotations (quaternions) and locations reaching the desired armature-space frames, parents first."""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Pose-bone rotations (quaternions) and locations reaching the desired armature-space frames, parents first,
+    and those frames [T, 4, 4] per driven bone."""
     frames = next(iter(desired_rot.values())).shape[0]
     pose = np.empty((frames, len(rig.names), 4, 4))
     rotations: dict[str, np.ndarray] = {}
     locations: dict[str, np.ndarray] = {}
+    targets: dict[str, np.ndarray] = {}
     for b in rig.order():
         p = rig.parents[b]
         chain = rig.rest[b] if p < 0 else pose[:, p] @ np.linalg.inv(rig.rest[p]) @ rig.rest[b]
@@ -471,10 +725,61 @@ def _pose_basis(
         if b not in desired_pos:
             basis[:, :3, 3] = 0.0
         pose[:, b] = chain @ basis
+        targets[rig.names[b]] = pose[:, b].copy()
         rotations[rig.names[b]] = smpl_math.quat_continuous(smpl_math.matrix_to_quat(basis[:, :3, :3]))
         if b in desired_pos:
             locations[rig.names[b]] = basis[:, :3, 3].copy()
-    return rotations, locations
+    return rotations, locations, targets
+
+
+# --- solving on the evaluated pose (the bpy glue evaluates, these functions correct) ---------------------------------
+
+
+def correct_bases(bases: np.ndarray, evaluated: np.ndarray, desired: np.ndarray, located: np.ndarray,
+                  ancestors: np.ndarray | None = None) -> np.ndarray:
+    """Basis matrices [N, 4, 4] that bring each bone's evaluated armature-space frame onto the desired one.
+
+    Assumes evaluated = P · basis with P independent of the bone's own basis (parenting, and constraints that act like
+    parenting: Armature, Child Of, Copy Rotation of another bone ...): then basis' = basis · evaluated⁻¹ · desired.
+    Located bones [N] (bool) get the full correction, the others only their rotation (their location stays).
+    `ancestors` [N] (index of the bone whose motion a bone inherits, -1 for none, listed before it) lets a bone expect
+    its ancestor's correction (as if carried rigidly), so a chain settles in a step or two instead of one step per
+    link; where the guess is wrong (a limb that follows the root's rotation instead), the next step fixes it.
+    """
+    count = len(bases)
+    expected = evaluated.copy()
+    if ancestors is not None:
+        change = desired @ np.linalg.inv(evaluated)  # where each bone is about to go, from where it is
+        for k in range(count):
+            a = ancestors[k]
+            if a >= 0:
+                if a >= k:
+                    raise ValueError(f"correct_bases: ancestor {a} of bone {k} must come before it")
+                expected[k] = change[a] @ evaluated[k]
+    out = bases.copy()
+    out[:, :3, :3] = _orthonormal(bases[:, :3, :3] @ np.swapaxes(_orthonormal(expected[:, :3, :3]), -1, -2)
+                                  @ desired[:, :3, :3])
+    if located.any():
+        full = bases[located] @ np.linalg.inv(expected[located]) @ desired[located]
+        out[located, :3, 3] = full[:, :3, 3]
+    return out
+
+
+def pose_errors(evaluated: np.ndarray, desired: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per bone: angle (degrees) between evaluated and desired rotations [..., 4, 4], and head distance."""
+    relative = np.swapaxes(_orthonormal(evaluated[..., :3, :3]), -1, -2) @ desired[..., :3, :3]
+    q = smpl_math.matrix_to_quat(relative)  # the half-angle form stays exact for tiny angles (arccos does not)
+    angles = np.degrees(2.0 * np.arctan2(np.linalg.norm(q[..., 1:], axis=-1), np.abs(q[..., 0])))
+    return angles, np.linalg.norm(evaluated[..., :3, 3] - desired[..., :3, 3], axis=-1)
+
+
+def _orthonormal(m: np.ndarray) -> np.ndarray:
+    """Nearest rotations [..., 3, 3] (drops scale and shear of evaluated matrices)."""
+    u, _, vt = np.linalg.svd(m)
+    sign = np.where(np.linalg.det(u @ vt) < 0, -1.0, 1.0)
+    u = u.copy()
+    u[..., :, 2] *= sign[..., None]
+    return u @ vt
 
 
 def _travel(x: np.ndarray, window: int) -> np.ndarray:
@@ -508,10 +813,7 @@ def _frame(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
 
 def _rotation_part(matrix: np.ndarray) -> np.ndarray:
     """Nearest rotation [3, 3] to the upper-left 3x3 block of a 4x4 matrix (drops scale)."""
-    u, _, vt = np.linalg.svd(matrix[:3, :3])
-    if np.linalg.det(u @ vt) < 0:
-        u[:, 2] *= -1
-    return u @ vt
+    return _orthonormal(matrix[:3, :3])
 
 
 def _transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

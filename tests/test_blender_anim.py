@@ -262,3 +262,152 @@ def test_retarget_onto_rigify_style_rig() -> None:
     travel = (joints[:, 0] - joints[0, 0])[:, :2] * result.scale
     np.testing.assert_allclose(root[:, :2] - root[0, :2], travel, atol=1e-4)
     np.testing.assert_allclose(hips - hips[0], (joints[:, 0] - joints[0, 0]) * result.scale, atol=1e-4)
+
+
+def _census() -> dict[str, int]:
+    """How many data-blocks of the kinds a retarget could add."""
+    return {kind: len(getattr(bpy.data, kind)) for kind in ("objects", "armatures", "actions", "meshes")}
+
+
+def test_rig_built_lying_down_is_refused_before_anything_is_written() -> None:
+    """Y-up bones (the character lies along +Y in world space): a clear refusal, no action, pose untouched."""
+    lying = [armature.BoneSpec(b.name, (b.head[0], b.head[2], -b.head[1]), (b.tail[0], b.tail[2], -b.tail[1]),
+                               b.parent) for b in armature.demo_rig_bones()]
+    rig = armature.build_armature("Lying", lying)
+    before = _census()
+    pose, transl = synthetic_motion(10, seed=3)
+    with pytest.raises(ValueError, match="does not stand upright"):
+        armature.retarget_onto(rig, pose, transl, rest_skeleton(), fps=FPS)
+    assert _census() == before and rig.animation_data is None
+    # Standing it up through the object's rotation is enough.
+    rig.rotation_euler = (np.pi / 2, 0.0, 0.0)
+    bpy.context.view_layer.update()
+    action, _ = armature.retarget_onto(rig, pose, transl, rest_skeleton(), fps=FPS)
+    assert rig.animation_data.action == action
+
+
+def test_constraint_driven_bones_are_solved_on_the_evaluated_pose() -> None:
+    """A hips control that follows a root bone through an Armature constraint (as in Rigify) and an upper arm that
+    copies the root's rotation: the evaluated pose still follows the source, root motion applied once."""
+    rest = rest_skeleton()
+    pose, transl = synthetic_motion(20, seed=7)
+    bones = [armature.BoneSpec("root", (0, 0, 0), (0, 0.3, 0))] + armature.demo_rig_bones(prefix="")
+    rig = armature.build_armature("Driven", bones)
+    hips = rig.pose.bones["Hips"]
+    follow = hips.constraints.new("ARMATURE")
+    follow.targets.new().target = rig
+    follow.targets[0].subtarget = "root"
+    turn = rig.pose.bones["LeftArm"].constraints.new("COPY_ROTATION")
+    turn.target, turn.subtarget, turn.mix_mode, turn.target_space, turn.owner_space = (
+        rig, "root", "BEFORE", "LOCAL", "LOCAL")
+    bpy.context.view_layer.update()
+    mapping = dict(retarget.preset_mapping("mixamo", [b.name for b in rig.data.bones]), root="root")
+    _, result = armature.retarget_onto(rig, pose, transl, rest, mapping=mapping, fps=FPS)
+    errors = direction_errors(rig, mapping, source_joints(pose, transl, rest))
+    assert errors.max() < 0.01
+    _, heads, _ = evaluated_bones(rig, np.arange(1, 21))
+    index = [b.name for b in rig.data.bones].index("Hips")
+    joints = source_joints(pose, transl, rest)
+    np.testing.assert_allclose(heads[:, index] - heads[0, index], (joints[:, 0] - joints[0, 0]) * result.scale,
+                               atol=1e-4)
+
+
+def test_bones_held_by_constraints_are_reported() -> None:
+    """Keying bones that a Copy Transforms constraint holds does nothing: refused, naming them, nothing written."""
+    rig = armature.build_demo_rig("Held")
+    for name in ("mixamorig:LeftForeArm", "mixamorig:RightLeg"):
+        hold = rig.pose.bones[name].constraints.new("COPY_TRANSFORMS")
+        hold.target, hold.subtarget = rig, "mixamorig:Spine"
+    before = _census()
+    with pytest.raises(ValueError, match=r"2 mapped bone\(s\) do not move when keyed.*'mixamorig:LeftForeArm' "
+                                         r"\(left_elbow\)"):
+        armature.target_mapping(rig, "AUTO")
+    pose, transl = synthetic_motion(5, seed=1)
+    with pytest.raises(ValueError, match="do not move when keyed"):
+        armature.retarget_onto(rig, pose, transl, rest_skeleton(), fps=FPS)
+    assert _census() == before
+
+
+GERMAN_NAMES = {"Hips": "Becken", "Spine": "Wirbelsäule", "Spine1": "Wirbelsäule.001", "Spine2": "Brust",
+                "Neck": "Hals", "Head": "Kopf", "Shoulder": "Schulter", "Arm": "Oberarm", "ForeArm": "Unterarm",
+                "Hand": "Hand", "UpLeg": "Oberschenkel", "Leg": "Unterschenkel", "Foot": "Fuß", "ToeBase": "Zehen"}
+
+
+def _renamed(rename) -> list[armature.BoneSpec]:
+    """The demo rig's bones (no prefix) under other names."""
+    return [armature.BoneSpec(rename(b.name), b.head, b.tail, rename(b.parent) if b.parent else None)
+            for b in armature.demo_rig_bones(prefix="")]
+
+
+def _german(name: str) -> str:
+    for side, suffix in (("Left", ".L"), ("Right", ".R")):
+        if name.startswith(side):
+            return GERMAN_NAMES[name[len(side):]] + suffix
+    return GERMAN_NAMES[name]
+
+
+def test_german_and_generic_bone_names_end_to_end() -> None:
+    rest = rest_skeleton()
+    pose, transl = synthetic_motion(12, seed=9)
+    joints = source_joints(pose, transl, rest)
+    german = armature.build_armature("Deutsch", _renamed(_german))
+    mapping = armature.target_mapping(german, "AUTO")
+    assert len(mapping) == 22 and mapping["left_ankle"] == "Fuß.L" and mapping["spine3"] == "Brust"
+    armature.retarget_onto(german, pose, transl, rest, mapping=mapping, fps=FPS)
+    assert direction_errors(german, mapping, joints).max() < 0.01
+
+    # Generic names: nothing is guessed; a mapping made bone by bone (as the editor does) drives the rig.
+    order = [b.name for b in armature.demo_rig_bones(prefix="")]
+    generic = armature.build_armature("Generic", _renamed(lambda n: f"bone_{order.index(n):03d}"))
+    with pytest.raises(ValueError, match="map the bones by hand"):
+        armature.target_mapping(generic, "AUTO")
+    by_hand: dict[str, str] = {}
+    for role, bone in retarget.preset_mapping("mixamo", order).items():
+        by_hand = retarget.set_mapping_bone(by_hand, role, f"bone_{order.index(bone):03d}")
+    armature.check_target(generic, by_hand)
+    armature.retarget_onto(generic, pose, transl, rest, mapping=by_hand, fps=FPS)
+    assert direction_errors(generic, by_hand, joints).max() < 0.01
+
+
+def test_rig_facing_the_other_way_faces_the_source() -> None:
+    """A rig built facing +Y (Blender's convention is -Y): the take still faces where the source faces."""
+    rest = rest_skeleton()
+    pose, transl = synthetic_motion(12, seed=10)
+    turned = [armature.BoneSpec(b.name, (-b.head[0], -b.head[1], b.head[2]), (-b.tail[0], -b.tail[1], b.tail[2]),
+                                b.parent) for b in armature.demo_rig_bones()]
+    rig = armature.build_armature("Backwards", turned)
+    _, mapping = retarget.auto_mapping([b.name for b in rig.data.bones])
+    armature.retarget_onto(rig, pose, transl, rest, mapping=mapping, fps=FPS)
+    joints = source_joints(pose, transl, rest)
+    names, heads, _ = evaluated_bones(rig, np.arange(1, 13))
+    across = heads[:, names.index(mapping["left_hip"])] - heads[:, names.index(mapping["right_hip"])]
+    source_across = joints[:, 1] - joints[:, 2]
+    yaw = np.degrees(np.arctan2(across[:, 1], across[:, 0]) - np.arctan2(source_across[:, 1], source_across[:, 0]))
+    assert np.abs((yaw + 180.0) % 360.0 - 180.0).max() < 0.01
+    assert direction_errors(rig, mapping, joints).max() < 0.01
+
+
+def test_bones_that_cannot_reach_the_motion_are_reported_and_the_rig_is_restored() -> None:
+    """A Limit Rotation lets the test turn through (20 of 30 degrees) but not the motion's larger turns: the solve
+    names the bone, creates nothing and puts the rig's pose and action back."""
+    rig = armature.build_demo_rig("Limited")
+    limit = rig.pose.bones["mixamorig:LeftForeArm"].constraints.new("LIMIT_ROTATION")
+    limit.owner_space = "LOCAL"
+    for axis in "xyz":
+        setattr(limit, f"use_limit_{axis}", True)
+        setattr(limit, f"min_{axis}", -np.radians(20.0))
+        setattr(limit, f"max_{axis}", np.radians(20.0))
+    pose, transl = synthetic_motion(10, seed=4)
+    first, _ = armature.retarget_onto(rig, 0.1 * pose, transl, rest_skeleton(), fps=FPS, action_name="kept")
+    bpy.context.scene.frame_set(1)
+    rig.pose.bones["mixamorig:Spine"].rotation_quaternion = (-0.9, 0.1, 0.2, 0.3)  # unkeyed, w < 0, not unit
+
+    def pose_values():
+        return [tuple(v for c in ("location", "rotation_quaternion", "scale") for v in getattr(b, c))
+                for b in rig.pose.bones]
+
+    before = (_census(), pose_values())
+    with pytest.raises(ValueError, match=r"'mixamorig:LeftForeArm' \(\d+\.\d deg, 0\.0 cm\).*does not fit"):
+        armature.retarget_onto(rig, pose, transl, rest_skeleton(), fps=FPS)
+    after = (_census(), pose_values())
+    assert after == before and rig.animation_data.action == first

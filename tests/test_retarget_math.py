@@ -481,3 +481,122 @@ def test_quaternions_are_continuous() -> None:
     assert (hips[:, 0] < 0).any()  # past one turn the continuous quaternion has w < 0
     assert direction_errors(rig, mapping, result, smpl_math.points_to_z_up(
         smpl_math.forward_kinematics(pose, np.zeros((frames, 3)), rest)[0])).max() < 1e-6
+
+
+# --- name matcher, editor helpers, orientation, evaluated-pose correction (issue 17) ------------------------------
+
+GERMAN = ("Becken", "Wirbelsäule", "Wirbelsäule.001", "Brust", "Hals", "Kopf", "Schulter.L", "Oberarm.L",
+          "Unterarm.L", "Hand.L", "Schulter.R", "Oberarm.R", "Unterarm.R", "Hand.R", "Oberschenkel.L",
+          "Unterschenkel.L", "Fuß.L", "Zehen.L", "Oberschenkel.R", "Unterschenkel.R", "Fuß.R", "Zehen.R")
+
+
+def test_name_matcher_maps_german_names_and_side_spellings() -> None:
+    preset, mapping = retarget.auto_mapping(GERMAN)
+    assert preset == retarget.FUZZY and len(mapping) == 22 and not retarget.missing_roles(mapping)
+    assert (mapping["spine1"], mapping["spine2"], mapping["spine3"]) == ("Wirbelsäule", "Wirbelsäule.001", "Brust")
+    assert mapping["left_ankle"] == "Fuß.L" and mapping["right_collar"] == "Schulter.R"
+    assert mapping["left_shoulder"] == "Oberarm.L" and mapping["left_foot"] == "Zehen.L"
+    sides = ["Hips", "pelvis.L", "L_Thigh", "thigh_r", "LeftLeg", "Knie rechts", "bip01 L Clavicle",
+             "ctrl:Right_Foot", "R_Hip", "Avant-bras_gauche", "muslo_izquierdo", "Coscia sinistra", "Mano.Derecha"]
+    got = retarget.fuzzy_mapping(sides)
+    assert got == {"pelvis": "Hips", "left_hip": "L_Thigh", "right_hip": "thigh_r", "left_knee": "LeftLeg",
+                   "right_knee": "Knie rechts", "right_ankle": "ctrl:Right_Foot", "left_collar": "bip01 L Clavicle",
+                   "left_elbow": "Avant-bras_gauche", "right_wrist": "Mano.Derecha"}
+    # A sided hip bone is the hip joint only when no thigh is named.
+    assert retarget.fuzzy_mapping(["R_Hip", "L_Hip"]) == {"left_hip": "L_Hip", "right_hip": "R_Hip"}
+    assert retarget.fuzzy_mapping(["muslo_izquierdo", "Coscia sinistra"]) == {"left_hip": "muslo_izquierdo"}
+    # Mixamo names through the matcher alone agree with the preset (twist, finger and end bones ignored).
+    names = ["mixamorig:" + n for n in MIXAMO] + ["mixamorig:LeftHandIndex1", "mixamorig:LeftToe_End"]
+    assert retarget.fill_mapping("FUZZY", names) == retarget.fill_mapping("mixamo", names)
+    assert retarget.fill_mapping("AUTO", UE5) == retarget.preset_mapping("ue5", UE5)
+
+
+def test_generic_names_are_not_guessed() -> None:
+    names = [f"bone_{k:03d}" for k in range(22)]
+    assert retarget.fill_mapping("AUTO", names) == {}
+    with pytest.raises(ValueError, match="recognises only 0 of 22 body joints: map the bones by hand"):
+        retarget.auto_mapping(names)
+
+
+def test_mapping_problems_name_every_bone() -> None:
+    problems = retarget.mapping_problems({"left_hip": "bone_001", "right_hip": "bone_001", "spine1": "nope"},
+                                         ["bone_001", "bone_002"])
+    assert problems == ["bone 'bone_001' is mapped twice ('left_hip' and 'right_hip')",
+                        "role 'spine1': bone 'nope' is not in the armature",
+                        "no bone is mapped to 'pelvis' (the hips): choose one"]
+    assert retarget.missing_roles({"pelvis": "a", "head": "b"})[:3] == ["left_hip", "right_hip", "spine1"]
+
+
+def test_rig_lying_down_is_refused() -> None:
+    source, *_ = source_and_joints(seed=3)
+    bones = mixamo_bones(False)
+    lying = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float)  # +Z (up) onto +Y: built with Y-up bones
+    turned = [(n, p, tuple(lying.T @ np.array(h)), tuple(lying.T @ np.array(t))) for n, p, h, t in bones]
+    rig = make_rig(turned, seed=4)
+    mapping = retarget.auto_mapping(rig.names)[1]
+    with pytest.raises(ValueError, match=r"does not stand upright.* 9\d degrees away from Blender's up axis"):
+        retarget.retarget(source, rig, mapping)
+    # The same rig with its object turned upright stands, and faces the source's way whatever its own facing.
+    world = np.eye(4)
+    world[:3, :3] = lying
+    result = retarget.retarget(source, make_rig(turned, seed=4, world=world), mapping)
+    assert result.scale == pytest.approx(retarget.retarget(source, make_rig(bones, seed=4), mapping).scale)
+
+
+def test_hip_height_uses_heads_not_tails() -> None:
+    source, *_ = source_and_joints(seed=5)
+    bones = mixamo_bones(False)
+    sunk = [(n, p, h, (t[0], t[1], -0.1) if n.endswith("ToeBase") else t) for n, p, h, t in bones]  # FBX-like tails
+    mapping = retarget.auto_mapping([b[0] for b in bones])[1]
+    plain = retarget.retarget(source, make_rig(bones, seed=1), mapping).scale
+    assert retarget.retarget(source, make_rig(sunk, seed=1), mapping).scale == pytest.approx(plain)
+
+
+def test_correct_bases_reaches_targets_through_a_hidden_parent() -> None:
+    """A bone evaluated as P · basis with P unknown to the maths (a constraint): one step lands on the goal."""
+    rng = np.random.default_rng(7)
+    rotations = smpl_math.axis_angle_to_matrix(rng.normal(size=(3, 3, 3)))
+    hidden, basis, goal = (np.tile(np.eye(4), (3, 1, 1)) for _ in range(3))
+    hidden[:, :3, :3], basis[:, :3, :3], goal[:, :3, :3] = rotations
+    hidden[:, :3, 3], basis[:, :3, 3], goal[:, :3, 3] = rng.normal(size=(3, 3, 3))
+    located = np.array([True, False, True])
+    fixed = retarget.correct_bases(basis, hidden @ basis, goal, located)
+    angles, distances = retarget.pose_errors(hidden @ fixed, goal)
+    assert angles.max() < 1e-6 and distances[located].max() < 1e-9
+    np.testing.assert_allclose(fixed[1, :3, 3], basis[1, :3, 3])  # an unlocated bone keeps its location
+
+
+def test_correct_bases_expects_the_ancestors_move() -> None:
+    """Two bones in a chain behind a hidden parent: with the chain known, one step lands both; without, two."""
+    rng = np.random.default_rng(8)
+
+    def rigid(k: int) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, :3] = smpl_math.axis_angle_to_matrix(rng.normal(size=3))
+        m[:3, 3] = rng.normal(size=3)
+        return m
+
+    hidden, link = rigid(0), rigid(1)
+    bases = np.stack([rigid(2), rigid(3)])
+    goal = np.stack([rigid(4), rigid(5)])
+
+    def evaluate(b: np.ndarray) -> np.ndarray:
+        first = hidden @ b[0]
+        return np.stack([first, first @ link @ b[1]])
+
+    located = np.array([True, True])
+    one_step = retarget.correct_bases(bases, evaluate(bases), goal, located, np.array([-1, 0]))
+    assert retarget.pose_errors(evaluate(one_step), goal)[0].max() < 1e-6
+    jacobi = retarget.correct_bases(bases, evaluate(bases), goal, located)
+    assert retarget.pose_errors(evaluate(jacobi), goal)[0][1] > 1.0
+    with pytest.raises(ValueError, match="must come before it"):
+        retarget.correct_bases(bases, evaluate(bases), goal, located, np.array([1, -1]))
+
+
+def test_a_chosen_preset_that_does_not_fit_is_refused() -> None:
+    # UE5 names share 'pelvis' and 'head' with SMPL's: two bones are not a fit.
+    with pytest.raises(ValueError, match=r"'smpl' bone-name preset finds only 2 of its 24 bones.*choose 'ue5'"):
+        retarget.chosen_preset_mapping("smpl", UE5)
+    with pytest.raises(ValueError, match="no bone is mapped to 'pelvis'"):
+        retarget.chosen_preset_mapping("ue5", MIXAMO)
+    assert retarget.chosen_preset_mapping("ue5", UE5) == retarget.preset_mapping("ue5", UE5)
