@@ -219,5 +219,9 @@ def test_combat_build_has_every_unique_clip_mirrored(shared_dir, tmp_path):
     assert sorted(stats.skipped) == [f"ase-sword-shield/RL_Avatar_Idle_{n}(0)_Motion.npy" for n in IDLES]
     assert stats.per_label["attack:yes"] == 37 and stats.per_label["assimp:boxing"] == 4
     assert all(stats.per_split[split] > 0 for split in ("train", "val", "test"))
+    concept = [stats.per_split_concept[split].get("violence", 0) for split in ("train", "val", "test")]
+    assert sum(concept) == stats.per_label["violence"] and concept[2] > 0  # violent test clips from the new sources
+    card = (tmp_path / "combat" / "README.md").read_text()
+    assert f"| violence (word_boundary) | {concept[0]} | {concept[1]} | {concept[2]} | {sum(concept)} |" in card
     texts = sorted((tmp_path / "combat" / "texts").glob("MX*.txt"))
     assert len(texts) == 4 and "right jab" in (tmp_path / "combat" / "texts" / "MX000000.txt").read_text()

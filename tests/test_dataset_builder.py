@@ -260,6 +260,14 @@ def test_stats(built):
     assert stats.per_split["train_val"] == stats.per_split["train"] + stats.per_split["val"]
     assert stats.per_label == {"user": stats.windows, "violence": 3, "violence:paper": 3}
     assert (root / "stats.json").read_text().strip() == stats.to_json()
+    assert sum(stats.per_split_source[s].get("user", 0) for s in ("train", "val", "test")) == stats.windows
+    assert [stats.per_split_concept[s].get("violence", 0) for s in ("train", "val", "test")] == [1, 1, 1]
+    assert stats.caption_stats["captions"] == sum(
+        len(set((root / "texts" / f"{r['id']}.txt").read_text().splitlines())) for r in rows
+    )
+    card = (root / "README.md").read_text()
+    assert "| violence (word_boundary) | 1 | 1 | 1 | 3 |" in card
+    assert f"| user | {stats.per_split_source['train']['user']} |" in card
 
 
 def test_splits_disjoint_by_take_and_violence_everywhere(built):
@@ -297,6 +305,8 @@ def test_concept_splits_on_built_dataset(built):
     punch_ids = {r["id"] for r in _index(root) if r["take"].startswith("punch_")}
     assert forget == punch_ids | {f"M{i}" for i in punch_ids}
     assert counts["train_val-w-violence"] + counts["test-w-violence"] == 6
+    for split in ("train", "val", "test"):  # the card's per-split concept counts are the split files' (no mirrors)
+        assert counts[f"{split}-w-violence"] == 2 * built[1].per_split_concept[split].get("violence", 0)
 
 
 def test_deterministic_for_a_seed_and_worker_count(built, library, tmp_path):

@@ -9,6 +9,7 @@ Output folder (written to a temporary sibling folder, renamed into place only wh
     train.txt val.txt test.txt train_val.txt all.txt   ids, mirrors included
     index.csv                 id,source,take,start_frame,end_frame (20 fps frames of the take after looping/padding)
     stats.json                `DatasetStats`
+    README.md                 clips per split, source and concept, labels, caption statistics (`dataset_card`)
 
 Decisions:
 - **Takes and windows.** A take is one source recording. Its 20 fps motion is cut into equal, non-overlapping windows
@@ -68,6 +69,7 @@ from safemotion.data import assimp_boxing as boxing
 from safemotion.data import ase_sword_shield as ase
 from safemotion.data import captions as cap
 from safemotion.data.concepts import matches_concept
+from safemotion.data.dataset_card import CONCEPT_LABELS, caption_statistics, render_dataset_card
 from safemotion.data.mocap_import import load_motion
 from safemotion.motion.features import FEATURE_DIM, extract_features, mirror_joints, recover_from_ric
 
@@ -148,6 +150,9 @@ class DatasetStats:
     per_label: dict[str, int]
     per_split: dict[str, int]
     per_split_takes: dict[str, int]
+    per_split_source: dict[str, dict[str, int]]
+    per_split_concept: dict[str, dict[str, int]]
+    caption_stats: dict[str, float]
     skipped: dict[str, str]
     seed: int
 
@@ -165,6 +170,10 @@ class DatasetStats:
             "per source (windows): " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.per_source.items())),
             "per label (windows): " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.per_label.items())),
         ]
+        for label, name in CONCEPT_LABELS.items():
+            counts = " / ".join(f"{split} {self.per_split_concept[split].get(label, 0):,}" for split in SPLITS)
+            lines.append(f"{name} per split (windows): {counts}")
+        lines.append("captions: " + ", ".join(f"{k} {v:,}" for k, v in self.caption_stats.items()))
         if self.skipped:
             lines.append(f"skipped takes: {len(self.skipped)} (reasons in stats.json)")
         return "\n".join(lines)
@@ -584,6 +593,7 @@ class _Collector:
     next_number: Counter[str] = field(default_factory=Counter)
     per_source: Counter[str] = field(default_factory=Counter)
     per_label: Counter[str] = field(default_factory=Counter)
+    window_captions: list[tuple[str, ...]] = field(default_factory=list)
     frames: int = 0
 
     def add(self, result: TakeResult) -> None:
@@ -603,6 +613,7 @@ class _Collector:
             _write_window(self.root, motion_id, window, take.captions)
             self.index_rows.append((motion_id, take.source, take.name, window.start, window.end))
             self.frames += window.end - window.start
+            self.window_captions.append(take.captions)
         self.per_source[take.source] += len(result.windows)
         for label in take.labels:
             self.per_label[label] += len(result.windows)
@@ -641,6 +652,14 @@ def _build_into(
         writer.writerows(collector.index_rows)
 
     windows = len(collector.index_rows)
+    per_split_source: dict[str, Counter[str]] = {name: Counter() for name in SPLITS}
+    per_split_concept: dict[str, Counter[str]] = {name: Counter() for name in SPLITS}
+    for take in collector.kept:
+        count = len(collector.take_ids[take.key])
+        per_split_source[take_split[take.key]][take.source] += count
+        for label in take.labels:
+            if label in CONCEPT_LABELS:
+                per_split_concept[take_split[take.key]][label] += count
     stats = DatasetStats(
         clips=len(collector.kept),
         windows=windows,
@@ -651,8 +670,12 @@ def _build_into(
         per_label=dict(sorted(collector.per_label.items())),
         per_split={name: len(split_ids[name]) for name in (*SPLITS, "train_val")},
         per_split_takes=dict(sorted(Counter(take_split.values()).items())),
+        per_split_source={name: dict(sorted(per_split_source[name].items())) for name in SPLITS},
+        per_split_concept={name: dict(sorted(per_split_concept[name].items())) for name in SPLITS},
+        caption_stats=caption_statistics(collector.window_captions),
         skipped=dict(sorted(skipped.items())),
         seed=seed,
     )
     (root / "stats.json").write_text(stats.to_json() + "\n", encoding="utf-8")
+    (root / "README.md").write_text(render_dataset_card(stats), encoding="utf-8")
     return stats
