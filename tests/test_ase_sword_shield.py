@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import pickle
 from collections import OrderedDict
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from safemotion.data import ase_sword_shield as ase
+from safemotion.data import caption_grammar as grammar
 from safemotion.data import assimp_boxing as boxing
 from safemotion.data.bvh import BvhError, read_bvh
 from safemotion.data.dataset_builder import build_dataset
@@ -214,6 +216,8 @@ def test_boxing_segment_inside_the_calibration_is_refused(tmp_path):
 
 def test_combat_build_has_every_unique_clip_mirrored(shared_dir, tmp_path):
     stats = build_dataset(tmp_path / "combat", shared_data=shared_dir / "data", include={"combat"}, workers=1)
+    with open(tmp_path / "combat" / "index.csv", newline="") as f:
+        index = {row["take"]: row["id"] for row in csv.DictReader(f)}
     assert stats.per_source == {"ase-sword-shield": 86, "assimp-boxing": 4}  # two long clips give two windows
     assert stats.clips == 88 and stats.ids == 2 * stats.windows
     assert sorted(stats.skipped) == [f"ase-sword-shield/RL_Avatar_Idle_{n}(0)_Motion.npy" for n in IDLES]
@@ -223,5 +227,10 @@ def test_combat_build_has_every_unique_clip_mirrored(shared_dir, tmp_path):
     assert sum(concept) == stats.per_label["violence"] and concept[2] > 0  # violent test clips from the new sources
     card = (tmp_path / "combat" / "README.md").read_text()
     assert f"| violence (word_boundary) | {concept[0]} | {concept[1]} | {concept[2]} | {sum(concept)} |" in card
+    texts_dir = tmp_path / "combat" / "texts"
+    lines = [line.split("#")[0] for p in texts_dir.glob("*.txt") for line in p.read_text().splitlines()]
+    assert not [line for line in lines if grammar.normalize(line) in grammar.held_out_prompts()]
+    idle = (tmp_path / "combat" / "texts" / f"{index['Idle_Ready']}.txt").read_text().splitlines()
+    assert len(idle) == 5 and any(p in line for line in idle[3:] for p in grammar.STILL)  # measured still
     texts = sorted((tmp_path / "combat" / "texts").glob("MX*.txt"))
     assert len(texts) == 4 and "right jab" in (tmp_path / "combat" / "texts" / "MX000000.txt").read_text()

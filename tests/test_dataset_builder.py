@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from safemotion.data import caption_grammar as grammar
 from safemotion.data.bvh import bvh_from_joints, write_bvh
 from safemotion.data.concept_splits import write_concept_splits
 from safemotion.data.dataset_builder import (
@@ -374,3 +375,10 @@ def test_deepmimic_build(shared_dir: Path, tmp_path):
     assert int(rows["spin"]["end_frame"]) == 88  # 4.42 s: used as is
     assert stats.per_label["violence"] == stats.per_label["violence:paper"] == 3  # kick, punch, spinkick
     assert sorted(stats.per_split_takes.items()) == [("test", 2), ("train", 11), ("val", 2)]
+    texts = {p.stem: p.read_text().splitlines() for p in (tmp_path / "dm" / "texts").glob("*.txt")}
+    assert stats.caption_stats["distinct_per_window_min"] >= 3
+    assert not [line for lines in texts.values() for line in lines
+                if grammar.normalize(line.split("#")[0]) in grammar.held_out_prompts()]
+    walk = texts[rows["walk"]["id"]]
+    assert len(walk) == 5  # 3 label captions + 2 measured ones (0.97 m/s forward: a normal-pace walk)
+    assert any("walks" in line or "walking" in line for line in walk[3:])
