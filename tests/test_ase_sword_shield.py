@@ -234,3 +234,33 @@ def test_combat_build_has_every_unique_clip_mirrored(shared_dir, tmp_path):
     assert len(idle) == 5 and any(p in line for line in idle[3:] for p in grammar.STILL)  # measured still
     texts = sorted((tmp_path / "combat" / "texts").glob("MX*.txt"))
     assert len(texts) == 4 and "right jab" in (tmp_path / "combat" / "texts" / "MX000000.txt").read_text()
+
+
+def _ase_folder(root: Path, ase_dir: Path, files: dict[str, bytes]) -> Path:
+    """A shared-data folder whose ase_sword_shield/ holds `files` (name -> bytes) with minimal labels and captions."""
+    folder = root / "ase_sword_shield"
+    (folder / "motions").mkdir(parents=True, exist_ok=True)
+    labels = ["file\tclip\tcategory\tviolent_content\tnet_forward_m\tnet_left_m\tduplicate_of"]
+    captions = ["file\tclip\tcaption_idx\tcaption"]
+    for name, data in files.items():
+        (folder / "motions" / name).write_bytes(data)
+        labels.append(f"{name}\t{name[:-4]}\tlocomotion\tno - walk\t5.0\t0.0\t")
+        captions += [f"{name}\t{name[:-4]}\t{i}\ta fighter in a guard stance advances, take {i}." for i in range(3)]
+    (folder / "labels.tsv").write_text("\n".join(labels) + "\n")
+    (folder / "captions.tsv").write_text("\n".join(captions) + "\n")
+    return root
+
+
+def test_a_malicious_clip_fails_the_build_and_keeps_the_previous_dataset(ase_dir, tmp_path):
+    good = {"RL_Avatar_WalkForward01_Motion.npy": clip_path(ase_dir, "WalkForward01").read_bytes()}
+    out = tmp_path / "out" / "dataset"
+    build_dataset(out, shared_data=_ase_folder(tmp_path / "v1", ase_dir, good), include={"ase"}, workers=1)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    marker = tmp_path / "pwned"
+    evil = save_object_npy(tmp_path / "evil.npy", pickle.dumps(_RunsShell(marker), protocol=3)).read_bytes()
+    shared = _ase_folder(tmp_path / "v2", ase_dir, {**good, "RL_Avatar_Evil_Motion.npy": evil})
+    with pytest.raises(RuntimeError, match=r"RL_Avatar_Evil_Motion\.npy: refused to load (posix|os|nt)\.system"):
+        build_dataset(out, shared_data=shared, include={"ase"}, workers=1)
+    assert not marker.exists()
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in out.parent.iterdir()] == ["dataset"]  # no half-written build folder

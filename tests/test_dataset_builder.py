@@ -336,6 +336,24 @@ def test_malformed_bvh_leaves_no_dataset(library, tmp_path):
     assert list((tmp_path / "out").iterdir()) == []  # no temporary build folder either
 
 
+def test_failed_rebuild_keeps_the_previous_dataset(tmp_path):
+    lib = tmp_path / "lib"
+    write_library(lib, {"walk_a.bvh": LIBRARY["walk_a.bvh"], "wave_left.bvh": LIBRARY["wave_left.bvh"]})
+    out = tmp_path / "out" / "dataset"
+    build_dataset(out, bvh_dir=lib, workers=1)
+    before = _tree(out)
+    lines = (lib / "walk_a.bvh").read_text().splitlines()
+    first_frame = next(i for i, line in enumerate(lines) if line.startswith("Frame Time")) + 1
+    lines[first_frame] = "nan " + lines[first_frame].split(maxsplit=1)[1]
+    (lib / "nan.bvh").write_text("\n".join(lines) + "\n")
+    with open(lib / "captions.csv", "a", newline="") as f:
+        f.write("nan.bvh,a person walks ahead\n")
+    with pytest.raises(Exception, match=r"nan\.bvh"):
+        build_dataset(out, bvh_dir=lib, workers=1)
+    assert _tree(out) == before
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["dataset"]
+
+
 def test_output_folder_rules(library, tmp_path):
     lib = tmp_path / "lib"
     write_library(lib, {"walk_a.bvh": LIBRARY["walk_a.bvh"]})

@@ -356,3 +356,39 @@ def test_cli_train_all_stages_then_generate(dataset, tmp_path, capsys):
     assert report["worst_clip_mpjpe_m"] == pytest.approx(worst, rel=1e-5)
     assert 0 < report["clip_mpjpe_median_m"] <= report["worst_clip_mpjpe_m"]
     assert report["global_mpjpe_m"] >= 0
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: np.save(path, np.array({"rotation": 1}, dtype=object), allow_pickle=True),
+     "not a plain numeric .npy array .*pickled objects are never loaded"),
+    (lambda path: np.save(path, np.full((64, 263), np.nan, dtype=np.float32)), "contains NaN or infinite values"),
+    (lambda path: np.save(path, np.zeros((64, 200), dtype=np.float32)), r"expected features \[T, 263\]"),
+    (lambda path: np.save(path, np.array(["walk"] * 64)), "holds <U4 values, expected a numeric array"),
+    (lambda path: path.write_bytes(b"\x93NUMPY garbage"), "not a plain numeric .npy array"),
+])
+def test_bad_feature_files_name_the_file_and_leave_the_model_as_it_was(dataset, tmp_path, damage, message):
+    model = tmp_path / "model"
+    run_stage("vq", options(dataset, model))
+    before = _files(model)
+    bad = tmp_path / "bad"
+    shutil.copytree(dataset, bad)
+    damage(bad / "new_joint_vecs" / "000001.npy")
+    for stage in ("vq", "mask"):
+        with pytest.raises(ValueError, match=r"000001\.npy: " + message):
+            run_stage(stage, options(bad, model, config=None, resume=False, work=tmp_path / f"work-{stage}"))
+    assert _files(model) == before
+
+
+def test_a_diverging_run_stops_and_leaves_the_model_and_checkpoint_as_they_were(dataset, tmp_path):
+    model = tmp_path / "model"
+    run_stage("vq", options(dataset, model))
+    run_stage("mask", options(dataset, model, config=None, iters=2))
+    before, checkpoint = _files(model), (tmp_path / "model.training" / "mask.ckpt").read_bytes()
+    with pytest.raises(FloatingPointError, match="mask: the loss is (nan|inf) at iteration [2-9]"):
+        run_stage("mask", options(dataset, model, config=None, iters=8, lr=1e30, checkpoint_every=100))
+    assert _files(model) == before
+    assert (tmp_path / "model.training" / "mask.ckpt").read_bytes() == checkpoint

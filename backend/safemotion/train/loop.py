@@ -13,6 +13,7 @@ the training's random streams untouched, so weights do not depend on whether or 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import tempfile
@@ -193,11 +194,18 @@ def train(stage: Stage, recipe: Recipe, checkpoint: Path, seed: int = 3407, resu
                disable=not progress, dynamic_ncols=True)
     for iteration in bar:
         loss, metrics = stage.loss(stage.batch(data_rng, recipe.batch_size))
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"{stage.name}: the loss is {value} at iteration {iteration + 1}; training stopped without writing "
+                f"anything (the model directory and {checkpoint.name} stay as they were); lower the learning rate "
+                "or check the data, then rerun (with --resume to continue from the checkpoint)"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        result.losses.append(loss.item())
+        result.losses.append(value)
         result.metrics = metrics
         result.iterations = iteration + 1
         if progress and (iteration % 10 == 0 or iteration + 1 == end):
