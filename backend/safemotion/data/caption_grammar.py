@@ -14,8 +14,9 @@ Two kinds of input:
   slow / easy / relaxed walking; brisk walking; jogging / sprinting; gestures made "in place"), chosen by the
   measurement, never by a name, so "slow" captions go with slow windows.
 
-No caption equals a prompt of the shipped prompt sets or the adherence suite (`held_out_prompts`): those are the
-wordings the model is tested on, so `compose` skips them (compared lower-case without punctuation).
+No caption, nor its left/right mirror, equals a prompt of the shipped prompt sets or the adherence suite
+(`held_out_prompts`): those are the wordings the model is tested on, so `compose` skips them (compared lower-case
+without punctuation) and the dataset builder drops such captions from the human-written sources.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from functools import cache
 
 import numpy as np
 
-from safemotion.data.captions import clean_caption, is_verb_form, progressive, third_person
+from safemotion.data.captions import clean_caption, is_verb_form, mirror_caption, progressive, third_person
 
 SUBJECTS = ("a person", "someone", "the person", "somebody", "a human", "an individual")
 # Sentence frames: {subject} and the verb phrase in the simple present ({present}) or progressive ({progressive}).
@@ -142,6 +143,12 @@ def held_out_prompts() -> frozenset[str]:
     return frozenset(normalize(p) for p in prompts)
 
 
+def copies_held_out_prompt(caption: str) -> bool:
+    """True when the caption, or its left/right mirror (written for the mirrored clip), equals a held-out prompt."""
+    held_out = held_out_prompts()
+    return normalize(caption) in held_out or normalize(mirror_caption(caption)) in held_out
+
+
 def _constant_strings(values: Iterable[object]) -> list[str]:
     """Every string inside (nested) dicts, tuples, lists and sets."""
     found: list[str] = []
@@ -168,7 +175,7 @@ def compose(
         raise ValueError(f"{key}: no verb phrase to caption")
     rng = random.Random(f"{seed}:{key}")
     order = rng.sample(list(phrases), len(phrases))
-    banned = held_out_prompts() | {normalize(a) for a in avoid}
+    avoided = {normalize(a) for a in avoid}
     captions: list[str] = []
     seen: set[str] = set()
     for attempt in range(count * DRAWS_PER_CAPTION):
@@ -177,7 +184,7 @@ def compose(
         words = " ".join(filter(None, (order[attempt % len(order)], *(rng.choice(m) for m in modifiers))))
         frame = rng.choice(FRAMES)
         text = frame.format(subject=rng.choice(SUBJECTS), present=words, progressive=progressive(words))
-        if normalize(text) not in banned and normalize(text) not in seen:
+        if normalize(text) not in avoided | seen and not copies_held_out_prompt(text):
             seen.add(normalize(text))
             captions.append(text)
     return captions

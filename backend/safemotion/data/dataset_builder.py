@@ -584,12 +584,11 @@ def build_dataset(
 def _with_violence_labels(take: Take) -> Take:
     """The take labelled "violence" / "violence:paper" when a caption line matches the word_boundary / paper rule.
 
-    Shared-data captions that equal a held-out evaluation prompt (e.g. a KIT caption "a person walks forward") are
-    dropped first; a user's own captions are kept as written.
+    Shared-data captions that equal a held-out evaluation prompt, themselves or mirrored (e.g. a KIT caption "a person
+    walks forward"), are dropped first; a user's own captions are kept as written.
     """
     if take.source != "user":
-        held_out = grammar.held_out_prompts()
-        take = replace(take, captions=tuple(c for c in take.captions if grammar.normalize(c) not in held_out))
+        take = replace(take, captions=tuple(c for c in take.captions if not grammar.copies_held_out_prompt(c)))
         if not take.captions:
             raise ValueError(f"{take.key}: every caption equals a held-out evaluation prompt; add another caption")
     labels = take.labels
