@@ -5,6 +5,8 @@ neck q(4), r_hip q(4), r_knee, r_ankle q(4), r_shoulder q(4), r_elbow, l_hip q(4
 l_shoulder q(4), l_elbow], ...]} with quaternions (w, x, y, z) local to the parent joint, knee/elbow angles (radians)
 about the local z axis, and `dt` the time to the next frame (0 on the last). The character is Y-up, faces +x with its
 right side at +z; the output is rotated -90 degrees about Y so it faces +Z with the left side at +x (HumanML3D).
+`humanoid_joints` (resampling and forward kinematics of this humanoid) also serves the ASE sword-and-shield clips,
+which use the same body (`ase_sword_shield`).
 """
 
 from __future__ import annotations
