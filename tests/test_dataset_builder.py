@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from safemotion.data import caption_grammar as grammar
 from safemotion.data.bvh import bvh_from_joints, write_bvh
 from safemotion.data.concept_splits import write_concept_splits
 from safemotion.data.dataset_builder import (
@@ -260,6 +261,14 @@ def test_stats(built):
     assert stats.per_split["train_val"] == stats.per_split["train"] + stats.per_split["val"]
     assert stats.per_label == {"user": stats.windows, "violence": 3, "violence:paper": 3}
     assert (root / "stats.json").read_text().strip() == stats.to_json()
+    assert sum(stats.per_split_source[s].get("user", 0) for s in ("train", "val", "test")) == stats.windows
+    assert [stats.per_split_concept[s].get("violence", 0) for s in ("train", "val", "test")] == [1, 1, 1]
+    assert stats.caption_stats["captions"] == sum(
+        len(set((root / "texts" / f"{r['id']}.txt").read_text().splitlines())) for r in rows
+    )
+    card = (root / "README.md").read_text()
+    assert "| violence (word_boundary) | 1 | 1 | 1 | 3 |" in card
+    assert f"| user | {stats.per_split_source['train']['user']} |" in card
 
 
 def test_splits_disjoint_by_take_and_violence_everywhere(built):
@@ -297,6 +306,8 @@ def test_concept_splits_on_built_dataset(built):
     punch_ids = {r["id"] for r in _index(root) if r["take"].startswith("punch_")}
     assert forget == punch_ids | {f"M{i}" for i in punch_ids}
     assert counts["train_val-w-violence"] + counts["test-w-violence"] == 6
+    for split in ("train", "val", "test"):  # the card's per-split concept counts are the split files' (no mirrors)
+        assert counts[f"{split}-w-violence"] == 2 * built[1].per_split_concept[split].get("violence", 0)
 
 
 def test_deterministic_for_a_seed_and_worker_count(built, library, tmp_path):
@@ -323,6 +334,24 @@ def test_malformed_bvh_leaves_no_dataset(library, tmp_path):
         build_dataset(out, bvh_dir=lib, workers=1)
     assert not out.exists()
     assert list((tmp_path / "out").iterdir()) == []  # no temporary build folder either
+
+
+def test_failed_rebuild_keeps_the_previous_dataset(tmp_path):
+    lib = tmp_path / "lib"
+    write_library(lib, {"walk_a.bvh": LIBRARY["walk_a.bvh"], "wave_left.bvh": LIBRARY["wave_left.bvh"]})
+    out = tmp_path / "out" / "dataset"
+    build_dataset(out, bvh_dir=lib, workers=1)
+    before = _tree(out)
+    lines = (lib / "walk_a.bvh").read_text().splitlines()
+    first_frame = next(i for i, line in enumerate(lines) if line.startswith("Frame Time")) + 1
+    lines[first_frame] = "nan " + lines[first_frame].split(maxsplit=1)[1]
+    (lib / "nan.bvh").write_text("\n".join(lines) + "\n")
+    with open(lib / "captions.csv", "a", newline="") as f:
+        f.write("nan.bvh,a person walks ahead\n")
+    with pytest.raises(Exception, match=r"nan\.bvh"):
+        build_dataset(out, bvh_dir=lib, workers=1)
+    assert _tree(out) == before
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["dataset"]
 
 
 def test_output_folder_rules(library, tmp_path):
@@ -364,3 +393,10 @@ def test_deepmimic_build(shared_dir: Path, tmp_path):
     assert int(rows["spin"]["end_frame"]) == 88  # 4.42 s: used as is
     assert stats.per_label["violence"] == stats.per_label["violence:paper"] == 3  # kick, punch, spinkick
     assert sorted(stats.per_split_takes.items()) == [("test", 2), ("train", 11), ("val", 2)]
+    texts = {p.stem: p.read_text().splitlines() for p in (tmp_path / "dm" / "texts").glob("*.txt")}
+    assert stats.caption_stats["distinct_per_window_min"] >= 3
+    assert not [line for lines in texts.values() for line in lines
+                if grammar.normalize(line.split("#")[0]) in grammar.held_out_prompts()]
+    walk = texts[rows["walk"]["id"]]
+    assert len(walk) == 5  # 3 label captions + 2 measured ones (0.97 m/s forward: a normal-pace walk)
+    assert any("walks" in line or "walking" in line for line in walk[3:])

@@ -35,6 +35,9 @@ CC_BASE = ["RL_BoneRoot"] + [f"CC_Base_{n}" for n in (
     "L_Clavicle", "L_Upperarm", "L_Forearm", "L_ForearmTwist01", "L_Hand", "L_Mid1", "L_Thumb1",
     "L_UpperarmTwist01", "R_Clavicle", "R_Upperarm", "R_UpperarmTwist01", "R_Forearm", "R_ForearmTwist01",
     "R_Hand", "R_Mid1", "R_Thumb1", "R_RibsTwist", "L_RibsTwist")]
+AB_CHEST = ["Hips", "Ab", "Chest", "Neck", "Head", "LeftCollar", "LeftShoulder", "LeftElbow", "LeftWrist",
+            "RightCollar", "RightShoulder", "RightElbow", "RightWrist", "LeftHip", "LeftKnee", "LeftAnkle", "LeftToes",
+            "RightHip", "RightKnee", "RightAnkle", "RightToes"]  # assimp's Boxing_Toes.bvh
 RIGS = {"bandai": BANDAI, "cmu": CGSPEED, "mixamo": MIXAMO, "cc_base": CC_BASE, "smpl": list(SMPL22_NAMES)}
 
 
@@ -87,6 +90,15 @@ def test_presets_build_sane_skeletons_on_synthetic_rigs(preset):
             a, b = (TPOSE[PRESETS[preset].index(n)] for n in (entry.a, entry.b))
             expected = a + entry.t * (b - a)
         assert np.allclose(joints[:, smpl_index], expected), (preset, entry)
+
+
+def test_ab_chest_rig_is_detected_and_its_collars_sit_between_neck_and_shoulders():
+    assert detect_preset(AB_CHEST) == "ab_chest"
+    positions = np.zeros((1, len(AB_CHEST), 3))
+    positions[0, AB_CHEST.index("LeftCollar")] = [0.0, 1.5, 0.0]
+    positions[0, AB_CHEST.index("LeftShoulder")] = [0.2, 1.5, 0.0]
+    joints = apply_joint_map(positions, AB_CHEST, "ab_chest")
+    np.testing.assert_allclose(joints[0, 13], [0.1, 1.5, 0.0])  # SMPL left collar
 
 
 def test_interpolated_joints_follow_readme_table():

@@ -88,7 +88,7 @@ def dataset(tmp_path_factory) -> Path:
 
 def options(data: Path, out: Path, **overrides) -> TrainOptions:
     settings = dict(data=data, out=out, config=tiny_config(), iters=4, batch_size=4, lr=1e-3, warmup_iters=2,
-                    window_size=32, device="cpu", progress=False, checkpoint_every=2)
+                    window_size=32, device="cpu", progress=False, checkpoint_every=2, val_split=None)
     settings.update(overrides)
     return TrainOptions(**settings)
 
@@ -251,7 +251,7 @@ def test_loss_decreases_when_overfitting_one_clip(tmp_path, stage_name):
     assert _mean(losses[-10:]) < 0.7 * _mean(losses[:5]), (losses[:5], losses[-10:])
 
 
-@pytest.mark.parametrize("stage_name", ["vq", "mask"])
+@pytest.mark.parametrize("stage_name", ["vq", "mask", "residual", "length"])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(dataset, tmp_path, stage_name):
     if stage_name == "vq":
         base = None
@@ -265,23 +265,52 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(dataset, tmp_path
             shutil.copytree(base, out)
         return out
 
+    config = None if base else tiny_config()
     straight = model_dir("straight")
-    run_stage(stage_name, options(dataset, straight, iters=6, config=None if base else tiny_config()))
+    full = run_stage(stage_name, options(dataset, straight, iters=6, config=config, val_split="val"))
+    assert [v["iteration"] for v in full.validation] == [2, 4, 6]
 
     resumed = model_dir("resumed")
-    first = run_stage(stage_name, options(dataset, resumed, iters=6, stop_at=3,
-                                          config=None if base else tiny_config()))
+    first = run_stage(stage_name, options(dataset, resumed, iters=6, stop_at=3, config=config, val_split="val"))
     assert first.iterations == 3
-    assert load_checkpoint(tmp_path / "resumed.training" / f"{stage_name}.ckpt", stage_name)["iteration"] == 3
-    second = run_stage(stage_name, options(dataset, resumed, iters=6, resume=True, config=None))
+    checkpoint = load_checkpoint(tmp_path / "resumed.training" / f"{stage_name}.ckpt", stage_name)
+    assert checkpoint["iteration"] == 3 and [v["iteration"] for v in checkpoint["validation"]] == [2, 3]
+    second = run_stage(stage_name, options(dataset, resumed, iters=6, resume=True, config=None, val_split="val"))
     assert second.iterations == 6 and len(second.losses) == 3
+    assert [v["iteration"] for v in second.validation] == [2, 3, 4, 6]  # the history carries over
 
-    component = {"vq": "vq", "mask": "mask_transformer"}[stage_name]
+    component = {"vq": "vq", "mask": "mask_transformer", "residual": "residual_transformer",
+                 "length": "length_estimator"}[stage_name]
     a = getattr(load_model_dir(straight), component).state_dict()
     b = getattr(load_model_dir(resumed), component).state_dict()
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # Same weights, so the same validation losses where both runs validated; they are recorded per stage.
+    assert {v["iteration"]: v["loss"] for v in full.validation} == {
+        v["iteration"]: v["loss"] for v in second.validation if v["iteration"] != 3
+    }
+    record = json.loads((tmp_path / "resumed.training" / "stages.json").read_text())
+    assert record[stage_name]["validation"] == second.validation
+    assert "validation loss" in (resumed / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.parametrize("stage_name", ["vq", "mask"])
+def test_validation_leaves_the_training_untouched(dataset, tmp_path, stage_name):
+    base = None if stage_name == "vq" else tmp_path / "base"
+    if base is not None:
+        run_stage("vq", options(dataset, base))
+    outs = {}
+    for name, every in (("plain", None), ("validated", 1)):
+        out = tmp_path / name
+        if base is not None:
+            shutil.copytree(base, out)
+        val_split = None if every is None else "val"
+        run_stage(stage_name, options(dataset, out, iters=4, config=None if base else tiny_config(),
+                                      val_split=val_split, validate_every=every or 0))
+        outs[name] = getattr(load_model_dir(out), "vq" if stage_name == "vq" else "mask_transformer").state_dict()
+    for key in outs["plain"]:
+        assert torch.equal(outs["plain"][key], outs["validated"][key]), key
 
 
 def test_recipe_warm_up_and_milestones():
@@ -327,3 +356,39 @@ def test_cli_train_all_stages_then_generate(dataset, tmp_path, capsys):
     assert report["worst_clip_mpjpe_m"] == pytest.approx(worst, rel=1e-5)
     assert 0 < report["clip_mpjpe_median_m"] <= report["worst_clip_mpjpe_m"]
     assert report["global_mpjpe_m"] >= 0
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: np.save(path, np.array({"rotation": 1}, dtype=object), allow_pickle=True),
+     "not a plain numeric .npy array .*pickled objects are never loaded"),
+    (lambda path: np.save(path, np.full((64, 263), np.nan, dtype=np.float32)), "contains NaN or infinite values"),
+    (lambda path: np.save(path, np.zeros((64, 200), dtype=np.float32)), r"expected features \[T, 263\]"),
+    (lambda path: np.save(path, np.array(["walk"] * 64)), "holds <U4 values, expected a numeric array"),
+    (lambda path: path.write_bytes(b"\x93NUMPY garbage"), "not a plain numeric .npy array"),
+])
+def test_bad_feature_files_name_the_file_and_leave_the_model_as_it_was(dataset, tmp_path, damage, message):
+    model = tmp_path / "model"
+    run_stage("vq", options(dataset, model))
+    before = _files(model)
+    bad = tmp_path / "bad"
+    shutil.copytree(dataset, bad)
+    damage(bad / "new_joint_vecs" / "000001.npy")
+    for stage in ("vq", "mask"):
+        with pytest.raises(ValueError, match=r"000001\.npy: " + message):
+            run_stage(stage, options(bad, model, config=None, resume=False, work=tmp_path / f"work-{stage}"))
+    assert _files(model) == before
+
+
+def test_a_diverging_run_stops_and_leaves_the_model_and_checkpoint_as_they_were(dataset, tmp_path):
+    model = tmp_path / "model"
+    run_stage("vq", options(dataset, model))
+    run_stage("mask", options(dataset, model, config=None, iters=2))
+    before, checkpoint = _files(model), (tmp_path / "model.training" / "mask.ckpt").read_bytes()
+    with pytest.raises(FloatingPointError, match="mask: the loss is (nan|inf) at iteration [2-9]"):
+        run_stage("mask", options(dataset, model, config=None, iters=8, lr=1e30, checkpoint_every=100))
+    assert _files(model) == before
+    assert (tmp_path / "model.training" / "mask.ckpt").read_bytes() == checkpoint

@@ -116,11 +116,13 @@ def _train(args: argparse.Namespace) -> int:
         warmup_iters=args.warmup_iters, milestones=milestones, gamma=args.gamma,
         clip_weights=args.clip_weights, clip_vocab=args.clip_vocab, from_scratch=args.from_scratch,
         backbone=args.backbone, ssm_state=args.ssm_state, ssm_expand=args.ssm_expand,
+        val_split=None if args.val_split == "none" else args.val_split, validate_every=args.validate_every,
     )
     result = run_stage(args.stage, options)
     tail = result.losses[-100:]
     print(json.dumps({"stage": args.stage, "iterations": result.iterations, "model_dir": str(args.out),
-                      "mean_loss_last_100": sum(tail) / len(tail) if tail else None, **result.metrics}, indent=2))
+                      "mean_loss_last_100": sum(tail) / len(tail) if tail else None, **result.metrics,
+                      "validation": result.validation[-1] if result.validation else None}, indent=2))
     return 0
 
 
@@ -343,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ssm-expand", type=int, help="with mask --from-scratch: SSM expansion of a mamba/serpent "
                        "backbone (default 2)")
     train.add_argument("--checkpoint-every", type=int, default=1000)
+    train.add_argument("--val-split", default="val", help="split whose loss is tracked during training, or 'none'")
+    train.add_argument("--validate-every", type=int, help="iterations between validations (default: --checkpoint-every)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--clip-weights", type=Path)
     train.add_argument("--clip-vocab", type=Path)

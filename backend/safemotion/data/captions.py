@@ -1,4 +1,4 @@
-"""Captions for SafeMotion datasets: paraphrases per source, left/right swapping for mirrors, HumanML3D text lines.
+"""Caption text for SafeMotion datasets: left/right swapping for mirrors, verb inflection, HumanML3D text lines.
 
 A HumanML3D caption line is `caption#word/POS word/POS ...#start#end`. HumanML3D fills the token field with spaCy
 (lemma of nouns and verbs, the word itself otherwise, universal POS tags, non-alphabetic tokens dropped, hyphens
@@ -9,12 +9,11 @@ or number is a noun - "a kick" - and so is one right after a verb unless it ends
 right for the short motion captions built here and approximate for free text; the tags feed only the text-to-motion
 evaluator's one-hot POS input.
 
-Paraphrases are chosen by a `random.Random` seeded with a string (seed + clip key), so they are the same on every run.
+What the captions say (the grammar over each source's labels and the measured motion) is `caption_grammar`.
 """
 
 from __future__ import annotations
 
-import random
 import re
 
 # --- mirroring ----------------------------------------------------------------------------------------------------
@@ -94,6 +93,8 @@ _VERBS = (
     "continue", "repeat", "return", "cross", "face", "beckon", "swim", "fold", "drink", "eat", "wipe", "sweep",
     "stumble", "trip", "limp", "tiptoe", "shuffle", "pace", "wander", "hurry", "salute", "signal", "pose",
     "use", "keep", "give", "bring", "lead", "try", "seem", "appear", "shift", "swap", "switch", "grab", "drop",
+    "stroll", "amble", "saunter", "wait", "stay", "remain", "idle", "linger", "stride", "race", "advance", "retreat",
+    "sidestep", "travel", "rest", "glance", "hover", "jolt", "stagger", "block", "parry", "dodge", "taunt",
 )
 _IRREGULAR_VERBS = {
     "ran": "run", "threw": "throw", "thrown": "throw", "stood": "stand", "sat": "sit", "got": "get",
@@ -114,28 +115,39 @@ _DOUBLING = {
 
 def _third_person_verb(verb: str) -> str:
     """Third-person singular of a base verb (walk -> walks, punch -> punches, carry -> carries)."""
-    if verb.endswith(("s", "sh", "ch", "x", "z")):
+    if verb.endswith(("s", "sh", "ch", "x", "z", "o")):
         return verb + "es"
     if verb.endswith("y") and verb[-2] not in "aeiou":
         return verb[:-1] + "ies"
     return verb + "s"
 
 
+def _suffix_stem(verb: str) -> str:
+    """A base verb's stem before -ing/-ed: doubled final consonant (run -> runn), silent e dropped (dance -> danc)."""
+    if verb.endswith("e") and not verb.endswith(("ee", "ye", "oe")):
+        return verb[:-1]
+    return verb + verb[-1] if verb in _DOUBLING else verb
+
+
+def present_participle(verb: str) -> str:
+    """The -ing form of a base verb (walk -> walking, run -> running, dance -> dancing, lie -> lying)."""
+    return verb[:-2] + "ying" if verb.endswith("ie") else _suffix_stem(verb) + "ing"
+
+
 def _verb_forms(verb: str) -> set[str]:
     """Regular inflections of a base verb: base, -s, -ing, -ed."""
-    stem = verb + verb[-1] if verb in _DOUBLING else verb
-    if verb.endswith("e") and not verb.endswith(("ee", "ye", "oe")):
-        stem = verb[:-1]
+    stem = _suffix_stem(verb)
     if verb.endswith("e"):
         past = verb + "d"
     elif verb.endswith("y") and verb[-2] not in "aeiou":
         past = verb[:-1] + "ied"
     else:
         past = stem + "ed"
-    return {verb, _third_person_verb(verb), stem + "ing", past}
+    return {verb, _third_person_verb(verb), present_participle(verb), past}
 
 
 _VERB_LEMMAS = {form: verb for verb in _VERBS for form in _verb_forms(verb)} | _IRREGULAR_VERBS
+_BASE_OF_THIRD_PERSON = {_third_person_verb(verb): verb for verb in _VERBS} | {"has": "have", "is": "be"}
 _NOUN_CONTEXT = {"DET", "ADJ", "NUM"}
 _SIDE_NOUNS = {"hand", "hands", "arm", "arms", "leg", "legs", "foot", "feet", "side", "shoulder", "knee", "elbow",
                "hip", "wrist", "ankle", "toe", "toes", "direction", "fist", "palm", "heel", "thigh"}
@@ -196,101 +208,19 @@ def caption_line(caption: str, start: float = 0.0, end: float = 0.0) -> str:
     return f"{caption}#{tokens}#{start:.1f}#{end:.1f}"
 
 
-# --- paraphrases per source ---------------------------------------------------------------------------------------
+def progressive(phrase: str) -> str:
+    """A third-person verb phrase in the progressive: 'walks and waves' -> 'walking and waving'.
 
-_SUBJECTS = ("a person", "someone", "the person")
-
-# Bandai content label -> verb phrases (third person).
-BANDAI_CONTENT = {
-    "walk": ("walks forward", "walks", "takes a few steps forward"),
-    "run": ("runs forward", "runs", "jogs forward"),
-    "dash": ("dashes forward", "sprints forward", "runs forward quickly"),
-    "walk-back": ("walks backwards", "steps backwards", "walks backward"),
-    "walk-left": ("walks to the left", "walks toward the left", "moves to the left while walking"),
-    "walk-right": ("walks to the right", "walks toward the right", "moves to the right while walking"),
-    "bow": ("bows", "takes a bow", "bows politely"),
-    "bye": ("waves goodbye", "waves a hand to say goodbye", "says goodbye with a wave"),
-    "guide": ("gestures to guide someone", "shows the way with one arm", "guides someone with a hand gesture"),
-    "byebye": ("waves goodbye energetically", "waves bye-bye", "waves a big goodbye"),
-    "respond": ("responds to someone", "responds with a gesture", "reacts to someone"),
-    "call": ("calls out to someone", "calls someone over", "beckons someone"),
-    "punch": ("throws punches", "punches", "punches forward"),
-    "kick": ("kicks", "throws a kick", "kicks forward"),
-    "slash": ("slashes with a sword", "swings a sword", "slashes"),
-    "dance-long": ("dances", "performs a long dance", "dances for a while"),
-    "dance-short": ("dances briefly", "performs a short dance", "does a short dance"),
-    "walk-turn-left": ("walks and turns left", "walks forward and turns to the left", "turns left while walking"),
-    "walk-turn-right": ("walks and turns right", "walks forward and turns to the right", "turns right while walking"),
-    "wave-both-hands": ("waves both hands", "waves with both hands", "waves both arms"),
-    "wave-left-hand": ("waves the left hand", "waves with the left hand", "waves the left hand in greeting"),
-    "wave-right-hand": ("waves the right hand", "waves with the right hand", "waves the right hand in greeting"),
-    "raise-up-both-hands": ("raises both hands", "raises both hands up", "lifts both arms up"),
-    "raise-up-left-hand": ("raises the left hand", "lifts the left arm up", "raises the left hand up"),
-    "raise-up-right-hand": ("raises the right hand", "lifts the right arm up", "raises the right hand up"),
-}
-# Bandai style label -> adverbial phrases ("" = no style words).
-BANDAI_STYLE = {
-    "normal": ("", "", "normally"),
-    "happy": ("happily", "in a happy way", "cheerfully"),
-    "sad": ("sadly", "in a sad way", "gloomily"),
-    "angry": ("angrily", "in an angry way", "furiously"),
-    "proud": ("proudly", "in a proud way", "with pride"),
-    "not-confident": ("without confidence", "in an unsure way", "hesitantly"),
-    "masculinity": ("in a masculine way", "in a manly way", "with a masculine manner"),
-    "masculine": ("in a masculine way", "in a manly way", "with a masculine manner"),
-    "feminine": ("in a feminine way", "in a girly way", "with a feminine manner"),
-    "childish": ("like a child", "in a childish way", "childishly"),
-    "old": ("like an old person", "like an elderly person", "in an old way"),
-    "elderly": ("like an elderly person", "like an old person", "in an elderly way"),
-    "tired": ("tiredly", "in a tired way", "wearily"),
-    "exhausted": ("in an exhausted way", "as if exhausted", "wearily"),
-    "active": ("actively", "in an active way", "energetically"),
-    "youthful": ("in a youthful way", "youthfully", "like a young person"),
-    "musical": ("like in a musical", "theatrically", "in a musical style"),
-    "giant": ("like a giant", "heavily like a giant", "in a giant way"),
-    "chimpira": ("like a thug", "in a thuggish way", "like a street punk"),
-}
-
-DEEPMIMIC_CAPTIONS = {
-    "backflip": ("a person does a backflip", "someone performs a back flip", "a person jumps and flips backwards"),
-    "cartwheel": ("a person does a cartwheel", "someone performs a cartwheel", "a person turns a cartwheel"),
-    "crawl": ("a person crawls forward on hands and knees", "someone crawls on all fours", "a person crawls"),
-    "dance_a": ("a person dances", "someone does a short dance", "a person dances in place"),
-    "dance_b": ("a person dances energetically", "someone performs a dance", "a person dances with arm movements"),
-    "getup_facedown": ("a person lying face down gets up", "someone gets up from lying on the stomach",
-                       "a person stands up from a face down position"),
-    "getup_faceup": ("a person lying on the back gets up", "someone stands up from lying face up",
-                     "a person gets up from the ground"),
-    "jump": ("a person jumps", "someone jumps forward", "a person does a jump"),
-    "kick": ("a person kicks", "someone throws a kick", "a person kicks with one leg"),
-    "punch": ("a person throws a punch", "someone punches forward", "a person punches"),
-    "roll": ("a person does a roll on the ground", "someone rolls on the ground", "a person rolls over"),
-    "run": ("a person runs forward", "someone runs", "a person jogs forward"),
-    "spin": ("a person spins around", "someone turns around in place", "a person spins in a circle"),
-    "spinkick": ("a person performs a spin kick", "someone does a spinning kick", "a person spins and kicks"),
-    "walk": ("a person walks forward", "someone walks", "a person walks straight ahead"),
-}
-
-# CMU subjects whose descriptions are bare move names (e.g. "Bassai"), with the activity they belong to.
-CMU_SUBJECT_ACTIVITY = {85: "breakdance", 135: "karate kata"}
-# Description prefixes ("basketball - dribble") -> phrase appended after the action.
-_CMU_CONTEXT = {"playground": "on a playground", "dance": "while dancing", "basketball": "while playing basketball"}
+    Converts the first word and every verb right after 'and', 'or' or 'then'; other words stay as they are.
+    """
+    words = phrase.split()
+    for i, word in enumerate(words):
+        if (i == 0 or words[i - 1] in ("and", "or", "then")) and word in _BASE_OF_THIRD_PERSON:
+            words[i] = present_participle(_BASE_OF_THIRD_PERSON[word])
+    return " ".join(words)
 
 
-def bandai_captions(content: str, style: str, key: str, seed: int = 0) -> list[str]:
-    """Three paraphrases for a Bandai clip from its content and style labels."""
-    if content not in BANDAI_CONTENT:
-        raise ValueError(f"{key}: unknown Bandai content label {content!r}; known: {', '.join(BANDAI_CONTENT)}")
-    if style not in BANDAI_STYLE:
-        raise ValueError(f"{key}: unknown Bandai style label {style!r}; known: {', '.join(BANDAI_STYLE)}")
-    rng = random.Random(f"{seed}:{key}")
-    contents = rng.sample(BANDAI_CONTENT[content], 3)
-    styles = rng.sample(BANDAI_STYLE[style], 3)
-    return [" ".join(filter(None, (subject, action, manner))) for subject, action, manner
-            in zip(_SUBJECTS, contents, styles)]
-
-
-def _third_person(phrase: str) -> str:
+def third_person(phrase: str) -> str:
     """'walk on terrain' -> 'walks on terrain', 'run/jog' -> 'runs or jogs' (other words unchanged)."""
     words = phrase.replace("/", " or ").split()
     for i, word in enumerate(words):
@@ -299,28 +229,6 @@ def _third_person(phrase: str) -> str:
     return " ".join(words)
 
 
-def _split_camel_case(name: str) -> str:
-    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower()
-
-
-def cmu_description_captions(description: str, subject: int) -> list[str]:
-    """Two captions from a CMU trial description (`cmu_trials.csv`), e.g. 'basketball - forward dribble'."""
-    activity = CMU_SUBJECT_ACTIVITY.get(subject)
-    if activity:
-        move = _split_camel_case(description.strip())
-        return [f"a person performs {move}, a {activity}", f"someone does {activity}: {move}"]
-    text = clean_caption(description)
-    context, _, actions = text.rpartition(" - ")
-    parts = [_third_person(part.strip()) for part in actions.split(",") if part.strip()]
-    if parts[0].split()[0] not in _VERB_LEMMAS:
-        parts[0] = f"performs {parts[0]}"
-    actions = ", ".join(parts)
-    tail = f" {_CMU_CONTEXT.get(context, context)}" if context else ""
-    return [f"a person {actions}{tail}", f"someone {actions}{tail}"]
-
-
-def deepmimic_captions(name: str) -> list[str]:
-    """Hand-written captions for a DeepMimic clip name (file name without `humanoid3d_`)."""
-    if name in DEEPMIMIC_CAPTIONS:
-        return list(DEEPMIMIC_CAPTIONS[name])
-    return [f"a person performs a {name.replace('_', ' ')}"]
+def is_verb_form(word: str) -> bool:
+    """True when `word` is a known verb in any inflection (walk, walks, walking, walked, ran, ...)."""
+    return word in _VERB_LEMMAS

@@ -9,21 +9,28 @@ Output folder (written to a temporary sibling folder, renamed into place only wh
     train.txt val.txt test.txt train_val.txt all.txt   ids, mirrors included
     index.csv                 id,source,take,start_frame,end_frame (20 fps frames of the take after looping/padding)
     stats.json                `DatasetStats`
+    README.md                 clips per split, source and concept, labels, caption statistics (`dataset_card`)
 
 Decisions:
 - **Takes and windows.** A take is one source recording. Its 20 fps motion is cut into equal, non-overlapping windows
   of 40-196 feature frames (2-9.8 s; HumanML3D keeps 40 <= T < 200 and crops at 196): a take of N feature frames gives
   ceil(N / 196) windows of N // ceil(N / 196) frames; the few leftover frames at the end are dropped. Every window
   carries all captions of its take (KIT/CMU captions describe the whole trial, so for long takes a caption may
-  mention actions outside a window).
+  mention actions outside a window), plus the paraphrases its measured motion supports (`caption_grammar`:
+  slow / brisk walking, standing still, gestures made in place). Captions equal to a held-out evaluation prompt
+  are dropped.
 - **Short takes.** Cyclic takes (DeepMimic `"Loop": "wrap"`) shorter than 4 s are repeated, each repetition moved
   to where the previous one ended (`loop_motion`), until they reach 4 s. Other takes of 1-2 s are padded to 2 s
   by holding their first and last poses (e.g. DeepMimic's 1.53 s kick); takes under 1 s are skipped.
 - **Mirrors.** Every window has a copy `M<id>`: `extract_features(mirror_joints(window))`, captions with left/right
   words swapped.
 - **Ids.** One letter per source and a running number in discovery order (archive member order for the Bandai and
-  iClone archives, sorted names elsewhere): B (Bandai 1+2), C (CMU iClone BVH), F (CMU FBX), D (DeepMimic),
+  iClone archives, sorted names elsewhere, file order of labels.tsv / captions.tsv for the combat sources):
+  B (Bandai 1+2), C (CMU iClone BVH), F (CMU FBX), D (DeepMimic), S (ASE sword and shield), X (assimp boxing),
   U (user library); e.g. `B000123`, `MB000123`.
+- **Combat sources.** The ASE sword-and-shield clips (`ase_sword_shield`: restricted unpickling, duplicates
+  dropped) and the 4 captioned segments of assimp's boxing take (each segment is a take; the T-pose calibration is
+  in none) are loaded like the others, so windows, mirrors and splits treat them the same way.
 - **Splits by take.** All windows of a take (and their mirrors) share one split. Takes are grouped into strata:
   takes with a violent caption line form up to three strata by which rules match (labels "violence" for
   word_boundary, "violence:paper" for the paper rule; see `concepts`), all others one stratum per source. Inside a
@@ -60,8 +67,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from safemotion.atomic_dir import replace_dir
+from safemotion.data import assimp_boxing as boxing
+from safemotion.data import ase_sword_shield as ase
+from safemotion.data import caption_grammar as grammar
 from safemotion.data import captions as cap
 from safemotion.data.concepts import matches_concept
+from safemotion.data.dataset_card import CONCEPT_LABELS, caption_statistics, render_dataset_card
 from safemotion.data.mocap_import import load_motion
 from safemotion.motion.features import FEATURE_DIM, extract_features, mirror_joints, recover_from_ric
 
@@ -76,12 +87,16 @@ TEST_FRACTION = 0.1
 VAL_FRACTION = 0.1
 SPLITS = ("train", "val", "test")
 
-SOURCE_LETTERS = {"bandai-1": "B", "bandai-2": "B", "cmu-iclone": "C", "cmu-fbx": "F", "deepmimic": "D", "user": "U"}
+SOURCE_LETTERS = {
+    "bandai-1": "B", "bandai-2": "B", "cmu-iclone": "C", "cmu-fbx": "F", "deepmimic": "D", "ase-sword-shield": "S",
+    "assimp-boxing": "X", "user": "U",
+}
 SOURCES = tuple(SOURCE_LETTERS)
 # Short names accepted in `include` besides the source names.
 SOURCE_GROUPS = {
     "bandai": ("bandai-1", "bandai-2"), "cmu": ("cmu-iclone", "cmu-fbx"), "iclone": ("cmu-iclone",),
-    "fbx": ("cmu-fbx",),
+    "fbx": ("cmu-fbx",), "ase": ("ase-sword-shield",), "boxing": ("assimp-boxing",),
+    "combat": ("ase-sword-shield", "assimp-boxing"),
 }
 
 
@@ -97,6 +112,9 @@ class Take:
     data: bytes | None = None
     suffix: str = ".bvh"
     cycle_seconds: float | None = None  # cyclic takes: duration of one cycle
+    load_options: dict[str, object] = field(default_factory=dict)  # extra keyword arguments of `load_motion`
+    kind: str | None = None  # "walk", "run", "idle" or "gesture": which measured paraphrases its windows get
+    phrases: tuple[str, ...] = ()  # the content's verb phrases (gestures made in place reuse them)
 
     @property
     def key(self) -> str:
@@ -137,6 +155,9 @@ class DatasetStats:
     per_label: dict[str, int]
     per_split: dict[str, int]
     per_split_takes: dict[str, int]
+    per_split_source: dict[str, dict[str, int]]
+    per_split_concept: dict[str, dict[str, int]]
+    caption_stats: dict[str, float]
     skipped: dict[str, str]
     seed: int
 
@@ -154,6 +175,10 @@ class DatasetStats:
             "per source (windows): " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.per_source.items())),
             "per label (windows): " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.per_label.items())),
         ]
+        for label, name in CONCEPT_LABELS.items():
+            counts = " / ".join(f"{split} {self.per_split_concept[split].get(label, 0):,}" for split in SPLITS)
+            lines.append(f"{name} per split (windows): {counts}")
+        lines.append("captions: " + ", ".join(f"{k} {v:,}" for k, v in self.caption_stats.items()))
         if self.skipped:
             lines.append(f"skipped takes: {len(self.skipped)} (reasons in stats.json)")
         return "\n".join(lines)
@@ -180,8 +205,9 @@ def _bandai_takes(archive: Path, source: str, seed: int) -> Iterator[Take]:
         if len(parts) != 4:
             raise ValueError(f"{archive}:{member}: expected a name like dataset-1_walk_normal_001.bvh")
         _, content, style, _ = parts
-        captions = cap.bandai_captions(content, style, key=stem, seed=seed)
-        yield Take(source, stem, tuple(captions), (f"bandai:{content}", f"style:{style}"), data=data)
+        captions = grammar.bandai_captions(content, style, key=stem, seed=seed)
+        yield Take(source, stem, tuple(captions), (f"bandai:{content}", f"style:{style}"), data=data,
+                   kind=grammar.BANDAI_KIND.get(content), phrases=grammar.BANDAI_CONTENT[content])
 
 
 def _cmu_trial_id(subject: int, trial: int) -> str:
@@ -199,46 +225,68 @@ def _cmu_metadata(cmu_dir: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
     return descriptions, kit_captions
 
 
-def _cmu_take_text(trial: str, descriptions: dict[str, str], kit: dict[str, list[str]]) -> tuple[tuple, tuple]:
-    """Captions (KIT first, then the description templates) and labels of a CMU trial."""
+def _cmu_take_text(
+    trial: str, descriptions: dict[str, str], kit: dict[str, list[str]], seed: int
+) -> tuple[tuple, tuple]:
+    """Captions (KIT first, then the description grammar) and labels of a CMU trial."""
     if trial not in descriptions:
         raise ValueError(f"CMU trial {trial} is not listed in cmu_trials.csv")
     subject = int(trial.split("_")[0])
     description = descriptions[trial]
-    captions = kit.get(trial, []) + cap.cmu_description_captions(description, subject)
-    activity = cap.CMU_SUBJECT_ACTIVITY.get(subject) or description.split(" - ")[0].split(",")[0].strip().lower()
+    captions = kit.get(trial, []) + grammar.cmu_description_captions(description, subject, f"cmu/{trial}", seed)
+    activity = grammar.CMU_SUBJECT_ACTIVITY.get(subject) or description.split(" - ")[0].split(",")[0].strip().lower()
     return tuple(captions), (f"cmu:{activity}",)
 
 
-def _iclone_takes(cmu_dir: Path) -> Iterator[Take]:
+def _iclone_takes(cmu_dir: Path, seed: int) -> Iterator[Take]:
     """CMU trials on the iClone CC_Base rig (`All_BVH/subjects/SSS/SSS_TT.bvh`)."""
     descriptions, kit = _cmu_metadata(cmu_dir)
     for member, data in _stream_archive(cmu_dir / "iclone_bvh.tar.xz", ".bvh"):
         stem = PurePosixPath(member).stem
         subject, trial = (int(x) for x in stem.split("_"))
-        captions, labels = _cmu_take_text(_cmu_trial_id(subject, trial), descriptions, kit)
+        captions, labels = _cmu_take_text(_cmu_trial_id(subject, trial), descriptions, kit, seed)
         yield Take("cmu-iclone", stem, captions, labels, data=data)
 
 
-def _fbx_takes(cmu_dir: Path) -> Iterator[Take]:
+def _fbx_takes(cmu_dir: Path, seed: int) -> Iterator[Take]:
     """keijiro's CMU clips as FBX (`SS_TT.fbx`; `Base.fbx` holds no animation)."""
     descriptions, kit = _cmu_metadata(cmu_dir)
     for path in sorted((cmu_dir / "keijiro_fbx").glob("*.fbx")):
         if path.stem == "Base":
             continue
         subject, trial = (int(x) for x in path.stem.split("_"))
-        captions, labels = _cmu_take_text(_cmu_trial_id(subject, trial), descriptions, kit)
+        captions, labels = _cmu_take_text(_cmu_trial_id(subject, trial), descriptions, kit, seed)
         yield Take("cmu-fbx", path.stem, captions, labels, path=path, suffix=".fbx")
 
 
-def _deepmimic_takes(folder: Path) -> Iterator[Take]:
+def _deepmimic_takes(folder: Path, seed: int) -> Iterator[Take]:
     """DeepMimic clips `humanoid3d_<name>.txt`; `"Loop": "wrap"` marks cyclic ones."""
     for path in sorted(folder.glob("humanoid3d_*.txt")):
         name = path.stem.removeprefix("humanoid3d_")
         clip = json.loads(path.read_text(encoding="utf-8"))
         cycle = sum(frame[0] for frame in clip["Frames"]) if clip.get("Loop") == "wrap" else None
-        captions = tuple(cap.deepmimic_captions(name))
-        yield Take("deepmimic", name, captions, (f"deepmimic:{name}",), path=path, suffix=".txt", cycle_seconds=cycle)
+        captions = tuple(grammar.deepmimic_captions(name, seed))
+        yield Take("deepmimic", name, captions, (f"deepmimic:{name}",), path=path, suffix=".txt", cycle_seconds=cycle,
+                   kind=grammar.DEEPMIMIC_KIND.get(name), phrases=grammar.DEEPMIMIC_PHRASES.get(name, ()))
+
+
+def _ase_takes(folder: Path, skipped: dict[str, str]) -> Iterator[Take]:
+    """Reallusion sword-and-shield clips (`motions/RL_Avatar_<clip>_Motion.npy`); byte-identical duplicates dropped."""
+    for clip in ase.read_clips(folder):
+        if clip.duplicate_of is not None:
+            skipped[f"ase-sword-shield/{clip.file}"] = f"byte-identical duplicate of {clip.duplicate_of}"
+            continue
+        path = folder / "motions" / clip.file
+        kind = "idle" if clip.category == "idle" else None  # guard-stance walks get no "relaxed walk" wording
+        yield Take("ase-sword-shield", clip.clip, clip.captions, clip.labels, path=path, suffix=".npy", kind=kind)
+
+
+def _boxing_takes(folder: Path) -> Iterator[Take]:
+    """The captioned segments of assimp's boxing take, each its own take (the T-pose calibration is in none)."""
+    options = {"extra_frames": "ignore"}
+    for segment in boxing.read_segments(folder):
+        yield Take("assimp-boxing", segment.name, segment.captions, ("assimp:boxing",), path=folder / boxing.TAKE_FILE,
+                   load_options={**options, "seconds": (segment.start_s, segment.end_s)})
 
 
 def read_captions_csv(captions_csv: Path) -> dict[str, list[str]]:
@@ -296,9 +344,12 @@ def _discover(
         bandai, cmu, deepmimic = shared_data / "bandai", shared_data / "cmu", shared_data / "deepmimic"
         archives = {"bandai-1": bandai / "dataset-1.tar.xz", "bandai-2": bandai / "dataset-2.tar.xz"}
         candidates = {name: (path, partial(_bandai_takes, path, name, seed)) for name, path in archives.items()}
-        candidates["cmu-iclone"] = (cmu / "iclone_bvh.tar.xz", partial(_iclone_takes, cmu))
-        candidates["cmu-fbx"] = (cmu / "keijiro_fbx", partial(_fbx_takes, cmu))
-        candidates["deepmimic"] = (deepmimic, partial(_deepmimic_takes, deepmimic))
+        candidates["cmu-iclone"] = (cmu / "iclone_bvh.tar.xz", partial(_iclone_takes, cmu, seed))
+        candidates["cmu-fbx"] = (cmu / "keijiro_fbx", partial(_fbx_takes, cmu, seed))
+        candidates["deepmimic"] = (deepmimic, partial(_deepmimic_takes, deepmimic, seed))
+        ase_dir, boxing_dir = shared_data / "ase_sword_shield", shared_data / "assimp_boxing"
+        candidates["ase-sword-shield"] = (ase_dir / "labels.tsv", partial(_ase_takes, ase_dir, skipped))
+        candidates["assimp-boxing"] = (boxing_dir / "captions.tsv", partial(_boxing_takes, boxing_dir))
         for source, (needed, make) in candidates.items():
             if needed.exists():
                 inputs[source] = make
@@ -372,12 +423,12 @@ def window_ranges(num_frames: int) -> list[tuple[int, int]]:
 def _load_take(take: Take, scratch: Path) -> np.ndarray:
     """Joints [T, 22, 3] at 20 fps; archive members go through one scratch file at a time."""
     if take.path is not None:
-        return load_motion(take.path).joints
+        return load_motion(take.path, **take.load_options).joints
     fd, tmp = tempfile.mkstemp(dir=scratch, prefix=f"{Path(take.name).stem}.", suffix=take.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(take.data or b"")
-        return load_motion(tmp).joints
+        return load_motion(tmp, **take.load_options).joints
     finally:
         os.unlink(tmp)
 
@@ -531,7 +582,15 @@ def build_dataset(
 
 
 def _with_violence_labels(take: Take) -> Take:
-    """The take labelled "violence" / "violence:paper" when a caption line matches the word_boundary / paper rule."""
+    """The take labelled "violence" / "violence:paper" when a caption line matches the word_boundary / paper rule.
+
+    Shared-data captions that equal a held-out evaluation prompt, themselves or mirrored (e.g. a KIT caption "a person
+    walks forward"), are dropped first; a user's own captions are kept as written.
+    """
+    if take.source != "user":
+        take = replace(take, captions=tuple(c for c in take.captions if not grammar.copies_held_out_prompt(c)))
+        if not take.captions:
+            raise ValueError(f"{take.key}: every caption equals a held-out evaluation prompt; add another caption")
     labels = take.labels
     if any(matches_concept(text) for text in take.captions):
         labels += ("violence",)
@@ -546,12 +605,14 @@ class _Collector:
 
     root: Path
     skipped: dict[str, str]
+    seed: int
     kept: list[Take] = field(default_factory=list)
     take_ids: dict[str, list[str]] = field(default_factory=dict)
     index_rows: list[tuple[str, str, str, int, int]] = field(default_factory=list)
     next_number: Counter[str] = field(default_factory=Counter)
     per_source: Counter[str] = field(default_factory=Counter)
     per_label: Counter[str] = field(default_factory=Counter)
+    window_captions: list[tuple[str, ...]] = field(default_factory=list)
     frames: int = 0
 
     def add(self, result: TakeResult) -> None:
@@ -568,9 +629,14 @@ class _Collector:
             motion_id = f"{letter}{self.next_number[letter]:06d}"
             self.next_number[letter] += 1
             ids.append(motion_id)
-            _write_window(self.root, motion_id, window, take.captions)
+            facts = grammar.measure_motion(window.joints)
+            captions = take.captions + tuple(grammar.window_captions(
+                take.kind, take.phrases, facts, f"{take.key}@{window.start}", self.seed, avoid=take.captions
+            ))
+            _write_window(self.root, motion_id, window, captions)
             self.index_rows.append((motion_id, take.source, take.name, window.start, window.end))
             self.frames += window.end - window.start
+            self.window_captions.append(captions)
         self.per_source[take.source] += len(result.windows)
         for label in take.labels:
             self.per_label[label] += len(result.windows)
@@ -580,7 +646,7 @@ def _build_into(
     root: Path, takes: Iterable[Take], seed: int, workers: int, skipped: dict[str, str], started: float
 ) -> DatasetStats:
     """Process all takes into `root` and write splits, Mean/Std, the index and the stats."""
-    collector = _Collector(root, skipped)
+    collector = _Collector(root, skipped, seed)
     worker = partial(process_take, scratch=root / ".scratch")
     with closing(_ordered_map(worker, map(_with_violence_labels, takes), workers)) as results:
         for done, result in enumerate(results, start=1):
@@ -609,6 +675,14 @@ def _build_into(
         writer.writerows(collector.index_rows)
 
     windows = len(collector.index_rows)
+    per_split_source: dict[str, Counter[str]] = {name: Counter() for name in SPLITS}
+    per_split_concept: dict[str, Counter[str]] = {name: Counter() for name in SPLITS}
+    for take in collector.kept:
+        count = len(collector.take_ids[take.key])
+        per_split_source[take_split[take.key]][take.source] += count
+        for label in take.labels:
+            if label in CONCEPT_LABELS:
+                per_split_concept[take_split[take.key]][label] += count
     stats = DatasetStats(
         clips=len(collector.kept),
         windows=windows,
@@ -619,8 +693,12 @@ def _build_into(
         per_label=dict(sorted(collector.per_label.items())),
         per_split={name: len(split_ids[name]) for name in (*SPLITS, "train_val")},
         per_split_takes=dict(sorted(Counter(take_split.values()).items())),
+        per_split_source={name: dict(sorted(per_split_source[name].items())) for name in SPLITS},
+        per_split_concept={name: dict(sorted(per_split_concept[name].items())) for name in SPLITS},
+        caption_stats=caption_statistics(collector.window_captions),
         skipped=dict(sorted(skipped.items())),
         seed=seed,
     )
     (root / "stats.json").write_text(stats.to_json() + "\n", encoding="utf-8")
+    (root / "README.md").write_text(render_dataset_card(stats), encoding="utf-8")
     return stats

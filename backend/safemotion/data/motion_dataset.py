@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from safemotion.motion.features import FEATURE_DIM
+from safemotion.npy_arrays import read_numeric_npy
 
 FPS = 20
 MIN_FRAMES = 40  # keep clips with MIN_FRAMES ≤ frames < MAX_FRAMES_EXCLUSIVE
@@ -84,11 +85,9 @@ def load_motion(root: str | Path, clip_id: str) -> np.ndarray:
     path = Path(root) / "new_joint_vecs" / f"{clip_id}.npy"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: motion file for clip '{clip_id}' not found")
-    motion = np.load(path, allow_pickle=False).astype(np.float32)
+    motion = read_numeric_npy(path)
     if motion.ndim != 2 or motion.shape[1] != FEATURE_DIM:
         raise ValueError(f"{path}: expected features [T, {FEATURE_DIM}], got {list(motion.shape)}")
-    if not np.isfinite(motion).all():
-        raise ValueError(f"{path}: contains NaN or infinite values")
     return motion
 
 
@@ -99,7 +98,7 @@ def load_dataset_stats(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
         path = Path(root) / name
         if not path.is_file():
             raise FileNotFoundError(f"{path}: dataset statistics not found")
-        array = np.load(path, allow_pickle=False).astype(np.float32)
+        array = read_numeric_npy(path)
         if array.shape != (FEATURE_DIM,):
             raise ValueError(f"{path}: expected shape [{FEATURE_DIM}], got {list(array.shape)}")
         arrays.append(array)

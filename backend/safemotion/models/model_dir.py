@@ -32,6 +32,7 @@ from safemotion.models.length_estimator import LengthEstimator
 from safemotion.models.mask_transformer import MaskTransformer
 from safemotion.models.residual_transformer import ResidualTransformer
 from safemotion.models.rvqvae import RVQVAE
+from safemotion.npy_arrays import read_numeric_npy
 
 CONFIG_FILE = "config.json"
 MEAN_FILE = "mean.npy"
@@ -238,9 +239,9 @@ def _load_stats(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
         if not file.is_file():
             raise ModelDirError(f"{file}: missing; the model directory needs {MEAN_FILE} and {STD_FILE}")
         try:
-            arrays.append(np.load(file, allow_pickle=False).astype(np.float32))
-        except (ValueError, OSError) as err:
-            raise ModelDirError(f"{file}: not a readable .npy array ({err})") from None
+            arrays.append(read_numeric_npy(file, finite=False))  # _check_stats reports non-finite values
+        except ValueError as err:
+            raise ModelDirError(str(err)) from None
     _check_stats(arrays[0], arrays[1], dim, str(path))
     return arrays[0], arrays[1]
 

@@ -31,6 +31,7 @@ from safemotion.models.model_dir import (
     model_card,
     save_model_dir,
 )
+from safemotion.npy_arrays import read_numeric_npy
 
 RELEASED_NAMES = {  # (mask transformer, residual transformer) folders of the public releases
     "t2m": ("t2m_nlayer8_nhead6_ld384_ff1024_cdp0.1_rvq6ns", "tres_nlayer8_ld384_ff1024_rvq6ns_cdp0.2_sw"),
@@ -229,10 +230,7 @@ def _load_container(model_dir: Path, component: str) -> tuple[dict[str, torch.Te
 def _load_stat(file: Path, dim: int) -> np.ndarray:
     if not file.is_file():
         raise FileNotFoundError(f"{file}: normalisation statistics not found (expected in the RVQ folder's meta/)")
-    try:
-        array = np.load(file, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{file}: not a readable .npy array ({err})") from None
+    array = read_numeric_npy(file, finite=False)
     if array.shape != (dim,):
         raise ValueError(f"{file}: shape {list(array.shape)}, expected [{dim}]")
-    return array.astype(np.float32)
+    return array

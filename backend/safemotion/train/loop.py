@@ -1,20 +1,25 @@
 """The training loop every stage shares: AdamW, linear warm-up then step decay, checkpoints, exact resume, progress.
 
 A checkpoint holds the trained module's state dict, optimiser, scheduler, every random state the loop uses (torch CPU
-and CUDA, Python's `random`, the stage's numpy batch generator), the stage's extra state and the iteration. It is a
-torch.save dict of tensors and plain Python values, written to a temporary file and renamed into place, and read
-back with torch.load(weights_only=True). Resuming from iteration k and running to N gives the same weights as an
-uninterrupted run to N (same device and thread count).
+and CUDA, Python's `random`, the stage's numpy batch generator), the stage's extra state, the validation history and
+the iteration. It is a torch.save dict of tensors and plain Python values, written to a temporary file and renamed
+into place, and read back with torch.load(weights_only=True). Resuming from iteration k and running to N gives the
+same weights as an uninterrupted run to N (same device and thread count).
+
+Validation (optional) runs every `validate_every` iterations and at the end of each call, in eval mode without
+gradients, inside `torch.random.fork_rng` with a fixed seed: it sees the same batches and masks every time and leaves
+the training's random streams untouched, so weights do not depend on whether or how often it runs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -22,6 +27,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 CHECKPOINT_FORMAT = 1
+VALIDATION_SEED = 20240607  # torch seed inside validation (masking, sampling); batches come from the caller's rng
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class TrainResult:
     iterations: int
     losses: list[float] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    validation: list[dict[str, float]] = field(default_factory=list)  # {"iteration", "loss", metrics...} per run
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -131,13 +138,29 @@ def load_checkpoint(path: Path, stage: str) -> dict:
     return payload
 
 
+def _validate(module: nn.Module, validation: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """validation() in eval mode, without gradients, on a forked and fixed-seeded torch RNG."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    module.eval()
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(VALIDATION_SEED)
+            return validation()
+    finally:
+        module.train()
+
+
 def train(stage: Stage, recipe: Recipe, checkpoint: Path, seed: int = 3407, resume: bool = False,
-          checkpoint_every: int = 1000, progress: bool = True, stop_at: int | None = None) -> TrainResult:
+          checkpoint_every: int = 1000, progress: bool = True, stop_at: int | None = None,
+          validation: Callable[[], dict[str, float]] | None = None, validate_every: int = 0) -> TrainResult:
     """Train stage.module for recipe.iters iterations (or until `stop_at`), checkpointing to `checkpoint`.
 
     A checkpoint is written every `checkpoint_every` iterations and at the end. With resume, the run continues
-    from the checkpoint's iteration with identical state.
+    from the checkpoint's iteration with identical state. `validation` (returning {"loss": ..., ...}) runs every
+    `validate_every` iterations (0: only at the end of this call); its results are kept in the checkpoint.
     """
+    if validate_every < 0:
+        raise ValueError(f"validate_every must be >= 0, got {validate_every}")
     recipe.validate()
     data_rng = seed_everything(seed)
     module = stage.module
@@ -145,7 +168,7 @@ def train(stage: Stage, recipe: Recipe, checkpoint: Path, seed: int = 3407, resu
     optimizer = torch.optim.AdamW(module.parameters(), lr=recipe.lr, betas=recipe.betas,
                                   weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_factor)
-    start = 0
+    start, history = 0, []
     if resume:
         payload = load_checkpoint(checkpoint, stage.name)
         module.load_state_dict({k: v.to(device) for k, v in payload["model"].items()})
@@ -154,14 +177,16 @@ def train(stage: Stage, recipe: Recipe, checkpoint: Path, seed: int = 3407, resu
         stage.load_extra_state({k: v.to(device) for k, v in payload["extra"].items()})
         _restore_rng(payload["rng"], data_rng)
         start = int(payload["iteration"])
+        history = list(payload.get("validation", []))
     end = recipe.iters if stop_at is None else min(stop_at, recipe.iters)
-    result = TrainResult(iterations=start)
+    result = TrainResult(iterations=start, validation=history)
 
     def write(iteration: int) -> None:
         save_checkpoint(checkpoint, {
             "format": CHECKPOINT_FORMAT, "stage": stage.name, "iteration": iteration,
             "model": module.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "extra": stage.extra_state(), "rng": _rng_state(data_rng), "recipe": asdict(recipe),
+            "validation": result.validation,
         })
 
     module.train()
@@ -169,18 +194,30 @@ def train(stage: Stage, recipe: Recipe, checkpoint: Path, seed: int = 3407, resu
                disable=not progress, dynamic_ncols=True)
     for iteration in bar:
         loss, metrics = stage.loss(stage.batch(data_rng, recipe.batch_size))
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"{stage.name}: the loss is {value} at iteration {iteration + 1}; training stopped without writing "
+                f"anything (the model directory and {checkpoint.name} stay as they were); lower the learning rate "
+                "or check the data, then rerun (with --resume to continue from the checkpoint)"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        result.losses.append(loss.item())
+        result.losses.append(value)
         result.metrics = metrics
         result.iterations = iteration + 1
         if progress and (iteration % 10 == 0 or iteration + 1 == end):
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                             **{k: f"{v:.3f}" for k, v in metrics.items()})
-        if (iteration + 1) % checkpoint_every == 0 or iteration + 1 == end:
-            write(iteration + 1)
+        done = iteration + 1
+        if validation is not None and ((validate_every and done % validate_every == 0) or done == end):
+            result.validation.append({"iteration": done, **_validate(module, validation)})
+            if progress:
+                bar.write(f"{stage.name} iteration {done}: validation loss {result.validation[-1]['loss']:.4f}")
+        if done % checkpoint_every == 0 or done == end:
+            write(done)
     bar.close()
     module.eval()
     return result

@@ -1,5 +1,9 @@
 """One training stage end to end: dataset → model directory → stage → loop → model directory.
 
+Every stage also tracks its loss on the validation split (`val_split`, default "val"): VAL_BATCHES fixed batches
+drawn with a fixed seed, every `validate_every` iterations (default: at every checkpoint) and at the end; the history
+goes into the checkpoint, the stage record (`stages.json`) and the model card.
+
 Stages write into one model directory: `vq` creates it (config, dataset mean/std with feat_bias, trained VQ and
 freshly initialised transformers); `mask`, `residual` and `length` load it, encode the dataset with its VQ once
 (code ids for the 4 frame phases of every sample) and replace their own component when they finish. Checkpoints,
@@ -59,6 +63,8 @@ STAGE_FIELDS = {"vq": "vq", "mask": "mask_transformer", "residual": "residual_tr
 CONFIG_FILE = "config.json"
 TEXT_BATCH = 256
 ENCODE_BATCH = 64
+VAL_BATCHES = 4
+VAL_BATCH_SEED = 7
 
 
 @dataclass
@@ -90,6 +96,8 @@ class TrainOptions:
     backbone: str | None = None  # with from_scratch on the mask stage: its new backbone (transformer, mamba, serpent)
     ssm_state: int | None = None  # with backbone mamba/serpent: SSM state size N (default 16)
     ssm_expand: int | None = None  # with backbone mamba/serpent: SSM expansion (default 2)
+    val_split: str | None = "val"  # split whose loss is tracked; None: no validation
+    validate_every: int | None = None  # iterations between validations (default: checkpoint_every)
 
     @property
     def work_dir(self) -> Path:
@@ -123,15 +131,34 @@ def run_stage(stage: str, options: TrainOptions) -> TrainResult:
     torch.manual_seed(options.seed)
     models = _models_for(stage, options, device)
     runner = build_stage(stage, models, options, device)
+    validation = None
+    if options.val_split is not None:
+        held_out = build_stage(stage, models, dataclasses.replace(options, split=options.val_split), device)
+        validation = validation_loss(held_out, recipe.batch_size)
     work = options.work_dir
+    every = options.checkpoint_every if options.validate_every is None else options.validate_every
     result = train(runner, recipe, checkpoint, seed=options.seed, resume=options.resume,
-                   checkpoint_every=options.checkpoint_every, progress=options.progress, stop_at=options.stop_at)
+                   checkpoint_every=options.checkpoint_every, progress=options.progress, stop_at=options.stop_at,
+                   validation=validation, validate_every=every)
     if result.iterations >= recipe.iters:
         with _stage_lock(work):
             record = _update_record(work, stage, data, recipe, result)
             save_model_dir(_merged(stage, models.to("cpu"), out), out, card=_card(models.config, record),
                            overwrite=True)
     return result
+
+
+def validation_loss(stage: Stage, batch_size: int) -> Callable[[], dict[str, float]]:
+    """A function giving the stage's mean loss and metrics over VAL_BATCHES batches drawn with a fixed seed."""
+    def run() -> dict[str, float]:
+        rng = np.random.Generator(np.random.PCG64(VAL_BATCH_SEED))
+        totals: dict[str, float] = {}
+        for _ in range(VAL_BATCHES):
+            loss, metrics = stage.loss(stage.batch(rng, batch_size))
+            for name, value in {"loss": loss.item(), **metrics}.items():
+                totals[name] = totals.get(name, 0.0) + value / VAL_BATCHES
+        return totals
+    return run
 
 
 def _merged(stage: str, models: MotionModels, out: Path) -> MotionModels:
@@ -306,6 +333,7 @@ def _update_record(work: Path, stage: str, data: Path, recipe: Recipe, result: T
     record[stage] = {
         "iterations": result.iterations, "batch_size": recipe.batch_size, "dataset": str(data),
         "final_loss": float(np.mean(tail)) if tail else None, "metrics": result.metrics,
+        "validation": result.validation,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     work.mkdir(parents=True, exist_ok=True)
@@ -316,9 +344,19 @@ def _update_record(work: Path, stage: str, data: Path, recipe: Recipe, result: T
     return record
 
 
+def _validation_note(history: list[dict[str, float]]) -> str:
+    """', validation loss X (best Y at iteration N)' for a stage's validation history; '' when there is none."""
+    if not history:
+        return ""
+    best = min(history, key=lambda entry: entry["loss"])
+    return (f", validation loss {history[-1]['loss']:.4f} (best {best['loss']:.4f} at iteration "
+            f"{int(best['iteration']):,})")
+
+
 def _card(config: ModelConfig, record: dict) -> str:
     lines = [f"- `{stage}`: {info['iterations']:,} iterations, batch {info['batch_size']}, on `{info['dataset']}`"
              + (f", final loss {info['final_loss']:.4f}" if info["final_loss"] is not None else "")
+             + _validation_note(info.get("validation") or [])
              for stage, info in record.items()]
     missing = [s for s in STAGES if s not in record and not (s == "length" and config.length_estimator is None)]
     others = ""

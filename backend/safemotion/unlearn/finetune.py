@@ -91,6 +91,7 @@ def run_finetune(options: FinetuneOptions) -> Path:
             checkpoint_every=options.checkpoint_every, progress=options.progress, iters=options.iters,
             batch_size=options.batch_size, lr=options.lr, warmup_iters=0, milestones=(),
             clip_weights=options.clip_weights, clip_vocab=options.clip_vocab,
+            val_split=None,  # the fine-tune is judged by its forget/retain evaluation, not a validation loss
         )
         results[stage] = run_stage(stage, train_options)
     tuned = load_model_dir(training_copy)
