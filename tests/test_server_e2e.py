@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
         assert status == 0, err
         keys[name] = out.strip().splitlines()[-1]
         assert keys[name].startswith("smk_") and len(keys[name]) > 40
-    server = ServerProcess(model, data, root / "server.log", "--max-batch", "8")
+    server = ServerProcess(model, data, root / "server.log", "--max-batch", "8", "--claim-lease", "2")
     server.start()
     yield {"root": root, "model": model, "data": data, "keys": keys, "server": server}
     server.stop()

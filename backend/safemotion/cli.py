@@ -217,9 +217,11 @@ def _server_settings(args: argparse.Namespace):
 
     options = {key: getattr(args, key) for key in (
         "host", "port", "model", "device", "max_batch", "batch_window_ms", "max_queue", "request_timeout",
-        "forbid_allow", "threads", "precision", "log_level", "body_model") if hasattr(args, key)}
-    if "request_timeout" in options:
-        options["request_timeout_s"] = options.pop("request_timeout")
+        "forbid_allow", "threads", "precision", "log_level", "body_model", "max_queued_motions", "claim_lease",
+        "max_attempts", "parent_pid", "engine", "replicas", "ray_address") if hasattr(args, key)}
+    for flag, field in (("request_timeout", "request_timeout_s"), ("claim_lease", "claim_lease_s")):
+        if flag in options:
+            options[field] = options.pop(flag)
     return ServerSettings(db_url=args.db, data_dir=args.data_dir, **options)
 
 
@@ -404,6 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--body-model", type=Path, help="SMPL-format body model (.pkl/.npz) you own, served to the "
                        "Blender add-on to skin its SMPL armature (default: none)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--max-queued-motions", type=int, default=8192,
+                       help="per API key: motions its queued jobs may hold (more: 429)")
+    serve.add_argument("--claim-lease", type=float, default=30.0, help="seconds after which a job item claimed by a "
+                       "server that stopped (crashed) is computed by another")
+    serve.add_argument("--max-attempts", type=int, default=3, help="tries of one job item before it fails")
+    serve.add_argument("--parent-pid", type=int, help="exit when this process ends (the add-on passes Blender's)")
+    serve.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: the model in this process; ray: Ray Serve replicas (pip install "
+                       "'safemotion[ray]'; jobs need a PostgreSQL --db shared by every replica)")
+    serve.add_argument("--replicas", type=int, default=1, help="--engine ray: model replicas (one per GPU)")
+    serve.add_argument("--ray-address", help="--engine ray: the Ray cluster to join (default: start Ray here)")
     serve.set_defaults(func=_serve)
 
     keys = commands.add_parser("keys", help="manage the server's API keys")
