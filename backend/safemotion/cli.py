@@ -237,7 +237,10 @@ def _keys(args: argparse.Namespace) -> int:
         elif args.keys_command == "revoke":
             if not store.revoke_key(args.name):
                 raise ValueError(f"no active API key named {args.name!r} (see `safemotion keys list`)")
-            print(f"revoked {args.name!r}")
+            # queued `allow` jobs would otherwise still produce unfiltered motions for a key that lost the right
+            cancelled = store.cancel_jobs_of(args.name, "allow")
+            print(f"revoked {args.name!r}" + (f"; cancelled its {len(cancelled)} queued 'allow' job(s)"
+                                               if cancelled else ""))
         else:
             print(json.dumps([{"name": k.name, "role": k.role, "prefix": k.prefix, "created_at": k.created_at,
                                "revoked": k.revoked_at is not None} for k in store.list_keys()], indent=2))

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -81,8 +82,52 @@ def run_server(settings: ServerSettings) -> int:
 
     from safemotion.serve.app import create_app
 
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+    if settings.engine == "ray":
+        from safemotion.serve.ray_app import ray_engine_factory
+
+        app = create_app(settings, ray_engine_factory(settings))
+    else:
+        app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, timeout_graceful_shutdown=10, lifespan="on")
     server = uvicorn.Server(config)
+    if settings.parent_pid is not None:
+        threading.Thread(target=exit_with_parent, args=(server, settings.parent_pid), name="parent-watch",
+                         daemon=True).start()
     server.run()
     return 0 if server.started else 1
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (without signalling it: os.kill would end it on Windows)."""
+    if sys.platform == "win32":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
+        if not handle:
+            return False
+        try:
+            return kernel32.WaitForSingleObject(handle, 0) == 0x102  # WAIT_TIMEOUT: still running
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def exit_with_parent(server: "uvicorn.Server", pid: int, interval_s: float = 1.0) -> None:
+    """Ask `server` to shut down once process `pid` (the Blender that started it) has ended."""
+    started_as_child = os.getppid() == pid
+    while not server.should_exit:
+        # a child whose parent died is re-parented, so its parent id changes even if the old id was reused
+        if (started_as_child and os.getppid() != pid) or not process_alive(pid):
+            logging.getLogger("safemotion.serve").warning("parent process ended; shutting down",
+                                                          extra={"parent_pid": pid})
+            server.should_exit = True
+            return
+        threading.Event().wait(interval_s)
