@@ -97,7 +97,7 @@ job_items = Table(
     Column("result", Text),  # JSON list of motion payloads
     Column("error", Text),
     Column("finished_at", Float),
-    Column("claimed_by", String(64)),  # the worker computing the item, while its claim is live
+    Column("claimed_by", String(64)),  # the worker computing (once finished: that computed) the item
     Column("claimed_at", Float),  # when that claim was made or last renewed
     Column("attempts", Integer, nullable=False, server_default="0"),  # claims so far
 )
@@ -392,7 +392,7 @@ class Store:
             _lock_job(conn, job_id)
             changed = conn.execute(update(job_items).where(job_items.c.job_id == job_id, job_items.c.idx == index,
                                                            job_items.c.status == "pending", *held)
-                                   .values(finished_at=now, claimed_by=None, **values)).rowcount
+                                   .values(finished_at=now, **values)).rowcount
             if not changed:
                 return False
             if entries:
