@@ -16,6 +16,7 @@ deployment through its handle. Jobs, keys and the audit log must be in a databas
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -89,14 +90,16 @@ class SafeMotionModel:
 class RayEngine:
     """The app's engine (serve/engine.py) backed by the model deployment's handle."""
 
-    def __init__(self, settings: ServerSettings, store: Store, handle: DeploymentHandle | None = None):
+    def __init__(self, settings: ServerSettings, store: Store, handle: DeploymentHandle | None = None,
+                 app_name: str = APP_NAME):
         self.settings = settings
         self.handle = handle
+        self.app_name = app_name
 
     async def start(self) -> None:
-        """Find the model deployment and ask it what it serves."""
+        """Find the model deployment (of Serve application `app_name`) and ask it what it serves."""
         if self.handle is None:
-            self.handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=APP_NAME)
+            self.handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=self.app_name)
         described = await self.handle.describe.remote()
         self.name, self.info, self.device = described["name"], described["info"], described["device"]
 
@@ -134,12 +137,13 @@ class RayEngine:
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The Serve application: `args` are ServerSettings fields (model, db_url, replicas, max_batch, threads, ...),
-    plus num_gpus (per replica; default 1 where CUDA is visible to the driver, else 0)."""
+    plus num_gpus (per replica, default 0) and app_name (the name it is deployed under, default "safemotion")."""
     args = dict(args)
     num_gpus = float(args.pop("num_gpus", 0))
+    app_name = str(args.pop("app_name", APP_NAME))
     settings = ServerSettings(**args)
     settings.validate()
-    fastapi_app = create_app(settings, RayEngine)
+    fastapi_app = create_app(settings, functools.partial(RayEngine, app_name=app_name))
 
     @serve.deployment(name="SafeMotionIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
     @serve.ingress(fastapi_app)
