@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ PRECISION_HELP = ("token transformers in fp32 (default) or bf16: faster on GPUs 
 def _data_build(args: argparse.Namespace) -> int:
     from safemotion.data.dataset_builder import build_dataset
 
+    # SIGTERM unwinds like Ctrl-C, so the build stops its workers and removes its temporary folder
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     stats = build_dataset(
         out=args.out,
         shared_data=args.shared_data,
@@ -26,6 +29,7 @@ def _data_build(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         include=set(args.include) if args.include else None,
+        strict=args.strict,
     )
     print(stats.to_json())
     return 0
@@ -265,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--workers", type=int, default=2)
     build.add_argument("--include", nargs="*", help="only these sources (bandai, iclone, deepmimic, fbx, user)")
+    build.add_argument("--strict", action="store_true",
+                       help="fail (one line naming the file) on a --bvh-dir file that cannot be read; by default such "
+                            "files are skipped with a one-line warning and listed under 'skipped' in stats.json. "
+                            "Limits: BVH files up to 128 MB, 100000 frames, Frame Time up to 1 s")
     build.set_defaults(func=_data_build)
 
     split = data_commands.add_parser("split", help="write forget/retain id lists for a concept")
@@ -442,9 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, OSError) as err:  # bad input or files: one line, no traceback
         print(f"safemotion: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("safemotion: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

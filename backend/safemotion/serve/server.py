@@ -10,10 +10,10 @@ import json
 import logging
 import os
 import sys
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from safemotion.parent_watch import watch_parent
 from safemotion.serve.settings import DEFAULT_MODEL, MODELS_DIR, ServerSettings
 from safemotion.serve.store import Store
 
@@ -92,42 +92,16 @@ def run_server(settings: ServerSettings) -> int:
                             access_log=False, timeout_graceful_shutdown=10, lifespan="on")
     server = uvicorn.Server(config)
     if settings.parent_pid is not None:
-        threading.Thread(target=exit_with_parent, args=(server, settings.parent_pid), name="parent-watch",
-                         daemon=True).start()
+        exit_with_parent(server, settings.parent_pid)
     server.run()
     return 0 if server.started else 1
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` still runs (without signalling it: os.kill would end it on Windows)."""
-    if sys.platform == "win32":
-        import ctypes
-
-        kernel32 = ctypes.windll.kernel32
-        handle = kernel32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
-        if not handle:
-            return False
-        try:
-            return kernel32.WaitForSingleObject(handle, 0) == 0x102  # WAIT_TIMEOUT: still running
-        finally:
-            kernel32.CloseHandle(handle)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def exit_with_parent(server: "uvicorn.Server", pid: int, interval_s: float = 1.0) -> None:
+def exit_with_parent(server: "uvicorn.Server", pid: int) -> None:
     """Ask `server` to shut down once process `pid` (the Blender that started it) has ended."""
-    started_as_child = os.getppid() == pid
-    while not server.should_exit:
-        # a child whose parent died is re-parented, so its parent id changes even if the old id was reused
-        if (started_as_child and os.getppid() != pid) or not process_alive(pid):
-            logging.getLogger("safemotion.serve").warning("parent process ended; shutting down",
-                                                          extra={"parent_pid": pid})
-            server.should_exit = True
-            return
-        threading.Event().wait(interval_s)
+
+    def shut_down() -> None:
+        logging.getLogger("safemotion.serve").warning("parent process ended; shutting down", extra={"parent_pid": pid})
+        server.should_exit = True
+
+    watch_parent(pid, shut_down)
