@@ -393,6 +393,16 @@ def test_one_bad_audit_fails_only_itself(client):
     assert results[0]["hit_ratio"] == results[2]["hit_ratio"] and results[0]["num_tokens"] > 0
 
 
+def test_invalid_audit_is_a_quiet_422(client, caplog):
+    """An audit the model cannot encode is the client's error: 422 on the joints, no ERROR record, no traceback."""
+    motion = generate(client, seconds=4.0, seed=3).json()["motions"][0]
+    short = encode_array(decode_array(motion["joints"])[:2])
+    with caplog.at_level("INFO"):
+        response = client.post("/v1/audit", json={"joints": short, "fps": 20.0})
+    assert fields_of(response) == ["joints"] and "too short" in response.json()["detail"][0]["reason"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+
+
 def test_batcher_fails_only_the_task_whose_result_is_an_error():
     batcher = MicroBatcher(lambda tasks: [ValueError(f"bad {t}") if t < 0 else t for t in tasks], max_batch=4,
                            window_s=0.05)
