@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -314,32 +315,34 @@ class GatedHandler:
         return [task * 10 for task in tasks]
 
 
-def test_batcher_gathers_waiting_requests_up_to_max_batch():
+@contextmanager
+def held_batcher(**options):
+    """(handler, batcher, first): a started MicroBatcher on a GatedHandler whose first batch, task 0, is running and
+    held until handler.gate is set; stopped on exit."""
     handler = GatedHandler()
-    batcher = MicroBatcher(handler, max_batch=4, window_s=0.05, max_queue=100)
+    batcher = MicroBatcher(handler, **options)
     batcher.start()
     try:
         first = batcher.submit(0)
         while not handler.batches:
             time.sleep(0.001)
+        yield handler, batcher, first
+    finally:
+        batcher.stop()
+
+
+def test_batcher_gathers_waiting_requests_up_to_max_batch():
+    with held_batcher(max_batch=4, window_s=0.05, max_queue=100) as (handler, batcher, first):
         futures = [batcher.submit(i, size=2 if i == 5 else 1) for i in range(1, 9)]
         handler.gate.set()
         assert first.result(10) == 0 and [f.result(10) for f in futures] == [10 * i for i in range(1, 9)]
-    finally:
-        batcher.stop()
     # batch sizes in motions: 1, then 1+1+1+1, then 2+1+1 (task 5 counts 2), then the rest
     assert handler.batches == [[0], [1, 2, 3, 4], [5, 6, 7], [8]]
     assert batcher.batches == 4 and batcher.motions == 10
 
 
 def test_batcher_skips_cancelled_and_expired_tasks_and_bounds_the_queue():
-    handler = GatedHandler()
-    batcher = MicroBatcher(handler, max_batch=8, window_s=0.0, max_queue=3)
-    batcher.start()
-    try:
-        batcher.submit(0)
-        while not handler.batches:
-            time.sleep(0.001)
+    with held_batcher(max_batch=8, window_s=0.0, max_queue=3) as (handler, batcher, _):
         cancelled = batcher.submit(1)
         expired = batcher.submit(2, deadline=time.monotonic() + 0.01)
         kept = batcher.submit(3)
@@ -352,8 +355,6 @@ def test_batcher_skips_cancelled_and_expired_tasks_and_bounds_the_queue():
         assert kept.result(10) == 30
         with pytest.raises(DeadlineExceeded):
             expired.result(10)
-    finally:
-        batcher.stop()
     assert handler.batches == [[0], [3]]
 
 
@@ -417,19 +418,11 @@ def test_batcher_fails_only_the_task_whose_result_is_an_error():
 
 
 def test_audits_wait_behind_generation_requests():
-    handler = GatedHandler()
-    batcher = MicroBatcher(handler, max_batch=1, window_s=0.0, max_queue=4)
-    batcher.start()
-    try:
-        batcher.submit(0)
-        while not handler.batches:
-            time.sleep(0.001)
+    with held_batcher(max_batch=1, window_s=0.0, max_queue=4) as (handler, batcher, _):
         audits = [batcher.submit(10 + i, kind=AUDIT) for i in range(2)]
         request = batcher.submit(1)
         handler.gate.set()
         assert request.result(10) == 10 and [a.result(10) for a in audits] == [100, 110]
-    finally:
-        batcher.stop()
     assert handler.batches == [[0], [1], [10], [11]]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 import httpx
-import numpy as np
 import pytest
 from server_support import all_results, build_tiny_lcr_model, free_port, run_cli, wait_for_job
 from test_server_fuzz import OPERATIONS, VALID_BODIES, fuzz_operation, walking_joints
