@@ -212,6 +212,21 @@ def test_cancel_jobs_of_an_owner_by_policy(store):
     assert [store.get_job(j * 32)["status"] for j in "abc"] == ["cancelled", "queued", "queued"]
 
 
+def test_database_from_before_claims_gets_the_claim_columns(url):
+    old = Store(url)
+    old.create_job("a" * 32, "alice", "artist", "tiny", "sanitize", items(2))
+    with old.engine.begin() as conn:  # as the tables were before items were claimed
+        for column in ("claimed_by", "claimed_at", "attempts"):
+            conn.exec_driver_sql(f"ALTER TABLE job_items DROP COLUMN {column}")
+    old.close()
+    again = Store(url)
+    try:
+        assert [item.index for item in claim(again)] == [0, 1]
+        assert [row["attempts"] for row in again.job_items("a" * 32)] == [1, 1]
+    finally:
+        again.close()
+
+
 def test_sqlite_database_file_is_private(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'new' / 'store.db'}")
     try:
