@@ -12,7 +12,7 @@ $(STAMP): backend/pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0 bpy==5.0.1
-	$(PY) -m pip install -e 'backend[test]'
+	$(PY) -m pip install -e 'backend[test,ray]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -10,6 +10,13 @@ lost = sent - answered.
 
     .venv/bin/python bench/load.py --model path/to/model_dir --write
     .venv/bin/python bench/load.py --random-preset mini --write     # random weights, mini sizes (speed only)
+
+`--ray` (issue 21) instead serves the model on Ray Serve (safemotion.serve.ray_app, a local Ray on loopback): one
+application with 1 replica and one with 2 (1 torch thread each, both deployed at once, taking turns), 16 clients,
+throughput and p50/p95; then one 32-item batch job per application, counting items lost (not done) and duplicated
+(computed more than once: claim attempts > 1, or more audit rows than items).
+
+    .venv/bin/python bench/load.py --ray --model backend/safemotion/assets/models/safemotion-mini-lcr --write
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from results_md import write_section
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Server load (issue 6)"
+RAY_SECTION = "## Ray Serve scale-out (issue 21)"
+RAY_REPLICAS = (1, 2)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = (16, 1)  # --max-batch of the micro-batching server and of the one-at-a-time server
 PROMPTS = ["a person walks forward", "a person jumps twice", "someone waves with the right hand",
@@ -198,6 +207,109 @@ def bench(model: Path, levels: list[int], rounds: dict[int, int], repeats: int, 
             server.stop()
 
 
+def ray_bench(model: Path, clients: int, rounds: int, repeats: int, seconds: float, threads: int,
+              work: Path) -> tuple[list[dict], list[dict]]:
+    """Applications of 1 and 2 replicas on one local Ray, taking turns under `clients` closed-loop clients; then a
+    batch job on each. Rows of request numbers and of job numbers."""
+    import ray
+    from ray import serve
+
+    from safemotion.serve.ray_app import build_app
+    from safemotion.serve.store import Store
+
+    port = free_port()
+    ray.init(num_cpus=sum(RAY_REPLICAS), include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        urls, dbs = {}, {}
+        for replicas in RAY_REPLICAS:
+            name = f"replicas{replicas}"
+            dbs[replicas] = f"sqlite:///{work / name}.db"
+            serve.run(build_app({"model": str(model), "db_url": dbs[replicas], "replicas": replicas,
+                                 "max_batch": 16, "max_queue": 256, "threads": threads, "device": "cpu",
+                                 "app_name": name}), name=name, route_prefix=f"/{name}")
+            urls[replicas] = f"http://127.0.0.1:{port}/{name}"
+            run_level(urls[replicas], 4, 1, seconds, first_seed=10**6)  # warm-up: first-call costs, every replica
+        totals = {n: {"latencies": [], "errors": [], "sent": 0, "wall": 0.0, "load": []} for n in RAY_REPLICAS}
+        for repeat in range(repeats):
+            for replicas in RAY_REPLICAS:
+                run = run_level(urls[replicas], clients, rounds, seconds, first_seed=1000 * repeat)
+                total = totals[replicas]
+                for key in ("latencies", "errors"):
+                    total[key] += run[key]
+                total["sent"] += run["sent"]
+                total["wall"] += run["wall"]
+                total["load"].append(os.getloadavg()[0])
+        rows = []
+        for replicas, total in totals.items():
+            ok = len(total["latencies"])
+            rows.append({"replicas": replicas, "clients": clients, "requests": total["sent"], "ok": ok,
+                         "errors": len(total["errors"]), "lost": total["sent"] - ok - len(total["errors"]),
+                         "throughput": ok / total["wall"],
+                         "p50": float(np.percentile(total["latencies"], 50)) if ok else float("nan"),
+                         "p95": float(np.percentile(total["latencies"], 95)) if ok else float("nan"),
+                         "load": float(np.mean(total["load"])), "error_kinds": sorted(set(total["errors"]))})
+            print(f"ray, {replicas} replica(s), {clients} clients: {rows[-1]['throughput']:.2f} req/s, "
+                  f"p50 {rows[-1]['p50']:.2f} s, p95 {rows[-1]['p95']:.2f} s, errors {rows[-1]['errors']}", flush=True)
+        jobs = []
+        for replicas in RAY_REPLICAS:
+            items = [{"prompt": PROMPTS[i % len(PROMPTS)], "seconds": seconds, "seed": 500 + i} for i in range(32)]
+            started = time.perf_counter()
+            with httpx.Client(base_url=urls[replicas], timeout=60) as http:
+                job = http.post("/v1/jobs", json={"items": items}).json()
+                while (status := http.get(f"/v1/jobs/{job['id']}").json())["status"] in ("queued", "running"):
+                    time.sleep(0.2)
+            store = Store(dbs[replicas])
+            try:
+                rows_ = store.job_items(job["id"])
+                audited = [r for r in store.audit_entries(event="job_item", limit=10_000) if r["job_id"] == job["id"]]
+            finally:
+                store.close()
+            jobs.append({"replicas": replicas, "items": len(items), "done": status["done"],
+                         "lost": len(items) - status["done"], "seconds": time.perf_counter() - started,
+                         "duplicated": sum(r["attempts"] > 1 for r in rows_) + max(0, len(audited) - len(items)),
+                         "workers": len({r["claimed_by"] for r in rows_})})
+            print(f"ray job, {replicas} replica(s): {jobs[-1]}", flush=True)
+        return rows, jobs
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def ray_section(rows: list[dict], jobs: list[dict], model_note: str, seconds: float, threads: int,
+                elapsed: float) -> str:
+    """The markdown section of the Ray Serve rows."""
+    by_replicas = {r["replicas"]: r for r in rows}
+    ratio = by_replicas[2]["throughput"] / by_replicas[1]["throughput"] if by_replicas[1]["throughput"] else 0.0
+    bad = sum(r["errors"] + r["lost"] for r in rows) + sum(j["lost"] + j["duplicated"] for j in jobs)
+    verdict = "met" if ratio >= 1.7 and bad == 0 else "not met in this run"
+    lines = [
+        RAY_SECTION, "",
+        "`bench/load.py --ray`: a local Ray on loopback with two Serve applications deployed at once (the FastAPI "
+        "ingress + 1 model replica, and + 2 replicas; 1 torch thread and 1 Ray CPU per replica), taking turns so "
+        f"load changes hit both; {rows[0]['clients']} closed-loop HTTP clients, `POST /v1/generate` of one "
+        f"{seconds:g}-second motion per request, SMPL fit and encoding included (in the replicas). Model: "
+        f"{model_note}. CPU: {os.cpu_count()} cores shared with other jobs, including the clients, the ingress, "
+        "Serve's proxy and Ray's own processes (1-minute load average in the table; run nice'd on a contended "
+        f"machine, so the numbers are noisy and the lead may rerun it on a quiet one). Whole run: "
+        f"{elapsed / 60:.1f} min.", "",
+        "| replicas | clients | requests | throughput (req/s) | p50 latency (s) | p95 latency (s) | errors | lost "
+        "| load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['replicas']} | {r['clients']} | {r['requests']} | {r['throughput']:.2f} | {r['p50']:.2f} | "
+              f"{r['p95']:.2f} | {r['errors']} | {r['lost']} | {r['load']:.1f} |" for r in rows]
+    lines += ["", "| replicas | job items | done | lost | duplicated | replicas that computed items | job time (s) |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {j['replicas']} | {j['items']} | {j['done']} | {j['lost']} | {j['duplicated']} | {j['workers']} | "
+              f"{j['seconds']:.1f} |" for j in jobs]
+    lines += ["", f"2 replicas ÷ 1 replica throughput: {ratio:.2f}×. Errors + lost + duplicated: {bad}. Target "
+                  f"(≥ 1.7×, nothing lost or duplicated): {verdict}. Replica kills are covered by "
+                  "tests/test_server_ray.py (0 lost, 0 repeated)."]
+    return "\n".join(lines) + "\n"
+
+
 def section(rows: list[dict], ceiling: dict, model_note: str, seconds: float, threads: int, elapsed: float) -> str:
     """The markdown section for bench/RESULTS.md."""
     cpu = platform.processor() or "unknown CPU"
@@ -259,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each generated motion")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server's model worker")
     parser.add_argument("--write", action="store_true", help=f"write the section into {RESULTS}")
+    parser.add_argument("--ray", action="store_true", help="Ray Serve rows: 1 vs 2 replicas at the last --clients "
+                        "level (pip install 'safemotion[ray]')")
     args = parser.parse_args(argv)
     if len(args.rounds) != len(args.clients):
         parser.error("--rounds needs one number per --clients level")
@@ -272,6 +386,14 @@ def main(argv: list[str] | None = None) -> int:
             note = (f"random weights at the `{args.random_preset}` preset's sizes (`safemotion.train.presets."
                     f"{args.random_preset}()`; MiniLM text encoder; speed does not depend on training)")
         rounds = dict(zip(args.clients, args.rounds))
+        if args.ray:
+            clients = args.clients[-1]
+            rows, jobs = ray_bench(model, clients, rounds[clients], args.repeats, args.seconds, args.threads, work)
+            text = ray_section(rows, jobs, note, args.seconds, args.threads, time.perf_counter() - started)
+            print(text)
+            if args.write:
+                write_section(RAY_SECTION, text)
+            return 0
         ceiling = model_ceiling(model, args.seconds, args.threads)
         print(f"model only: {ceiling}", flush=True)
         rows = bench(model, args.clients, rounds, args.repeats, args.seconds, args.threads, work)

@@ -97,7 +97,7 @@ class BundledServer:
     def command(self, python: str) -> list[str]:
         """The command line that starts the server."""
         args = [python, "-m", "safemotion", "serve", "--host", HOST, "--port", str(self.port),
-                "--data-dir", str(self.config.data_dir)]
+                "--data-dir", str(self.config.data_dir), "--parent-pid", str(os.getpid())]
         if self.config.model:
             args += ["--model", self.config.model]
         if self.config.threads:

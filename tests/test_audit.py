@@ -126,4 +126,35 @@ def test_audit_bad_inputs(setup, tmp_path, capsys):
     assert "unsupported motion file type '.mp4'" in capsys.readouterr().err
     plain = save_model_dir(tiny_models(), tmp_path / "plain")
     assert cli.main(["audit", str(tmp_path / "none.npz"), "--model", str(plain)]) == 2
+    assert "no 'joints' array" in capsys.readouterr().err  # the file is checked before the model is loaded
+    moving = skeleton.rest_joints()[None] + 0.01 * np.arange(40)[:, None, None]
+    np.savez(tmp_path / "moving.npz", joints=moving, fps=20.0)
+    assert cli.main(["audit", str(tmp_path / "moving.npz"), "--model", str(plain)]) == 2
     assert "no removed codes" in capsys.readouterr().err
+
+
+def test_audit_cli_refuses_broken_and_oversized_files_in_one_line(tmp_path, capsys):
+    """Empty, truncated and mistyped .npz files and absurd frame rates: one clear line each, no traceback."""
+    moving = skeleton.rest_joints()[None] + 0.01 * np.arange(40)[:, None, None]
+    np.savez(tmp_path / "good.npz", joints=moving, fps=20.0)
+    good = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "truncated.npz").write_bytes(good[: len(good) // 2])
+    np.savez(tmp_path / "typed.npz", joints=moving, fps="fast")
+    np.savez(tmp_path / "slow.npz", joints=moving[:30].astype(np.float32), fps=0.001)
+    np.savez(tmp_path / "long.npz", joints=np.repeat(moving[:1], 4100, axis=0), fps=20.0)
+    expected = {"empty": "not a readable .npz motion", "truncated": "not a readable .npz motion",
+                "typed": "unreadable 'joints' or 'fps'", "slow": "fps 0.001 is outside 10-1000",
+                "long": "audits take at most 200 s"}
+    for name, says in expected.items():
+        assert cli.main(["audit", str(tmp_path / f"{name}.npz")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and err.count("\n") == 1, (name, err)
+
+
+def test_audit_cli_defaults_to_the_embedded_lcr_model(tmp_path, capsys):
+    moving = skeleton.rest_joints()[None] + 0.01 * np.arange(40)[:, None, None]
+    np.savez(tmp_path / "good.npz", joints=moving, fps=20.0)
+    assert cli.main(["audit", str(tmp_path / "good.npz"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"].endswith("safemotion-mini-lcr") and report["concept"] == "violence"

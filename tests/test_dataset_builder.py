@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from safemotion.data import caption_grammar as grammar
+from safemotion import cli
 from safemotion.data.bvh import bvh_from_joints, write_bvh
 from safemotion.data.concept_splits import write_concept_splits
 from safemotion.data.dataset_builder import (
@@ -322,18 +329,93 @@ def test_deterministic_for_a_seed_and_worker_count(built, library, tmp_path):
     assert _tree(other)["new_joint_vecs/U000000.npy"] == first["new_joint_vecs/U000000.npy"]
 
 
-def test_malformed_bvh_leaves_no_dataset(library, tmp_path):
-    lib = tmp_path / "lib"
+def bad_library(lib: Path) -> Path:
+    """Two good takes plus the probe's bad files: malformed, Frame Time over 100 s, a symlink loop, 10^6 frames."""
     entries = {"walk_a.bvh": LIBRARY["walk_a.bvh"], "wave_left.bvh": LIBRARY["wave_left.bvh"]}
     write_library(lib, entries)
+    good = (lib / "walk_a.bvh").read_text()
     (lib / "broken.bvh").write_text("HIERARCHY\nROOT Hips\n{\n\tOFFSET 0 0\n")
+    (lib / "slow.bvh").write_text(re.sub(r"Frame Time:.*", "Frame Time: 150.0", good))
+    (lib / "huge.bvh").write_text(re.sub(r"Frames:.*", "Frames: 1000000", good))
+    (lib / "loop.bvh").symlink_to(lib / "loop.bvh")
     with open(lib / "captions.csv", "a", newline="") as f:
-        f.write("broken.bvh,a person walks\n")
+        f.writelines(f"{name},a person walks\n" for name in ("broken.bvh", "slow.bvh", "huge.bvh"))
+    return lib
+
+
+def test_bad_library_files_are_skipped_in_one_line_each(tmp_path, capsys):
+    lib = bad_library(tmp_path / "lib")
     out = tmp_path / "out" / "dataset"
-    with pytest.raises(Exception, match="broken.bvh"):
-        build_dataset(out, bvh_dir=lib, workers=1)
-    assert not out.exists()
-    assert list((tmp_path / "out").iterdir()) == []  # no temporary build folder either
+    assert cli.main(["data", "build", "--bvh-dir", str(lib), "--captions", str(lib / "captions.csv"),
+                     "--out", str(out), "--workers", "1"]) == 0
+    skipped = json.loads((out / "stats.json").read_text())["skipped"]
+    assert "no MOTION section" in skipped["user/broken.bvh"]
+    assert "Frame Time must be a number of seconds in (0, 1]" in skipped["user/slow.bvh"]
+    assert "at most 100000 frames" in skipped["user/huge.bvh"]
+    assert all("\n" not in reason for reason in skipped.values())
+    assert "Traceback" not in capsys.readouterr().err
+    assert json.loads((out / "stats.json").read_text())["clips"] == 2
+
+
+def test_strict_build_fails_in_one_line_and_leaves_nothing(tmp_path, capsys):
+    lib = bad_library(tmp_path / "lib")
+    out = tmp_path / "out" / "dataset"
+    assert cli.main(["data", "build", "--bvh-dir", str(lib), "--captions", str(lib / "captions.csv"),
+                     "--out", str(out), "--workers", "1", "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("safemotion: error: user/broken.bvh: could not load") and err.count("\n") == 1
+    assert list((tmp_path / "out").iterdir()) == []  # no dataset, no temporary build folder
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stopped_build_leaves_no_folder_and_no_workers(tmp_path, signum):
+    """SIGTERM or SIGINT to the build process alone, while its two workers are busy: it exits within seconds,
+    removes its temporary folder and its workers are gone."""
+    lib = tmp_path / "lib"
+    write_library(lib, {f"walk_{i}.bvh": (25.0, "walk", "a person walks") for i in range(40)})
+    out = tmp_path / "out" / "dataset"
+    build = subprocess.Popen([sys.executable, "-m", "safemotion", "data", "build", "--bvh-dir", str(lib),
+                              "--captions", str(lib / "captions.csv"), "--out", str(out), "--workers", "2"],
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(children(build.pid)) < 2:
+        time.sleep(0.2)
+    workers = children(build.pid)
+    assert len(workers) >= 2 and build.poll() is None
+    time.sleep(2)  # workers inside takes
+    build.send_signal(signum)
+    started = time.monotonic()
+    build.wait(60)
+    assert time.monotonic() - started < 20 and build.returncode != 0
+    assert "Traceback" not in build.stderr.read()
+    assert list((tmp_path / "out").iterdir()) == []
+    time.sleep(1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and "zombie" not in
+                Path(f"/proc/{pid}/status").read_text().lower()]
+
+
+def test_folder_of_a_killed_build_is_removed_by_the_next(library, tmp_path):
+    out = tmp_path / "out" / "dataset"
+    out.parent.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = out.parent / ".dataset.building-abc123"
+    (left / "new_joints").mkdir(parents=True)
+    (left / ".builder-pid").write_text(dead.stdout.strip())
+    build_dataset(out, bvh_dir=library, workers=1)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["dataset"]
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (from /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if re.search(rf"^PPid:\s+{pid}$", text, re.MULTILINE):
+            found.append(int(status.parent.name))
+    return found
 
 
 def test_failed_rebuild_keeps_the_previous_dataset(tmp_path):
@@ -349,7 +431,7 @@ def test_failed_rebuild_keeps_the_previous_dataset(tmp_path):
     with open(lib / "captions.csv", "a", newline="") as f:
         f.write("nan.bvh,a person walks ahead\n")
     with pytest.raises(Exception, match=r"nan\.bvh"):
-        build_dataset(out, bvh_dir=lib, workers=1)
+        build_dataset(out, bvh_dir=lib, workers=1, strict=True)  # a skipped file would not fail
     assert _tree(out) == before
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["dataset"]
 

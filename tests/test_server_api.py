@@ -9,21 +9,26 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from server_support import REMOVED_CODES, build_tiny_lcr_model
+from sqlalchemy import event
 
 from safemotion.motion import skeleton
 from safemotion.serve import schemas
 from safemotion.serve.app import create_app
-from safemotion.serve.batcher import DeadlineExceeded, MicroBatcher, QueueFull
+from safemotion.serve.batcher import AUDIT, JOB, DeadlineExceeded, MicroBatcher, QueueFull
 from safemotion.serve.encoding import decode_array, encode_array
+from safemotion.serve.jobs import JobRunner, JobSettings
+from safemotion.serve.model_service import AuditTask
 from safemotion.serve.openapi import SCHEMA_FILE, schema_text
 from safemotion.serve.settings import ServerSettings
 from safemotion.serve.store import Store
+from safemotion.unlearn.audit import check_audit_length
 
 BODY_LIMIT = 64 * 1024
 QUEUE = 2
@@ -139,7 +144,8 @@ def test_a_database_from_before_the_foot_cleanup_column_is_upgraded(tmp_path):
     with store.engine.begin() as conn:
         conn.execute(text("INSERT INTO job_items (job_id, idx, prompt, seed, variations, status, foot_cleanup) "
                           "VALUES (:job, 1, 'run', 0, 1, 'pending', NULL)"), {"job": "a" * 32})
-    assert [item.foot_cleanup for item in store.pending_items("tiny", 10, set())] == [False, True]
+    claimed = store.claim_items("tiny", "w1", 10, lease_s=30, max_attempts=3)
+    assert [item.foot_cleanup for item in claimed] == [False, True]
     store.close()
 
 
@@ -353,32 +359,34 @@ class GatedHandler:
         return [task * 10 for task in tasks]
 
 
-def test_batcher_gathers_waiting_requests_up_to_max_batch():
+@contextmanager
+def held_batcher(**options):
+    """(handler, batcher, first): a started MicroBatcher on a GatedHandler whose first batch, task 0, is running and
+    held until handler.gate is set; stopped on exit."""
     handler = GatedHandler()
-    batcher = MicroBatcher(handler, max_batch=4, window_s=0.05, max_queue=100)
+    batcher = MicroBatcher(handler, **options)
     batcher.start()
     try:
         first = batcher.submit(0)
         while not handler.batches:
             time.sleep(0.001)
+        yield handler, batcher, first
+    finally:
+        batcher.stop()
+
+
+def test_batcher_gathers_waiting_requests_up_to_max_batch():
+    with held_batcher(max_batch=4, window_s=0.05, max_queue=100) as (handler, batcher, first):
         futures = [batcher.submit(i, size=2 if i == 5 else 1) for i in range(1, 9)]
         handler.gate.set()
         assert first.result(10) == 0 and [f.result(10) for f in futures] == [10 * i for i in range(1, 9)]
-    finally:
-        batcher.stop()
     # batch sizes in motions: 1, then 1+1+1+1, then 2+1+1 (task 5 counts 2), then the rest
     assert handler.batches == [[0], [1, 2, 3, 4], [5, 6, 7], [8]]
     assert batcher.batches == 4 and batcher.motions == 10
 
 
 def test_batcher_skips_cancelled_and_expired_tasks_and_bounds_the_queue():
-    handler = GatedHandler()
-    batcher = MicroBatcher(handler, max_batch=8, window_s=0.0, max_queue=3)
-    batcher.start()
-    try:
-        batcher.submit(0)
-        while not handler.batches:
-            time.sleep(0.001)
+    with held_batcher(max_batch=8, window_s=0.0, max_queue=3) as (handler, batcher, _):
         cancelled = batcher.submit(1)
         expired = batcher.submit(2, deadline=time.monotonic() + 0.01)
         kept = batcher.submit(3)
@@ -391,8 +399,6 @@ def test_batcher_skips_cancelled_and_expired_tasks_and_bounds_the_queue():
         assert kept.result(10) == 30
         with pytest.raises(DeadlineExceeded):
             expired.result(10)
-    finally:
-        batcher.stop()
     assert handler.batches == [[0], [3]]
 
 
@@ -404,3 +410,123 @@ def test_batcher_skips_cancelled_and_expired_tasks_and_bounds_the_queue():
 def test_settings_name_the_bad_option(field, value, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         ServerSettings(**{field: value}).validate()
+
+
+# ---------------------------------------------------------------------------------------------- probe findings
+
+def test_audit_work_is_bounded_after_resampling(client):
+    """A small body at a tiny fps used to become hundreds of thousands of frames: fps and duration are bounded."""
+    joints = encode_array(np.zeros((100, 22, 3), np.float32))
+    low = client.post("/v1/audit", json={"joints": joints, "fps": 0.25})
+    assert fields_of(low) == ["fps"] and "greater than or equal to 10" in low.json()["detail"][0]["reason"]
+    # longer than 200 s: refused before resampling by the app (over HTTP in test_server_ray) and by the model service
+    with pytest.raises(ValueError, match="2401 frames at 12 fps last 200.1 s; audits take at most 200 s"):
+        client.app.state.server.engine.service.audit(AuditTask(np.zeros((2401, 22, 3)), 12.0))
+    with pytest.raises(ValueError, match="fps 0.1 is outside 10-1000"):
+        check_audit_length(10, 0.1, "a.npz")
+    check_audit_length(4000, 20.0, "a.npz")  # exactly 200 s is allowed
+
+
+def test_one_bad_audit_fails_only_itself(client):
+    """Audits batched together: the one that cannot be encoded gets its error, the others their reports."""
+    service = client.app.state.server.engine.service
+    motion = generate(client, seconds=4.0, seed=3).json()["motions"][0]
+    good = AuditTask(decode_array(motion["joints"]), 20.0)
+    too_short = AuditTask(decode_array(motion["joints"])[:2], 20.0)
+    results = service.run([good, too_short, good])
+    assert isinstance(results[1], ValueError) and "too short" in str(results[1])
+    assert results[0]["hit_ratio"] == results[2]["hit_ratio"] and results[0]["num_tokens"] > 0
+
+
+def test_invalid_audit_is_a_quiet_422(client, caplog):
+    """An audit the model cannot encode is the client's error: 422 on the joints, no ERROR record, no traceback."""
+    motion = generate(client, seconds=4.0, seed=3).json()["motions"][0]
+    short = encode_array(decode_array(motion["joints"])[:2])
+    with caplog.at_level("INFO"):
+        response = client.post("/v1/audit", json={"joints": short, "fps": 20.0})
+    assert fields_of(response) == ["joints"] and "too short" in response.json()["detail"][0]["reason"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+
+
+def test_batcher_fails_only_the_task_whose_result_is_an_error():
+    batcher = MicroBatcher(lambda tasks: [ValueError(f"bad {t}") if t < 0 else t for t in tasks], max_batch=4,
+                           window_s=0.05)
+    batcher.start()
+    try:
+        futures = [batcher.submit(task) for task in (1, -2, 3)]
+        assert futures[0].result(10) == 1 and futures[2].result(10) == 3
+        with pytest.raises(ValueError, match="bad -2"):
+            futures[1].result(10)
+    finally:
+        batcher.stop()
+
+
+def test_audits_wait_behind_generation_requests():
+    with held_batcher(max_batch=1, window_s=0.0, max_queue=4) as (handler, batcher, _):
+        audits = [batcher.submit(10 + i, kind=AUDIT) for i in range(2)]
+        request = batcher.submit(1)
+        handler.gate.set()
+        assert request.result(10) == 10 and [a.result(10) for a in audits] == [100, 110]
+    assert handler.batches == [[0], [1], [10], [11]]
+
+
+def test_quota_of_queued_motions_answers_429(client):
+    settings = client.app.state.server.settings
+    settings.max_queued_motions = 3
+    try:
+        items = [{"prompt": f"a person sits {i}", "seconds": 1.0, "variations": 2} for i in range(2)]
+        response = client.post("/v1/jobs", json={"items": items})
+        assert response.status_code == 429 and "quota of 3" in response.json()["detail"]
+        assert response.headers["retry-after"] == "60"
+    finally:
+        settings.max_queued_motions = 8192
+
+
+def test_a_result_that_cannot_be_stored_fails_after_bounded_tries_then_work_resumes(client, tmp_path):
+    """A SQLite database capped at its current size (PRAGMA max_page_count: a full disk, for SQLite) refuses the
+    results: the item is computed at most max_attempts times, then fails with the reason; raising the cap again
+    lets the next job finish."""
+    service = client.app.state.server.engine.service
+    store = Store(f"sqlite:///{tmp_path / 'full.db'}")
+    cap = {"pages": None}
+
+    @event.listens_for(store.engine, "connect")
+    def _cap(connection, _record):  # noqa: ANN001
+        if cap["pages"] is not None:
+            connection.execute(f"PRAGMA max_page_count = {cap['pages']}")
+
+    batcher = MicroBatcher(service.run, max_batch=4, window_s=0.0)
+    computed = []
+
+    def submit(task, size):
+        computed.append(task.request.prompt)
+        return batcher.submit(task, size=size, kind=JOB)
+
+    runner = JobRunner(store, submit, service.name, JobSettings(in_flight=1, lease_s=1.0, max_attempts=3))
+    store.create_job("a" * 32, "alice", "artist", service.name, "sanitize",
+                     [{"prompt": "a person walks", "seconds": 4.0, "seed": 0, "variations": 1}])
+    with store.engine.connect() as conn:
+        cap["pages"] = conn.exec_driver_sql("PRAGMA page_count").scalar()
+    store.engine.dispose()
+    batcher.start()
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while store.get_job("a" * 32)["status"] != "done" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [item] = store.job_items("a" * 32)
+        assert item["status"] == "failed", item
+        assert "gave up after 3 attempts" in item["error"] and "full" in item["error"]
+        assert len(computed) == 3
+        cap["pages"] = None
+        store.engine.dispose()
+        store.create_job("b" * 32, "alice", "artist", service.name, "sanitize",
+                         [{"prompt": "a person runs", "seconds": 2.0, "seed": 0, "variations": 1}])
+        runner.wake()
+        while store.get_job("b" * 32)["status"] != "done" and time.monotonic() < deadline + 60:
+            time.sleep(0.1)
+        assert store.job_items("b" * 32)[0]["status"] == "done" and len(computed) == 4
+    finally:
+        runner.stop()
+        batcher.stop()
+        store.close()

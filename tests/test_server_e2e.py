@@ -1,19 +1,33 @@
 """The real server process (`python -m safemotion serve` on a free loopback port, tiny random LCR model, temp SQLite):
 refusal of an unprotected public bind, keys and roles, generation, batch jobs with cancel, the audit log, JSON logs,
-and a crash in the middle of a job after which every item is finished exactly once."""
+a crash in the middle of a job after which every item is finished exactly once, revocation cancelling queued `allow`
+jobs, and a bundled server that exits when its parent process is gone."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
 
 import httpx
 import numpy as np
 import pytest
-from server_support import ServerProcess, all_results, build_tiny_lcr_model, run_cli, wait_for_job
+from server_support import (
+    REPO_ROOT,
+    ServerProcess,
+    all_results,
+    build_tiny_lcr_model,
+    free_port,
+    run_cli,
+    safemotion_command,
+    wait_for_job,
+)
 
 from safemotion.serve import schemas
 from safemotion.serve.encoding import decode_array
+from safemotion.serve.store import Store
 
 SLOW_JOB_ITEMS = 24
 
@@ -30,7 +44,7 @@ def setup(tmp_path_factory):
         assert status == 0, err
         keys[name] = out.strip().splitlines()[-1]
         assert keys[name].startswith("smk_") and len(keys[name]) > 40
-    server = ServerProcess(model, data, root / "server.log", "--max-batch", "8")
+    server = ServerProcess(model, data, root / "server.log", "--max-batch", "8", "--claim-lease", "2")
     server.start()
     yield {"root": root, "model": model, "data": data, "keys": keys, "server": server}
     server.stop()
@@ -204,3 +218,49 @@ def test_restart_mid_job_finishes_every_item_exactly_once(setup):
     last = results[-1]["motions"][0]
     np.testing.assert_array_equal(decode_array(last["tokens"]), decode_array(direct["tokens"]))
     np.testing.assert_allclose(decode_array(last["joints"]), decode_array(direct["joints"]), atol=1e-5)
+
+
+def test_revoking_a_safety_admin_cancels_its_queued_allow_jobs(tmp_path):
+    data = tmp_path / "data"
+    assert run_cli("keys", "add", "--role", "safety-admin", "--name", "sam", "--data-dir", str(data))[0] == 0
+    store = Store(f"sqlite:///{data / 'safemotion.db'}")
+    try:
+        store.create_job("a" * 32, "sam", "safety-admin", "tiny", "allow", [
+            {"prompt": "a person walks", "seconds": 2.0, "seed": 0, "variations": 1}])
+        status, out, _ = run_cli("keys", "revoke", "sam", "--data-dir", str(data))
+        assert status == 0 and "cancelled its 1 queued 'allow' job(s)" in out
+        assert store.get_job("a" * 32)["status"] == "cancelled"
+    finally:
+        store.close()
+
+
+def test_bundled_server_exits_when_its_parent_is_gone(setup, tmp_path):
+    """A `sh` parent starts the server with --parent-pid of itself, then is killed: the server shuts down."""
+    model = setup["server"].args[setup["server"].args.index("--model") + 1]
+    port = free_port()
+    command = " ".join(safemotion_command("serve", "--host", "127.0.0.1", "--port", str(port), "--model", model,
+                                          "--data-dir", str(tmp_path / "data"), "--device", "cpu", "--threads", "1"))
+    parent = subprocess.Popen(["sh", "-c", f'{command} --parent-pid $$ > "{tmp_path}/server.log" 2>&1 & '
+                                           'echo $!; wait'], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    server_pid = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{server_pid}") and \
+                "zombie" not in open(f"/proc/{server_pid}/status").read().lower():
+            time.sleep(0.2)
+        assert not os.path.exists(f"/proc/{server_pid}") or "zombie" in open(f"/proc/{server_pid}/status").read()
+        assert "parent process ended" in (tmp_path / "server.log").read_text()
+    finally:
+        try:
+            os.kill(server_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

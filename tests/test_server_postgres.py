@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -19,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from safemotion.serve.auth import create_key, hash_key
 from safemotion.serve.schemas import MAX_SEED
-from safemotion.serve.store import AuditEntry, Store, api_keys, audit_log
+from safemotion.serve.store import AuditEntry, QuotaExceeded, Store, api_keys, audit_log
 
 SLOW_JOB_ITEMS = 24
 LONG_REQUEST_ID = "r" * 64  # the longest X-Request-ID the server accepts
@@ -48,6 +49,10 @@ def items(count: int, seed: int = 0) -> list[dict]:
             for i in range(count)]
 
 
+def claim(store: Store, worker: str = "w", limit: int = 10, lease_s: float = 30, max_attempts: int = 3) -> list:
+    return store.claim_items("tiny", worker, limit, lease_s, max_attempts)
+
+
 def job_audit(store: Store, job_id: str) -> list[dict]:
     return [row for row in store.audit_entries(event="job_item", limit=10_000) if row["job_id"] == job_id]
 
@@ -74,7 +79,7 @@ def test_api_keys_are_stored_only_as_hashes(store):
     assert store.revoke_key("alice") and not store.revoke_key("alice")
     assert store.find_key(hash_key(key)) is None and store.has_keys()
     assert [(k.name, k.revoked_at is not None) for k in store.list_keys()] == [("alice", True), ("sam", False)]
-    assert store.revoke_key("sam") and not store.has_keys()
+    assert store.revoke_key("sam") and not store.has_keys() and store.has_keys(include_revoked=True)
 
 
 def test_job_items_and_audit_rows(store):
@@ -86,11 +91,13 @@ def test_job_items_and_audit_rows(store):
     assert job["counts"] == {"pending": 3, "done": 0, "failed": 0, "cancelled": 0}
     assert store.get_job("c" * 32) is None
 
-    pending = store.pending_items(LONG_MODEL, 4, skip={("a" * 32, 1)})
-    assert [(p.job_id[0], p.index) for p in pending] == [("a", 0), ("a", 2), ("b", 0), ("b", 1)]
-    assert (pending[1].seed, pending[1].seconds, pending[1].variations) == (MAX_SEED, None, 16)
+    pending = store.claim_items(LONG_MODEL, "w1", 4, lease_s=30, max_attempts=3)  # two owners: two items each
+    assert [(p.job_id[0], p.index) for p in pending] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
     assert (pending[2].policy, pending[2].owner, pending[2].role) == ("allow", "sam", "safety-admin")
-    assert store.pending_items("another-model", 4, set()) == []
+    [last] = store.claim_items(LONG_MODEL, "w2", 4, lease_s=30, max_attempts=3)
+    assert (last.index, last.seed, last.seconds, last.variations) == (2, MAX_SEED, None, 16)
+    assert store.claim_items(LONG_MODEL, "w2", 4, lease_s=30, max_attempts=3) == []
+    assert store.claim_items("another-model", "w1", 4, lease_s=30, max_attempts=3) == []
 
     motions = json.dumps([{"seed": MAX_SEED - 1, "joints": None}])
     audited = [entry("a" * 32, seed=MAX_SEED - k, variation=k, flagged=bool(k), hit_ratio=0.125 * k,
@@ -127,7 +134,107 @@ def test_cancel_keeps_finished_items(store):
     assert not store.finish_item("a" * 32, 1, "[]", [entry("a" * 32)])  # was running when cancelled: not stored
     job = store.get_job("a" * 32)
     assert job["status"] == "cancelled" and job["counts"] == {"pending": 0, "done": 1, "failed": 0, "cancelled": 3}
-    assert store.pending_items("tiny", 10, set()) == [] and len(job_audit(store, "a" * 32)) == 1
+    assert claim(store) == [] and len(job_audit(store, "a" * 32)) == 1
+
+
+def test_two_servers_never_claim_one_item(store):
+    """Four workers claim one job's 40 items at once, a few at a time: every item is claimed exactly once."""
+    store.create_job("a" * 32, "alice", "artist", "tiny", "sanitize", items(40))
+    barrier = threading.Barrier(4)
+
+    def worker(name: str) -> list[int]:
+        barrier.wait()
+        got = []
+        while batch := claim(store, name, limit=3):
+            got += [item.index for item in batch]
+        return got
+
+    with ThreadPoolExecutor(4) as pool:
+        claimed = list(pool.map(worker, ["w0", "w1", "w2", "w3"]))
+    every = sorted(index for got in claimed for index in got)
+    assert every == list(range(40))
+    assert all(row["attempts"] == 1 for row in store.job_items("a" * 32))
+
+
+def test_a_dead_servers_claims_run_out_and_it_cannot_store_them(store):
+    store.create_job("a" * 32, "alice", "artist", "tiny", "sanitize", items(2))
+    assert [item.index for item in claim(store, "dead", lease_s=0.3)] == [0, 1]
+    assert claim(store, "live", lease_s=0.3) == []  # claimed, lease not over
+    time.sleep(0.4)
+    assert store.renew_claims("alive-elsewhere") == 0
+    assert [item.index for item in claim(store, "live", lease_s=0.3)] == [0, 1]
+    assert not store.finish_item("a" * 32, 0, "[]", [entry("a" * 32)], worker="dead")  # lost its claim
+    assert store.finish_item("a" * 32, 0, "[]", [entry("a" * 32)], worker="live")
+    assert [row["attempts"] for row in store.job_items("a" * 32)] == [2, 2]
+    store.release_claims("live")  # a clean stop gives item 1 back without counting the attempt
+    [again] = claim(store, "next")
+    assert again.index == 1 and store.job_items("a" * 32)[1]["attempts"] == 2
+
+
+def test_items_fail_once_their_attempts_are_used_up(store):
+    store.create_job("a" * 32, "alice", "artist", "tiny", "sanitize", items(1))
+    for attempt in range(2):
+        [item] = claim(store, f"w{attempt}", max_attempts=2)
+        store.release_item(item.job_id, item.index, f"w{attempt}", "the result could not be stored: disk full")
+    assert claim(store, "w2", max_attempts=2) == []
+    [row] = store.job_items("a" * 32)
+    assert row["status"] == "failed" and "gave up after 2 attempts" in row["error"] and "disk full" in row["error"]
+    assert store.get_job("a" * 32)["status"] == "done"
+
+
+def test_claims_are_shared_fairly_between_owners(store):
+    """One artist queues three big jobs, another one small job: the small one is served in the first claims."""
+    for k in range(3):
+        store.create_job(f"{k:032x}", "alice", "artist", "tiny", "sanitize", items(50))
+    store.create_job("b" * 32, "bob", "artist", "tiny", "sanitize", items(1))
+    first = claim(store, "w", limit=4)
+    assert sorted(item.owner for item in first) == ["alice", "alice", "alice", "bob"]
+    # bob's next job goes first (alice has more items running), then they take turns
+    store.create_job("c" * 32, "bob", "artist", "tiny", "sanitize", items(2))
+    assert [item.owner for item in claim(store, "w", limit=2)] == ["bob", "alice"]
+
+
+def test_per_owner_quota_of_queued_motions(store):
+    store.create_job("a" * 32, "alice", "artist", "tiny", "sanitize", items(3), max_queued_motions=4)
+    with pytest.raises(QuotaExceeded, match="'alice' already has 3 motions queued.*quota of 4"):
+        store.create_job("b" * 32, "alice", "artist", "tiny", "sanitize", items(2), max_queued_motions=4)
+    assert store.get_job("b" * 32) is None and store.queued_motions("alice") == 3
+    store.create_job("c" * 32, "bob", "artist", "tiny", "sanitize", items(4), max_queued_motions=4)  # own quota
+    store.cancel_job("a" * 32)
+    store.create_job("b" * 32, "alice", "artist", "tiny", "sanitize", items(2), max_queued_motions=4)
+
+
+def test_cancel_jobs_of_an_owner_by_policy(store):
+    store.create_job("a" * 32, "sam", "safety-admin", "tiny", "allow", items(2))
+    store.create_job("b" * 32, "sam", "safety-admin", "tiny", "sanitize", items(2))
+    store.create_job("c" * 32, "ann", "safety-admin", "tiny", "allow", items(2))
+    assert store.cancel_jobs_of("sam", "allow") == ["a" * 32]
+    assert [store.get_job(j * 32)["status"] for j in "abc"] == ["cancelled", "queued", "queued"]
+
+
+def test_database_from_before_claims_gets_the_claim_columns(url):
+    old = Store(url)
+    old.create_job("a" * 32, "alice", "artist", "tiny", "sanitize", items(2))
+    with old.engine.begin() as conn:  # as the tables were before items were claimed
+        for column in ("claimed_by", "claimed_at", "attempts"):
+            conn.exec_driver_sql(f"ALTER TABLE job_items DROP COLUMN {column}")
+    old.close()
+    again = Store(url)
+    try:
+        assert [item.index for item in claim(again)] == [0, 1]
+        assert [row["attempts"] for row in again.job_items("a" * 32)] == [1, 1]
+    finally:
+        again.close()
+
+
+def test_sqlite_database_file_is_private(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'new' / 'store.db'}")
+    try:
+        create_key(store, "alice", "artist")
+    finally:
+        store.close()
+    assert (tmp_path / "new" / "store.db").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
 
 
 def test_audit_log_filters(store):
@@ -153,7 +260,7 @@ def test_jobs_survive_reopening(url):
 
     again = Store(url)  # a restarted server
     try:
-        assert [(p.job_id, p.index) for p in again.pending_items("tiny", 10, set())] == [("a" * 32, 0), ("a" * 32, 2)]
+        assert [(p.job_id, p.index) for p in claim(again)] == [("a" * 32, 0), ("a" * 32, 2)]
         assert again.get_job("a" * 32)["status"] == "running"
         assert again.item_results("a" * 32, 1, 1)[0]["result"] == '["kept"]'
         assert [row["seed"] for row in job_audit(again, "a" * 32)] == [1]
@@ -244,7 +351,8 @@ def test_server_on_postgres_survives_a_crash_mid_job(tmp_path, postgres_cluster,
     assert "CREATE TABLE public.api_keys" in dump and hash_key(keys["alice"]) in dump
     assert not any(key[8:] in dump for key in keys.values())  # only hashes reach the database
 
-    server = ServerProcess(model, data, tmp_path / "server.log", "--db", postgres_url, "--max-batch", "8")
+    server = ServerProcess(model, data, tmp_path / "server.log", "--db", postgres_url, "--max-batch", "8",
+                           "--claim-lease", "2")
     alice = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {keys['alice']}"}, timeout=60)
     sam = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {keys['sam']}"}, timeout=60)
     prompts = [{"prompt": f"a person dances {i}", "seconds": 9.8, "seed": 100 + i} for i in range(SLOW_JOB_ITEMS)]

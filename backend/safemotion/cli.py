@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ PRECISION_HELP = ("token transformers in fp32 (default) or bf16: faster on GPUs 
 def _data_build(args: argparse.Namespace) -> int:
     from safemotion.data.dataset_builder import build_dataset
 
+    # SIGTERM unwinds like Ctrl-C, so the build stops its workers and removes its temporary folder
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     stats = build_dataset(
         out=args.out,
         shared_data=args.shared_data,
@@ -26,6 +29,7 @@ def _data_build(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         include=set(args.include) if args.include else None,
+        strict=args.strict,
     )
     print(stats.to_json())
     return 0
@@ -233,9 +237,11 @@ def _server_settings(args: argparse.Namespace):
 
     options = {key: getattr(args, key) for key in (
         "host", "port", "model", "device", "max_batch", "batch_window_ms", "max_queue", "request_timeout",
-        "forbid_allow", "threads", "precision", "log_level", "body_model") if hasattr(args, key)}
-    if "request_timeout" in options:
-        options["request_timeout_s"] = options.pop("request_timeout")
+        "forbid_allow", "threads", "precision", "log_level", "body_model", "max_queued_motions", "claim_lease",
+        "max_attempts", "parent_pid", "engine", "replicas", "ray_address") if hasattr(args, key)}
+    for flag, field in (("request_timeout", "request_timeout_s"), ("claim_lease", "claim_lease_s")):
+        if flag in options:
+            options[field] = options.pop(flag)
     return ServerSettings(db_url=args.db, data_dir=args.data_dir, **options)
 
 
@@ -251,7 +257,10 @@ def _keys(args: argparse.Namespace) -> int:
         elif args.keys_command == "revoke":
             if not store.revoke_key(args.name):
                 raise ValueError(f"no active API key named {args.name!r} (see `safemotion keys list`)")
-            print(f"revoked {args.name!r}")
+            # queued `allow` jobs would otherwise still produce unfiltered motions for a key that lost the right
+            cancelled = store.cancel_jobs_of(args.name, "allow")
+            print(f"revoked {args.name!r}" + (f"; cancelled its {len(cancelled)} queued 'allow' job(s)"
+                                               if cancelled else ""))
         else:
             print(json.dumps([{"name": k.name, "role": k.role, "prefix": k.prefix, "created_at": k.created_at,
                                "revoked": k.revoked_at is not None} for k in store.list_keys()], indent=2))
@@ -276,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--workers", type=int, default=2)
     build.add_argument("--include", nargs="*", help="only these sources (bandai, iclone, deepmimic, fbx, user)")
+    build.add_argument("--strict", action="store_true",
+                       help="fail (one line naming the file) on a --bvh-dir file that cannot be read; by default such "
+                            "files are skipped with a one-line warning and listed under 'skipped' in stats.json. "
+                            "Limits: BVH files up to 128 MB, 100000 frames, Frame Time up to 1 s")
     build.set_defaults(func=_data_build)
 
     split = data_commands.add_parser("split", help="write forget/retain id lists for a concept")
@@ -434,6 +447,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--body-model", type=Path, help="SMPL-format body model (.pkl/.npz) you own, served to the "
                        "Blender add-on to skin its SMPL armature (default: none)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--max-queued-motions", type=int, default=8192,
+                       help="per API key: motions its queued jobs may hold (more: 429)")
+    serve.add_argument("--claim-lease", type=float, default=30.0, help="seconds after which a job item claimed by a "
+                       "server that stopped (crashed) is computed by another")
+    serve.add_argument("--max-attempts", type=int, default=3, help="tries of one job item before it fails")
+    serve.add_argument("--parent-pid", type=int, help="exit when this process ends (the add-on passes Blender's)")
+    serve.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: the model in this process; ray: Ray Serve replicas (pip install "
+                       "'safemotion[ray]'; jobs need a PostgreSQL --db shared by every replica)")
+    serve.add_argument("--replicas", type=int, default=1, help="--engine ray: model replicas (one per GPU)")
+    serve.add_argument("--ray-address", help="--engine ray: the Ray cluster to join (default: start Ray here)")
     serve.set_defaults(func=_serve)
 
     keys = commands.add_parser("keys", help="manage the server's API keys")
@@ -456,9 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, OSError) as err:  # bad input or files: one line, no traceback
         print(f"safemotion: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("safemotion: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

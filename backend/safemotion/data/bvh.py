@@ -25,6 +25,9 @@ from safemotion.motion import skeleton
 POSITION_CHANNELS = ("Xposition", "Yposition", "Zposition")
 ROTATION_CHANNELS = ("Xrotation", "Yrotation", "Zrotation")
 _CHANNEL_NAMES = {name.upper(): name for name in POSITION_CHANNELS + ROTATION_CHANNELS}
+MAX_BVH_BYTES = 128 * 1024 * 1024
+MAX_BVH_FRAMES = 100_000  # 14 min at 120 fps; parsing takes about 7 KB of memory per frame
+MAX_FRAME_TIME = 1.0  # seconds: below 1 fps a file is not motion capture
 _FRAMES_RE = re.compile(r"^\s*Frames\s*:\s*(\S+)\s*$", re.IGNORECASE)
 _FRAME_TIME_RE = re.compile(r"^\s*Frame\s+Time\s*:\s*(\S+)\s*$", re.IGNORECASE)
 
@@ -328,11 +331,15 @@ def read_bvh(path: str | os.PathLike, extra_frames: str = "error") -> Bvh:
     """Read a BVH file (any channel order, position channels on any joint, end sites kept).
 
     extra_frames: what to do with frame lines beyond the count `Frames:` declares: "error", or "ignore" them (assimp's
-    Boxing_Toes.bvh has one more line than it declares).
+    Boxing_Toes.bvh has one more line than it declares). BvhError for files over MAX_BVH_BYTES, MAX_BVH_FRAMES or a
+    Frame Time above MAX_FRAME_TIME (longer takes: split them).
     """
     if extra_frames not in ("error", "ignore"):
         raise ValueError(f"read_bvh: extra_frames must be 'error' or 'ignore', got {extra_frames!r}")
     path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_BVH_BYTES:
+        raise _fail(path, 1, f"{size} bytes; BVH files of at most {MAX_BVH_BYTES} bytes are read (split long takes)")
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     tokens: list[tuple[str, int]] = []
     motion_index = None
@@ -354,10 +361,13 @@ def read_bvh(path: str | os.PathLike, extra_frames: str = "error") -> Bvh:
         frame_time = float(frame_time_text)
     except ValueError:
         frame_time = float("nan")
-    if not frame_time > 0 or not np.isfinite(frame_time):
-        raise _fail(path, index + 1, f"Frame Time must be a positive number of seconds, got {frame_time_text!r}")
+    if not 0 < frame_time <= MAX_FRAME_TIME:
+        raise _fail(path, index + 1, f"Frame Time must be a number of seconds in (0, {MAX_FRAME_TIME:g}] (at least "
+                                     f"1 frame per second), got {frame_time_text!r}")
 
     expected = int(frames_text)
+    if expected > MAX_BVH_FRAMES:
+        raise _fail(path, index, f"Frames: {expected}; at most {MAX_BVH_FRAMES} frames are read (split long takes)")
     width = sum(len(c) for c in hierarchy["channels"])
     rows = [(n + 1, line.split()) for n, line in enumerate(lines[index + 1 :], start=index + 1) if line.strip()]
     if len(rows) < expected:

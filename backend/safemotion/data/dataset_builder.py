@@ -37,8 +37,12 @@ Decisions:
   stratum takes are ordered by a seeded hash of their name and cut 10 % test, 10 % val, 80 % train (rounded), with
   at least one test and one val take when the stratum has >= 3 takes - so the forget sets of both rules reach every
   split whenever there are at least three violent takes for the rule.
-- **Failures.** A take that fails to load fails the build (no partial dataset), except FBX takes when Blender's `bpy`
-  is unavailable or its importer fails: those are skipped with a warning and listed in `stats.json`.
+- **Failures.** A take that fails to load fails the build (no partial dataset, one line naming the file), except FBX
+  takes when Blender's `bpy` is unavailable or its importer fails, and files of a user library (`bvh_dir`) unless
+  `strict`: those are skipped with a one-line warning and listed in `stats.json`. BVH files are limited in size,
+  frames and frame time (data.bvh.MAX_BVH_*). An interrupted build (SIGINT, SIGTERM) stops its workers and removes
+  its temporary folder; workers exit by themselves if the build process is killed, and the next build into the same
+  `out` removes a folder left by a killed build.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ from safemotion.data.concepts import matches_concept
 from safemotion.data.dataset_card import CONCEPT_LABELS, caption_statistics, render_dataset_card
 from safemotion.data.mocap_import import load_motion
 from safemotion.motion.features import FEATURE_DIM, extract_features, mirror_joints, recover_from_ric
+from safemotion.parent_watch import exit_when_parent_ends, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,7 @@ MIN_PAD_SECONDS = 1.0
 TEST_FRACTION = 0.1
 VAL_FRACTION = 0.1
 SPLITS = ("train", "val", "test")
+BUILDER_PID_FILE = ".builder-pid"  # in the temporary build folder: whose it is, to clean up after a killed build
 
 SOURCE_LETTERS = {
     "bandai-1": "B", "bandai-2": "B", "cmu-iclone": "C", "cmu-fbx": "F", "deepmimic": "D", "ase-sword-shield": "S",
@@ -317,9 +323,9 @@ def _user_takes(bvh_dir: Path, captions_csv: Path, skipped: dict[str, str]) -> I
         path = bvh_dir / file
         if not path.is_file():
             raise FileNotFoundError(f"{captions_csv}: {file!r} is not a file in {bvh_dir}")
-    listed = {(bvh_dir / file).resolve() for file in captions}
+    listed = {os.path.realpath(bvh_dir / file) for file in captions}  # realpath: no error on symlink loops
     for path in sorted(bvh_dir.rglob("*.bvh")):
-        if path.resolve() not in listed:
+        if os.path.realpath(path) not in listed:
             name = path.relative_to(bvh_dir).as_posix()
             skipped[f"user/{name}"] = f"no caption in {captions_csv.name}"
             log.warning("skipping %s: no caption in %s", path, captions_csv)
@@ -433,14 +439,22 @@ def _load_take(take: Take, scratch: Path) -> np.ndarray:
         os.unlink(tmp)
 
 
-def process_take(take: Take, scratch: Path) -> TakeResult:
-    """Load a take, loop/pad short ones, cut windows and compute features and mirrors."""
+class TakeError(ValueError):
+    """A take that cannot be turned into windows; the message names it."""
+
+
+def process_take(take: Take, scratch: Path, strict: bool = False) -> TakeResult:
+    """Load a take, loop/pad short ones, cut windows and compute features and mirrors; a user-library take that
+    cannot be loaded is skipped unless `strict`."""
     try:
         joints = np.asarray(_load_take(take, scratch), dtype=np.float64)
     except Exception as error:
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
         if take.suffix == ".fbx":  # optional source: bpy missing or Blender's importer failing skips the take
-            return TakeResult(take, skipped=f"FBX import failed: {type(error).__name__}: {error}")
-        raise RuntimeError(f"{take.key}: could not load: {type(error).__name__}: {error}") from error
+            return TakeResult(take, skipped=f"FBX import failed: {reason}")
+        if take.source == "user" and not strict:
+            return TakeResult(take, skipped=f"could not load: {reason}")
+        raise TakeError(f"{take.key}: could not load: {reason}") from None
     take = replace(take, data=None)  # the archive bytes need not travel back to the main process
     seconds = (len(joints) - 1) / FPS
     if take.cycle_seconds is not None and seconds < LOOP_TARGET_SECONDS:
@@ -456,7 +470,7 @@ def process_take(take: Take, scratch: Path) -> TakeResult:
             features = extract_features(piece)
             mirrored = extract_features(mirror_joints(piece))
         except ValueError as error:
-            raise RuntimeError(f"{take.key} frames {start}-{end}: {error}") from error
+            raise TakeError(f"{take.key} frames {start}-{end}: {error}") from None
         result.windows.append(
             Window(start, end, features, recover_from_ric(features), mirrored, recover_from_ric(mirrored))
         )
@@ -468,7 +482,9 @@ def _ordered_map(fn: Callable[[Take], TakeResult], items: Iterable[Take], worker
     if workers <= 1:
         yield from map(fn, items)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_when_parent_ends,
+                               initargs=(os.getpid(),))
+    finished = False
     try:
         pending: deque = deque()
         for item in items:
@@ -477,8 +493,12 @@ def _ordered_map(fn: Callable[[Take], TakeResult], items: Iterable[Take], worker
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if not finished:  # an error or an interrupt: stop at once instead of waiting for the takes in progress
+            for process in list(getattr(pool, "_processes", {}).values()):  # the executor has no public way
+                process.terminate()
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 # --- splits and statistics ----------------------------------------------------------------------------------------
@@ -541,7 +561,16 @@ def _prepare_output(out: Path) -> Path:
     if out.exists() and not (out / "stats.json").is_file():
         raise FileExistsError(f"{out} exists and is not a SafeMotion dataset (no stats.json); choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.building-*"):  # left by a build that was killed
+        owner = stale / BUILDER_PID_FILE
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            continue
+        if not process_alive(pid):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
+    (tmp / BUILDER_PID_FILE).write_text(str(os.getpid()))
     for sub in ("new_joints", "new_joint_vecs", "texts", ".scratch"):
         (tmp / sub).mkdir()
     return tmp
@@ -555,8 +584,10 @@ def build_dataset(
     seed: int = 0,
     workers: int = 2,
     include: set[str] | None = None,
+    strict: bool = False,
 ) -> DatasetStats:
-    """Build a HumanML3D-layout dataset in `out` from shared/data sources and/or a user BVH library + captions CSV."""
+    """Build a HumanML3D-layout dataset in `out` from shared/data sources and/or a user BVH library + captions CSV
+    (`strict`: a user file that cannot be loaded fails the build instead of being skipped)."""
     out = Path(out)
     shared_data = None if shared_data is None else Path(shared_data)
     bvh_dir = None if bvh_dir is None else Path(bvh_dir)
@@ -570,8 +601,9 @@ def build_dataset(
     tmp = _prepare_output(out)
     started = time.monotonic()
     try:
-        stats = _build_into(tmp, takes, seed, workers, skipped, started)
+        stats = _build_into(tmp, takes, seed, workers, skipped, started, strict)
         shutil.rmtree(tmp / ".scratch")
+        (tmp / BUILDER_PID_FILE).unlink()
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -643,11 +675,12 @@ class _Collector:
 
 
 def _build_into(
-    root: Path, takes: Iterable[Take], seed: int, workers: int, skipped: dict[str, str], started: float
+    root: Path, takes: Iterable[Take], seed: int, workers: int, skipped: dict[str, str], started: float,
+    strict: bool = False,
 ) -> DatasetStats:
     """Process all takes into `root` and write splits, Mean/Std, the index and the stats."""
     collector = _Collector(root, skipped, seed)
-    worker = partial(process_take, scratch=root / ".scratch")
+    worker = partial(process_take, scratch=root / ".scratch", strict=strict)
     with closing(_ordered_map(worker, map(_with_violence_labels, takes), workers)) as results:
         for done, result in enumerate(results, start=1):
             collector.add(result)

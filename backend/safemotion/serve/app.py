@@ -14,7 +14,8 @@
 Errors: 400 malformed JSON, 401 missing/wrong key, 403 role or policy refused, 404 unknown job, 409 job finished,
 413 body too large, 422 invalid field ({"detail": [{"field", "reason", "type"}]}), 429 queue full (Retry-After),
 504 deadline passed. Handlers that touch the database are plain functions (FastAPI runs them in its thread pool);
-generation awaits the micro-batcher's future, so the event loop never waits on torch or SQL.
+generation awaits the engine (serve/engine.py: this process's micro-batcher, or Ray Serve replicas), so the event
+loop never waits on torch or SQL.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -45,12 +47,14 @@ from safemotion.motion import skeleton
 from safemotion.motion.features import NUM_JOINTS
 from safemotion.serve import schemas
 from safemotion.serve.auth import AuthError, Caller, authenticate
-from safemotion.serve.batcher import DeadlineExceeded, MicroBatcher, QueueFull
+from safemotion.serve.batcher import DeadlineExceeded, QueueFull
 from safemotion.serve.encoding import ArrayError, decode_array, encode_array
-from safemotion.serve.jobs import JobRunner, safety_fields
-from safemotion.serve.model_service import AuditTask, GenerationTask, ModelService, NotAuditable, motion_payloads
+from safemotion.serve.engine import Engine, LocalEngine
+from safemotion.serve.jobs import safety_fields
+from safemotion.serve.model_service import AuditTask, GenerationTask, NotAuditable
 from safemotion.serve.settings import ServerSettings
-from safemotion.serve.store import AuditEntry, Store
+from safemotion.unlearn.audit import check_audit_length
+from safemotion.serve.store import AuditEntry, QuotaExceeded, Store
 
 log = logging.getLogger("safemotion.serve")
 
@@ -71,30 +75,29 @@ class FieldError(Exception):
 
 @dataclass
 class ServerState:
-    """What the running app holds: settings, database, model, batcher and job runner."""
+    """What the running app holds: settings, database and the engine running the model."""
 
     settings: ServerSettings
     store: Store
-    service: ModelService
-    batcher: MicroBatcher
-    runner: JobRunner
+    engine: Engine
     body_model: dict[str, Any] | None = None  # the GET /v1/body-model body, encoded once at start
 
     def keys_required(self) -> bool:
-        """Keys are needed off loopback and whenever at least one key exists."""
-        return not self.settings.is_loopback() or self.store.has_keys()
+        """Keys are needed off loopback and once any key was made (revoking every key locks the server rather than
+        opening it)."""
+        return not self.settings.is_loopback() or self.store.has_keys(include_revoked=True)
 
     def check_model(self, requested: str | None, field: str = "model") -> str:
         """The served model's name; a request for another model is a FieldError."""
-        if requested is not None and requested != self.service.name:
-            raise FieldError(field, f"unknown model {requested!r}; this server serves {self.service.name!r} "
+        if requested is not None and requested != self.engine.name:
+            raise FieldError(field, f"unknown model {requested!r}; this server serves {self.engine.name!r} "
                                     "(see GET /v1/models)")
-        return self.service.name
+        return self.engine.name
 
     def check_seconds(self, seconds: float | None, field: str) -> None:
         """A missing duration needs a length estimator."""
-        if seconds is None and not self.service.info["length_estimator"]:
-            raise FieldError(field, f"model {self.service.name!r} has no length estimator; give the duration in "
+        if seconds is None and not self.engine.info["length_estimator"]:
+            raise FieldError(field, f"model {self.engine.name!r} has no length estimator; give the duration in "
                                     "seconds")
 
     def check_policy(self, caller: Caller, policy: str, prompts: list[str], request_id: str | None) -> None:
@@ -108,46 +111,34 @@ class ServerState:
         else:
             return
         self.store.add_audit([AuditEntry(username=caller.name, role=caller.role, event="policy_refused",
-                                         model=self.service.name, prompt=prompt, policy=policy, decision="refused",
+                                         model=self.engine.name, prompt=prompt, policy=policy, decision="refused",
                                          request_id=request_id) for prompt in prompts])
         raise AuthError(403, reason)
 
-    async def run_interactive(self, task: Any, size: int) -> Any:
-        """Queue a task on the interactive lane and wait for it, at most the request timeout."""
-        timeout = self.settings.request_timeout_s
-        future = self.batcher.submit(task, size=size, deadline=time.monotonic() + timeout)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"the request did not finish within {timeout:g} s") from None
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
-    """The FastAPI application for `settings`; the model, database and worker start with its lifespan."""
+def create_app(settings: ServerSettings, engine_factory: Callable[[ServerSettings, Store], Engine] = LocalEngine
+               ) -> FastAPI:
+    """The FastAPI application for `settings`; the database and the engine (by default the model in this process)
+    start with its lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store = Store(settings.database_url())
-        service = await asyncio.to_thread(ModelService.load, settings.model_path(), settings.device,
-                                          settings.threads, settings.precision)
-        batcher = MicroBatcher(service.run, settings.max_batch, settings.batch_window_ms / 1000, settings.max_queue)
-        runner = JobRunner(store, batcher, service.name, in_flight=2 * settings.max_batch,
-                           forbid_allow=settings.forbid_allow)
+        engine = engine_factory(settings, store)
+        await engine.start()
         body = None
         if settings.body_model is not None:
             body = await asyncio.to_thread(body_model_payload, settings.body_model)
-        batcher.start()
-        runner.start()
-        app.state.server = ServerState(settings, store, service, batcher, runner, body)
-        log.info("ready", extra={"model": service.name, "device": service.device,
+        app.state.server = ServerState(settings, store, engine, body)
+        log.info("ready", extra={"model": engine.name, "device": engine.device,
                                  "precision": settings.precision, "host": settings.host,
                                  "port": settings.port, "max_batch": settings.max_batch,
                                  "auth": "api-keys" if app.state.server.keys_required() else "single-user"})
         try:
             yield
         finally:
-            runner.stop()
-            batcher.stop()
+            engine.stop()
             store.close()
             log.info("stopped")
 
@@ -204,19 +195,16 @@ router = APIRouter(prefix="/v1")
 @router.get("/health", response_model=schemas.HealthResponse)
 def health(state: StateDep) -> dict[str, Any]:
     """Liveness and the batching queue; needs no key."""
-    batcher = state.batcher
-    return {"status": "ok", "version": safemotion.__version__, "model": state.service.name,
-            "device": state.service.device, "auth": "api-keys" if state.keys_required() else "single-user",
-            "queue": {"waiting": batcher.waiting(), "capacity": batcher.max_queue, "max_batch": batcher.max_batch,
-                      "batches": batcher.batches,
-                      "mean_batch_motions": batcher.motions / batcher.batches if batcher.batches else 0.0}}
+    return {"status": "ok", "version": safemotion.__version__, "model": state.engine.name,
+            "device": state.engine.device, "auth": "api-keys" if state.keys_required() else "single-user",
+            "queue": state.engine.queue()}
 
 
 @router.get("/models", response_model=schemas.ModelsResponse, responses=ERRORS)
 def models(state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """The served model: its name, what lengths and variations it accepts, its unlearning and policies."""
     policies = ["sanitize", "block"] + ([] if state.settings.forbid_allow else ["allow"])
-    return {"models": [{**state.service.info, "policies": policies}], "body_model": state.body_model is not None}
+    return {"models": [{**state.engine.info, "policies": policies}], "body_model": state.body_model is not None}
 
 
 @router.get("/body-model", response_model=schemas.BodyModelResponse,
@@ -238,8 +226,7 @@ async def generate(body: schemas.GenerateRequest, request: Request, state: State
     await run_in_threadpool(state.check_policy, caller, body.policy, [body.prompt], request_id(request))
     task = GenerationTask(GenerationRequest(body.prompt, body.seconds, body.seed, body.variations,
                                             body.foot_cleanup), body.policy)
-    generated = await state.run_interactive(task, body.variations)
-    motions = await run_in_threadpool(motion_payloads, generated)
+    motions = await state.engine.generate(task, state.settings.request_timeout_s)
     entries = [AuditEntry(username=caller.name, role=caller.role, event="generate", model=model, prompt=body.prompt,
                           policy=body.policy, seed=m["seed"], variation=m["variation"],
                           request_id=request_id(request), **safety_fields(m["safety"])) for m in motions]
@@ -256,8 +243,8 @@ def create_job(body: schemas.JobRequest, request: Request, state: StateDep, call
     state.check_policy(caller, body.policy, [item.prompt for item in body.items], request_id(request))
     job_id = uuid.uuid4().hex
     state.store.create_job(job_id, caller.name, caller.role, model, body.policy,
-                           [item.model_dump() for item in body.items])
-    state.runner.wake()
+                           [item.model_dump() for item in body.items], state.settings.max_queued_motions)
+    state.engine.wake()
     log.info("job created", extra={"job": job_id, "items": len(body.items), "user": caller.name})
     return job_status(state, job_id)
 
@@ -296,7 +283,7 @@ def cancel_job(job_id: JobIdPath, state: StateDep, caller: CallerDep) -> dict[st
     if job["status"] == "done":
         raise HTTPException(409, f"job {job_id} has already finished; nothing to cancel")
     if state.store.cancel_job(job_id):
-        state.runner.cancel(job_id)
+        state.engine.cancel(job_id)
         log.info("job cancelled", extra={"job": job_id, "user": caller.name})
     return job_status(state, job_id)
 
@@ -307,7 +294,11 @@ async def audit(body: schemas.AuditRequest, request: Request, state: StateDep, c
     model = state.check_model(body.model)
     joints = audit_joints_of(body.joints)
     try:
-        report = await state.run_interactive(AuditTask(joints, body.fps), size=1)
+        check_audit_length(len(joints), body.fps, "joints")
+    except ValueError as err:
+        raise FieldError("joints.shape", str(err).removeprefix("joints: ")) from None
+    try:
+        report = await state.engine.audit(AuditTask(joints, body.fps), state.settings.request_timeout_s)
     except NotAuditable as err:
         raise FieldError("model", str(err)) from None
     except ValueError as err:
@@ -437,6 +428,10 @@ async def _queue_full(request: Request, err: QueueFull) -> JSONResponse:
     return JSONResponse({"detail": str(err)}, status_code=429, headers={"Retry-After": str(err.retry_after)})
 
 
+async def _quota(request: Request, err: QuotaExceeded) -> JSONResponse:
+    return JSONResponse({"detail": str(err)}, status_code=429, headers={"Retry-After": "60"})
+
+
 async def _deadline(request: Request, err: DeadlineExceeded) -> JSONResponse:
     return JSONResponse({"detail": str(err)}, status_code=504)
 
@@ -448,7 +443,7 @@ async def _unexpected(request: Request, err: Exception) -> JSONResponse:
 
 
 ERROR_HANDLERS = {RequestValidationError: _validation_error, FieldError: _field_error, AuthError: _auth_error,
-                  QueueFull: _queue_full, DeadlineExceeded: _deadline, Exception: _unexpected}
+                  QueueFull: _queue_full, QuotaExceeded: _quota, DeadlineExceeded: _deadline, Exception: _unexpected}
 
 
 # ---------------------------------------------------------------------------------------------- middleware

@@ -5,13 +5,15 @@
     future = batcher.submit(task, size=variations, deadline=time.monotonic() + 120)   # QueueFull when full
     result = future.result()          # or `await asyncio.wrap_future(future)` in the event loop
 
-Two lanes feed the worker: interactive requests (bounded by `max_queue`; QueueFull carries a Retry-After estimate)
-and batch-job items (the job runner bounds how many it keeps queued). The worker takes the oldest interactive task, or
-the oldest job task when no request waits, then keeps adding tasks of the same kind, interactive first, until the
+Three lanes feed the worker, served in this order: interactive requests and motion audits (each bounded by
+`max_queue`; QueueFull carries a Retry-After estimate), then batch-job items (the job runner bounds how many it keeps
+queued), so audits never hold up generation requests. The worker takes the head of the first non-empty lane, then
+keeps adding tasks of the same kind, interactive first, until the
 batch holds `max_batch` motions or `window_s` has passed since it began gathering; a task larger than `max_batch`
 runs alone. `max_batch=1` serves one request at a time. Tasks whose future was cancelled (the client went away) or
 whose deadline passed are dropped before the model sees them. The handler gets the tasks of one batch and returns one
-result per task; if it raises, every task of the batch fails with that error.
+result per task; a result that is an Exception fails only its own task, and if the handler raises, every task of the
+batch fails with that error.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from typing import Any
 log = logging.getLogger("safemotion.serve.batcher")
 
 INTERACTIVE = "interactive"
+AUDIT = "audit"
 JOB = "job"
+BOUNDED = (INTERACTIVE, AUDIT)
 
 
 class QueueFull(Exception):
@@ -67,7 +71,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.window_s = window_s
         self.max_queue = max_queue
-        self._lanes: dict[str, deque[Work]] = {INTERACTIVE: deque(), JOB: deque()}
+        self._lanes: dict[str, deque[Work]] = {INTERACTIVE: deque(), AUDIT: deque(), JOB: deque()}
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -94,13 +98,13 @@ class MicroBatcher:
             self._thread.join(timeout)
 
     def submit(self, task: Any, size: int = 1, deadline: float | None = None, kind: str = INTERACTIVE) -> Future:
-        """Queue a task of `size` motions; QueueFull when the interactive lane holds max_queue tasks."""
+        """Queue a task of `size` motions; QueueFull when its lane (interactive or audit) holds max_queue tasks."""
         work = Work(task, max(int(size), 1), deadline, kind)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the server is shutting down")
             lane = self._lanes[kind]
-            if kind == INTERACTIVE and len(lane) >= self.max_queue:
+            if kind in BOUNDED and len(lane) >= self.max_queue:
                 raise QueueFull(self._retry_after_locked())
             lane.append(work)
             self._cond.notify()
@@ -188,4 +192,7 @@ class MicroBatcher:
             self._seconds_per_motion = 0.8 * self._seconds_per_motion + 0.2 * elapsed / motions
         log.debug("batch", extra={"tasks": len(live), "motions": motions, "seconds": round(elapsed, 4)})
         for work, result in zip(live, results):
-            work.future.set_result(result)
+            if isinstance(result, Exception):
+                work.future.set_exception(result)
+            else:
+                work.future.set_result(result)

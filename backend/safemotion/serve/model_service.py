@@ -23,7 +23,7 @@ from safemotion.motion import skeleton
 from safemotion.motion.smpl import joints_to_smpl
 from safemotion.safe_generation import Generated, SafeGenerator
 from safemotion.serve.encoding import encode_array
-from safemotion.unlearn.audit import audit_joints, resample_joints
+from safemotion.unlearn.audit import audit_joints, check_audit_length, resample_joints
 from safemotion.unlearn.record import safety_settings, unlearning_record
 
 
@@ -103,10 +103,17 @@ class ModelService:
     # ------------------------------------------------------------------------------------------ worker thread
 
     def run(self, tasks: list[GenerationTask | AuditTask]) -> list[Any]:
-        """The batcher's handler: one result per task (a list of Generated, or an AuditReport dict)."""
+        """The batcher's handler: one result per task (a list of Generated, an AuditReport dict, or the ValueError
+        that refused that one audit)."""
         if all(isinstance(task, GenerationTask) for task in tasks):
             return self.generate(tasks)
-        return [self.audit(task) for task in tasks]
+        return [self._audit_or_error(task) for task in tasks]
+
+    def _audit_or_error(self, task: AuditTask) -> dict[str, Any] | ValueError:
+        try:
+            return self.audit(task)
+        except ValueError as err:  # this motion's own problem: the other audits of the batch go on
+            return err
 
     @torch.inference_mode()
     def generate(self, tasks: list[GenerationTask]) -> list[list[Generated]]:
@@ -120,6 +127,7 @@ class ModelService:
         if original is None:
             raise NotAuditable(f"model {self.name!r} has no removed codes to look for; audit with a model made "
                                "by `safemotion unlearn lcr`")
+        check_audit_length(len(task.joints), task.fps, "joints")
         joints = resample_joints(np.asarray(task.joints, dtype=np.float64), task.fps, TARGET_FPS)
         report = audit_joints(self.generator.models, original.models, joints, model=self.name,
                               source_fps=task.fps).to_dict()

@@ -12,13 +12,13 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from safemotion.generate import MAX_PROMPT_CHARS, SECONDS_RANGE, VARIATIONS_RANGE
+from safemotion.unlearn.audit import AUDIT_FPS_RANGE
 from safemotion.unlearn.policies import DEFAULT_POLICY
 
 MAX_JOB_ITEMS = 256
 MAX_SEED = 2**63 - VARIATIONS_RANGE[1] - 1  # seeds seed..seed+variations-1 all fit in int64
 MAX_MODEL_NAME = 200
-MAX_AUDIT_FRAMES = 4000
-MAX_AUDIT_FPS = 1000.0
+MAX_AUDIT_FRAMES = 4000  # as sent; after resampling to 20 fps, unlearn.audit.MAX_AUDIT_FRAMES bounds the work too
 REFUSED_CATEGORIES = {"Cc": "control character", "Cs": "unpaired surrogate"}
 
 Policy = Literal["sanitize", "block", "allow"]
@@ -26,8 +26,9 @@ Role = Literal["artist", "safety-admin"]
 
 
 def check_prompt(prompt: str) -> str:
-    """The prompt unchanged; blank text, control characters and lone surrogates raise ValueError."""
-    if not prompt.strip():
+    """The prompt unchanged; blank text (spaces and invisible format characters only), control characters and lone
+    surrogates raise ValueError."""
+    if all(char.isspace() or unicodedata.category(char) == "Cf" for char in prompt):
         raise ValueError(f"prompt is blank; describe the motion in 1-{MAX_PROMPT_CHARS} characters")
     for position, char in enumerate(prompt):
         kind = REFUSED_CATEGORIES.get(unicodedata.category(char))
@@ -88,7 +89,8 @@ class AuditRequest(Strict):
     """POST /v1/audit: joint positions [T, 22, 3] in metres, Y-up (the backend's frame), at `fps`."""
 
     joints: ArrayPayload
-    fps: float = Field(20.0, gt=0, le=MAX_AUDIT_FPS)
+    fps: float = Field(20.0, ge=AUDIT_FPS_RANGE[0], le=AUDIT_FPS_RANGE[1],
+                       description="frame rate of `joints`; the motion may last at most 200 s")
     model: str | None = Field(None, min_length=1, max_length=MAX_MODEL_NAME)
 
 

@@ -13,6 +13,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from safemotion.parent_watch import watch_parent
 from safemotion.serve.settings import DEFAULT_MODEL, MODELS_DIR, ServerSettings
 from safemotion.serve.store import Store
 
@@ -81,8 +82,26 @@ def run_server(settings: ServerSettings) -> int:
 
     from safemotion.serve.app import create_app
 
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+    if settings.engine == "ray":
+        from safemotion.serve.ray_app import ray_engine_factory
+
+        app = create_app(settings, ray_engine_factory(settings))
+    else:
+        app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, timeout_graceful_shutdown=10, lifespan="on")
     server = uvicorn.Server(config)
+    if settings.parent_pid is not None:
+        exit_with_parent(server, settings.parent_pid)
     server.run()
     return 0 if server.started else 1
+
+
+def exit_with_parent(server: "uvicorn.Server", pid: int) -> None:
+    """Ask `server` to shut down once process `pid` (the Blender that started it) has ended."""
+
+    def shut_down() -> None:
+        logging.getLogger("safemotion.serve").warning("parent process ended; shutting down", extra={"parent_pid": pid})
+        server.should_exit = True
+
+    watch_parent(pid, shut_down)

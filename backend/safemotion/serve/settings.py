@@ -38,6 +38,13 @@ class ServerSettings:
     precision: str = "fp32"  # of the token transformers; bf16 is faster where the hardware has it
     body_model: Path | None = None  # an SMPL-format .pkl/.npz the user owns, served at GET /v1/body-model
     log_level: str = "info"
+    max_queued_motions: int = 8192  # per key: motions waiting in its jobs (two full 256 x 16 jobs)
+    claim_lease_s: float = 30.0  # a job item claimed by a server that stopped renewing it is claimed again after this
+    max_attempts: int = 3  # claims of one job item before it fails
+    parent_pid: int | None = None  # exit when this process ends (the Blender that started a bundled server)
+    engine: str = "local"  # local (this process) or ray (Ray Serve replicas)
+    replicas: int = 1  # --engine ray: model replicas
+    ray_address: str | None = None  # --engine ray: a running Ray cluster (None: start one on this machine)
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting out of range."""
@@ -52,6 +59,13 @@ class ServerSettings:
             (self.precision in PRECISIONS, f"--precision {self.precision!r}: choose {' or '.join(PRECISIONS)}"),
             (self.log_level in ("debug", "info", "warning", "error"),
              f"--log-level {self.log_level!r}: choose debug, info, warning or error"),
+            (1 <= self.max_queued_motions <= 10_000_000,
+             f"--max-queued-motions {self.max_queued_motions}: must be 1-10000000"),
+            (1 <= self.claim_lease_s <= 3600, f"--claim-lease {self.claim_lease_s}: must be 1-3600 seconds"),
+            (1 <= self.max_attempts <= 100, f"--max-attempts {self.max_attempts}: must be 1-100"),
+            (self.parent_pid is None or self.parent_pid > 0, f"--parent-pid {self.parent_pid}: must be positive"),
+            (self.engine in ("local", "ray"), f"--engine {self.engine!r}: choose local or ray"),
+            (1 <= self.replicas <= 1024, f"--replicas {self.replicas}: must be 1-1024"),
         ]
         for ok, message in checks:
             if not ok:

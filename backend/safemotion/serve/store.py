@@ -7,12 +7,23 @@ one transaction the moment it completes, so a restart loses at most the items th
 
 Transactions that change a job lock its `jobs` row first (SELECT ... FOR UPDATE; SQLite serialises writers anyway),
 so on PostgreSQL finishing and cancelling items of one job never deadlock and the job's final status is counted
-from committed rows. Several servers may share one PostgreSQL database; the first to start creates the tables.
+from committed rows. Several servers (or Ray Serve replicas) may share one database; the first to start creates the
+tables. A server CLAIMS the items it computes (`claim_items`: one UPDATE of rows picked with FOR UPDATE SKIP LOCKED on
+PostgreSQL; on SQLite the same UPDATE under BEGIN IMMEDIATE, as SQLite has one writer at a time), renews its claims
+while it works and may store only items it holds: two servers never compute one item together, and the items of a
+server that died are claimed again once its lease runs out. Every claim counts an attempt; an item that used up its
+attempts (it kept killing or outliving its servers) fails with that reason. Claims go round-robin over the owners of
+the waiting jobs, and `create_job` enforces a per-owner quota of queued motions.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +39,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     create_engine,
     event,
     func,
     inspect,
+    or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -43,6 +57,7 @@ from sqlalchemy.pool import StaticPool
 ROLES = ("artist", "safety-admin")
 ACTIVE_JOB_STATES = ("queued", "running")
 SCHEMA_LOCK = 0x5AFE_0001  # PostgreSQL advisory lock key held while creating tables
+OWNER_LOCK = 0x5AFE_0002  # advisory lock namespace for one owner's job creation (the quota check)
 
 metadata = MetaData()
 
@@ -83,7 +98,14 @@ job_items = Table(
     Column("result", Text),  # JSON list of motion payloads
     Column("error", Text),
     Column("finished_at", Float),
+    Column("claimed_by", String(64)),  # the worker computing (once finished: that computed) the item
+    Column("claimed_at", Float),  # when that claim was made or last renewed
+    Column("attempts", Integer, nullable=False, server_default="0"),  # claims so far
 )
+
+
+class QuotaExceeded(ValueError):
+    """A job would take its owner past the per-owner quota of queued motions."""
 
 audit_log = Table(
     "audit_log", metadata,
@@ -205,20 +227,33 @@ class Store:
                                   .values(revoked_at=time.time()))
         return result.rowcount > 0
 
-    def has_keys(self) -> bool:
-        """Whether any active key exists (then every request needs one)."""
+    def has_keys(self, include_revoked: bool = False) -> bool:
+        """Whether any active key (or, with include_revoked, any key ever) exists."""
+        query = select(api_keys.c.id).limit(1)
+        if not include_revoked:
+            query = query.where(api_keys.c.revoked_at.is_(None))
         with self.engine.connect() as conn:
-            return conn.execute(select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None)).limit(1)).first() \
-                is not None
+            return conn.execute(query).first() is not None
 
     # ------------------------------------------------------------------------------------------ jobs
 
     def create_job(self, job_id: str, owner: str, role: str, model: str, policy: str,
-                   items: list[dict[str, Any]]) -> None:
-        """Insert a queued job and its pending items (dicts with prompt, seconds, seed, variations, and
-        optionally foot_cleanup, default on)."""
+                   items: list[dict[str, Any]], max_queued_motions: int | None = None) -> None:
+        """Insert a queued job and its pending items (dicts with prompt, seconds, seed, variations, and optionally
+        foot_cleanup, default on); QuotaExceeded when the owner would then have more than `max_queued_motions`
+        motions pending."""
         now = time.time()
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
+            if max_queued_motions is not None:
+                if conn.dialect.name == "postgresql":  # concurrent jobs of one owner take turns for the check
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                                 {"space": OWNER_LOCK, "key": zlib.crc32(owner.encode()) - (1 << 31)})
+                queued = _queued_motions(conn, owner)
+                wanted = sum(item["variations"] for item in items)
+                if queued + wanted > max_queued_motions:
+                    raise QuotaExceeded(f"{owner!r} already has {queued} motions queued; this job's {wanted} would "
+                                        f"pass the quota of {max_queued_motions} per key. Wait for your jobs to "
+                                        "finish or cancel some")
             conn.execute(jobs.insert().values(id=job_id, owner=owner, role=role, model=model, policy=policy,
                                               status="queued", total=len(items), created_at=now, updated_at=now))
             conn.execute(job_items.insert(), [
@@ -255,36 +290,112 @@ class Store:
                                 .order_by(job_items.c.idx).limit(limit))
             return [dict(row._mapping) for row in rows]
 
-    def pending_items(self, model: str, limit: int, skip: set[tuple[str, int]]) -> list[JobItem]:
-        """Up to `limit` pending items of active jobs for `model`, oldest job first, not in `skip`."""
-        query = (select(job_items.c.job_id, job_items.c.idx, job_items.c.prompt, job_items.c.seconds,
-                        job_items.c.seed, job_items.c.variations, jobs.c.policy, jobs.c.owner, jobs.c.role,
-                        job_items.c.foot_cleanup)
-                 .join(jobs, jobs.c.id == job_items.c.job_id)
-                 .where(jobs.c.status.in_(ACTIVE_JOB_STATES), jobs.c.model == model,
-                        job_items.c.status == "pending")
-                 .order_by(jobs.c.created_at, jobs.c.id, job_items.c.idx)
-                 .limit(limit + len(skip)))
+    def queued_motions(self, owner: str) -> int:
+        """Motions still pending in `owner`'s active jobs."""
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        items = [JobItem(*row[:-1], foot_cleanup=row.foot_cleanup is not False) for row in rows
-                 if (row.job_id, row.idx) not in skip]
-        return items[:limit]
+            return _queued_motions(conn, owner)
 
-    def finish_item(self, job_id: str, index: int, result_json: str, entries: list[AuditEntry]) -> bool:
-        """Store a pending item's result and its audit entries atomically; False when it was no longer pending."""
-        return self._close_item(job_id, index, {"status": "done", "result": result_json}, entries)
-
-    def fail_item(self, job_id: str, index: int, error: str) -> bool:
-        """Mark a pending item failed with its error; False when it was no longer pending."""
-        return self._close_item(job_id, index, {"status": "failed", "error": error}, [])
-
-    def _close_item(self, job_id: str, index: int, values: dict[str, Any], entries: list[AuditEntry]) -> bool:
+    def claim_items(self, model: str, worker: str, limit: int, lease_s: float, max_attempts: int) -> list[JobItem]:
+        """Claim up to `limit` pending items of active jobs for `model` for `worker`: unclaimed ones or ones whose
+        claim is older than `lease_s`, shared round-robin between owners (fewest items running first), each owner's
+        oldest job first. Items that already had `max_attempts` claims fail instead."""
         now = time.time()
-        with self.engine.begin() as conn:
+        claimable = or_(job_items.c.claimed_by.is_(None), job_items.c.claimed_at < now - lease_s)
+        waiting = ((jobs.c.status.in_(ACTIVE_JOB_STATES)) & (jobs.c.model == model) &
+                   (job_items.c.status == "pending"))
+        with self.engine.connect() as conn:
+            exhausted = conn.execute(select(job_items.c.job_id, job_items.c.idx, job_items.c.error)
+                                     .join(jobs, jobs.c.id == job_items.c.job_id)
+                                     .where(waiting, claimable, job_items.c.attempts >= max_attempts)).all()
+            running = func.sum(case((job_items.c.claimed_at >= now - lease_s, 1), else_=0)).label("running")
+            owners = conn.execute(select(jobs.c.owner, running, func.min(jobs.c.created_at).label("oldest"))
+                                  .join(jobs, jobs.c.id == job_items.c.job_id).where(waiting)
+                                  .group_by(jobs.c.owner)).all()
+        for row in exhausted:
+            self.fail_item(row.job_id, row.idx, f"gave up after {max_attempts} attempts: the servers computing it "
+                                                f"stopped, crashed or could not store it{_last(row.error)}")
+        order = [row.owner for row in sorted(owners, key=lambda row: (row.running or 0, row.oldest))]
+        claimed: list[JobItem] = []
+        while order and len(claimed) < limit:  # rounds: owners that ran dry leave, the others share what is left
+            share = max(1, math.ceil((limit - len(claimed)) / len(order)))
+            for owner in list(order):
+                wanted = min(share, limit - len(claimed))
+                if wanted <= 0:
+                    break
+                got = self._claim_of(owner, waiting & claimable, worker, now, wanted, max_attempts)
+                claimed += got
+                if len(got) < wanted:
+                    order.remove(owner)
+        return claimed
+
+    def _claim_of(self, owner: str, claimable: Any, worker: str, now: float, limit: int,
+                  max_attempts: int) -> list[JobItem]:
+        """Claim up to `limit` of `owner`'s claimable items, oldest job first."""
+        picked = (select(job_items.c.job_id, job_items.c.idx).join(jobs, jobs.c.id == job_items.c.job_id)
+                  .where(claimable, jobs.c.owner == owner, job_items.c.attempts < max_attempts)
+                  .order_by(jobs.c.created_at, jobs.c.id, job_items.c.idx).limit(limit)
+                  .with_for_update(skip_locked=True, of=job_items))
+        with self._writing() as conn:
+            keys = conn.execute(update(job_items).where(tuple_(job_items.c.job_id, job_items.c.idx).in_(picked))
+                                .values(claimed_by=worker, claimed_at=now, attempts=job_items.c.attempts + 1)
+                                .returning(job_items.c.job_id, job_items.c.idx)).all()
+            if not keys:
+                return []
+            return [JobItem(*row[:-1], foot_cleanup=row.foot_cleanup is not False) for row in conn.execute(
+                select(job_items.c.job_id, job_items.c.idx, job_items.c.prompt, job_items.c.seconds,
+                       job_items.c.seed, job_items.c.variations, jobs.c.policy, jobs.c.owner, jobs.c.role,
+                       job_items.c.foot_cleanup)
+                .join(jobs, jobs.c.id == job_items.c.job_id)
+                .where(tuple_(job_items.c.job_id, job_items.c.idx).in_([tuple(key) for key in keys]))
+                .order_by(jobs.c.created_at, jobs.c.id, job_items.c.idx))]
+
+    def renew_claims(self, worker: str) -> int:
+        """Renew every live claim of `worker` (it is still computing them); the number renewed."""
+        with self._writing() as conn:
+            return conn.execute(update(job_items).where(job_items.c.claimed_by == worker,
+                                                        job_items.c.status == "pending")
+                                .values(claimed_at=time.time())).rowcount
+
+    def release_claims(self, worker: str) -> None:
+        """Give back `worker`'s claims on items it did not finish (a clean stop: that attempt does not count)."""
+        with self._writing() as conn:
+            conn.execute(update(job_items).where(job_items.c.claimed_by == worker, job_items.c.status == "pending")
+                         .values(claimed_by=None, claimed_at=None, attempts=job_items.c.attempts - 1))
+
+    def release_item(self, job_id: str, index: int, worker: str, error: str) -> None:
+        """Give back `worker`'s claim on one item after a failed attempt, noting why (the attempt still counts)."""
+        with self._writing() as conn:
+            conn.execute(update(job_items).where(job_items.c.job_id == job_id, job_items.c.idx == index,
+                                                 job_items.c.claimed_by == worker, job_items.c.status == "pending")
+                         .values(claimed_by=None, claimed_at=None, error=error))
+
+    def cancelled_jobs(self, job_ids: set[str]) -> set[str]:
+        """The jobs among `job_ids` that are no longer active (cancelled, or finished elsewhere)."""
+        if not job_ids:
+            return set()
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(jobs.c.id).where(jobs.c.id.in_(sorted(job_ids)),
+                                                            jobs.c.status.not_in(ACTIVE_JOB_STATES))).scalars())
+
+    def finish_item(self, job_id: str, index: int, result_json: str, entries: list[AuditEntry],
+                    worker: str | None = None) -> bool:
+        """Store a pending item's result and its audit entries atomically; False when it was no longer pending (or,
+        given `worker`, no longer claimed by it)."""
+        return self._close_item(job_id, index, {"status": "done", "result": result_json, "error": None}, entries,
+                                worker)
+
+    def fail_item(self, job_id: str, index: int, error: str, worker: str | None = None) -> bool:
+        """Mark a pending item failed with its error; False when it was no longer pending (or claimed by `worker`)."""
+        return self._close_item(job_id, index, {"status": "failed", "error": error}, [], worker)
+
+    def _close_item(self, job_id: str, index: int, values: dict[str, Any], entries: list[AuditEntry],
+                    worker: str | None) -> bool:
+        now = time.time()
+        held = [] if worker is None else [job_items.c.claimed_by == worker]
+        with self._writing() as conn:
             _lock_job(conn, job_id)
             changed = conn.execute(update(job_items).where(job_items.c.job_id == job_id, job_items.c.idx == index,
-                                                           job_items.c.status == "pending")
+                                                           job_items.c.status == "pending", *held)
                                    .values(finished_at=now, **values)).rowcount
             if not changed:
                 return False
@@ -299,13 +410,29 @@ class Store:
     def cancel_job(self, job_id: str) -> bool:
         """Cancel an active job: its pending items become cancelled, finished ones stay; False if not active."""
         now = time.time()
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             changed = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE_JOB_STATES))
                                    .values(status="cancelled", updated_at=now)).rowcount
             if changed:
                 conn.execute(update(job_items).where(job_items.c.job_id == job_id, job_items.c.status == "pending")
                              .values(status="cancelled", finished_at=now))
         return bool(changed)
+
+    def cancel_jobs_of(self, owner: str, policy: str) -> list[str]:
+        """Cancel every active job of `owner` with `policy`; their ids."""
+        with self.engine.connect() as conn:
+            ids = list(conn.execute(select(jobs.c.id).where(jobs.c.owner == owner, jobs.c.policy == policy,
+                                                            jobs.c.status.in_(ACTIVE_JOB_STATES))).scalars())
+        return [job_id for job_id in ids if self.cancel_job(job_id)]
+
+    @contextmanager
+    def _writing(self) -> Iterator[Any]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE), so a transaction that
+        reads before it writes waits its turn instead of failing when another writer committed in between."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
 
     # ------------------------------------------------------------------------------------------ audit log
 
@@ -335,6 +462,17 @@ def _api_key(row: Any) -> ApiKey:
     return ApiKey(row.id, row.name, row.role, row.prefix, row.created_at, row.revoked_at)
 
 
+def _queued_motions(conn: Any, owner: str) -> int:
+    return conn.execute(select(func.coalesce(func.sum(job_items.c.variations), 0))
+                        .join(jobs, jobs.c.id == job_items.c.job_id)
+                        .where(jobs.c.owner == owner, jobs.c.status.in_(ACTIVE_JOB_STATES),
+                               job_items.c.status == "pending")).scalar_one()
+
+
+def _last(error: str | None) -> str:
+    return f" (last: {error})" if error else ""
+
+
 def _lock_job(conn: Any, job_id: str) -> None:
     """Lock a job's row until the transaction ends (a no-op on SQLite, whose writers take turns)."""
     conn.execute(select(jobs.c.id).where(jobs.c.id == job_id).with_for_update())
@@ -342,25 +480,23 @@ def _lock_job(conn: Any, job_id: str) -> None:
 
 def _create_tables(engine: Engine) -> None:
     """Create missing tables; on PostgreSQL under an advisory lock, as servers starting together would collide."""
-    if engine.dialect.name != "postgresql":
-        metadata.create_all(engine)
-        with engine.begin() as conn:
-            _add_missing_columns(conn)
-        return
     with engine.begin() as conn:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
         metadata.create_all(conn)
         _add_missing_columns(conn)
 
 
 def _add_missing_columns(conn: Any) -> None:
-    """Add the nullable columns later versions introduced to the tables of an older database."""
+    """Add the columns later versions introduced (foot_cleanup, the claim columns) to an older database's tables."""
     for table in metadata.sorted_tables:
         present = {column["name"] for column in inspect(conn).get_columns(table.name)}
         for column in table.columns:
             if column.name not in present:
                 kind = column.type.compile(dialect=conn.dialect)
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+                if column.server_default is not None:
+                    kind += f" NOT NULL DEFAULT {column.server_default.arg}"
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
 def _create_engine(url: str) -> Engine:
@@ -377,7 +513,10 @@ def _create_engine(url: str) -> Engine:
     database = parsed.database or ""
     in_memory = database in ("", ":memory:")
     if not in_memory:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = Path(database).expanduser()
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # owner-only: it holds prompts and results (SQLite gives its -wal and -shm files the same mode)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     options: dict[str, Any] = {"poolclass": StaticPool} if in_memory else {}
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
 

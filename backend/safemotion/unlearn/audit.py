@@ -13,6 +13,7 @@ second that hit) and, for other edited layers, their own ratios. Frames are at t
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ from safemotion.unlearn.flagging import assess, hit_token_indices, original_code
 from safemotion.unlearn.record import safety_settings, unlearning_record
 
 MOTION_SUFFIXES = (".bvh", ".fbx", ".npz")
+DEFAULT_AUDIT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "models" / "safemotion-mini-lcr"
+AUDIT_FPS_RANGE = (10.0, 1000.0)  # source frame rates a motion may have (below 10 fps it is not motion capture)
+MAX_AUDIT_FRAMES = 4000  # at the model's 20 fps after resampling: 200 s
+MAX_NPZ_BYTES = 256 * 1024 * 1024  # uncompressed arrays of an .npz motion
 
 
 @dataclass
@@ -104,18 +109,49 @@ def load_joints(path: str | Path) -> tuple[np.ndarray, float]:
         return clip.joints, clip.source_fps
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such motion file")
-    with np.load(path, allow_pickle=False) as data:
-        if "joints" not in data:
-            raise ValueError(f"{path}: no 'joints' array (expected joints [T, {NUM_JOINTS}, 3] in metres, Y-up)")
-        joints = np.asarray(data["joints"], dtype=np.float64)
-        fps = float(data["fps"]) if "fps" in data else TARGET_FPS
+    joints, fps = _read_npz(path)
     if joints.ndim != 3 or joints.shape[1:] != (NUM_JOINTS, 3):
         raise ValueError(f"{path}: 'joints' has shape {list(joints.shape)}, expected [T, {NUM_JOINTS}, 3]")
     if not np.isfinite(joints).all():
         raise ValueError(f"{path}: 'joints' contains NaN or infinite values")
-    if not fps > 0:
-        raise ValueError(f"{path}: fps is {fps}; it must be positive")
+    check_audit_length(len(joints), fps, str(path))
     return resample_joints(joints, fps, TARGET_FPS).astype(np.float32), fps
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, float]:
+    """(joints as float64, fps) of an .npz; ValueError naming the file for anything unreadable or oversized."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            size = sum(info.file_size for info in archive.infolist())
+        if size > MAX_NPZ_BYTES:
+            raise ValueError(f"{path}: {size} bytes of arrays; the limit is {MAX_NPZ_BYTES} "
+                             f"({MAX_AUDIT_FRAMES} frames at {TARGET_FPS:g} fps need far less)")
+        with np.load(path, allow_pickle=False) as data:
+            if "joints" not in data:
+                raise ValueError(f"{path}: no 'joints' array (expected joints [T, {NUM_JOINTS}, 3] in metres, Y-up)")
+            joints = np.asarray(data["joints"], dtype=np.float64)
+            fps = float(np.asarray(data["fps"], dtype=np.float64)) if "fps" in data else TARGET_FPS
+    except (zipfile.BadZipFile, OSError, EOFError, TypeError, KeyError) as err:
+        raise ValueError(f"{path}: not a readable .npz motion ({type(err).__name__}: {err}); expected an .npz "
+                         f"with joints [T, {NUM_JOINTS}, 3] and optionally fps") from None
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: unreadable 'joints' or 'fps' ({err}); expected numbers: joints [T, {NUM_JOINTS}, "
+                         "3] in metres and a scalar fps") from None
+    return joints, fps
+
+
+def check_audit_length(frames: int, fps: float, where: str) -> None:
+    """ValueError unless `fps` is in AUDIT_FPS_RANGE and the motion is at most MAX_AUDIT_FRAMES at 20 fps."""
+    low, high = AUDIT_FPS_RANGE
+    if not low <= fps <= high:
+        raise ValueError(f"{where}: fps {fps:g} is outside {low:g}-{high:g}; give the motion's real frame rate")
+    resampled = math.floor((frames - 1) * TARGET_FPS / fps) + 1
+    if resampled > MAX_AUDIT_FRAMES:
+        raise ValueError(f"{where}: {frames} frames at {fps:g} fps last {frames / fps:.1f} s; audits take at most "
+                         f"{MAX_AUDIT_FRAMES / TARGET_FPS:g} s ({MAX_AUDIT_FRAMES} frames at {TARGET_FPS:g} fps): "
+                         "cut the motion into parts")
 
 
 def resample_joints(joints: np.ndarray, fps: float, target_fps: float) -> np.ndarray:
@@ -183,11 +219,11 @@ def audit_joints(models: MotionModels, original: MotionModels, joints: np.ndarra
 
 
 def audit_file(path: str | Path, model_dir: str | Path, device: str = "cpu") -> AuditReport:
-    """Audit a motion file with an LCR model directory."""
+    """Audit a motion file with an LCR model directory (the file is checked first)."""
+    joints, source_fps = load_joints(path)
     models = load_model_dir(model_dir, device=device)
     if unlearning_record(models.config) is None or not unlearning_record(models.config).removed_codes:
         raise ValueError(f"{model_dir}: this model has no removed codes; audit with a model made by "
                          "`safemotion unlearn lcr`")
-    joints, source_fps = load_joints(path)
     original = original_codebook_models(models, model_dir)
     return audit_joints(models, original, joints, str(path), str(model_dir), source_fps)

@@ -79,10 +79,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from safemotion.generate import DEFAULT_MODEL_DIR
-    from safemotion.unlearn.audit import audit_file
+    from safemotion.unlearn.audit import DEFAULT_AUDIT_MODEL_DIR, audit_file
 
-    report = audit_file(args.file, args.model or DEFAULT_MODEL_DIR, device=args.device)
+    report = audit_file(args.file, args.model or DEFAULT_AUDIT_MODEL_DIR, device=args.device)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return 0
 
@@ -178,7 +177,7 @@ def add_unlearn_commands(commands: argparse._SubParsersAction) -> None:
 
     audit = commands.add_parser("audit", help="find where a motion file uses codes an LCR model removed")
     audit.add_argument("file", type=Path, help=".bvh, .fbx or .npz (joints [T, 22, 3]) motion")
-    audit.add_argument("--model", type=Path, help="LCR model directory (default: the embedded model)")
+    audit.add_argument("--model", type=Path, help="LCR model directory (default: the embedded safemotion-mini-lcr)")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
     audit.add_argument("--device", default="cpu")
     audit.set_defaults(func=_audit)
