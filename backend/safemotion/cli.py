@@ -219,6 +219,25 @@ def _eval_adherence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_edits(args: argparse.Namespace) -> int:
+    from safemotion.edit import Editor
+    from safemotion.eval.edit_checks import run_edit_suite, velocity_jump_bound
+    from safemotion.generate import DEFAULT_MODEL_DIR
+    from safemotion.safe_generation import SafeGenerator
+
+    bound, clips, frames = velocity_jump_bound(args.data, args.split)
+    suite = run_edit_suite(Editor(SafeGenerator.from_dir(args.model or DEFAULT_MODEL_DIR)), range(args.seeds), bound)
+    print(json.dumps({
+        "bound": {"p95_velocity_jump_m": bound, "data": str(args.data), "split": args.split, "clips": clips,
+                  "frames": frames},
+        "seam_jump_m": {op: {"max": max(v), "median": float(sorted(v)[len(v) // 2]), "all": v}
+                        for op, v in suite.seam_jumps.items()},
+        "window_jump_m": {op: {"max": max(v), "all": v} for op, v in suite.window_jumps.items()},
+        "checks": [{"check": r.name, "prompts": r.prompts, "pass_rate": r.pass_rate, "passed": r.passed,
+                    "measured": r.measured} for r in suite.checks]}, indent=2))
+    return 0
+
+
 def _eval_flags(args: argparse.Namespace) -> int:
     from safemotion.atomic_dir import write_text_atomic
     from safemotion.eval.flag_rates import prompt_set_flags
@@ -442,6 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
     adherence.add_argument("--model", type=Path, help="model directory (default: the embedded safemotion-mini)")
     adherence.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per prompt")
     adherence.set_defaults(func=_eval_adherence)
+
+    edits = commands.add_parser("eval-edits", help="edit checks: jump inside a walk, sit after it, walk-to-wave "
+                                "in-between, seams against real clips' velocity jumps")
+    edits.add_argument("--model", type=Path, help="model directory (default: the embedded safemotion-mini)")
+    edits.add_argument("--data", type=Path, required=True, help="HumanML3D-layout dataset whose real clips set the "
+                       "seam bound (95th percentile of their joint-velocity jumps)")
+    edits.add_argument("--split", default="test")
+    edits.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
+    edits.set_defaults(func=_eval_edits)
 
     flags = commands.add_parser("eval-flags", help="flag rates of an LCR model on the shipped prompt sets")
     flags.add_argument("--model", type=Path, required=True, help="LCR model directory")

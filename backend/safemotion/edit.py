@@ -13,11 +13,11 @@ whole tokens; the base ids inside are masked and decoded by the masked transform
 classifier-free guidance on the prompt (MoMask's temporal inpainting), the residual layers of those tokens are
 regenerated with the kept layers as history, and the tokens are decoded (under `allow` with the original codebooks).
 
-Assembly in joint space: the decoded frames get the source's bone lengths, and are placed in the source's world by a
+Assembly in joint space: the decoded frames get the source's bone lengths (each bone keeps its direction), and are placed in the source's world by a
 yaw-and-translation fit over the blend window on each side of a region (interpolated across the region when both
 sides are kept, so the edited part meets the kept frames at both ends). Inside a blend window the source and the
-decoded motion are cross-faded in joint-rotation space (HumanML3D IK: local joint quaternions slerped, root position
-and bone lengths interpolated, forward kinematics). Every other kept frame is the source's own array, bit for bit.
+decoded motion are cross-faded in joint-rotation space (every bone turned along the shortest arc between its two
+directions with smoothstep weights, root position and bone lengths interpolated, the skeleton rebuilt from the root). Every other kept frame is the source's own array, bit for bit.
 `inbetween` keeps all of `a`, and all of `b` moved rigidly (yaw and translation) so that it continues the transition.
 
 Safety: every base id of the result, kept ones included, goes through SafeGenerator.review, the review generations
@@ -37,16 +37,12 @@ import torch
 from safemotion.data.mocap_import import load_motion
 from safemotion.eval.adherence import facing
 from safemotion.generate import SECONDS_RANGE, GeneratedMotion, GenerationRequest, seconds_to_tokens
-from safemotion.motion import rotations as rot
 from safemotion.motion import skeleton
 from safemotion.motion.features import (
     FEATURE_DIM,
     NUM_JOINTS,
     extract_features,
-    forward_kinematics,
-    inverse_kinematics,
     recover_from_ric,
-    uniform_skeleton,
 )
 from safemotion.motion.smpl import joints_to_smpl
 from safemotion.safe_generation import Generated, SafeGenerator
@@ -243,33 +239,60 @@ def fit_placement(target: np.ndarray, moving: np.ndarray) -> Placement:
 
 def bone_lengths(joints: np.ndarray) -> np.ndarray:
     """Per-frame bone lengths [K, 22] (joint to parent; 0 for the root)."""
-    offsets = skeleton.bone_offsets(np.asarray(joints, dtype=np.float64))
-    lengths = np.linalg.norm(offsets, axis=-1)
+    lengths = np.linalg.norm(skeleton.bone_offsets(np.asarray(joints, dtype=np.float64)), axis=-1)
     lengths[:, 0] = 0.0
     return lengths
 
 
+def _bone_directions(joints: np.ndarray) -> np.ndarray:
+    """Unit bone vectors [K, 22, 3] from parent to joint (the root's is unused)."""
+    offsets = skeleton.bone_offsets(np.asarray(joints, dtype=np.float64))
+    return offsets / np.maximum(np.linalg.norm(offsets, axis=-1, keepdims=True), 1e-12)
+
+
+def _rebuild(root: np.ndarray, directions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Joints [K, 22, 3] from root positions [K, 3], unit bone vectors [K, 22, 3] and bone lengths [K or 1, 22]."""
+    joints = np.empty(directions.shape)
+    joints[:, 0] = root
+    for j in range(1, NUM_JOINTS):  # parents come before their children in SMPL-22 order
+        joints[:, j] = joints[:, _PARENTS[j]] + directions[:, j] * lengths[:, j, None]
+    return joints
+
+
 def with_bone_lengths(joints: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Joints [K, 22, 3] re-targeted to bone lengths [22] (root path scaled by the leg-length ratio)."""
-    return uniform_skeleton(joints, skeleton.RAW_OFFSETS * lengths[:, None])
+    """Joints [K, 22, 3] whose bones are scaled so their median lengths become `lengths` [22] (each frame's bone vector
+    times one factor per bone, so the decoder's frame-to-frame length changes are not turned into jitter); the root
+    path (height included) is scaled by the ratio of the legs' lengths."""
+    own = np.median(bone_lengths(joints), axis=0)
+    knee, ankle = skeleton.LEG_LENGTH_JOINTS
+    ratio = (lengths[knee] + lengths[ankle]) / (own[knee] + own[ankle])
+    scale = np.where(own > 1e-9, lengths / np.maximum(own, 1e-9), 1.0)
+    offsets = skeleton.bone_offsets(np.asarray(joints, dtype=np.float64))
+    return _rebuild(joints[:, 0] * ratio, offsets * scale[None, :, None], np.ones((1, NUM_JOINTS)))
 
 
-def _ik(joints: np.ndarray) -> np.ndarray:
-    """HumanML3D IK quaternions [K, 22, 4] with a real root rotation on every frame (no frame-0 identity)."""
-    return inverse_kinematics(np.concatenate([joints[:1], joints]))[1:]
+def _slerp_directions(a: np.ndarray, b: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Unit vectors [..., 3] turned from `a` towards `b` along the great circle by weights [...]."""
+    cos = np.clip((a * b).sum(-1), -1.0, 1.0)
+    angle = np.arccos(cos)[..., None]
+    sin = np.sin(angle)
+    w = weights[..., None]
+    near = sin < 1e-6  # (nearly) the same direction: plain interpolation
+    safe = np.where(near, 1.0, sin)
+    out = np.where(near, (1 - w) * a + w * b,
+                   (np.sin((1 - w) * angle) * a + np.sin(w * angle) * b) / safe)
+    return out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
 
 
 def crossfade(a: np.ndarray, b: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Frames of `a` [K, 22, 3] blended towards `b` by weights [K] (0 = a, 1 = b) in joint-rotation space."""
-    qa, qb = rot.qcontinuous(_ik(a)), _ik(b)
-    qb = np.where((qa * qb).sum(-1, keepdims=True) < 0, -qb, qb)
-    w = weights[:, None]
-    quats = rot.qslerp(qa, qb, np.broadcast_to(w, qa.shape[:2]))
-    lengths = (1 - w) * bone_lengths(a) + w * bone_lengths(b)
-    root = (1 - w) * a[:, 0] + w * b[:, 0]
-    return np.concatenate([forward_kinematics(quats[k:k + 1], root[k:k + 1],
-                                              skeleton.RAW_OFFSETS * lengths[k, :, None])
-                           for k in range(len(a))])
+    """Frames of `a` [K, 22, 3] blended towards `b` by weights [K] (0 = a, 1 = b) in joint-rotation space: every
+    bone turns along the shortest arc from its direction in `a` to that in `b`, bone lengths and the root are
+    interpolated, and the skeleton is rebuilt from the root."""
+    w = np.asarray(weights, dtype=np.float64)
+    directions = _slerp_directions(_bone_directions(a), _bone_directions(b), np.broadcast_to(w[:, None], a.shape[:2]))
+    lengths = (1 - w[:, None]) * bone_lengths(a) + w[:, None] * bone_lengths(b)
+    root = (1 - w[:, None]) * a[:, 0] + w[:, None] * b[:, 0]
+    return _rebuild(root, directions, lengths)
 
 
 def assemble(kept: np.ndarray, decoded: np.ndarray, regions: list[tuple[int, int]], blend: int,
@@ -306,6 +329,7 @@ def assemble(kept: np.ndarray, decoded: np.ndarray, regions: list[tuple[int, int
         placed = _yaw_rotate(decoded[span] - root, yaw[:, None]) + path
         out[f0:f1] = placed[len(left):len(left) + f1 - f0]
         ramp = np.arange(1, blend + 1) / (blend + 1)
+        ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep: the blend starts and ends without a velocity step
         if len(left):
             out[left] = crossfade(out[left], placed[:len(left)], ramp[-len(left):])
         if len(right):
