@@ -81,9 +81,9 @@ def table(rows: list[dict], repeats: int, threads: int) -> str:
         lines.append(f"| {row['case']} (vs {row['seconds']:g} s) | {np.median(e):.3f} / {np.percentile(e, 90):.3f} | "
                      f"{np.median(g):.3f} / {np.percentile(g, 90):.3f} | {np.median(e) / np.median(g):.2f} | "
                      f"{row['others']:.0%} |")
-    lines += ["", "An edit decodes the same masked loop over the whole window (kept tokens only shorten the masking "
-              "schedule), and adds the VQ encoding of the source, the placement and cross-fade of the seams and the "
-              "features of the result."]
+    lines += ["", "An edit runs the same masked-decoding steps over its whole token window (the kept tokens are "
+              "context, not skipped work) and adds the VQ encoding of the source, the placement and cross-fade of the "
+              "seams and the features of the result: it costs about what generating its length costs."]
     return "\n".join(lines) + "\n"
 
 
