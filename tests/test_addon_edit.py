@@ -97,3 +97,21 @@ def test_a_take_at_another_frame_rate_is_refused_and_nothing_is_written(addon, s
     with pytest.raises(RuntimeError, match="Type a prompt first"):
         bpy.ops.safemotion.extend_take()
     assert len(settings.takes) == 1
+
+
+def test_inbetween_takes_the_two_selected_nla_strips_in_time_order(addon, scene):
+    settings = scene.safemotion
+    settings.prompt, settings.seed = "a person walks", 12
+    scene.frame_current = 200
+    assert bpy.ops.safemotion.generate() == {"FINISHED"}
+    first, second = settings.takes[0], settings.takes[1]
+    for take in (second, first):  # strips created out of order: the in-between follows their frames
+        rig = take.armature
+        track = rig.animation_data.nla_tracks.new()
+        strip = track.strips.new(take.name, take.frame_start, bpy.data.actions[take.action_name])
+        strip.select = True
+    settings.active_take = 1
+    settings.prompt = "a person turns"
+    assert bpy.ops.safemotion.inbetween(seconds=1.0) == {"FINISHED"}
+    between = settings.takes[2]
+    assert between.frame_start == first.frame_start == 11 and between.frames == FRAMES + 20 + FRAMES
