@@ -251,7 +251,8 @@ def _bone_directions(joints: np.ndarray) -> np.ndarray:
 
 
 def _rebuild(root: np.ndarray, directions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Joints [K, 22, 3] from root positions [K, 3], unit bone vectors [K, 22, 3] and bone lengths [K or 1, 22]."""
+    """Joints [K, 22, 3] from root positions [K, 3] and bone vectors [K, 22, 3] (parent to joint) times lengths
+    [K or 1, 22]."""
     joints = np.empty(directions.shape)
     joints[:, 0] = root
     for j in range(1, NUM_JOINTS):  # parents come before their children in SMPL-22 order
