@@ -2,8 +2,9 @@
 
 The add-on talks HTTP to a SafeMotion server (a bundled local one it starts itself, or a URL) and never imports
 torch. Modules: client (HTTP), backend_process (the bundled server), preferences, properties (scene data),
-ops_generate (Generate and takes), ops_batch (many prompts), ops_motion (retarget, audit, export), safety (flags,
-CSV report), panels (the sidebar). The maths lives in bpy-free modules: smpl_math, retarget, batch_prompts.
+ops_generate (Generate and takes), ops_batch (many prompts), ops_motion (retarget, audit, export), ops_edit (regenerate
+a range, extend, in-between), safety (flags, CSV report), panels (the sidebar). The maths lives in bpy-free modules:
+smpl_math, retarget, batch_prompts.
 
 `register` and `unregister` are exact opposites: after `unregister` no class, scene property, handler, timer or
 server process of the add-on is left.
@@ -15,10 +16,10 @@ import atexit
 
 import bpy
 
-from . import backend_process, ops_batch, ops_generate, ops_motion, panels, preferences, properties, safety
+from . import backend_process, ops_batch, ops_edit, ops_generate, ops_motion, panels, preferences, properties, safety
 
 # Registered in this order (property groups before what points at them), unregistered in reverse.
-_CLASSES = (*preferences.CLASSES, *ops_generate.CLASSES, *safety.CLASSES)
+_CLASSES = (*preferences.CLASSES, *ops_generate.CLASSES, *ops_edit.CLASSES, *safety.CLASSES)
 _MODULES = (ops_batch, ops_motion)
 
 

@@ -155,6 +155,11 @@ class BackendClient:
         """POST /v1/generate ({"prompt", "seconds", "seed", "variations", "policy"}): the motions, synchronously."""
         return self._request("POST", "/v1/generate", json=payload)
 
+    def edit(self, payload: dict) -> dict:
+        """POST /v1/edit ({"source": {"joints", "fps"}, "prompt", "frames" | "extend_seconds" | "between", ...}): the
+        edited takes' motions, synchronously."""
+        return self._request("POST", "/v1/edit", json=payload)
+
     def audit(self, payload: dict) -> dict:
         """POST /v1/audit ({"joints": array [T,22,3] Y-up metres, "fps"}): where the motion uses removed codes."""
         return self._request("POST", "/v1/audit", json=payload)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import ops_batch, ops_motion
+from . import ops_batch, ops_edit, ops_motion
 from .ops_generate import (
     SAFEMOTION_OT_apply_take,
     SAFEMOTION_OT_cancel_generation,
@@ -128,6 +128,7 @@ class SAFEMOTION_PT_takes(_Section, bpy.types.Panel):
             box = self.layout.box()
             box.label(text=f"Seed {take.seed}, {take.frames} frames from frame {take.frame_start}")
             _draw_safety(box, take.safety)
+            ops_edit.draw_edit(self.layout, context)
 
 
 class SAFEMOTION_PT_take_tools(_Section, bpy.types.Panel):

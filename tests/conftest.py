@@ -30,3 +30,17 @@ def humanml3d_sample(shared_dir: Path) -> Path:
     if not (path / "new_joints_012314.npy").is_file():
         pytest.skip("HumanML3D sample not staged")
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes-long checks on the committed models; run with SAFEMOTION_SLOW=1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `slow` tests unless SAFEMOTION_SLOW=1 (make test stays short; the eval commands run the same checks)."""
+    if os.environ.get("SAFEMOTION_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set SAFEMOTION_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

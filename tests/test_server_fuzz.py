@@ -88,6 +88,8 @@ VALID_BODIES = {
     ("/v1/generate", "post"): {"prompt": "a person walks", "seconds": 1.0},
     ("/v1/jobs", "post"): {"items": [{"prompt": "a person walks", "seconds": 1.0}]},
     ("/v1/audit", "post"): {"joints": encode_array(walking_joints()), "fps": 20.0},
+    ("/v1/edit", "post"): {"source": {"joints": encode_array(walking_joints()), "fps": 20.0},
+                           "prompt": "a person jumps", "frames": [[8, 16]]},
 }
 
 

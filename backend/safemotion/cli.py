@@ -52,25 +52,31 @@ def _import_momask(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from safemotion.decoding import SamplingConfig
-    from safemotion.generate import DEFAULT_MODEL_DIR, GenerationRequest, output_paths, save_bvh, save_npz
+    from safemotion.generate import DEFAULT_MODEL_DIR, GenerationRequest
     from safemotion.safe_generation import SafeGenerator
 
-    suffix = args.out.suffix.lower()
-    if suffix not in (".npz", ".bvh"):
-        raise ValueError(f"--out {args.out}: unknown file type '{suffix}'; use .npz or .bvh")
+    _check_out(args.out)
     request = GenerationRequest(args.prompt, seconds=args.seconds, seed=args.seed, variations=args.variations,
                                 foot_cleanup=not args.no_foot_cleanup)
     request.validate()
-    sampling = SamplingConfig(time_steps=args.steps, cond_scale=args.cond_scale,
-                              residual_cond_scale=args.residual_cond_scale, temperature=args.temperature,
-                              gumbel_sample=args.gumbel, precision=args.precision)
-    sampling.validate()
-    generator = SafeGenerator.from_dir(args.model or DEFAULT_MODEL_DIR, device=args.device, sampling=sampling,
+    generator = SafeGenerator.from_dir(args.model or DEFAULT_MODEL_DIR, device=args.device, sampling=_sampling(args),
                                        clip_weights=args.clip_weights, clip_vocab=args.clip_vocab)
-    results = generator.generate([request], policy=args.policy)[0]
+    _write_results(generator.generate([request], policy=args.policy)[0], args.out)
+    return 0
+
+
+def _check_out(out: Path) -> None:
+    suffix = out.suffix.lower()
+    if suffix not in (".npz", ".bvh"):
+        raise ValueError(f"--out {out}: unknown file type '{suffix}'; use .npz or .bvh")
+
+
+def _write_results(results: list, out: Path) -> None:
+    """Write each motion that was not blocked (variations get _1, _2, ... suffixes) and print what was written."""
+    from safemotion.generate import output_paths, save_bvh, save_npz
+
     written = []
-    for item, path in zip(results, output_paths(args.out, len(results))):
+    for item, path in zip(results, output_paths(out, len(results))):
         motion, safety = item.motion, None if item.safety is None else item.safety.to_dict()
         entry = {"file": None if item.blocked else str(path), "seed": motion.seed, "frames": motion.num_frames,
                  "seconds": motion.seconds, "length_from": motion.length_from,
@@ -79,9 +85,58 @@ def _generate(args: argparse.Namespace) -> int:
             print(f"variation {motion.variation} (seed {motion.seed}) not written: {item.safety.reason}",
                   file=sys.stderr)
         else:
-            save_npz(motion, path, safety=safety) if suffix == ".npz" else save_bvh(motion, path)
+            save_npz(motion, path, safety=safety) if out.suffix.lower() == ".npz" else save_bvh(motion, path)
         written.append(entry)
     print(json.dumps(written, indent=2))
+
+
+def _sampling(args: argparse.Namespace):
+    from safemotion.decoding import SamplingConfig
+
+    sampling = SamplingConfig(time_steps=args.steps, cond_scale=args.cond_scale,
+                              residual_cond_scale=args.residual_cond_scale, temperature=args.temperature,
+                              gumbel_sample=args.gumbel, precision=args.precision)
+    sampling.validate()
+    return sampling
+
+
+def _frame_span(text: str) -> tuple[int, int]:
+    """'40:80' → (40, 80)."""
+    start, sep, end = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(start), int(end)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a frame span; write START:END, e.g. 40:80 (end "
+                                         "exclusive)") from None
+
+
+def _edit(args: argparse.Namespace) -> int:
+    from safemotion.edit import EditSettings, Editor, load_source
+    from safemotion.generate import DEFAULT_MODEL_DIR
+    from safemotion.safe_generation import SafeGenerator
+
+    _check_out(args.out)
+    if (args.source is None) == (args.between is None):
+        raise ValueError("give either SOURCE (with --frames or --extend) or --between A B, not both")
+    if args.between is None and (args.frames is None) == (args.extend is None):
+        raise ValueError("give exactly one of --frames START:END (regenerate) or --extend SECONDS")
+    if args.between is not None and args.seconds is None:
+        raise ValueError("--between needs --seconds, the length of the transition")
+    sources = [load_source(path) for path in ([args.source] if args.between is None else args.between)]
+    editor = Editor(SafeGenerator.from_dir(args.model or DEFAULT_MODEL_DIR, device=args.device,
+                                           sampling=_sampling(args), clip_weights=args.clip_weights,
+                                           clip_vocab=args.clip_vocab),
+                    EditSettings(margin_tokens=args.margin, blend_frames=args.blend))
+    common = {"seed": args.seed, "variations": args.variations, "policy": args.policy}
+    if args.between is not None:
+        results = editor.inbetween(sources[0], sources[1], args.seconds, args.prompt, **common)
+    elif args.frames is not None:
+        results = editor.edit(sources[0], args.frames, args.prompt, **common)
+    else:
+        results = editor.extend(sources[0], args.extend, args.prompt, at=args.at, **common)
+    _write_results(results, args.out)
     return 0
 
 
@@ -181,6 +236,25 @@ def _eval_feet(args: argparse.Namespace) -> int:
     report = feet_report(Generator.from_dir(args.model or DEFAULT_MODEL_DIR), args.data, seeds=range(args.seeds),
                          split=args.split, seconds=args.seconds)
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _eval_edits(args: argparse.Namespace) -> int:
+    from safemotion.edit import Editor
+    from safemotion.eval.edit_checks import run_edit_suite, velocity_jump_bound
+    from safemotion.generate import DEFAULT_MODEL_DIR
+    from safemotion.safe_generation import SafeGenerator
+
+    bound, clips, frames = velocity_jump_bound(args.data, args.split)
+    suite = run_edit_suite(Editor(SafeGenerator.from_dir(args.model or DEFAULT_MODEL_DIR)), range(args.seeds), bound)
+    print(json.dumps({
+        "bound": {"p95_velocity_jump_m": bound, "data": str(args.data), "split": args.split, "clips": clips,
+                  "frames": frames},
+        "seam_jump_m": {op: {"max": max(v), "median": float(sorted(v)[len(v) // 2]), "all": v}
+                        for op, v in suite.seam_jumps.items()},
+        "window_jump_m": {op: {"max": max(v), "all": v} for op, v in suite.window_jumps.items()},
+        "checks": [{"check": r.name, "prompts": r.prompts, "pass_rate": r.pass_rate, "passed": r.passed,
+                    "measured": r.measured} for r in suite.checks]}, indent=2))
     return 0
 
 
@@ -317,16 +391,31 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--no-foot-cleanup", action="store_true",
                           help="keep the decoder's feet as they are (default: pin planted feet with leg IK and put "
                                "the lowest contact on the floor)")
-    generate.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    generate.add_argument("--steps", type=int, default=10, help="masked decoding steps")
-    generate.add_argument("--cond-scale", type=float, default=4.0, help="guidance scale of the base layer")
-    generate.add_argument("--residual-cond-scale", type=float, default=5.0, help="guidance of the residual layers")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--gumbel", action="store_true", help="Gumbel-max instead of categorical sampling")
-    generate.add_argument("--precision", default="fp32", help=PRECISION_HELP)
-    generate.add_argument("--clip-weights", type=Path, help="CLIP ViT-B/32 weights (models using the clip encoder)")
-    generate.add_argument("--clip-vocab", type=Path, help="CLIP BPE merges file")
+    _add_decoding_arguments(generate)
     generate.set_defaults(func=_generate)
+
+    edit = commands.add_parser("edit", help="regenerate frame spans of a take, extend it, or make an in-between")
+    edit.add_argument("source", nargs="?", type=Path, help="the take: .npz (from generate, or with joints [T, 22, "
+                      "3]) or .bvh, at the model's frame rate (20 fps)")
+    edit.add_argument("--frames", type=_frame_span, action="append", metavar="START:END",
+                      help="frames to regenerate, end exclusive (repeat for several spans)")
+    edit.add_argument("--extend", type=float, metavar="SECONDS", help="add this much new motion to the take")
+    edit.add_argument("--at", choices=("end", "start"), default="end", help="with --extend: after or before the take")
+    edit.add_argument("--between", type=Path, nargs=2, metavar=("A", "B"),
+                      help="two takes: keep A, generate --seconds of transition, then B moved to continue from it")
+    edit.add_argument("--seconds", type=float, help="with --between: length of the transition")
+    edit.add_argument("--prompt", required=True, help="what the new part shows (1-300 characters)")
+    edit.add_argument("--model", type=Path, help="model directory (default: the embedded safemotion-mini)")
+    edit.add_argument("--seed", type=int, default=0)
+    edit.add_argument("--variations", type=int, default=1, help="edits to make, 1-16 (variation k uses seed + k)")
+    edit.add_argument("--out", type=Path, required=True, help=".npz or .bvh; several variations get _1, _2, ... "
+                      "suffixes")
+    edit.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
+                      help="for LCR models, as for generate; kept frames are reviewed too")
+    edit.add_argument("--margin", type=int, default=1, help="whole tokens regenerated around each span (0-8)")
+    edit.add_argument("--blend", type=int, default=8, help="kept frames cross-faded at each seam (1-32)")
+    _add_decoding_arguments(edit)
+    edit.set_defaults(func=_edit)
 
     train = commands.add_parser("train", help="train one stage (vq, mask, residual, length) into a model directory, "
                                 "or a text-motion evaluator (evaluator) into an evaluator folder")
@@ -416,6 +505,15 @@ def build_parser() -> argparse.ArgumentParser:
     feet.add_argument("--seconds", type=float, default=4.0, help="duration of the generated motions")
     feet.set_defaults(func=_eval_feet)
 
+    edits = commands.add_parser("eval-edits", help="edit checks: jump inside a walk, sit after it, walk-to-wave "
+                                "in-between, seams against real clips' velocity jumps")
+    edits.add_argument("--model", type=Path, help="model directory (default: the embedded safemotion-mini)")
+    edits.add_argument("--data", type=Path, required=True, help="HumanML3D-layout dataset whose real clips set the "
+                       "seam bound (95th percentile of their joint-velocity jumps)")
+    edits.add_argument("--split", default="test")
+    edits.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
+    edits.set_defaults(func=_eval_edits)
+
     flags = commands.add_parser("eval-flags", help="flag rates of an LCR model on the shipped prompt sets")
     flags.add_argument("--model", type=Path, required=True, help="LCR model directory")
     flags.add_argument("--variations", type=int, default=3, help="motions per prompt")
@@ -473,6 +571,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data-dir", type=Path, help="the server's data folder")
         sub.set_defaults(func=_keys)
     return parser
+
+
+def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--steps", type=int, default=10, help="masked decoding steps")
+    parser.add_argument("--cond-scale", type=float, default=4.0, help="guidance scale of the base layer")
+    parser.add_argument("--residual-cond-scale", type=float, default=5.0, help="guidance of the residual layers")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--gumbel", action="store_true", help="Gumbel-max instead of categorical sampling")
+    parser.add_argument("--precision", default="fp32", help=PRECISION_HELP)
+    parser.add_argument("--clip-weights", type=Path, help="CLIP ViT-B/32 weights (models using the clip encoder)")
+    parser.add_argument("--clip-vocab", type=Path, help="CLIP BPE merges file")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,24 +106,30 @@ def sample_token_lengths(estimator: LengthEstimator, cond: Tensor, generators: l
 
 @torch.inference_mode()
 def decode_base(model: MaskTransformer, cond: Tensor, lengths: Tensor, generators: list[torch.Generator],
-                cfg: SamplingConfig) -> Tensor:
+                cfg: SamplingConfig, kept: Tensor | None = None) -> Tensor:
     """Iterative masked decoding of base-layer ids (B, max(lengths)); padding positions are −1.
 
-    Each step re-masks the lowest-confidence round(cos(πt/2)·length) positions among the latest predictions
-    (at least one), predicts them with guided logits, and scores the new ids by the unfiltered softmax.
+    Each step re-masks the lowest-confidence round(cos(πt/2)·m) positions among the latest predictions (at least
+    one), where m is the number of positions to decode, predicts them with guided logits, and scores the new ids by
+    the unfiltered softmax. `kept` (B, max(lengths)), for temporal inpainting: ids ≥ 0 are kept as given, visible to
+    every step and never re-masked; −1 marks the positions to decode (None: decode every position, generation).
     """
     device = cond.device
     cond = cond.to(model.cond_emb.weight.dtype)
     lengths = lengths.to(device)
     max_len = int(lengths.max())
     padding = ~lengths_to_mask(lengths, max_len)
+    fixed = padding if kept is None else padding | (kept.to(device) >= 0)
     ids = torch.where(padding, model.pad_id, model.mask_id)
-    scores = torch.where(padding, KEPT_SCORE, 0.0)
+    if kept is not None:
+        ids = torch.where(fixed & ~padding, kept.to(device), ids)
+    scores = torch.where(fixed, KEPT_SCORE, 0.0)
+    to_decode = (~fixed).sum(dim=1)
     classes = model.config.num_tokens
     for t in torch.linspace(0, 1, cfg.time_steps):
-        num_masked = torch.round(cosine_schedule(t) * lengths).clamp(min=1)
+        num_masked = torch.round(cosine_schedule(t) * to_decode).clamp(min=1)
         ranks = scores.argsort(dim=1, stable=True).argsort(dim=1)
-        is_mask = ranks < num_masked.unsqueeze(-1)
+        is_mask = (ranks < num_masked.unsqueeze(-1)) & ~fixed
         ids = torch.where(is_mask, model.mask_id, ids)
 
         logits = model.forward_with_cond_scale(ids, cond, padding, cond_scale=cfg.cond_scale).float().permute(0, 2, 1)
@@ -138,15 +144,21 @@ def decode_base(model: MaskTransformer, cond: Tensor, lengths: Tensor, generator
 
 @torch.inference_mode()
 def decode_residual(model: ResidualTransformer, base_ids: Tensor, cond: Tensor, lengths: Tensor,
-                    generators: list[torch.Generator], cfg: SamplingConfig) -> Tensor:
+                    generators: list[torch.Generator], cfg: SamplingConfig, kept: Tensor | None = None,
+                    keep: Tensor | None = None) -> Tensor:
     """All code layers (B, n, Q) from base ids (B, n): one guided Gumbel pass per residual layer.
 
-    Padding and residual positions predicted as the pad class come back as −1 (a skipped, zero code).
+    Padding and residual positions predicted as the pad class come back as −1 (a skipped, zero code). For temporal
+    inpainting, `kept` (B, n, Q) holds ids (−1 = skipped code) that replace the prediction wherever `keep` (B, n) is
+    True, so later layers see the kept history.
     """
     device = cond.device
     cond = cond.to(model.cond_emb.weight.dtype)
     lengths = lengths.to(device)
     padding = ~lengths_to_mask(lengths, base_ids.shape[1])
+    if keep is not None:
+        keep = keep.to(device) & ~padding
+        kept = torch.where(kept.to(device) < 0, model.pad_id, kept.to(device))
     ids = torch.where(padding, model.pad_id, base_ids)
     layers = [ids]
     history = torch.zeros((), device=device, dtype=cond.dtype)
@@ -156,6 +168,8 @@ def decode_residual(model: ResidualTransformer, base_ids: Tensor, cond: Tensor, 
                                                cond_scale=cfg.residual_cond_scale).float().permute(0, 2, 1)
         noise = per_sample_uniform(generators, lengths, base_ids.shape[1], logits.shape[-1], device)
         predicted = sample_ids(top_k_filter(logits, cfg.topk_filter_thres), noise, cfg.temperature, gumbel=True)
+        if keep is not None:
+            predicted = torch.where(keep, kept[..., layer], predicted)
         ids = torch.where(padding, model.pad_id, predicted)
         layers.append(ids)
     stacked = torch.stack(layers, dim=-1)

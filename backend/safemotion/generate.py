@@ -23,7 +23,14 @@ import torch
 from torch import Tensor
 
 from safemotion.data.bvh import Bvh, write_bvh
-from safemotion.decoding import PRECISIONS, SamplingConfig, decode_base, decode_residual, sample_token_lengths
+from safemotion.decoding import (
+    PRECISIONS,
+    SKIP_ID,
+    SamplingConfig,
+    decode_base,
+    decode_residual,
+    sample_token_lengths,
+)
 from safemotion.models.model_dir import MotionModels, load_model_dir
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.motion import rotations as rot
@@ -266,10 +273,17 @@ class Generator:
                 lengths[i] = n
         return lengths, ["request" if n is not None else "estimator" for n in requested]
 
-    def sample_tokens(self, features: Tensor, lengths: Tensor, generators: list[torch.Generator]) -> Tensor:
-        """All code layers (B, max(lengths), Q) for one batch; −1 at padding and skipped residual codes."""
-        base = decode_base(self.models.mask_transformer, features, lengths, generators, self.sampling)
-        return decode_residual(self.models.residual_transformer, base, features, lengths, generators, self.sampling)
+    def sample_tokens(self, features: Tensor, lengths: Tensor, generators: list[torch.Generator],
+                      kept: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
+        """All code layers (B, max(lengths), Q) for one batch; −1 at padding and skipped residual codes.
+
+        Temporal inpainting: where `keep` (B, max(lengths)) is True the ids of `kept` (B, max(lengths), Q) are kept in
+        every layer and the others are decoded around them.
+        """
+        base_kept = None if keep is None else torch.where(keep, kept[..., 0], SKIP_ID)
+        base = decode_base(self.models.mask_transformer, features, lengths, generators, self.sampling, base_kept)
+        return decode_residual(self.models.residual_transformer, base, features, lengths, generators, self.sampling,
+                               kept, keep)
 
     @torch.inference_mode()
     def decode_tokens(self, tokens: list[np.ndarray]) -> list[np.ndarray]:

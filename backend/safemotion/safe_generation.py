@@ -74,7 +74,15 @@ class SafeGenerator:
                 count = requests[i].variations
                 own = motions[start:start + count]
                 start += count
-                records = review(self.generator.models, [m.base_tokens for m in own], policies[i])
-                results[i] = [Generated(m, None if records is None else r)
-                              for m, r in zip(own, records or [None] * count)]
+                results[i] = self.review(own, policies[i])
         return results
+
+    def review(self, motions: list[GeneratedMotion], policy: str) -> list[Generated]:
+        """The safety review of generated or edited motions under `policy`: every motion with its record."""
+        records = review(self.generator.models, [m.base_tokens for m in motions], policy)
+        return [Generated(m, None if records is None else r) for m, r in zip(motions, records or [None] * len(motions))]
+
+    def for_policy(self, policy: str) -> Generator:
+        """The generator that decodes under `policy`: the original codebooks for `allow` (when the model has them)."""
+        check_policy(policy)
+        return self.original if policy == "allow" and self.original is not None else self.generator

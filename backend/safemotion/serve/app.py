@@ -5,6 +5,7 @@
     GET    /v1/jobs/{id}           status and per-item progress
     GET    /v1/jobs/{id}/results   finished items' motions, a page at a time
     DELETE /v1/jobs/{id}           cancel
+    POST   /v1/edit                a take → regenerated frames, an extension or an in-between (+ safety records)
     POST   /v1/audit               a motion → where it uses removed codes
     GET    /v1/models              the served model and what it accepts
     GET    /v1/body-model          the body mesh to skin the SMPL armature with (404 without --body-model)
@@ -49,9 +50,11 @@ from safemotion.serve import schemas
 from safemotion.serve.auth import AuthError, Caller, authenticate
 from safemotion.serve.batcher import DeadlineExceeded, QueueFull
 from safemotion.serve.encoding import ArrayError, decode_array, encode_array
+from safemotion.edit import FPS_TOLERANCE, SourceMotion, source_from_features, source_from_joints
+from safemotion.motion.features import FEATURE_DIM
 from safemotion.serve.engine import Engine, LocalEngine
 from safemotion.serve.jobs import safety_fields
-from safemotion.serve.model_service import AuditTask, GenerationTask, NotAuditable
+from safemotion.serve.model_service import AuditTask, EditTask, GenerationTask, NotAuditable
 from safemotion.serve.settings import ServerSettings
 from safemotion.unlearn.audit import check_audit_length
 from safemotion.serve.store import AuditEntry, QuotaExceeded, Store
@@ -227,11 +230,7 @@ async def generate(body: schemas.GenerateRequest, request: Request, state: State
     task = GenerationTask(GenerationRequest(body.prompt, body.seconds, body.seed, body.variations,
                                             body.foot_cleanup), body.policy)
     motions = await state.engine.generate(task, state.settings.request_timeout_s)
-    entries = [AuditEntry(username=caller.name, role=caller.role, event="generate", model=model, prompt=body.prompt,
-                          policy=body.policy, seed=m["seed"], variation=m["variation"],
-                          request_id=request_id(request), **safety_fields(m["safety"])) for m in motions]
-    await run_in_threadpool(state.store.add_audit, entries)
-    return JSONResponse({"model": model, "policy": body.policy, "motions": motions})
+    return await motions_response(state, caller, request, "generate", model, body.prompt, body.policy, motions)
 
 
 @router.post("/jobs", status_code=202, response_model=schemas.JobStatus, responses=ERRORS)
@@ -288,6 +287,33 @@ def cancel_job(job_id: JobIdPath, state: StateDep, caller: CallerDep) -> dict[st
     return job_status(state, job_id)
 
 
+@router.post("/edit", response_model=schemas.GenerateResponse, responses=ERRORS)
+async def edit(body: schemas.EditRequest, request: Request, state: StateDep, caller: CallerDep) -> JSONResponse:
+    """Edit a take under a safety policy: regenerate frame spans, extend it, or generate an in-between to a second
+    take; every variation is reviewed like a generation, its kept frames included."""
+    model = state.check_model(body.model)
+    operations = [name for name, value in (("frames", body.frames), ("extend_seconds", body.extend_seconds),
+                                           ("between", body.between)) if value is not None]
+    if len(operations) != 1:
+        raise FieldError("body", f"give exactly one of frames, extend_seconds or between (got {operations or 'none'})")
+    if body.between is not None and body.seconds is None:
+        raise FieldError("seconds", "an in-between needs `seconds`, the length of the transition")
+    fps = state.engine.info["fps"]
+    source = edit_source_of(body.source, "source", fps)
+    second = None if body.between is None else edit_source_of(body.between, "between", fps)
+    await run_in_threadpool(state.check_policy, caller, body.policy, [body.prompt], request_id(request))
+    operation = {"frames": "edit", "extend_seconds": "extend", "between": "inbetween"}[operations[0]]
+    task = EditTask(operation, source, body.prompt, body.seed, body.variations, body.policy,
+                    frames=None if body.frames is None else [tuple(span) for span in body.frames],
+                    seconds=body.extend_seconds if operation == "extend" else body.seconds, at=body.extend_at,
+                    second=second)
+    try:
+        motions = await state.engine.edit(task, state.settings.request_timeout_s)
+    except ValueError as err:
+        raise FieldError(operations[0], str(err)) from None
+    return await motions_response(state, caller, request, "edit", model, body.prompt, body.policy, motions)
+
+
 @router.post("/audit", response_model=schemas.AuditResponse, responses=ERRORS)
 async def audit(body: schemas.AuditRequest, request: Request, state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """Where a motion (joints [T, 22, 3], metres, Y-up) uses the codes the model removed, second by second."""
@@ -316,7 +342,7 @@ def audit_log(state: StateDep, caller: CallerDep,
               until: Annotated[datetime | None, Query(description="ISO 8601 time, exclusive")] = None,
               user: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
               flagged: bool | None = None,
-              event: Literal["generate", "job_item", "policy_refused", "motion_audit"] | None = None,
+              event: Literal["generate", "edit", "job_item", "policy_refused", "motion_audit"] | None = None,
               before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     """Generations, flags and policy decisions, newest first (safety-admin keys only)."""
@@ -331,6 +357,16 @@ def audit_log(state: StateDep, caller: CallerDep,
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+async def motions_response(state: ServerState, caller: Caller, request: Request, event: str, model: str, prompt: str,
+                           policy: str, motions: list[dict[str, Any]]) -> JSONResponse:
+    """The GenerateResponse of generated or edited motions (payloads), each one written to the audit log."""
+    entries = [AuditEntry(username=caller.name, role=caller.role, event=event, model=model, prompt=prompt,
+                          policy=policy, seed=m["seed"], variation=m["variation"], request_id=request_id(request),
+                          **safety_fields(m["safety"])) for m in motions]
+    await run_in_threadpool(state.store.add_audit, entries)
+    return JSONResponse({"model": model, "policy": policy, "motions": motions})
+
 
 def visible_job(state: ServerState, caller: Caller, job_id: str) -> dict[str, Any]:
     """The job if it exists and the caller owns it (safety admins see all); 404 otherwise."""
@@ -369,19 +405,41 @@ def body_model_payload(path: pathlib.Path) -> dict[str, Any]:
 
 
 def audit_joints_of(payload: schemas.ArrayPayload) -> np.ndarray:
-    """The joints array of an audit request, checked: [T, 22, 3], 2-4000 frames, finite, within 1 km."""
+    """The joints array of an audit or edit request, checked: [T, 22, 3], 2-4000 frames, finite, within 1 km."""
+    return checked_array(payload, "joints", (NUM_JOINTS, 3), "joint positions")
+
+
+def checked_array(payload: schemas.ArrayPayload, field: str, frame_shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A decoded [T, *frame_shape] array of 2-4000 frames with finite values within ±1000; FieldError otherwise."""
     try:
-        joints = decode_array(payload.model_dump(), "joints")
+        array = decode_array(payload.model_dump(), field)
     except ArrayError as err:
         raise FieldError(err.field, err.reason) from None
-    frames = joints.shape[0] if joints.ndim == 3 else 0
-    if joints.ndim != 3 or joints.shape[1:] != (NUM_JOINTS, 3):
-        raise FieldError("joints.shape", f"expected [T, {NUM_JOINTS}, 3], got {list(joints.shape)}")
-    if not 2 <= frames <= schemas.MAX_AUDIT_FRAMES:
-        raise FieldError("joints.shape", f"{frames} frames; allowed range is 2-{schemas.MAX_AUDIT_FRAMES}")
-    if not np.isfinite(joints).all() or np.abs(joints).max() > MAX_AUDIT_COORDINATE:
-        raise FieldError("joints.data", f"joint positions must be finite metres within ±{MAX_AUDIT_COORDINATE:g}")
-    return joints
+    expected = "[T, " + ", ".join(str(n) for n in frame_shape) + "]"
+    if array.ndim != 1 + len(frame_shape) or array.shape[1:] != frame_shape:
+        raise FieldError(f"{field}.shape", f"expected {expected}, got {list(array.shape)}")
+    if not 2 <= array.shape[0] <= schemas.MAX_AUDIT_FRAMES:
+        raise FieldError(f"{field}.shape", f"{array.shape[0]} frames; allowed range is 2-{schemas.MAX_AUDIT_FRAMES}")
+    if not np.isfinite(array).all() or np.abs(array).max() > MAX_AUDIT_COORDINATE:
+        raise FieldError(f"{field}.data", f"{what} must be finite and within ±{MAX_AUDIT_COORDINATE:g}")
+    return array
+
+
+def edit_source_of(payload: schemas.SourcePayload, field: str, fps: float) -> SourceMotion:
+    """The take of an edit request: exactly one of joints [T, 22, 3] or features [T, 263], checked, at `fps`."""
+    if (payload.joints is None) == (payload.features is None):
+        raise FieldError(field, "give exactly one of `joints` [T, 22, 3] or `features` [T, 263]")
+    if abs(payload.fps - fps) > FPS_TOLERANCE:
+        raise FieldError(f"{field}.fps", f"the take is at {payload.fps:g} fps but the model works at {fps:g} fps; "
+                                         f"resample it to {fps:g} fps")
+    try:
+        if payload.joints is not None:
+            return source_from_joints(checked_array(payload.joints, f"{field}.joints", (NUM_JOINTS, 3),
+                                                    "joint positions"), payload.fps, field)
+        return source_from_features(checked_array(payload.features, f"{field}.features", (FEATURE_DIM,),
+                                                  "features"), payload.fps, field)
+    except ValueError as err:
+        raise FieldError(field, str(err)) from None
 
 
 def epoch(moment: datetime | None) -> float | None:

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from safemotion.serve.batcher import AUDIT, INTERACTIVE, JOB, DeadlineExceeded, MicroBatcher
 from safemotion.serve.jobs import JobRunner, JobSettings
-from safemotion.serve.model_service import AuditTask, GenerationTask, ModelService, motion_payloads
+from safemotion.serve.model_service import AuditTask, EditTask, GenerationTask, ModelService, motion_payloads
 from safemotion.serve.settings import ServerSettings
 from safemotion.serve.store import Store
 
@@ -32,6 +32,9 @@ class Engine(Protocol):
 
     async def generate(self, task: GenerationTask, timeout: float) -> list[dict[str, Any]]:
         """The motion payloads of one request; DeadlineExceeded after `timeout` seconds."""
+
+    async def edit(self, task: EditTask, timeout: float) -> list[dict[str, Any]]:
+        """The motion payloads of one edit; ValueError when the editor refuses its source or spans."""
 
     async def audit(self, task: AuditTask, timeout: float) -> dict[str, Any]:
         """The audit report of one motion; ValueError when the motion or model cannot be audited."""
@@ -87,6 +90,11 @@ class LocalEngine:
     async def generate(self, task: GenerationTask, timeout: float) -> list[dict[str, Any]]:
         """Generate on the interactive lane; the SMPL fit and encoding run in the thread pool."""
         generated = await self._run(task, task.request.variations, INTERACTIVE, timeout)
+        return await run_in_threadpool(motion_payloads, generated)
+
+    async def edit(self, task: EditTask, timeout: float) -> list[dict[str, Any]]:
+        """Edit on the interactive lane, like a generation."""
+        generated = await self._run(task, task.variations, INTERACTIVE, timeout)
         return await run_in_threadpool(motion_payloads, generated)
 
     async def audit(self, task: AuditTask, timeout: float) -> dict[str, Any]:

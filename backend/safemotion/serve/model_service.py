@@ -1,4 +1,4 @@
-"""The served model and the work done on it: batched generation under a safety policy, and motion audits.
+"""The served model and the work done on it: batched generation under a safety policy, edits, and motion audits.
 
 `ModelService.run` is the micro-batcher's handler and is only ever called from its one worker thread, which therefore
 owns every torch module. What needs no model (the SMPL fit, base64 encoding) happens afterwards in `motion_payloads`,
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from safemotion.data.mocap_import import TARGET_FPS
 from safemotion.decoding import SamplingConfig
+from safemotion.edit import Editor, SourceMotion
 from safemotion.generate import SECONDS_RANGE, VARIATIONS_RANGE, GenerationRequest, Generator, pick_device
 from safemotion.motion import skeleton
 from safemotion.motion.smpl import joints_to_smpl
@@ -43,6 +44,22 @@ class AuditTask:
     fps: float
 
 
+@dataclass(frozen=True)
+class EditTask:
+    """An edit of a take (safemotion.edit): regenerate `frames`, extend by `seconds`, or in-between with `second`."""
+
+    operation: str  # "edit", "extend" or "inbetween"
+    source: SourceMotion
+    prompt: str
+    seed: int
+    variations: int
+    policy: str
+    frames: list[tuple[int, int]] | None = None
+    seconds: float | None = None
+    at: str = "end"
+    second: SourceMotion | None = None
+
+
 class NotAuditable(ValueError):
     """The model has no removed codes, so there is nothing to audit a motion for."""
 
@@ -64,6 +81,7 @@ class ModelService:
         self.path = path
         self.generator = generator
         self.safe = SafeGenerator(generator, path)
+        self.editor = Editor(self.safe)
         self.removed_codes = self.safe.removed_codes
         self.info = self._describe()
 
@@ -102,23 +120,35 @@ class ModelService:
 
     # ------------------------------------------------------------------------------------------ worker thread
 
-    def run(self, tasks: list[GenerationTask | AuditTask]) -> list[Any]:
+    def run(self, tasks: list[GenerationTask | AuditTask | EditTask]) -> list[Any]:
         """The batcher's handler: one result per task (a list of Generated, an AuditReport dict, or the ValueError
-        that refused that one audit)."""
-        if all(isinstance(task, GenerationTask) for task in tasks):
-            return self.generate(tasks)
-        return [self._audit_or_error(task) for task in tasks]
-
-    def _audit_or_error(self, task: AuditTask) -> dict[str, Any] | ValueError:
-        try:
-            return self.audit(task)
-        except ValueError as err:  # this motion's own problem: the other audits of the batch go on
-            return err
+        that refused that one audit or edit, so it does not fail the rest of the batch)."""
+        results: list[Any] = [None] * len(tasks)
+        generations = [i for i, task in enumerate(tasks) if isinstance(task, GenerationTask)]
+        if generations:
+            for i, generated in zip(generations, self.generate([tasks[i] for i in generations])):
+                results[i] = generated
+        for i, task in enumerate(tasks):
+            if isinstance(task, AuditTask):
+                results[i] = _result_or_refusal(self.audit, task)
+            elif isinstance(task, EditTask):
+                results[i] = _result_or_refusal(self.edit, task)
+        return results
 
     @torch.inference_mode()
     def generate(self, tasks: list[GenerationTask]) -> list[list[Generated]]:
         """All variations of every task, in one model batch per codebook (allow vs the others); SMPL fits later."""
         return self.safe.generate([task.request for task in tasks], [task.policy for task in tasks], smpl=False)
+
+    @torch.inference_mode()
+    def edit(self, task: EditTask) -> list[Generated]:
+        """The reviewed variations of one edit; SMPL fits later."""
+        common = {"seed": task.seed, "variations": task.variations, "policy": task.policy, "smpl": False}
+        if task.operation == "inbetween":
+            return self.editor.inbetween(task.source, task.second, task.seconds, task.prompt, **common)
+        if task.operation == "extend":
+            return self.editor.extend(task.source, task.seconds, task.prompt, at=task.at, **common)
+        return self.editor.edit(task.source, task.frames, task.prompt, **common)
 
     @torch.inference_mode()
     def audit(self, task: AuditTask) -> dict[str, Any]:
@@ -136,6 +166,14 @@ class ModelService:
 
 
 # ---------------------------------------------------------------------------------------------- any thread
+
+def _result_or_refusal(method: Callable[[Any], Any], task: Any) -> Any:
+    """method(task), or the ValueError with which it refused this task's own input."""
+    try:
+        return method(task)
+    except ValueError as err:
+        return err
+
 
 def motion_payloads(generated: list[Generated]) -> list[dict[str, Any]]:
     """The JSON form of generated motions: SMPL fit, base64 arrays, skeleton and safety (arrays withheld if blocked)."""

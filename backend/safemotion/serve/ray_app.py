@@ -29,7 +29,7 @@ from safemotion.serve.app import create_app
 from safemotion.serve.batcher import DeadlineExceeded
 from safemotion.serve.engine import job_settings
 from safemotion.serve.jobs import JobRunner
-from safemotion.serve.model_service import AuditTask, GenerationTask, ModelService, motion_payloads
+from safemotion.serve.model_service import AuditTask, EditTask, GenerationTask, ModelService, motion_payloads
 from safemotion.serve.settings import ServerSettings
 from safemotion.serve.store import Store
 
@@ -73,12 +73,21 @@ class SafeMotionModel:
         generated = await self._generate_batch(task)
         return await self.loop.run_in_executor(None, motion_payloads, generated)
 
+    async def _run_alone(self, task: AuditTask | EditTask) -> Any:
+        """One task on the model thread; the ValueError that refused it is raised."""
+        [result] = await self.loop.run_in_executor(self.model_thread, self.service.run, [task])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def edit(self, task: EditTask) -> list[dict[str, Any]]:
+        """The motion payloads of one edit; the ValueError that refused it otherwise."""
+        generated = await self._run_alone(task)
+        return await self.loop.run_in_executor(None, motion_payloads, generated)
+
     async def audit(self, task: AuditTask) -> dict[str, Any]:
         """One motion's audit report; the ValueError that refused it otherwise."""
-        [report] = await self.loop.run_in_executor(self.model_thread, self.service.run, [task])
-        if isinstance(report, Exception):
-            raise report
-        return report
+        return await self._run_alone(task)
 
     def __del__(self) -> None:
         runner = getattr(self, "runner", None)
@@ -118,6 +127,10 @@ class RayEngine:
     async def generate(self, task: GenerationTask, timeout: float) -> list[dict[str, Any]]:
         """Generation on whichever replica Serve picks."""
         return await self._call("generate", task, timeout)
+
+    async def edit(self, task: EditTask, timeout: float) -> list[dict[str, Any]]:
+        """An edit on whichever replica Serve picks."""
+        return await self._call("edit", task, timeout)
 
     async def audit(self, task: AuditTask, timeout: float) -> dict[str, Any]:
         """An audit on whichever replica Serve picks."""

@@ -94,6 +94,35 @@ class AuditRequest(Strict):
     model: str | None = Field(None, min_length=1, max_length=MAX_MODEL_NAME)
 
 
+class SourcePayload(Strict):
+    """A take to edit: `joints` [T, 22, 3] (metres, Y-up) or `features` [T, 263] (HumanML3D, not normalised)."""
+
+    joints: ArrayPayload | None = None
+    features: ArrayPayload | None = None
+    fps: float = Field(20.0, ge=AUDIT_FPS_RANGE[0], le=AUDIT_FPS_RANGE[1],
+                       description="must be the model's frame rate (GET /v1/models)")
+
+
+class EditRequest(Strict):
+    """POST /v1/edit: exactly one of `frames` (regenerate), `extend_seconds` (extend) or `between` (in-between)."""
+
+    source: SourcePayload
+    prompt: Prompt
+    frames: list[Annotated[list[int], Field(min_length=2, max_length=2)]] | None = Field(
+        None, max_length=32, description="frame spans [start, end) of the source to regenerate")
+    extend_seconds: float | None = Field(None, ge=SECONDS_RANGE[0], le=SECONDS_RANGE[1],
+                                         description="new motion to add to the source")
+    extend_at: Literal["end", "start"] = "end"
+    between: SourcePayload | None = Field(None, description="the second take: source, a generated transition, then "
+                                                            "this take moved to continue from it")
+    seconds: float | None = Field(None, ge=SECONDS_RANGE[0], le=SECONDS_RANGE[1],
+                                  description="with `between`: length of the transition")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="variation k is generated from seed + k")
+    variations: int = Field(1, ge=VARIATIONS_RANGE[0], le=VARIATIONS_RANGE[1])
+    policy: Policy = Field(DEFAULT_POLICY, description="sanitize (default), block, or allow (safety-admin keys only)")
+    model: str | None = Field(None, min_length=1, max_length=MAX_MODEL_NAME, description="default: the served model")
+
+
 # ---------------------------------------------------------------------------------------------- responses
 
 class Skeleton(BaseModel):
@@ -303,7 +332,7 @@ class AuditLogEntry(BaseModel):
     time: str
     user: str
     role: str
-    event: Literal["generate", "job_item", "policy_refused", "motion_audit"]
+    event: Literal["generate", "edit", "job_item", "policy_refused", "motion_audit"]
     model: str
     prompt: str | None
     policy: str | None

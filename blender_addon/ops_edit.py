@@ -1,0 +1,216 @@
+"""Edit takes on the server (POST /v1/edit): Regenerate Range, Extend Take and In-between, each writing a NEW take.
+
+The source take is read back from its SMPL armature's action (`ops_motion.read_smpl_take`, one sample per scene frame)
+and sent as joints [T, 22, 3]; the scene's prompt, seed, variations and policy apply as for Generate. The answer is
+written by `ops_generate.apply_motions`, so the new takes get their safety record and flag markers exactly like
+generated ones, and the source take's actions are never touched. Regenerate Range uses the timeline's preview range
+(in scene frames) or, without one, the span of the selected keyframes of the take's action. In-between uses the two
+takes whose NLA strips are selected (in time order), else the active take and the next one in the list.
+"""
+
+from __future__ import annotations
+
+import random
+
+import bpy
+import numpy as np
+
+from . import ops_generate, ops_motion
+from .client import BackendError, encode_array
+from .preferences import client_from_preferences
+from .properties import MAX_SEED
+
+
+def take_source(take: bpy.types.PropertyGroup) -> tuple[dict, float]:
+    """The SourcePayload of a take (joints read back from its SMPL action) and its frame rate."""
+    action = bpy.data.actions.get(take.action_name)
+    if take.armature is None or action is None:
+        raise ValueError(f"take '{take.name}': its SMPL armature or action {take.action_name!r} no longer exists")
+    motion = ops_motion.read_smpl_take(take.armature, action)
+    joints = ops_motion.take_joints(motion)[:, :ops_motion.AUDIT_JOINTS]
+    return {"joints": encode_array(joints), "fps": motion.fps}, motion.fps
+
+
+def scene_range_to_take(scene: bpy.types.Scene, take: bpy.types.PropertyGroup, first: float, last: float,
+                        fps: float) -> list[int]:
+    """Scene frames [first, last] (inclusive) as the take's frame span [start, end) at its frame rate."""
+    scale = fps / (scene.render.fps / scene.render.fps_base)
+    start = round((first - take.frame_start) * scale)
+    end = round((last - take.frame_start) * scale) + 1
+    return [start, end]
+
+
+def regenerate_range(context: bpy.types.Context, take: bpy.types.PropertyGroup) -> tuple[float, float]:
+    """The scene frames to regenerate: the preview range, else the selected keyframes' span of the take's action."""
+    scene = context.scene
+    if scene.use_preview_range:
+        return float(scene.frame_preview_start), float(scene.frame_preview_end)
+    action = bpy.data.actions.get(take.action_name)
+    selected = [key.co.x for fcurve in _fcurves(action, take.armature) for key in fcurve.keyframe_points
+                if key.select_control_point] if action is not None else []
+    if len(set(selected)) < 2:
+        raise ValueError("Set a preview range on the timeline (Ctrl+Alt+P) or select the keyframes to regenerate")
+    return min(selected), max(selected)
+
+
+def _fcurves(action: bpy.types.Action, obj: bpy.types.Object):
+    """The action's F-curves (layered actions of Blender 4.4+ keep them in the object's channelbag)."""
+    if hasattr(action, "fcurves") and len(action.fcurves):
+        return list(action.fcurves)
+    for layer in getattr(action, "layers", ()):
+        for strip in layer.strips:
+            for bag in strip.channelbags:
+                return list(bag.fcurves)
+    return []
+
+
+def nla_pair(context: bpy.types.Context) -> tuple[int, int] | None:
+    """Take indices of the two selected NLA strips that hold take actions, in time order; None unless exactly two."""
+    takes = context.scene.safemotion.takes
+    by_action = {take.action_name: i for i, take in enumerate(takes)}
+    strips = []
+    for obj in context.scene.objects:
+        tracks = obj.animation_data.nla_tracks if obj.animation_data else ()
+        for track in tracks:
+            strips += [(strip.frame_start, by_action[strip.action.name]) for strip in track.strips
+                       if strip.select and strip.action is not None and strip.action.name in by_action]
+    if len(strips) != 2:
+        return None
+    (_, first), (_, second) = sorted(strips)
+    return first, second
+
+
+def edit_payload(context: bpy.types.Context, prompt_source: dict, **operation) -> tuple[dict, int]:
+    """The POST /v1/edit body for the scene's prompt, seed, variations and policy, and the seed it starts from."""
+    settings = context.scene.safemotion
+    prompt = settings.prompt.strip()
+    if not prompt:
+        raise ValueError("Type a prompt first: it describes the new part of the take, e.g. 'a person jumps'")
+    seed = random.randrange(0, MAX_SEED + 1) if settings.random_seed else settings.seed
+    return {"source": prompt_source, "prompt": prompt, "seed": seed, "variations": settings.variations,
+            "policy": settings.policy.lower(), **operation}, seed
+
+
+def run_edit(context: bpy.types.Context, payload: dict, frame_start: int) -> ops_generate.Outcome:
+    """Send the edit, decode every motion first, then write the new takes (nothing is written on an error)."""
+    answer = client_from_preferences(context).edit(payload)
+    motions = [ops_generate.decode_motion(m, f"edit motion {k}") for k, m in enumerate(answer.get("motions", []))]
+    outcome = ops_generate.apply_motions(context, context.scene, motions, frame_start, str(answer.get("model", "")))
+    context.scene.safemotion.status = outcome.summary(payload["prompt"])
+    return outcome
+
+
+class _EditOperator:
+    """An edit of the scene's take number `index` (the active take when not set) into new takes."""
+
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: bpy.props.IntProperty(name="Take", min=-1, default=-1, description="-1: the active take")
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if context.scene is None or not len(context.scene.safemotion.takes):
+            cls.poll_message_set("Generate a take first")
+            return False
+        return True
+
+    def take(self, context: bpy.types.Context) -> bpy.types.PropertyGroup:
+        """The take to edit; ValueError when there is no such take."""
+        takes = context.scene.safemotion.takes
+        index = context.scene.safemotion.active_take if self.index < 0 else self.index
+        if not 0 <= index < len(takes):
+            raise ValueError(f"There is no take {index + 1}")
+        return takes[index]
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            outcome = self.run(context)
+        except (ValueError, BackendError) as err:
+            context.scene.safemotion.status = str(err)
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        for warning in outcome.warnings:
+            self.report({"WARNING"}, warning)
+        self.report({"INFO"} if outcome.written else {"WARNING"}, context.scene.safemotion.status)
+        return {"FINISHED"} if outcome.written else {"CANCELLED"}
+
+    def run(self, context: bpy.types.Context) -> ops_generate.Outcome:
+        """Do the edit."""
+        raise NotImplementedError
+
+
+class SAFEMOTION_OT_regenerate_range(_EditOperator, bpy.types.Operator):
+    """Regenerate the preview range (or the selected keyframes) of the take from the prompt, as a new take"""
+
+    bl_idname = "safemotion.regenerate_range"
+    bl_label = "Regenerate Range"
+
+    def run(self, context: bpy.types.Context) -> ops_generate.Outcome:
+        take = self.take(context)
+        first, last = regenerate_range(context, take)
+        source, fps = take_source(take)
+        span = scene_range_to_take(context.scene, take, first, last, fps)
+        payload, _ = edit_payload(context, source, frames=[span])
+        return run_edit(context, payload, take.frame_start)
+
+
+class SAFEMOTION_OT_extend_take(_EditOperator, bpy.types.Operator):
+    """Add new motion from the prompt after the take's end (or before its start), as a new take"""
+
+    bl_idname = "safemotion.extend_take"
+    bl_label = "Extend Take"
+
+    seconds: bpy.props.FloatProperty(name="Seconds", default=2.0, min=0.5, max=9.0)
+    at: bpy.props.EnumProperty(name="Where", items=[("end", "After", "Continue after the take's last frame"),
+                                                    ("start", "Before", "Lead into the take's first frame")])
+
+    def run(self, context: bpy.types.Context) -> ops_generate.Outcome:
+        take = self.take(context)
+        source, fps = take_source(take)
+        payload, _ = edit_payload(context, source, extend_seconds=round(float(self.seconds), 3), extend_at=self.at)
+        start = take.frame_start
+        if self.at == "start":  # the new frames come first: the take's own frames stay where they were
+            render = context.scene.render
+            added = int(np.floor(self.seconds * fps + 1e-6)) // 4 * 4
+            start -= round(added * (render.fps / render.fps_base) / fps)
+        return run_edit(context, payload, start)
+
+
+class SAFEMOTION_OT_inbetween(_EditOperator, bpy.types.Operator):
+    """Generate a transition from the prompt between two takes (their selected NLA strips, else the active take and
+    the next one) as a new take: the first take, the transition, then the second one"""
+
+    bl_idname = "safemotion.inbetween"
+    bl_label = "In-between"
+
+    seconds: bpy.props.FloatProperty(name="Seconds", default=1.5, min=0.5, max=9.0)
+    second: bpy.props.IntProperty(name="Second Take", min=-1, default=-1,
+                                  description="-1: the selected NLA strips' takes, else the take after the first")
+
+    def run(self, context: bpy.types.Context) -> ops_generate.Outcome:
+        takes = context.scene.safemotion.takes
+        pair = nla_pair(context) if self.index < 0 and self.second < 0 else None
+        if pair is None:
+            first = self.take(context)
+            index = list(takes).index(first)
+            second_index = index + 1 if self.second < 0 else self.second
+            if not 0 <= second_index < len(takes) or second_index == index:
+                raise ValueError("Select the NLA strips of two takes, or pick a second take for the in-between")
+            pair = (index, second_index)
+        first, second = takes[pair[0]], takes[pair[1]]
+        source, _ = take_source(first)
+        other, _ = take_source(second)
+        payload, _ = edit_payload(context, source, between=other, seconds=round(float(self.seconds), 3))
+        return run_edit(context, payload, first.frame_start)
+
+
+def draw_edit(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """The edit buttons (they use the prompt, seed and variations above)."""
+    column = layout.column(align=True)
+    column.operator(SAFEMOTION_OT_regenerate_range.bl_idname, icon="FILE_REFRESH")
+    column.operator(SAFEMOTION_OT_extend_take.bl_idname, icon="FORWARD")
+    column.operator(SAFEMOTION_OT_inbetween.bl_idname, icon="ARROW_LEFTRIGHT")
+
+
+CLASSES = (SAFEMOTION_OT_regenerate_range, SAFEMOTION_OT_extend_take, SAFEMOTION_OT_inbetween)
+

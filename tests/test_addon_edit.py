@@ -1,0 +1,117 @@
+"""Edit operators of the add-on (Regenerate Range, Extend Take, In-between) on the real bpy wheel against a real
+`safemotion serve` (tiny random LCR model): each writes a new take with its safety record, the source take's action
+stays as it was, and bad input writes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+from addon_support import addon, clean_scene, tiny_server, use_server  # noqa: E402,F401 (fixtures)
+
+FRAMES = 80  # 4 s at 20 fps
+
+
+@pytest.fixture
+def scene(addon, clean_scene, tiny_server):
+    """A clean scene talking to the module's server, with one generated take (seed 8) starting at frame 11."""
+    use_server(tiny_server.url, timeout=120)
+    settings = clean_scene.safemotion
+    settings.prompt, settings.seconds, settings.random_seed, settings.policy = "a person walks", 4.0, False, "SANITIZE"
+    settings.seed, settings.variations = 8, 1
+    clean_scene.frame_current = 11
+    assert bpy.ops.safemotion.generate() == {"FINISHED"}
+    settings.prompt = "a person jumps"
+    return clean_scene
+
+
+def take_pose(addon, take) -> np.ndarray:
+    """The take's joints read back from its action [T, 24, 3]."""
+    motion = addon.ops_motion.read_smpl_take(take.armature, bpy.data.actions[take.action_name])
+    return addon.ops_motion.take_joints(motion)
+
+
+def test_regenerate_range_writes_a_new_take_from_the_preview_range(addon, scene):
+    settings = scene.safemotion
+    source = settings.takes[0]
+    before = take_pose(addon, source)
+    scene.use_preview_range = True
+    scene.frame_preview_start, scene.frame_preview_end = 11 + 40, 11 + 59  # take frames 40:60
+    assert bpy.ops.safemotion.regenerate_range() == {"FINISHED"}
+    assert len(settings.takes) == 2
+    new = settings.takes[1]
+    assert settings.active_take == 1 and new.frames == FRAMES and new.frame_start == 11
+    assert new.action_name != source.action_name and new.prompt == "a person jumps"
+    assert new.safety.screened and new.safety.decision in ("pass", "sanitized")
+    np.testing.assert_array_equal(take_pose(addon, settings.takes[0]), before)  # the source take is untouched
+    after = take_pose(addon, new)
+    # outside the regenerated tokens (36:64) and their blend windows the new take is the source take
+    np.testing.assert_allclose(after[:28], before[:28], atol=2e-3)
+    np.testing.assert_allclose(after[72:], before[72:], atol=2e-3)
+    assert np.abs(after[40:60] - before[40:60]).max() > 0.01
+
+
+def test_regenerate_range_uses_selected_keyframes_without_a_preview_range(addon, scene):
+    settings = scene.safemotion
+    action = bpy.data.actions[settings.takes[0].action_name]
+    fcurves = addon.ops_edit._fcurves(action, settings.takes[0].armature)
+    for fcurve in fcurves:
+        for key in fcurve.keyframe_points:
+            key.select_control_point = False
+    with pytest.raises(RuntimeError, match="preview range"):
+        bpy.ops.safemotion.regenerate_range()
+    assert len(settings.takes) == 1
+    for key in fcurves[0].keyframe_points:
+        key.select_control_point = 31 <= key.co.x <= 50
+    assert bpy.ops.safemotion.regenerate_range() == {"FINISHED"}
+    assert len(settings.takes) == 2 and settings.takes[1].frames == FRAMES
+
+
+def test_extend_and_inbetween_write_new_takes(addon, scene):
+    settings = scene.safemotion
+    assert bpy.ops.safemotion.extend_take(seconds=1.0, at="start") == {"FINISHED"}
+    extended = settings.takes[1]
+    assert extended.frames == FRAMES + 20 and extended.frame_start == 11 - 20
+    settings.active_take = 0
+    assert bpy.ops.safemotion.extend_take(seconds=2.0) == {"FINISHED"}
+    assert settings.takes[2].frames == FRAMES + 40 and settings.takes[2].frame_start == 11
+    settings.active_take = 0  # the first take, then the next one in the list
+    assert bpy.ops.safemotion.inbetween(seconds=1.0) == {"FINISHED"}
+    between = settings.takes[3]
+    assert between.frames == FRAMES + 20 + FRAMES + 20 and between.frame_start == 11
+
+
+def test_a_take_at_another_frame_rate_is_refused_and_nothing_is_written(addon, scene):
+    settings = scene.safemotion
+    actions = len(bpy.data.actions)
+    scene.render.fps = 30
+    scene.use_preview_range = True
+    scene.frame_preview_start, scene.frame_preview_end = 20, 40
+    with pytest.raises(RuntimeError, match="30 fps but the model works at 20 fps"):
+        bpy.ops.safemotion.regenerate_range()
+    assert len(settings.takes) == 1 and len(bpy.data.actions) == actions
+    scene.render.fps = 20
+    settings.prompt = "  "
+    with pytest.raises(RuntimeError, match="Type a prompt first"):
+        bpy.ops.safemotion.extend_take()
+    assert len(settings.takes) == 1
+
+
+def test_inbetween_takes_the_two_selected_nla_strips_in_time_order(addon, scene):
+    settings = scene.safemotion
+    settings.prompt, settings.seed = "a person walks", 12
+    scene.frame_current = 200
+    assert bpy.ops.safemotion.generate() == {"FINISHED"}
+    first, second = settings.takes[0], settings.takes[1]
+    for take in (second, first):  # strips created out of order: the in-between follows their frames
+        rig = take.armature
+        track = rig.animation_data.nla_tracks.new()
+        strip = track.strips.new(take.name, take.frame_start, bpy.data.actions[take.action_name])
+        strip.select = True
+    settings.active_take = 1
+    settings.prompt = "a person turns"
+    assert bpy.ops.safemotion.inbetween(seconds=1.0) == {"FINISHED"}
+    between = settings.takes[2]
+    assert between.frame_start == first.frame_start == 11 and between.frames == FRAMES + 20 + FRAMES

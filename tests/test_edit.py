@@ -1,0 +1,351 @@
+"""Edits of takes (issue 18) on the committed mini models: kept frames bit-identical, inpainting through the one
+masked-decoding loop, extend and in-between, the safety review of edits, bad input, and `safemotion edit`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from server_support import run_cli
+
+from safemotion.decoding import SKIP_ID, decode_base
+from safemotion.edit import (
+    EditSettings,
+    Editor,
+    Placement,
+    SourceMotion,
+    crossfade,
+    load_source,
+    source_from_features,
+    source_from_joints,
+)
+from safemotion.eval.edit_checks import seam_jumps, velocity_jumps
+from safemotion.generate import DEFAULT_MODEL_DIR, GenerationRequest, save_bvh, save_npz
+from safemotion.safe_generation import SafeGenerator
+
+LCR_MODEL_DIR = DEFAULT_MODEL_DIR.parent / "safemotion-mini-lcr"
+SPAN = (40, 80)
+VIOLENT = "a person slashes with a sword normally"
+
+
+@pytest.fixture(scope="module")
+def editor():
+    return Editor(SafeGenerator.from_dir(DEFAULT_MODEL_DIR))
+
+
+@pytest.fixture(scope="module")
+def walk(editor) -> SourceMotion:
+    motion = editor.safe.generator.generate([GenerationRequest("a person walks forward", 6.0, seed=3)], smpl=False)[0]
+    return source_from_features(motion.features, motion.fps, "walk")
+
+
+def cli(args: list[str]) -> tuple[int, str, str]:
+    """`safemotion ARGS` in this process; argparse's own refusals (exit 2) included."""
+    try:
+        return run_cli(*args)
+    except SystemExit as stop:
+        return int(stop.code), "", "argparse refused the arguments: START:END"
+
+
+def changed_frames(source: np.ndarray, result: np.ndarray) -> np.ndarray:
+    return np.flatnonzero((source != result).any(axis=(1, 2)))
+
+
+def test_decoding_with_nothing_kept_is_generation(editor):
+    model = editor.safe.generator.models.mask_transformer
+    cond = editor.safe.generator.encode_prompts(["a person waves"]).expand(2, -1)
+    lengths = torch.tensor([12, 9])
+    plain = decode_base(model, cond, lengths, [torch.Generator().manual_seed(s) for s in (1, 2)],
+                        editor.safe.generator.sampling)
+    kept = decode_base(model, cond, lengths, [torch.Generator().manual_seed(s) for s in (1, 2)],
+                       editor.safe.generator.sampling, kept=torch.full((2, 12), SKIP_ID))
+    torch.testing.assert_close(plain, kept, rtol=0, atol=0)
+
+
+def test_kept_ids_stay_and_the_rest_is_decoded_around_them(editor):
+    model = editor.safe.generator.models.mask_transformer
+    cond = editor.safe.generator.encode_prompts(["a person jumps"])
+    kept = torch.full((1, 20), SKIP_ID)
+    kept[0, :6] = 7
+    kept[0, 14:] = 9
+    ids = decode_base(model, cond, torch.tensor([20]), [torch.Generator().manual_seed(0)],
+                      editor.safe.generator.sampling, kept=kept)
+    assert ids[0, :6].tolist() == [7] * 6 and ids[0, 14:].tolist() == [9] * 6
+    assert (ids[0, 6:14] >= 0).all() and (ids[0, 6:14] < model.mask_id).all()
+
+
+def test_kept_frames_outside_the_blend_window_are_the_source_on_a_generated_take(editor, walk):
+    results = editor.edit(walk, [SPAN], "a person jumps", seed=0, variations=2, smpl=False)
+    blend, unit = editor.settings.blend_frames, editor.unit
+    first, last = SPAN[0] // unit * unit - unit - blend, SPAN[1] + unit + blend  # margin of one token
+    for item in results:
+        motion = item.motion
+        assert item.safety is None  # the plain mini model has no removed codes
+        assert motion.joints.shape == walk.joints.shape and motion.joints.dtype == np.float32
+        changed = changed_frames(walk.joints, motion.joints)
+        assert changed.min() >= first and changed.max() < last
+        np.testing.assert_array_equal(motion.joints[:first], walk.joints[:first])
+        np.testing.assert_array_equal(motion.joints[last:], walk.joints[last:])
+        encoded = editor._encode(walk)
+        np.testing.assert_array_equal(motion.tokens[:SPAN[0] // unit - 1], encoded[:SPAN[0] // unit - 1])
+        np.testing.assert_array_equal(motion.tokens[SPAN[1] // unit + 1:], encoded[SPAN[1] // unit + 1:])
+        assert motion.features.shape == (len(motion.joints), 263)
+    assert not np.array_equal(results[0].motion.joints, results[1].motion.joints)
+
+
+def test_kept_frames_are_the_source_on_a_real_clip(editor, humanml3d_sample):
+    joints = np.load(humanml3d_sample / "new_joints_012314.npy")
+    source = source_from_joints(joints, 20.0, "012314")
+    motion = editor.edit(source, [(60, 100)], "a person walks forward", seed=1, smpl=False)[0].motion
+    assert len(motion.joints) == len(joints) // 4 * 4  # the last partial token is dropped
+    changed = changed_frames(source.joints[:len(motion.joints)], motion.joints)
+    assert changed.min() >= 56 - 8 and changed.max() < 104 + 8
+    np.testing.assert_array_equal(motion.joints[:48], joints[:48].astype(np.float32))
+    np.testing.assert_array_equal(motion.joints[112:], joints[112:len(motion.joints)].astype(np.float32))
+    # the edited frames are scaled to the clip's bone lengths (each bone's median; the decoder's frame-to-frame
+    # changes of length are kept rather than turned into jitter)
+    for child, parent in ((4, 1), (7, 4), (18, 16)):
+        bones = np.linalg.norm(motion.joints[60:100, child] - motion.joints[60:100, parent], axis=-1)
+        clip = np.median(np.linalg.norm(joints[:, child] - joints[:, parent], axis=-1))
+        assert abs(np.median(bones) - clip) < 0.02, (child, np.median(bones), clip)
+
+
+def test_variation_k_is_the_edit_with_seed_plus_k(editor, walk):
+    many = editor.edit(walk, [SPAN], "a person jumps", seed=5, variations=3, smpl=False)
+    one = editor.edit(walk, [SPAN], "a person jumps", seed=7, smpl=False)[0]
+    assert [m.motion.seed for m in many] == [5, 6, 7] and one.motion.seed == 7
+    np.testing.assert_array_equal(one.motion.tokens, many[2].motion.tokens)
+    np.testing.assert_allclose(one.motion.joints, many[2].motion.joints, atol=1e-5)
+
+
+def test_extend_after_and_before_keeps_the_take(editor, walk):
+    after = editor.extend(walk, 2.0, "a person waves", seed=0, smpl=False)[0].motion
+    assert len(after.joints) == len(walk.joints) + 40 and len(after.tokens) == len(walk.joints) // 4 + 10
+    np.testing.assert_array_equal(after.joints[:len(walk.joints) - 8], walk.joints[:-8])
+    before = editor.extend(walk, 1.0, "a person waves", at="start", seed=0, smpl=False)[0].motion
+    assert len(before.joints) == len(walk.joints) + 20
+    np.testing.assert_array_equal(before.joints[28:], walk.joints[8:])
+    for motion, seam in ((after, len(walk.joints)), (before, 20)):
+        pelvis = motion.joints[:, 0]
+        assert np.linalg.norm(pelvis[seam] - pelvis[seam - 1]) < 0.1  # no root teleport at the seam
+
+
+def test_inbetween_keeps_a_and_moves_b_rigidly(editor, walk):
+    wave = editor.safe.generator.generate([GenerationRequest("a person waves", 3.0, seed=1)], smpl=False)[0]
+    b = source_from_features(wave.features, wave.fps, "wave")
+    motion = editor.inbetween(walk, b, 1.5, "a person walks and stops", seed=2, smpl=False)[0].motion
+    na, k = len(walk.joints), 28
+    assert len(motion.joints) == na + k + len(b.joints)
+    np.testing.assert_array_equal(motion.joints[:na - 8], walk.joints[:na - 8])
+    moved = motion.joints[na + k + 8:].astype(np.float64)
+    original = b.joints[8:].astype(np.float64)
+    # a rigid motion keeps every distance between points, and only turns about +Y: heights stay relative
+    pair = lambda x: np.linalg.norm(x[:, None] - x[None], axis=-1)  # noqa: E731
+    np.testing.assert_allclose(pair(moved.reshape(-1, 3)[::7]), pair(original.reshape(-1, 3)[::7]), atol=1e-4)
+    np.testing.assert_allclose(np.diff(moved[..., 1], axis=0), np.diff(original[..., 1], axis=0), atol=1e-5)
+    jumps = velocity_jumps(motion.joints.astype(np.float64))
+    assert jumps.max() < 0.5 and np.linalg.norm(np.diff(motion.joints[:, 0], axis=0), axis=-1).max() < 0.15
+
+
+def test_crossfade_and_placement_math():
+    rng = np.random.default_rng(0)
+    from safemotion.motion.skeleton import rest_joints
+    a = rest_joints()[None].repeat(5, 0) + rng.normal(0, 0.01, (5, 22, 3))
+    b = a + np.array([0.3, 0.0, 0.1])
+    np.testing.assert_allclose(crossfade(a, b, np.zeros(5)), a, atol=1e-9)
+    np.testing.assert_allclose(crossfade(a, b, np.ones(5)), b, atol=1e-9)
+    half = crossfade(a, b, np.full(5, 0.5))
+    np.testing.assert_allclose(half[:, 0], a[:, 0] + [0.15, 0.0, 0.05], atol=1e-9)
+    lengths = np.linalg.norm(half[:, 4] - half[:, 1], axis=-1)  # bone lengths stay those of the inputs
+    np.testing.assert_allclose(lengths, np.linalg.norm(a[:, 4] - a[:, 1], axis=-1), atol=1e-9)
+    place = Placement(0.7, np.array([1.0, 0.2, -3.0]))
+    points = rng.normal(size=(4, 3))
+    np.testing.assert_allclose(place.inverse().apply(place.apply(points)), points, atol=1e-12)
+    other = Placement(-1.1, np.array([0.5, 0.0, 2.0]))
+    np.testing.assert_allclose(place.then(other).apply(points), other.apply(place.apply(points)), atol=1e-12)
+
+
+def test_seam_jump_measure():
+    joints = np.zeros((30, 22, 3))
+    joints[15:, :, 0] = 0.2  # a 20 cm teleport at frame 15
+    assert seam_jumps(joints, [(15, 20)], blend=4) == [pytest.approx(0.2), 0.0]
+    assert seam_jumps(joints, [(0, 5)], blend=4) == [0.0]  # a region at the start has one seam
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("spans, says", [
+    ([], "no frame span given"),
+    ([(30, 30)], "span 1 (30:30) is empty"),
+    ([(100, 130)], "span 1 (100:130) lies outside the take, which has frames 0:120"),
+    ([(-4, 10)], "lies outside the take"),
+    ([(10, 40), (30, 60)], "spans 10:40 and 30:60 overlap"),
+    ([(10, 12)], "shorter than one token (4 frames)"),
+])
+def test_bad_spans_name_the_problem(editor, walk, spans, says):
+    with pytest.raises(ValueError, match=None) as err:
+        editor.edit(walk, spans, "a person jumps")
+    assert says in str(err.value)
+
+
+def test_bad_sources_name_the_problem(editor, walk, tmp_path):
+    fast = SourceMotion(walk.joints, 30.0, walk.features, "fast.npz")
+    with pytest.raises(ValueError, match="fast.npz is at 30 fps but the model works at 20 fps"):
+        editor.edit(fast, [SPAN], "a person jumps")
+    with pytest.raises(ValueError, match="different frame rates"):
+        editor.inbetween(walk, fast, 1.0, "a person turns")
+    with pytest.raises(ValueError, match="unknown source format '.txt'"):
+        load_source(tmp_path / "take.txt")
+    with pytest.raises(ValueError, match="expected \\[T, 22, 3\\]"):
+        source_from_joints(np.zeros((30, 21, 3)), 20.0)
+    with pytest.raises(ValueError, match="seconds is 40"):
+        editor.extend(walk, 40.0, "a person waves")
+    with pytest.raises(ValueError, match="at is 'middle'"):
+        editor.extend(walk, 1.0, "a person waves", at="middle")
+    with pytest.raises(ValueError, match="margin_tokens is 9"):
+        EditSettings(margin_tokens=9).validate()
+
+
+def test_cli_edits_files_and_writes_nothing_on_bad_input(editor, walk, tmp_path):
+    motion = editor.safe.generator.generate([GenerationRequest("a person walks forward", 4.0, seed=1)])[0]
+    save_npz(motion, tmp_path / "walk.npz")
+    save_bvh(motion, tmp_path / "walk.bvh")
+    from_bvh = load_source(tmp_path / "walk.bvh")
+    assert from_bvh.fps == 20.0 and from_bvh.joints.shape == (80, 22, 3)
+    code, out, err = cli(["edit", str(tmp_path / "walk.npz"), "--frames", "20:40", "--prompt", "a person jumps",
+                              "--variations", "2", "--out", str(tmp_path / "jump.npz"), "--device", "cpu"])
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.glob("jump*")) == ["jump_1.npz", "jump_2.npz"]
+    edited = load_source(tmp_path / "jump_1.npz")
+    np.testing.assert_array_equal(edited.joints[:8], motion.joints[:8])
+    code, out, err = cli(["edit", str(tmp_path / "walk.bvh"), "--extend", "1.0", "--prompt", "a person waves",
+                              "--out", str(tmp_path / "longer.bvh"), "--device", "cpu"])
+    assert code == 0 and load_source(tmp_path / "longer.bvh").num_frames == 100, err
+    code, out, err = cli(["edit", "--between", str(tmp_path / "walk.npz"), str(tmp_path / "walk.bvh"),
+                              "--seconds", "1.0", "--prompt", "a person turns", "--out", str(tmp_path / "mid.npz"),
+                              "--device", "cpu"])
+    assert code == 0 and load_source(tmp_path / "mid.npz").num_frames == 180, err
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, says in ((["--frames", "70:90"], "outside the take"), (["--frames", "20:22"], "shorter than one token"),
+                       (["--frames", "10:30", "--frames", "20:40"], "overlap"), (["--frames", "2-9"], "START:END"),
+                       (["--frames", "10:30", "--extend", "1"], "exactly one of")):
+        code, out, err = cli(["edit", str(tmp_path / "walk.npz"), *args, "--prompt", "a person jumps",
+                                  "--out", str(tmp_path / "bad.npz"), "--device", "cpu"])
+        assert code == 2 and says in err, err
+    code, out, err = cli(["edit", str(tmp_path / "walk.fbx2"), "--frames", "10:30", "--prompt", "jump",
+                              "--out", str(tmp_path / "bad.npz")])
+    assert code == 2 and "unknown source format" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# ---------------------------------------------------------------------------------------------- safety
+
+@pytest.fixture(scope="module")
+def lcr_editor():
+    return Editor(SafeGenerator.from_dir(LCR_MODEL_DIR))
+
+
+def test_violent_edit_of_a_safe_take_is_flagged_and_handled_by_the_policy(lcr_editor):
+    safe = lcr_editor.safe
+    motion = safe.generate([GenerationRequest("a person walks forward", 6.0, seed=3)], smpl=False)[0][0]
+    assert not motion.safety.flagged
+    walk = source_from_features(motion.motion.features, 20.0, "walk")
+    assert not lcr_editor.edit(walk, [SPAN], "a person walks forward", smpl=False)[0].safety.flagged
+    sanitized = lcr_editor.edit(walk, [SPAN], VIOLENT, seed=0, variations=2, smpl=False)
+    blocked = lcr_editor.edit(walk, [SPAN], VIOLENT, seed=0, variations=2, policy="block", smpl=False)
+    allowed = lcr_editor.edit(walk, [SPAN], VIOLENT, seed=0, variations=2, policy="allow", smpl=False)
+    for s, b, a in zip(sanitized, blocked, allowed):
+        assert s.safety.flagged and s.safety.decision == "sanitized" and s.safety.hit_ratio >= s.safety.threshold
+        assert b.blocked and b.safety.decision == "blocked"
+        assert a.safety.decision == "allowed" and not a.blocked
+        np.testing.assert_array_equal(s.motion.tokens, a.motion.tokens)  # the same ids, other codebook
+        assert not np.allclose(s.motion.joints[36:84], a.motion.joints[36:84], atol=1e-3)
+        # the spans are frames of the edited take, inside the regenerated tokens
+        assert s.safety.spans and all(36 <= start < end <= 84 for start, end in s.safety.spans)
+
+
+def test_a_take_decoded_with_allow_stays_flagged_after_an_edit(lcr_editor):
+    violent = lcr_editor.safe.generate([GenerationRequest(VIOLENT, 6.0, seed=0)], policy="allow", smpl=False)[0][0]
+    assert violent.safety.flagged
+    # as `safemotion generate --policy allow --out take.npz` writes it: features, which re-encode to most of its ids
+    source = source_from_features(violent.motion.features, 20.0, "violent")
+    edited = lcr_editor.edit(source, [(100, 116)], "a person walks forward", smpl=False)[0]
+    assert edited.safety.flagged and edited.safety.decision == "sanitized"
+    kept_hits = [t for t in edited.safety.hit_tokens if t < 24]
+    assert kept_hits, "hits on tokens kept from the source count"
+    assert lcr_editor.edit(source, [(100, 116)], "a person walks forward", policy="block", smpl=False)[0].blocked
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    from fastapi.testclient import TestClient
+    from server_support import build_tiny_lcr_model
+
+    from safemotion.serve.app import create_app
+    from safemotion.serve.settings import ServerSettings
+
+    root = tmp_path_factory.mktemp("edit_server")
+    settings = ServerSettings(model=str(build_tiny_lcr_model(root / "tiny-lcr")), data_dir=root / "data",
+                              device="cpu", threads=1, max_batch=4)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_edit_endpoint_answers_like_generate(client):
+    from safemotion.serve import schemas
+    from safemotion.serve.encoding import decode_array, encode_array
+
+    take = client.post("/v1/generate", json={"prompt": "a person walks", "seconds": 4.0, "seed": 1}).json()
+    joints = decode_array(take["motions"][0]["joints"])
+    source = {"joints": encode_array(joints), "fps": 20.0}
+    for extra in ({"frames": [[20, 40]]}, {"extend_seconds": 1.0, "extend_at": "start"},
+                  {"between": source, "seconds": 1.0}):
+        response = client.post("/v1/edit", json={"source": source, "prompt": "a person jumps", "seed": 3,
+                                                 "variations": 2, **extra})
+        assert response.status_code == 200, response.text
+        body = schemas.GenerateResponse.model_validate(response.json())
+        assert [m.seed for m in body.motions] == [3, 4]
+        for motion in body.motions:
+            edited = decode_array(motion.joints.model_dump())
+            tokens = decode_array(motion.tokens.model_dump())
+            assert len(edited) == 4 * len(tokens) == motion.frames and motion.safety is not None
+            assert motion.safety.hit_tokens == [t for t, c in enumerate(tokens[:, 0]) if c % 8 == 0]
+    edited = client.post("/v1/edit", json={"source": source, "prompt": "a person jumps", "frames": [[20, 40]]}).json()
+    np.testing.assert_array_equal(decode_array(edited["motions"][0]["joints"])[:8], joints[:8])
+    from safemotion.motion.features import extract_features
+
+    features = {"features": encode_array(extract_features(np.concatenate([joints, joints[-1:]]))), "fps": 20.0}
+    assert client.post("/v1/edit", json={"source": features, "prompt": "a person jumps",
+                                         "frames": [[20, 40]]}).status_code == 200
+    log = client.app.state.server.store.audit_entries(None, None, None, None, "edit", None, 100)
+    assert len(log) == 8 and {row["prompt"] for row in log} == {"a person jumps"}
+
+
+@pytest.mark.parametrize("change, field, says", [
+    ({"frames": [[60, 100]]}, "frames", "outside the take"),
+    ({"frames": [[10, 30], [20, 40]]}, "frames", "overlap"),
+    ({"frames": [[10, 12]]}, "frames", "shorter than one token"),
+    ({"frames": []}, "frames", "no frame span"),
+    ({"frames": [[10, 30]], "extend_seconds": 1.0}, "body", "exactly one of"),
+    ({"between": {"joints": None, "fps": 20.0}, "seconds": 1.0}, "between", "exactly one of"),
+    ({"frames": [[10, 30]], "source": {"fps": 30.0}}, "source.fps", "30 fps but the model works at 20 fps"),
+    ({"frames": [[10, 30]], "source": {"joints": None, "features": None}}, "source", "exactly one of"),
+    ({"frames": [[10, 30]], "policy": "ignore"}, "policy", ""),
+])
+def test_edit_field_errors_name_the_field(client, change, field, says):
+    from safemotion.serve.encoding import encode_array
+
+    from safemotion.motion.skeleton import rest_joints
+
+    standing = rest_joints()[None] + np.linspace(0, 1, 60)[:, None, None] * np.array([0.0, 0.0, 1.0])
+    source = {"joints": encode_array(standing), "fps": 20.0}
+    body = {"source": source, "prompt": "a person jumps", **change}
+    if "source" in change:
+        body["source"] = {**source, **change["source"]}
+        body["source"] = {k: v for k, v in body["source"].items() if v is not None}
+    response = client.post("/v1/edit", json=body)
+    assert response.status_code == 422, response.text
+    problems = response.json()["detail"]
+    assert problems[0]["field"] == field and says in problems[0]["reason"], problems
