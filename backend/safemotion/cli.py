@@ -11,8 +11,9 @@ from safemotion.unlearn.commands import add_unlearn_commands
 from safemotion.unlearn.policies import DEFAULT_POLICY, POLICIES
 from safemotion.unlearn.prompt_sets import PROMPT_SETS
 
-PRECISION_HELP = ("token transformers in fp32 (default) or bf16: faster on GPUs and on CPUs with AVX512-BF16 or AMX, "
-                  "slightly different motions for a seed; refused where it would be emulated")
+PRECISION_HELP = ("token transformers in fp32 (default), bf16 (faster on GPUs and on CPUs with AVX512-BF16 or AMX; "
+                  "refused where it would be emulated) or int8 (CPU: dynamically quantized linears); bf16 and int8 "
+                  "give slightly different motions for a seed")
 
 
 def _data_build(args: argparse.Namespace) -> int:

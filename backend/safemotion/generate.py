@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from safemotion.data.bvh import Bvh, write_bvh
-from safemotion.decoding import PRECISIONS, SamplingConfig, decode_base, decode_residual, sample_token_lengths
+from safemotion.decoding import INT8, PRECISIONS, SamplingConfig, decode_base, decode_residual, sample_token_lengths
 from safemotion.models.model_dir import MotionModels, load_model_dir
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.motion import rotations as rot
@@ -129,8 +129,15 @@ def require_native_bf16(device: torch.device) -> None:
 def with_precision(models: MotionModels, precision: str, device: torch.device) -> MotionModels:
     """`models` with both token transformers cast in place to `precision`; the VQ and length estimator stay float32.
 
-    bf16 is refused where the device would emulate it (several times slower than float32, not faster).
+    bf16 is refused where the device would emulate it (several times slower than float32, not faster); int8
+    (dynamically quantized encoder linears, `encoder_inference.Int8Linears`) runs on the CPU only.
     """
+    if precision == INT8:
+        if device.type != "cpu":
+            raise ValueError(f"precision int8 runs on the CPU only, not {device}; use fp32 or bf16 there")
+        models.mask_transformer.quantize_int8()
+        models.residual_transformer.quantize_int8()
+        return models
     dtype = PRECISIONS[precision]
     if dtype == torch.bfloat16:
         require_native_bf16(device)
