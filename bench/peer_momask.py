@@ -18,6 +18,9 @@ import is satisfied by an empty module and its `encode_text` is replaced by the 
    median of the per-round ratios).
 
     .venv/bin/python bench/peer_momask.py --peer /path/to/momask-codes --write
+
+On a machine shared with other jobs, OMP_WAIT_POLICY=PASSIVE keeps idle OpenMP threads from spinning (the CPU-second
+column is then the least disturbed figure).
 """
 
 from __future__ import annotations
