@@ -5,7 +5,8 @@ text encoder is not timed. Settings: 10 decoding steps, guidance 4 (base) / 5 (r
 (49 tokens). A "motion" is timed from text features to joint positions (base + residual tokens, VQ decoding,
 un-normalisation, recover_from_ric) without the foot clean-up that generation applies by default (random weights give
 no meaningful feet); the SMPL fit is timed separately. Each size runs with the transformers in fp32
-and, where the CPU has native bfloat16 (AVX512-BF16 or AMX), in bf16.
+and, where the CPU has native bfloat16 (AVX512-BF16 or AMX), in bf16, and in int8 (dynamically quantized encoder
+linears).
 
     .venv/bin/python bench/generate.py --threads 2 --write
 """
@@ -181,11 +182,11 @@ def report(results: list[dict], before: str, after: str, threads: int) -> str:
               f"≈ {2 / r['cpu_batch']:.1f} motions/s "
               "at batch 32." for r in results]
     fp32 = {r["size"]: r for r in results if r["precision"] == "fp32"}
-    speedups = [f"{r['size']} {fp32[r['size']]['quiet'][0] / r['quiet'][0]:.2f}× at batch 1, "
+    speedups = [f"{r['size']} {r['precision']} {fp32[r['size']]['quiet'][0] / r['quiet'][0]:.2f}× at batch 1, "
                 f"{r['throughput'] / fp32[r['size']]['throughput']:.2f}× at batch 32"
-                for r in results if r["precision"] == "bf16" and r["size"] in fp32]
+                for r in results if r["precision"] != "fp32" and r["size"] in fp32]
     if speedups:
-        lines += ["", "bf16 against fp32 in this run (quiet p50 latency, quiet throughput): " + "; ".join(speedups) + "."]
+        lines += ["", "Against fp32 in this run (quiet p50 latency, quiet throughput): " + "; ".join(speedups) + "."]
     lines += ["", "Targets (this 2-core machine): official size ≤ 0.5 s per motion at batch 1 and ≥ 2.5 motions/s at "
               "batch 32 (the official implementation: 0.56 s and 3.9 motions/s); mini ≤ 0.1 s per motion at batch 1.",
               ""]
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sizes", nargs="+", default=["official", "mini"])
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8"],
                         help="transformer precisions; bf16 is skipped where the CPU would emulate it")
     parser.add_argument("--repeats", type=int, default=8, help="batch-1 runs for the latency percentiles")
     parser.add_argument("--batches", type=int, default=2, help="batch-32 runs for the throughput")

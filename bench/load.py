@@ -63,15 +63,17 @@ def random_model(preset_name: str, out: Path) -> Path:
     return save_model_dir(models.eval(), out, card=f"# random weights, {preset_name} preset (load benchmark)\n")
 
 
-def model_ceiling(model: Path, seconds: float, threads: int, batch: int = 8, repeats: int = 3) -> dict:
+def model_ceiling(model: Path, seconds: float, threads: int, batch: int = 8, repeats: int = 3,
+                  precision: str = "fp32") -> dict:
     """Model-only seconds per motion (text → joints, no SMPL, no HTTP) at batch 1 and at `batch`, in this process:
     the most any batching scheduler can gain on this machine is their ratio."""
     import torch
 
+    from safemotion.decoding import SamplingConfig
     from safemotion.generate import GenerationRequest, Generator
 
     torch.set_num_threads(threads)
-    generator = Generator.from_dir(model, device="cpu")
+    generator = Generator.from_dir(model, device="cpu", sampling=SamplingConfig(precision=precision))
 
     def per_motion(count: int, repeat: int) -> float:
         requests = [GenerationRequest(PROMPTS[i % len(PROMPTS)], seconds, seed=100 * repeat + i) for i in range(count)]
@@ -94,13 +96,14 @@ def free_port() -> int:
 class Server:
     """A `safemotion serve` process for one batching mode."""
 
-    def __init__(self, model: Path, max_batch: int, threads: int, work: Path):
+    def __init__(self, model: Path, max_batch: int, threads: int, work: Path, precision: str = "fp32"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(work / f"server-batch{max_batch}.log", "wb")
         command = [sys.executable, "-m", "safemotion", "serve", "--port", str(self.port), "--model", str(model),
                    "--data-dir", str(work / f"data-batch{max_batch}"), "--max-batch", str(max_batch),
-                   "--max-queue", "256", "--threads", str(threads), "--log-level", "warning"]
+                   "--max-queue", "256", "--threads", str(threads), "--log-level", "warning",
+                   "--precision", precision]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
 
     def wait_ready(self, timeout: float = 300) -> None:
@@ -164,10 +167,10 @@ def run_level(url: str, clients: int, rounds: int, seconds: float, first_seed: i
 
 
 def bench(model: Path, levels: list[int], rounds: dict[int, int], repeats: int, seconds: float, threads: int,
-          work: Path) -> list[dict]:
+          work: Path, precision: str = "fp32") -> list[dict]:
     """Both modes served at once (only one busy at a time); at each level they take turns `repeats` times, so a
     change in the machine's load affects both alike."""
-    servers = {max_batch: Server(model, max_batch, threads, work) for max_batch in MODES}
+    servers = {max_batch: Server(model, max_batch, threads, work, precision) for max_batch in MODES}
     try:
         for server in servers.values():
             server.wait_ready()
@@ -370,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="turns each mode takes at each level")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each generated motion")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server's model worker")
+    parser.add_argument("--precision", default="fp32", help="of the token transformers: fp32, bf16 or int8")
+    parser.add_argument("--ceiling-only", action="store_true", help="only the model-only ceiling, no servers")
     parser.add_argument("--write", action="store_true", help=f"write the section into {RESULTS}")
     parser.add_argument("--ray", action="store_true", help="Ray Serve rows: 1 vs 2 replicas at the last --clients "
                         "level (pip install 'safemotion[ray]')")
@@ -394,9 +399,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.write:
                 write_section(RAY_SECTION, text)
             return 0
-        ceiling = model_ceiling(model, args.seconds, args.threads)
-        print(f"model only: {ceiling}", flush=True)
-        rows = bench(model, args.clients, rounds, args.repeats, args.seconds, args.threads, work)
+        ceiling = model_ceiling(model, args.seconds, args.threads, precision=args.precision)
+        print(f"model only ({args.precision}): {ceiling}", flush=True)
+        if args.ceiling_only:
+            return 0
+        note += f"; transformers in {args.precision}"
+        rows = bench(model, args.clients, rounds, args.repeats, args.seconds, args.threads, work, args.precision)
         text = section(rows, ceiling, note, args.seconds, args.threads, time.perf_counter() - started)
         print(text)
         if args.write:

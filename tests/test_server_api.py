@@ -405,7 +405,7 @@ def test_batcher_skips_cancelled_and_expired_tasks_and_bounds_the_queue():
 @pytest.mark.parametrize("field, value, message", [
     ("port", 0, "--port 0: must be 1-65535"),
     ("max_batch", 0, "--max-batch 0: must be 1-256"),
-    ("precision", "fp16", "--precision 'fp16': choose fp32 or bf16"),
+    ("precision", "fp16", "--precision 'fp16': choose fp32, bf16 or int8"),
 ])
 def test_settings_name_the_bad_option(field, value, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -12,8 +12,9 @@ from safemotion.unlearn.commands import add_unlearn_commands
 from safemotion.unlearn.policies import DEFAULT_POLICY, POLICIES
 from safemotion.unlearn.prompt_sets import PROMPT_SETS
 
-PRECISION_HELP = ("token transformers in fp32 (default) or bf16: faster on GPUs and on CPUs with AVX512-BF16 or AMX, "
-                  "slightly different motions for a seed; refused where it would be emulated")
+PRECISION_HELP = ("token transformers in fp32 (default), bf16 (faster on GPUs and on CPUs with AVX512-BF16 or AMX; "
+                  "refused where it would be emulated) or int8 (CPU: dynamically quantized linears); bf16 and int8 "
+                  "give slightly different motions for a seed")
 
 
 def _data_build(args: argparse.Namespace) -> int:
@@ -277,6 +278,7 @@ def _eval_flags(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from safemotion.decoding import SamplingConfig
     from safemotion.eval.benchmark import (
         DEFAULT_EVALUATOR,
         BenchmarkSettings,
@@ -290,7 +292,8 @@ def _eval(args: argparse.Namespace) -> int:
     settings = BenchmarkSettings(sets=tuple(s.strip() for s in args.sets.split(",") if s.strip()),
                                  repeats=args.repeats, concept=args.concept, rule=args.rule, split=args.split,
                                  seed=args.seed, device=args.device, prompt_variations=args.prompt_variations,
-                                 samples_per_repeat=args.samples_per_repeat)
+                                 samples_per_repeat=args.samples_per_repeat,
+                                 sampling=SamplingConfig(precision=args.precision))
     if args.quick:
         settings = quick_settings(settings)
     result = run_benchmark(specs, args.data, args.evaluator or DEFAULT_EVALUATOR, settings, args.clip_weights,
@@ -479,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score at most N samples per repeat, a fresh random subset each repeat (default: all)")
     evaluate.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, ≤ 32 samples per set")
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda, auto, ...")
+    evaluate.add_argument("--precision", default="fp32", help=PRECISION_HELP)
     evaluate.add_argument("--clip-weights", type=Path, help="CLIP weights for models using the clip encoder")
     evaluate.add_argument("--clip-vocab", type=Path, help="CLIP BPE merges file")
     evaluate.add_argument("--out", type=Path, required=True, help="report folder, e.g. reports/NAME")

@@ -27,7 +27,9 @@ from safemotion.models.residual_transformer import ResidualTransformer
 
 SKIP_ID = -1  # id of padding and of skipped residual codes in decoded token tensors
 KEPT_SCORE = 1e5  # confidence of positions that are never re-masked (pads, tokens kept from earlier steps)
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # floating-point modes → the transformers' dtype
+INT8 = "int8"  # float32 transformers whose encoder linears run as dynamically quantized int8 products (CPU only)
+PRECISION_NAMES = (*PRECISIONS, INT8)
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class SamplingConfig:
     temperature: float = 1.0
     topk_filter_thres: float = 0.9
     gumbel_sample: bool = False
-    precision: str = "fp32"  # of the two transformers: "fp32", or "bf16" (faster where the hardware has it)
+    precision: str = "fp32"  # of the two transformers: "fp32", "bf16" (where the hardware has it) or "int8" (CPU)
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range setting."""
@@ -50,8 +52,8 @@ class SamplingConfig:
             raise ValueError(f"temperature is {self.temperature}; it must be positive")
         if not 0 <= self.topk_filter_thres < 1:
             raise ValueError(f"topk_filter_thres is {self.topk_filter_thres}; allowed range is [0, 1)")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision is {self.precision!r}; choose one of {list(PRECISIONS)}")
+        if self.precision not in PRECISION_NAMES:
+            raise ValueError(f"precision is {self.precision!r}; choose one of {list(PRECISIONS)} or {INT8!r}")
         for name in ("cond_scale", "residual_cond_scale"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} is {getattr(self, name)}; it must be a finite number")

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from safemotion.data.bvh import Bvh, write_bvh
 from safemotion.decoding import (
+    INT8,
     PRECISIONS,
     SKIP_ID,
     SamplingConfig,
@@ -142,8 +143,15 @@ def require_native_bf16(device: torch.device) -> None:
 def with_precision(models: MotionModels, precision: str, device: torch.device) -> MotionModels:
     """`models` with both token transformers cast in place to `precision`; the VQ and length estimator stay float32.
 
-    bf16 is refused where the device would emulate it (several times slower than float32, not faster).
+    bf16 is refused where the device would emulate it (several times slower than float32, not faster); int8
+    (dynamically quantized encoder linears, `encoder_inference.Int8Linears`) runs on the CPU only.
     """
+    if precision == INT8:
+        if device.type != "cpu":
+            raise ValueError(f"precision int8 runs on the CPU only, not {device}; use fp32 or bf16 there")
+        models.mask_transformer.quantize_int8()
+        models.residual_transformer.quantize_int8()
+        return models
     dtype = PRECISIONS[precision]
     if dtype == torch.bfloat16:
         require_native_bf16(device)

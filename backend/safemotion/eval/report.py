@@ -92,7 +92,8 @@ def render_markdown(result: dict[str, Any], title: str, plots: list[str], plot_n
         f"- Protocol: every caption a sample, ground-truth lengths, {settings['repeats']} repeats, mean ± 95% "
         f"interval (1.96·std/√n); batches of {settings['batch_size']}; decoding: {sampling['time_steps']} steps, "
         f"cond scale {sampling['cond_scale']} (residual {sampling['residual_cond_scale']}), temperature "
-        f"{sampling['temperature']}, top-k filter {sampling['topk_filter_thres']}; seed {settings['seed']}"
+        f"{sampling['temperature']}, top-k filter {sampling['topk_filter_thres']}, precision "
+        f"{sampling.get('precision', 'fp32')}; seed {settings['seed']}"
         + (" — **quick smoke run**" if settings["quick"] else "") + ".",
         "- Arrows: → closer to the retrained model (D_r) is better, ↓ lower is better, ↑ higher is better.",
         "",

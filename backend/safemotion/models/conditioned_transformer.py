@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from safemotion.models.config import BACKBONES, TransformerConfig
+from safemotion.models.encoder_inference import Int8Linears, encoder_forward
 from safemotion.models.ssm import Mamba, MambaConfig, SeRpEnt, SeRpEntConfig
 
 PE_MAX_LEN = 5000  # rows of the sinusoidal table; part of the released state dicts
@@ -202,6 +203,13 @@ class TextConditionedTransformer(nn.Module):
         self.seqTransEncoder = build_backbone(cfg)
         self.cond_emb = nn.Linear(cfg.text_dim, cfg.latent_dim)
         self.output_process = OutputProcess(out_dim, cfg.latent_dim)
+        self.int8_linears: Int8Linears | None = None
+
+    def quantize_int8(self) -> None:
+        """Run the encoder layers' linears as dynamically quantized int8 products from now on (inference only)."""
+        if not isinstance(self.seqTransEncoder, nn.TransformerEncoder):
+            raise ValueError(f"int8 needs the transformer backbone, not {self.config.backbone!r}")
+        self.int8_linears = Int8Linears(self.seqTransEncoder)
 
     def mask_cond(self, cond: Tensor, force_mask: bool = False) -> Tensor:
         """Zero the text feature: always with force_mask, per sample with p = cond_drop_prob while training."""
@@ -236,7 +244,11 @@ class TextConditionedTransformer(nn.Module):
             out = self.seqTransEncoder(seq, src_key_padding_mask=mask, keep_mask=keep)
         else:
             # Without padding, no mask lets PyTorch use fused attention instead of its slower masked softmax.
-            out = self.seqTransEncoder(seq, src_key_padding_mask=mask if mask.any() else None)
+            mask = mask if mask.any() else None
+            if self.int8_linears is None or self.training or torch.is_grad_enabled():
+                out = self.seqTransEncoder(seq, src_key_padding_mask=mask)
+            else:
+                out = encoder_forward(self.seqTransEncoder, seq, mask, self.int8_linears)
         return self.output_process(out[:, num_prefix:])
 
 

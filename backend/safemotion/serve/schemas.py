@@ -272,7 +272,7 @@ class ModelInfo(BaseModel):
 
     name: str
     text_encoder: str
-    precision: str = Field(description="of the token transformers: fp32 or bf16")
+    precision: str = Field(description="of the token transformers: fp32, bf16 or int8")
     fps: float
     unit_length: int
     seconds_range: list[float]

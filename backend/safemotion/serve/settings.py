@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import safemotion
-from safemotion.decoding import PRECISIONS
+from safemotion.decoding import PRECISION_NAMES
 
 MODELS_DIR = Path(safemotion.__file__).resolve().parent / "assets" / "models"
 DEFAULT_MODEL = "safemotion-mini-lcr"
@@ -35,7 +35,7 @@ class ServerSettings:
     max_body_bytes: int = 2 * 1024 * 1024
     forbid_allow: bool = False  # refuse the `allow` policy even for safety admins
     threads: int | None = None  # torch intra-op threads of the model worker (None: torch's default)
-    precision: str = "fp32"  # of the token transformers; bf16 is faster where the hardware has it
+    precision: str = "fp32"  # of the token transformers; bf16 is faster where the hardware has it, int8 on CPUs
     body_model: Path | None = None  # an SMPL-format .pkl/.npz the user owns, served at GET /v1/body-model
     log_level: str = "info"
     max_queued_motions: int = 8192  # per key: motions waiting in its jobs (two full 256 x 16 jobs)
@@ -56,7 +56,8 @@ class ServerSettings:
             (0 < self.request_timeout_s <= 3600, f"--request-timeout {self.request_timeout_s}: must be in (0, 3600]"),
             (1024 <= self.max_body_bytes <= 1 << 30, f"--max-body-bytes {self.max_body_bytes}: must be 1 KiB-1 GiB"),
             (self.threads is None or self.threads >= 1, f"--threads {self.threads}: must be at least 1"),
-            (self.precision in PRECISIONS, f"--precision {self.precision!r}: choose {' or '.join(PRECISIONS)}"),
+            (self.precision in PRECISION_NAMES,
+             f"--precision {self.precision!r}: choose {', '.join(PRECISION_NAMES[:-1])} or {PRECISION_NAMES[-1]}"),
             (self.log_level in ("debug", "info", "warning", "error"),
              f"--log-level {self.log_level!r}: choose debug, info, warning or error"),
             (1 <= self.max_queued_motions <= 10_000_000,
