@@ -30,3 +30,15 @@ def humanml3d_sample(shared_dir: Path) -> Path:
     if not (path / "new_joints_012314.npy").is_file():
         pytest.skip("HumanML3D sample not staged")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest (and least disturbed by other processes) on one thread; use with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

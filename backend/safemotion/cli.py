@@ -42,7 +42,7 @@ def _data_split(args: argparse.Namespace) -> int:
 def _import_momask(args: argparse.Namespace) -> int:
     from safemotion.models.momask_import import import_momask
 
-    out = import_momask(args.checkpoints, args.out)
+    out = import_momask(args.checkpoints, args.out, bamm=args.bamm)
     print(f"wrote model directory {out}")
     return 0
 
@@ -285,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     momask = commands.add_parser("import-momask", help="convert official MoMask checkpoints to a model directory")
     momask.add_argument("--checkpoints", type=Path, required=True, help="official checkpoints folder (checkpoints/t2m)")
     momask.add_argument("--out", type=Path, required=True, help="model directory to create")
+    momask.add_argument("--bamm", type=Path, help="official BAMM release folder (opt.txt, model/latest.tar): import "
+                        "BAMM's base transformer with MoMask's RVQ-VAE, residual transformer and length estimator")
     momask.set_defaults(func=_import_momask)
 
     generate = commands.add_parser("generate", help="generate motion from a text prompt")
