@@ -26,6 +26,8 @@ def _data_build(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         include=set(args.include) if args.include else None,
+        motionx=args.motionx,
+        smplx_model=args.smplx_model,
     )
     print(stats.to_json())
     return 0
@@ -271,9 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--shared-data", type=Path, help="folder with the Bandai/CMU/DeepMimic sources (shared/data)")
     build.add_argument("--bvh-dir", type=Path, help="your own folder of BVH files")
     build.add_argument("--captions", type=Path, help="CSV with columns file,caption for --bvh-dir")
+    build.add_argument("--motionx", type=Path, help="your Motion-X folder (motion_data/smplx_322, texts/semantic_labels)")
+    build.add_argument("--smplx-model", type=Path, help="folder with your SMPL-X model SMPLX_NEUTRAL.npz (for --motionx)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--workers", type=int, default=2)
-    build.add_argument("--include", nargs="*", help="only these sources (bandai, iclone, deepmimic, fbx, user)")
+    build.add_argument("--include", nargs="*", help="only these sources (bandai, iclone, deepmimic, fbx, user, motionx)")
     build.set_defaults(func=_data_build)
 
     split = data_commands.add_parser("split", help="write forget/retain id lists for a concept")

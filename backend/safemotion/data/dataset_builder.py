@@ -23,7 +23,8 @@ Decisions:
   words swapped.
 - **Ids.** One letter per source and a running number in discovery order (archive member order for the Bandai and
   iClone archives, sorted names elsewhere): B (Bandai 1+2), C (CMU iClone BVH), F (CMU FBX), D (DeepMimic),
-  U (user library); e.g. `B000123`, `MB000123`.
+  U (user library), X (Motion-X, `motionx_import`; its clip id is the take name in index.csv); e.g. `B000123`,
+  `MB000123`.
 - **Splits by take.** All windows of a take (and their mirrors) share one split. Takes are grouped into strata:
   takes with a violent caption line form up to three strata by which rules match (labels "violence" for
   word_boundary, "violence:paper" for the paper rule; see `concepts`), all others one stratum per source. Inside a
@@ -63,6 +64,7 @@ from safemotion.atomic_dir import replace_dir
 from safemotion.data import captions as cap
 from safemotion.data.concepts import matches_concept
 from safemotion.data.mocap_import import load_motion
+from safemotion.data.motionx_import import load_motionx_joints, load_smplx, motionx_clips, smplx_model_file
 from safemotion.motion.features import FEATURE_DIM, extract_features, mirror_joints, recover_from_ric
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,8 @@ TEST_FRACTION = 0.1
 VAL_FRACTION = 0.1
 SPLITS = ("train", "val", "test")
 
-SOURCE_LETTERS = {"bandai-1": "B", "bandai-2": "B", "cmu-iclone": "C", "cmu-fbx": "F", "deepmimic": "D", "user": "U"}
+SOURCE_LETTERS = {"bandai-1": "B", "bandai-2": "B", "cmu-iclone": "C", "cmu-fbx": "F", "deepmimic": "D", "user": "U",
+                  "motionx": "X"}
 SOURCES = tuple(SOURCE_LETTERS)
 # Short names accepted in `include` besides the source names.
 SOURCE_GROUPS = {
@@ -97,6 +100,7 @@ class Take:
     data: bytes | None = None
     suffix: str = ".bvh"
     cycle_seconds: float | None = None  # cyclic takes: duration of one cycle
+    body_model: Path | None = None  # Motion-X takes: the user's SMPL-X model that poses the parameters
 
     @property
     def key(self) -> str:
@@ -280,9 +284,14 @@ def _user_takes(bvh_dir: Path, captions_csv: Path, skipped: dict[str, str]) -> I
         yield Take("user", file, unique, ("user",), path=bvh_dir / file, suffix=Path(file).suffix.lower())
 
 
+def _motionx_takes(root: Path, smplx_model: Path) -> Iterator[Take]:
+    for clip_id, file, captions in motionx_clips(root):
+        yield Take("motionx", clip_id, captions, ("motionx",), path=file, suffix=file.suffix, body_model=smplx_model)
+
+
 def _discover(
     shared_data: Path | None, bvh_dir: Path | None, captions_csv: Path | None, include: set[str] | None, seed: int,
-    skipped: dict[str, str],
+    skipped: dict[str, str], motionx: Path | None = None, smplx_model: Path | None = None,
 ) -> Iterator[Take]:
     """Check the inputs, then return all takes of the selected sources in a fixed order (read lazily)."""
     unknown = set(include or ()) - set(SOURCES) - set(SOURCE_GROUPS)
@@ -312,13 +321,20 @@ def _discover(
                 f"{captions_csv}: captions CSV not found; pass captions_csv (columns file,caption) for {bvh_dir}"
             )
         inputs["user"] = partial(_user_takes, bvh_dir, captions_csv, skipped)
+    if motionx is not None:
+        if smplx_model is None:
+            raise ValueError(f"{motionx}: Motion-X clips need an SMPL-X body model; pass --smplx-model with the folder "
+                             "holding SMPLX_NEUTRAL.npz")
+        load_smplx(smplx_model_file(smplx_model))  # a wrong or missing model fails here, before any take
+        inputs["motionx"] = partial(_motionx_takes, motionx, smplx_model_file(smplx_model))
     if include is not None:
         missing = set(include) - set(inputs)
         if missing:
             raise ValueError(f"source(s) {sorted(missing)} requested but their input folder was not given")
         inputs = {source: make for source, make in inputs.items() if source in include}
     if not inputs:
-        raise ValueError("nothing to build: pass shared_data (SafeMotion's shared/data) and/or bvh_dir + captions_csv")
+        raise ValueError("nothing to build: pass shared_data (SafeMotion's shared/data), bvh_dir + captions_csv "
+                         "and/or motionx + smplx_model")
     return chain.from_iterable(inputs[source]() for source in SOURCES if source in inputs)
 
 
@@ -371,6 +387,8 @@ def window_ranges(num_frames: int) -> list[tuple[int, int]]:
 
 def _load_take(take: Take, scratch: Path) -> np.ndarray:
     """Joints [T, 22, 3] at 20 fps; archive members go through one scratch file at a time."""
+    if take.body_model is not None:
+        return load_motionx_joints(take.path, take.body_model)
     if take.path is not None:
         return load_motion(take.path).joints
     fd, tmp = tempfile.mkstemp(dir=scratch, prefix=f"{Path(take.name).stem}.", suffix=take.suffix)
@@ -389,6 +407,8 @@ def process_take(take: Take, scratch: Path) -> TakeResult:
     except Exception as error:
         if take.suffix == ".fbx":  # optional source: bpy missing or Blender's importer failing skips the take
             return TakeResult(take, skipped=f"FBX import failed: {type(error).__name__}: {error}")
+        if isinstance(error, (ValueError, FileNotFoundError)):  # bad input: a clear message, not a traceback
+            raise ValueError(f"{take.key}: could not load: {error}") from error
         raise RuntimeError(f"{take.key}: could not load: {type(error).__name__}: {error}") from error
     take = replace(take, data=None)  # the archive bytes need not travel back to the main process
     seconds = (len(joints) - 1) / FPS
@@ -504,8 +524,11 @@ def build_dataset(
     seed: int = 0,
     workers: int = 2,
     include: set[str] | None = None,
+    motionx: Path | None = None,
+    smplx_model: Path | None = None,
 ) -> DatasetStats:
-    """Build a HumanML3D-layout dataset in `out` from shared/data sources and/or a user BVH library + captions CSV."""
+    """Build a HumanML3D-layout dataset in `out` from shared/data sources, a user BVH library + captions CSV and/or
+    a Motion-X folder posed with the user's SMPL-X model."""
     out = Path(out)
     shared_data = None if shared_data is None else Path(shared_data)
     bvh_dir = None if bvh_dir is None else Path(bvh_dir)
@@ -514,8 +537,11 @@ def build_dataset(
         raise NotADirectoryError(f"{bvh_dir}: BVH library folder not found")
     if shared_data is not None and not shared_data.is_dir():
         raise NotADirectoryError(f"{shared_data}: shared data folder not found")
+    if motionx is not None and not Path(motionx).is_dir():
+        raise NotADirectoryError(f"{motionx}: Motion-X folder not found")
     skipped: dict[str, str] = {}
-    takes = _discover(shared_data, bvh_dir, captions_csv, include, seed, skipped)
+    takes = _discover(shared_data, bvh_dir, captions_csv, include, seed, skipped,
+                      None if motionx is None else Path(motionx), None if smplx_model is None else Path(smplx_model))
     tmp = _prepare_output(out)
     started = time.monotonic()
     try:
