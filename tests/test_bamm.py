@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from safemotion import cli
 from safemotion.bamm_decoding import decode_bamm, refined_positions
 from safemotion.decoding import SamplingConfig
-from safemotion.generate import Generator
+from safemotion.generate import GenerationRequest, Generator
 from safemotion.models.bamm_transformer import BammTransformer
 from safemotion.models.config import ModelConfig, TransformerConfig, VQConfig
 from safemotion.models.model_dir import build_models, load_model_dir, save_model_dir
@@ -221,3 +222,40 @@ def test_generation_is_reproducible_per_seed_and_independent_of_the_batch(genera
     np.testing.assert_array_equal(again.tokens, together[0].tokens)
     assert not np.array_equal(together[0].tokens[:, 0], together[1].tokens[:, 0])  # seeds differ
     assert len(together[2].tokens) == 10
+
+
+def test_training_step_fits_a_batch_and_scores_every_position_up_to_end() -> None:
+    torch.manual_seed(0)
+    model = BammTransformer(dataclasses.replace(TINY, dropout=0.0, cond_drop_prob=0.0)).train()
+    ids = torch.randint(0, 16, (4, 12))
+    lengths = torch.tensor([12, 9, 5, 1])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss, pred, accuracy = model(ids, torch.randn(4, TEXT_DIM, generator=torch.Generator().manual_seed(1)),
+                                     lengths)
+        first = loss.item() if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert pred.shape == (4, 13) and loss.item() < 0.3 * first
+    assert int(pred[3, 1]) == model.end_id and float(accuracy) > 0.8  # END right after the last token
+
+
+def test_cli_trains_a_bamm_model_and_generates_from_it(tmp_path: Path, capsys) -> None:
+    from test_training import tiny_config as training_config, write_dataset
+
+    dataset = write_dataset(tmp_path / "data", [64, 80, 100, 57, 120])
+    config = tmp_path / "bamm.json"
+    config.write_text(json.dumps(dataclasses.replace(training_config(), generator="bamm",
+                                                     length_estimator=None).to_dict()), encoding="utf-8")
+    out = tmp_path / "model"
+    common = ["--data", str(dataset), "--out", str(out), "--iters", "3", "--batch-size", "4", "--warmup-iters", "1",
+              "--window-size", "32", "--device", "cpu", "--no-progress"]
+    for stage in ("vq", "mask", "residual"):
+        assert cli.main(["train", stage, *(["--config", str(config)] if stage == "vq" else []), *common]) == 0
+        assert json.loads(capsys.readouterr().out)["iterations"] == 3
+    generator = Generator.from_dir(out)
+    assert isinstance(generator.models.mask_transformer, BammTransformer) and generator.chooses_length
+    motion = generator.generate([GenerationRequest("a person walks forward", seed=1)], smpl=False)[0]
+    assert motion.length_from == "end_token" and 1 <= len(motion.tokens) <= SEQ_LEN

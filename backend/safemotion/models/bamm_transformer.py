@@ -12,6 +12,7 @@ position p may attend to q when q is a conditioning position, or when p is not o
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from safemotion.models.conditioned_transformer import TextConditionedTransformer, guide, with_unconditional
@@ -36,7 +37,7 @@ class BammTransformer(TextConditionedTransformer):
         causal = torch.ones(length, length, dtype=torch.bool, device=self.cond_emb.weight.device).tril()
         if cond_idx is None:
             return ~causal
-        is_cond = torch.nn.functional.pad(cond_idx != self.pad_id, (1, 0), value=True)[:, :length]  # (B, S)
+        is_cond = F.pad(cond_idx != self.pad_id, (1, 0), value=True)[:, :length]  # (B, S)
         allowed = is_cond.unsqueeze(1) | (~is_cond.unsqueeze(2) & causal)
         return (~allowed).repeat_interleave(self.config.num_heads, dim=0)
 
@@ -55,3 +56,31 @@ class BammTransformer(TextConditionedTransformer):
             return self.trans_forward(ids, cond, cond_idx)
         doubled = None if cond_idx is None else cond_idx.repeat(2, 1)
         return guide(self.trans_forward(ids.repeat(2, 1), with_unconditional(cond), doubled), cond_scale)
+
+    def forward(self, ids: Tensor, cond: Tensor, m_lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Training step on base ids (B, n) with token lengths m_lens (§5) → (loss, predicted ids (B, n + 1), accuracy).
+
+        Targets: the ids, END at m_len, pad after. Per batch: with probability 0.5 a ratio r ~ U(0, 0.5) of the
+        positions ≤ m_len become conditioning (hybrid mask), else none (causal); a ratio p ~ U(0, 0.5) of the input
+        tokens before m_len are replaced by random codes. Cross-entropy at every position ≤ m_len, averaged per sample.
+        """
+        batch, n = ids.shape
+        position = torch.arange(n + 1, device=ids.device).unsqueeze(0)
+        lengths = m_lens.unsqueeze(1)
+        target = torch.where(position < lengths, F.pad(ids, (0, 1)), self.pad_id)
+        target = torch.where(position == lengths, self.end_id, target)
+        counted = position <= lengths
+
+        cond_ratio = float(torch.rand(())) * 0.5 if float(torch.rand(())) < 0.5 else 0.0
+        cond_idx = None
+        if cond_ratio > 0:
+            chosen = counted & (torch.rand(batch, n + 1, device=ids.device) < cond_ratio)
+            cond_idx = torch.where(chosen, target, self.pad_id)
+        corrupt = (position < lengths) & (torch.rand(batch, n + 1, device=ids.device) < float(torch.rand(())) * 0.5)
+        inputs = torch.where(corrupt, torch.randint_like(target, high=self.end_id), target)
+
+        logits = self.trans_forward(inputs, cond, cond_idx)[:, :, : n + 1]
+        per_position = F.cross_entropy(logits, target.clamp(max=self.end_id), reduction="none") * counted
+        loss = (per_position.sum(dim=1) / (m_lens + 1)).mean()
+        pred = logits.argmax(dim=1)
+        return loss, pred, (pred == target)[counted].float().mean()
