@@ -10,11 +10,18 @@ import pytest
 import torch
 
 from safemotion import cli
-from safemotion.models import LengthEstimator, MaskTransformer, ResidualTransformer, RVQVAE, load_model_dir
+from safemotion.models import (
+    LengthEstimator,
+    MaskTransformer,
+    ResidualTransformer,
+    RVQVAE,
+    import_momask,
+    load_model_dir,
+)
 from safemotion.models.bamm_transformer import BammTransformer
 from safemotion.models.config import LengthEstimatorConfig, TransformerConfig, VQConfig
 from safemotion.models.model_dir import ModelDirError, check_state_dict
-from test_momask_import import MASK_OPT, RES_OPT, TINY_T_OPT, TINY_VQ_OPT, VQ_NAME, _stats, write_official_layout
+from test_momask_import import MASK_OPT, RES_OPT, TINY_T_OPT, TINY_VQ_OPT, VQ_OPT, _stats, write_official_layout
 
 BAMM_NAME = "2024-02-14-14-27-29_8_GPT_officialTrans_2iterPrdictEnd"
 # BAMM's option keys (bamm_architecture.md §8) with the release's known values and sizes.
@@ -104,3 +111,33 @@ def test_unreleased_backbone_and_missing_folder_are_refused(release, tmp_path: P
 def test_a_momask_state_dict_is_not_a_bamm_one() -> None:
     with pytest.raises(ModelDirError, match="token_emb.weight"):
         check_state_dict(BammTransformer(TINY_T), MaskTransformer(TINY_T).state_dict(), "momask weights")
+
+
+@pytest.fixture(scope="module")
+def official_bamm(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """Release sizes: MoMask's files and the BAMM folder, every tensor drawn from the spec's key and shape lists."""
+    momask = json.loads((shared_dir / "reference" / "momask_state_dicts.json").read_text())
+    spec = json.loads((shared_dir / "reference" / "bamm_state_dicts.json").read_text())
+    generator = torch.Generator().manual_seed(0)
+    random = lambda params: {key: torch.randn(shape, generator=generator) * 0.05  # noqa: E731
+                             for key, shape in params.items()}
+    states = {ours: random(momask[theirs]["params"]) for ours, theirs in (
+        ("vq", "rvq_vae"), ("mask", "mask_transformer"), ("res", "residual_transformer"),
+        ("length", "length_estimator"))}
+    root = tmp_path_factory.mktemp("official-bamm")
+    checkpoints = write_official_layout(root, states, VQ_OPT, MASK_OPT, RES_OPT, *_stats())
+    bamm = root / "log" / "t2m" / "t2m" / BAMM_NAME
+    (bamm / "model").mkdir(parents=True)
+    weights = random(spec["bamm_transformer"]["params"])
+    torch.save({spec["bamm_transformer"]["container_key"]: weights, "ep": 2000}, bamm / "model" / "latest.tar")
+    (bamm / "opt.txt").write_text("------------ Options -------------\n" + "".join(
+        f"{k}: {BAMM_OPT[k]}\n" for k in sorted(BAMM_OPT)) + "-------------- End ----------------\n")
+    return checkpoints, bamm, weights
+
+
+def test_official_size_release_built_from_the_spec_imports_strictly(official_bamm, tmp_path: Path) -> None:
+    checkpoints, bamm, weights = official_bamm
+    models = load_model_dir(import_momask(checkpoints, tmp_path / "bamm", bamm=bamm))
+    assert models.config.generator == "bamm" and models.config.mask_transformer == TransformerConfig()
+    state = models.mask_transformer.state_dict()
+    assert list(state) == list(weights) and all(torch.equal(state[k], weights[k]) for k in weights)
