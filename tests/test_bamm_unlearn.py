@@ -9,12 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
 from safemotion import cli
 from safemotion.generate import GenerationRequest
 from safemotion.models.model_dir import build_models, load_model_dir, save_model_dir
 from safemotion.safe_generation import SafeGenerator
+from safemotion.serve import schemas
+from safemotion.serve.app import create_app
+from safemotion.serve.encoding import decode_array
+from safemotion.serve.settings import ServerSettings
 from safemotion.unlearn.record import removed_base_codes, unlearning_record
 from test_unlearn import lcr_args, tiny_config, write_dataset
 
@@ -69,3 +74,16 @@ def test_bamm_tokens_are_flagged_like_momask_tokens(unlearned) -> None:
     assert any(item.safety.hit_tokens for item in by_policy["sanitize"])
     for allowed, sanitized in zip(by_policy["allow"], by_policy["sanitize"]):
         np.testing.assert_array_equal(allowed.motion.tokens, sanitized.motion.tokens)
+
+
+def test_server_serves_the_bamm_lcr_model_with_end_token_lengths(unlearned, tmp_path: Path) -> None:
+    removed = removed_base_codes(load_model_dir(unlearned["bamm"][1]).config)
+    settings = ServerSettings(model=str(unlearned["bamm"][1]), data_dir=tmp_path / "data", device="cpu", threads=1)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/models").json()["models"][0]["length_estimator"] is True  # no estimator: END decides
+        response = client.post("/v1/generate", json={"prompt": "a person punches", "seed": 4, "variations": 3})
+        assert response.status_code == 200, response.text
+        for motion in schemas.GenerateResponse.model_validate(response.json()).model_dump()["motions"]:
+            tokens = decode_array(motion["tokens"])
+            assert motion["length_from"] == "end_token" and motion["frames"] == 4 * len(tokens)
+            assert motion["safety"]["hit_tokens"] == np.flatnonzero(np.isin(tokens[:, 0], removed)).tolist()
