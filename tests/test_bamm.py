@@ -259,3 +259,9 @@ def test_cli_trains_a_bamm_model_and_generates_from_it(tmp_path: Path, capsys) -
     assert isinstance(generator.models.mask_transformer, BammTransformer) and generator.chooses_length
     motion = generator.generate([GenerationRequest("a person walks forward", seed=1)], smpl=False)[0]
     assert motion.length_from == "end_token" and 1 <= len(motion.tokens) <= SEQ_LEN
+    capsys.readouterr()
+    npz = tmp_path / "walk.npz"
+    assert cli.main(["generate", "a person walks forward", "--model", str(out), "--seed", "1", "--out", str(npz),
+                     "--refine-cond-scale", "2.5", "--no-foot-cleanup"]) == 0
+    metadata = json.loads(str(np.load(npz)["metadata"]))
+    assert metadata["length_from"] == "end_token" and metadata["sampling"]["refine_cond_scale"] == 2.5

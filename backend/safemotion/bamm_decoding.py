@@ -11,8 +11,8 @@ Which tokens pass 2 re-generates: round-half-even(L/2) of them (at least one). T
 of `argsort` over equal scores (platform-dependent; mostly the second half on CPU). SafeMotion documents a fixed rule
 instead: the LAST round(L/2) positions before the length are re-generated, the first ones are kept.
 
-Sampling: plain categorical from the guided softmax at SamplingConfig.temperature (1 in the release, as is the only
-value the release supports); MoMask's time_steps, topk_filter_thres and gumbel_sample do not apply. Each step draws one
+Sampling: plain categorical from the guided softmax at SamplingConfig.temperature (the release always samples at 1);
+MoMask's time_steps, topk_filter_thres and gumbel_sample do not apply. Each step draws one
 uniform number per sample from the sample's own generator, 2·seq_len draws in all whatever the length, so a sample's
 tokens depend only on its seed, condition and requested length. `greedy` takes the argmax instead (top-1 decoding).
 """

@@ -61,7 +61,8 @@ def _generate(args: argparse.Namespace) -> int:
                                 foot_cleanup=not args.no_foot_cleanup)
     request.validate()
     sampling = SamplingConfig(time_steps=args.steps, cond_scale=args.cond_scale,
-                              residual_cond_scale=args.residual_cond_scale, temperature=args.temperature,
+                              residual_cond_scale=args.residual_cond_scale,
+                              refine_cond_scale=args.refine_cond_scale, temperature=args.temperature,
                               gumbel_sample=args.gumbel, precision=args.precision)
     sampling.validate()
     generator = SafeGenerator.from_dir(args.model or DEFAULT_MODEL_DIR, device=args.device, sampling=sampling,
@@ -312,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--steps", type=int, default=10, help="masked decoding steps")
     generate.add_argument("--cond-scale", type=float, default=4.0, help="guidance scale of the base layer")
     generate.add_argument("--residual-cond-scale", type=float, default=5.0, help="guidance of the residual layers")
+    generate.add_argument("--refine-cond-scale", type=float, default=3.0,
+                          help="guidance of BAMM's second (refinement) pass; unused by MoMask models")
     generate.add_argument("--temperature", type=float, default=1.0)
     generate.add_argument("--gumbel", action="store_true", help="Gumbel-max instead of categorical sampling")
     generate.add_argument("--precision", default="fp32", help=PRECISION_HELP)
