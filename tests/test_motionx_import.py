@@ -99,10 +99,10 @@ def test_motionx_fixture_to_dataset_split_and_eval_vq(smplx_dir: Path, tmp_path:
     stats = json.loads((out / "stats.json").read_text())
     assert stats["per_source"] == {"motionx": len(CLIPS)} and stats["ids"] == 2 * len(CLIPS)
     index = (out / "index.csv").read_text().splitlines()
-    assert index[1].startswith("X000000,motionx,fitness/subset_0002/Boxing_clip_3,")
-    first = np.load(out / "new_joint_vecs" / "X000000.npy")
+    assert index[1].startswith("Y000000,motionx,fitness/subset_0002/Boxing_clip_3,")
+    first = np.load(out / "new_joint_vecs" / "Y000000.npy")
     assert first.shape == (69, 263) and np.all(np.isfinite(first))
-    assert np.load(out / "new_joints" / "X000000.npy").shape == (69, 22, 3)
+    assert np.load(out / "new_joints" / "Y000000.npy").shape == (69, 22, 3)
 
     assert cli.main(["data", "split", "--data", str(out), "--concept", "violence_motionx", "--rule", "paper"]) == 0
     capsys.readouterr()

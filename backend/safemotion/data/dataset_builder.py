@@ -23,7 +23,7 @@ Decisions:
   words swapped.
 - **Ids.** One letter per source and a running number in discovery order (archive member order for the Bandai and
   iClone archives, sorted names elsewhere): B (Bandai 1+2), C (CMU iClone BVH), F (CMU FBX), D (DeepMimic),
-  U (user library), X (Motion-X, `motionx_import`; its clip id is the take name in index.csv); e.g. `B000123`,
+  U (user library), Y (Motion-X, `motionx_import`; its clip id is the take name in index.csv); e.g. `B000123`,
   `MB000123`.
 - **Splits by take.** All windows of a take (and their mirrors) share one split. Takes are grouped into strata:
   takes with a violent caption line form up to three strata by which rules match (labels "violence" for
@@ -79,7 +79,7 @@ VAL_FRACTION = 0.1
 SPLITS = ("train", "val", "test")
 
 SOURCE_LETTERS = {"bandai-1": "B", "bandai-2": "B", "cmu-iclone": "C", "cmu-fbx": "F", "deepmimic": "D", "user": "U",
-                  "motionx": "X"}
+                  "motionx": "Y"}
 SOURCES = tuple(SOURCE_LETTERS)
 # Short names accepted in `include` besides the source names.
 SOURCE_GROUPS = {
