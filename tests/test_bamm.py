@@ -197,6 +197,11 @@ def test_model_directory_records_the_generator(bamm_dir: Path) -> None:
     broken = dict(config, generator="gpt")
     with pytest.raises(ValueError, match="generator 'gpt' is unknown"):
         ModelConfig.from_dict(broken)
+    ssm = dict(config, mask_transformer=dict(config["mask_transformer"], backbone="mamba"))
+    with pytest.raises(ValueError, match="generator 'bamm' needs mask_transformer.backbone 'transformer'"):
+        ModelConfig.from_dict(ssm)
+    del config["generator"]  # directories from before the field are MoMask ones
+    assert ModelConfig.from_dict(config).generator == "momask"
 
 
 def test_generation_ends_at_end_without_a_length_and_honours_a_requested_one(generator: Generator) -> None:
