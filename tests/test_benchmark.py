@@ -116,7 +116,7 @@ def test_quick_run_writes_the_paper_tables(dataset, models_root, evaluator_dir, 
     settings = report["settings"]
     assert settings["quick"] and settings["repeats"] == 2 and settings["rule"] == "word_boundary"
     assert settings["sampling"] == {"time_steps": 10, "cond_scale": 4.0, "residual_cond_scale": 5.0,
-                                    "temperature": 1.0, "topk_filter_thres": 0.9, "gumbel_sample": False,
+                                    "refine_cond_scale": 3.0, "temperature": 1.0, "topk_filter_thres": 0.9, "gumbel_sample": False,
                                     "precision": "fp32"}
     assert "top-k filter 0.9, precision fp32; seed 0" in markdown
     assert len(report["commit"]) >= 7

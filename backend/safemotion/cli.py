@@ -31,6 +31,8 @@ def _data_build(args: argparse.Namespace) -> int:
         workers=args.workers,
         include=set(args.include) if args.include else None,
         strict=args.strict,
+        motionx=args.motionx,
+        smplx_model=args.smplx_model,
     )
     print(stats.to_json())
     return 0
@@ -47,7 +49,7 @@ def _data_split(args: argparse.Namespace) -> int:
 def _import_momask(args: argparse.Namespace) -> int:
     from safemotion.models.momask_import import import_momask
 
-    out = import_momask(args.checkpoints, args.out)
+    out = import_momask(args.checkpoints, args.out, bamm=args.bamm)
     print(f"wrote model directory {out}")
     return 0
 
@@ -95,7 +97,8 @@ def _sampling(args: argparse.Namespace):
     from safemotion.decoding import SamplingConfig
 
     sampling = SamplingConfig(time_steps=args.steps, cond_scale=args.cond_scale,
-                              residual_cond_scale=args.residual_cond_scale, temperature=args.temperature,
+                              residual_cond_scale=args.residual_cond_scale,
+                              refine_cond_scale=args.refine_cond_scale, temperature=args.temperature,
                               gumbel_sample=args.gumbel, precision=args.precision)
     sampling.validate()
     return sampling
@@ -359,9 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--shared-data", type=Path, help="folder with the Bandai/CMU/DeepMimic sources (shared/data)")
     build.add_argument("--bvh-dir", type=Path, help="your own folder of BVH files")
     build.add_argument("--captions", type=Path, help="CSV with columns file,caption for --bvh-dir")
+    build.add_argument("--motionx", type=Path, help="your Motion-X folder (motion_data/smplx_322, texts/semantic_labels)")
+    build.add_argument("--smplx-model", type=Path, help="folder with your SMPL-X model SMPLX_NEUTRAL.npz (for --motionx)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--workers", type=int, default=2)
-    build.add_argument("--include", nargs="*", help="only these sources (bandai, iclone, deepmimic, fbx, user)")
+    build.add_argument("--include", nargs="*", help="only these sources (bandai, iclone, deepmimic, fbx, user, motionx)")
     build.add_argument("--strict", action="store_true",
                        help="fail (one line naming the file) on a --bvh-dir file that cannot be read; by default such "
                             "files are skipped with a one-line warning and listed under 'skipped' in stats.json. "
@@ -377,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     momask = commands.add_parser("import-momask", help="convert official MoMask checkpoints to a model directory")
     momask.add_argument("--checkpoints", type=Path, required=True, help="official checkpoints folder (checkpoints/t2m)")
     momask.add_argument("--out", type=Path, required=True, help="model directory to create")
+    momask.add_argument("--bamm", type=Path, help="official BAMM release folder (opt.txt, model/latest.tar): import "
+                        "BAMM's base transformer with MoMask's RVQ-VAE, residual transformer and length estimator")
     momask.set_defaults(func=_import_momask)
 
     generate = commands.add_parser("generate", help="generate motion from a text prompt")
@@ -582,6 +589,8 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="masked decoding steps")
     parser.add_argument("--cond-scale", type=float, default=4.0, help="guidance scale of the base layer")
     parser.add_argument("--residual-cond-scale", type=float, default=5.0, help="guidance of the residual layers")
+    parser.add_argument("--refine-cond-scale", type=float, default=3.0,
+                        help="guidance of BAMM's second (refinement) pass; unused by MoMask models")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--gumbel", action="store_true", help="Gumbel-max instead of categorical sampling")
     parser.add_argument("--precision", default="fp32", help=PRECISION_HELP)

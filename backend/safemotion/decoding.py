@@ -39,6 +39,7 @@ class SamplingConfig:
     time_steps: int = 10
     cond_scale: float = 4.0
     residual_cond_scale: float = 5.0
+    refine_cond_scale: float = 3.0  # BAMM's second (bidirectional refinement) pass; unused by MoMask
     temperature: float = 1.0
     topk_filter_thres: float = 0.9
     gumbel_sample: bool = False
@@ -54,7 +55,7 @@ class SamplingConfig:
             raise ValueError(f"topk_filter_thres is {self.topk_filter_thres}; allowed range is [0, 1)")
         if self.precision not in PRECISION_NAMES:
             raise ValueError(f"precision is {self.precision!r}; choose one of {list(PRECISIONS)} or {INT8!r}")
-        for name in ("cond_scale", "residual_cond_scale"):
+        for name in ("cond_scale", "residual_cond_scale", "refine_cond_scale"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} is {getattr(self, name)}; it must be a finite number")
 

@@ -484,9 +484,10 @@ class Editor:
         cond = generator.encode_prompts([prompt]).expand(variations, -1)
         kept = torch.from_numpy(np.repeat(plan.tokens[None, w0:w1], variations, axis=0))
         keep = torch.from_numpy(np.repeat(plan.keep[None, w0:w1], variations, axis=0))
-        ids = generator.sample_tokens(cond, torch.full((variations,), count), [torch.Generator().manual_seed(s)
-                                                                               for s in seeds],
-                                      kept.to(generator.device), keep.to(generator.device)).cpu().numpy()
+        ids, _ = generator.sample_tokens(cond, torch.full((variations,), count),
+                                         [torch.Generator().manual_seed(s) for s in seeds],
+                                         kept.to(generator.device), keep.to(generator.device))
+        ids = ids.cpu().numpy()
         decoded = generator.decode_tokens(list(ids))
         motions = []
         unit = self.unit

@@ -23,15 +23,8 @@ import torch
 from torch import Tensor
 
 from safemotion.data.bvh import Bvh, write_bvh
-from safemotion.decoding import (
-    INT8,
-    PRECISIONS,
-    SKIP_ID,
-    SamplingConfig,
-    decode_base,
-    decode_residual,
-    sample_token_lengths,
-)
+from safemotion.base_decoding import decode_base_layer
+from safemotion.decoding import INT8, PRECISIONS, SKIP_ID, SamplingConfig, decode_residual, sample_token_lengths
 from safemotion.models.model_dir import MotionModels, load_model_dir
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.motion import rotations as rot
@@ -91,7 +84,7 @@ class GeneratedMotion:
     features: np.ndarray  # (4n, 263) float32 HumanML3D features as decoded, not normalised
     joints: np.ndarray  # (4n, 22, 3) float32 joint positions in metres, Y-up (after the foot clean-up when on)
     smpl: SmplMotion | None  # SMPL pose fitted to the joints (None when generated with smpl=False)
-    length_from: str  # "request" or "estimator"
+    length_from: str  # "request", "estimator" or "end_token" (a generator that predicts its length)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     foot_cleanup: FootCleanupReport | None = None  # what the foot clean-up did to `joints`; None when it was off
 
@@ -196,6 +189,11 @@ class Generator:
         encoder = load_text_encoder(models.config.text_encoder, resolved, clip_weights, clip_vocab)
         return cls(models, encoder, sampling, resolved)
 
+    @property
+    def chooses_length(self) -> bool:
+        """Whether a request may leave the length out (a length estimator, or a generator predicting its length)."""
+        return self.models.length_estimator is not None or self.models.mask_transformer.predicts_length
+
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """Text features (B, text_dim) on the generator's device."""
         if self.text_encoder is None:
@@ -248,10 +246,10 @@ class Generator:
         tokens: list[np.ndarray | None] = [None] * count
         for start in range(0, count, self.batch_size):
             batch = order[start:start + self.batch_size]
-            ids = self.sample_tokens(features[batch], torch.tensor([lengths[i] for i in batch]),
-                                     [generators[i] for i in batch])
+            ids, chosen = self.sample_tokens(features[batch], torch.tensor([lengths[i] for i in batch]),
+                                             [generators[i] for i in batch])
             for row, i in enumerate(batch):
-                tokens[i] = ids[row, :lengths[i]].cpu().numpy()
+                tokens[i] = ids[row, :int(chosen[row])].cpu().numpy()
         motion_features = self.decode_tokens(tokens)
         results = []
         for i in range(count):
@@ -269,8 +267,12 @@ class Generator:
 
     def _token_lengths(self, features: Tensor, generators: list[torch.Generator],
                        requested: list[int | None]) -> tuple[list[int], list[str]]:
+        """Requested lengths clamped to [1, max_tokens]; missing ones from the length estimator, or 0 (decided while
+        decoding) for a generator that predicts its length."""
         missing = [i for i, n in enumerate(requested) if n is None]
         lengths = [min(max(int(n), 1), self.max_tokens) if n is not None else 0 for n in requested]
+        if self.models.mask_transformer.predicts_length:
+            return lengths, ["request" if n is not None else "end_token" for n in requested]
         if missing:
             estimator = self.models.length_estimator
             if estimator is None:
@@ -282,16 +284,19 @@ class Generator:
         return lengths, ["request" if n is not None else "estimator" for n in requested]
 
     def sample_tokens(self, features: Tensor, lengths: Tensor, generators: list[torch.Generator],
-                      kept: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
-        """All code layers (B, max(lengths), Q) for one batch; −1 at padding and skipped residual codes.
+                      kept: Tensor | None = None, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """All code layers (B, max length, Q) for one batch (−1 at padding and skipped residual codes) and the token
+        lengths (B,); a length 0 is chosen by the generator.
 
         Temporal inpainting: where `keep` (B, max(lengths)) is True the ids of `kept` (B, max(lengths), Q) are kept in
         every layer and the others are decoded around them.
         """
         base_kept = None if keep is None else torch.where(keep, kept[..., 0], SKIP_ID)
-        base = decode_base(self.models.mask_transformer, features, lengths, generators, self.sampling, base_kept)
-        return decode_residual(self.models.residual_transformer, base, features, lengths, generators, self.sampling,
-                               kept, keep)
+        base, lengths = decode_base_layer(self.models.mask_transformer, features, lengths, generators, self.sampling,
+                                          self.max_tokens, base_kept)
+        ids = decode_residual(self.models.residual_transformer, base, features, lengths, generators, self.sampling,
+                              kept, keep)
+        return ids, lengths
 
     @torch.inference_mode()
     def decode_tokens(self, tokens: list[np.ndarray]) -> list[np.ndarray]:

@@ -27,7 +27,8 @@ Decisions:
 - **Ids.** One letter per source and a running number in discovery order (archive member order for the Bandai and
   iClone archives, sorted names elsewhere, file order of labels.tsv / captions.tsv for the combat sources):
   B (Bandai 1+2), C (CMU iClone BVH), F (CMU FBX), D (DeepMimic), S (ASE sword and shield), X (assimp boxing),
-  U (user library); e.g. `B000123`, `MB000123`.
+  U (user library), Y (Motion-X, `motionx_import`; its clip id is the take name in index.csv); e.g. `B000123`,
+  `MB000123`.
 - **Combat sources.** The ASE sword-and-shield clips (`ase_sword_shield`: restricted unpickling, duplicates
   dropped) and the 4 captioned segments of assimp's boxing take (each segment is a take; the T-pose calibration is
   in none) are loaded like the others, so windows, mirrors and splits treat them the same way.
@@ -78,6 +79,7 @@ from safemotion.data import captions as cap
 from safemotion.data.concepts import matches_concept
 from safemotion.data.dataset_card import CONCEPT_LABELS, caption_statistics, render_dataset_card
 from safemotion.data.mocap_import import load_motion
+from safemotion.data.motionx_import import load_motionx_joints, load_smplx, motionx_clips, smplx_model_file
 from safemotion.motion.features import FEATURE_DIM, extract_features, mirror_joints, recover_from_ric
 from safemotion.parent_watch import exit_when_parent_ends, process_alive
 
@@ -95,7 +97,7 @@ BUILDER_PID_FILE = ".builder-pid"  # in the temporary build folder: whose it is,
 
 SOURCE_LETTERS = {
     "bandai-1": "B", "bandai-2": "B", "cmu-iclone": "C", "cmu-fbx": "F", "deepmimic": "D", "ase-sword-shield": "S",
-    "assimp-boxing": "X", "user": "U",
+    "assimp-boxing": "X", "user": "U", "motionx": "Y",
 }
 SOURCES = tuple(SOURCE_LETTERS)
 # Short names accepted in `include` besides the source names.
@@ -121,6 +123,7 @@ class Take:
     load_options: dict[str, object] = field(default_factory=dict)  # extra keyword arguments of `load_motion`
     kind: str | None = None  # "walk", "run", "idle" or "gesture": which measured paraphrases its windows get
     phrases: tuple[str, ...] = ()  # the content's verb phrases (gestures made in place reuse them)
+    body_model: Path | None = None  # Motion-X takes: the user's SMPL-X model that poses the parameters
 
     @property
     def key(self) -> str:
@@ -334,9 +337,14 @@ def _user_takes(bvh_dir: Path, captions_csv: Path, skipped: dict[str, str]) -> I
         yield Take("user", file, unique, ("user",), path=bvh_dir / file, suffix=Path(file).suffix.lower())
 
 
+def _motionx_takes(root: Path, smplx_model: Path) -> Iterator[Take]:
+    for clip_id, file, captions in motionx_clips(root):
+        yield Take("motionx", clip_id, captions, ("motionx",), path=file, suffix=file.suffix, body_model=smplx_model)
+
+
 def _discover(
     shared_data: Path | None, bvh_dir: Path | None, captions_csv: Path | None, include: set[str] | None, seed: int,
-    skipped: dict[str, str],
+    skipped: dict[str, str], motionx: Path | None = None, smplx_model: Path | None = None,
 ) -> Iterator[Take]:
     """Check the inputs, then return all takes of the selected sources in a fixed order (read lazily)."""
     unknown = set(include or ()) - set(SOURCES) - set(SOURCE_GROUPS)
@@ -369,13 +377,20 @@ def _discover(
                 f"{captions_csv}: captions CSV not found; pass captions_csv (columns file,caption) for {bvh_dir}"
             )
         inputs["user"] = partial(_user_takes, bvh_dir, captions_csv, skipped)
+    if motionx is not None:
+        if smplx_model is None:
+            raise ValueError(f"{motionx}: Motion-X clips need an SMPL-X body model; pass --smplx-model with the folder "
+                             "holding SMPLX_NEUTRAL.npz")
+        load_smplx(smplx_model_file(smplx_model))  # a wrong or missing model fails here, before any take
+        inputs["motionx"] = partial(_motionx_takes, motionx, smplx_model_file(smplx_model))
     if include is not None:
         missing = set(include) - set(inputs)
         if missing:
             raise ValueError(f"source(s) {sorted(missing)} requested but their input folder was not given")
         inputs = {source: make for source, make in inputs.items() if source in include}
     if not inputs:
-        raise ValueError("nothing to build: pass shared_data (SafeMotion's shared/data) and/or bvh_dir + captions_csv")
+        raise ValueError("nothing to build: pass shared_data (SafeMotion's shared/data), bvh_dir + captions_csv "
+                         "and/or motionx + smplx_model")
     return chain.from_iterable(inputs[source]() for source in SOURCES if source in inputs)
 
 
@@ -428,6 +443,8 @@ def window_ranges(num_frames: int) -> list[tuple[int, int]]:
 
 def _load_take(take: Take, scratch: Path) -> np.ndarray:
     """Joints [T, 22, 3] at 20 fps; archive members go through one scratch file at a time."""
+    if take.body_model is not None:
+        return load_motionx_joints(take.path, take.body_model)
     if take.path is not None:
         return load_motion(take.path, **take.load_options).joints
     fd, tmp = tempfile.mkstemp(dir=scratch, prefix=f"{Path(take.name).stem}.", suffix=take.suffix)
@@ -585,9 +602,12 @@ def build_dataset(
     workers: int = 2,
     include: set[str] | None = None,
     strict: bool = False,
+    motionx: Path | None = None,
+    smplx_model: Path | None = None,
 ) -> DatasetStats:
-    """Build a HumanML3D-layout dataset in `out` from shared/data sources and/or a user BVH library + captions CSV
-    (`strict`: a user file that cannot be loaded fails the build instead of being skipped)."""
+    """Build a HumanML3D-layout dataset in `out` from shared/data sources, a user BVH library + captions CSV and/or
+    a Motion-X folder posed with the user's SMPL-X model (`strict`: a user file that cannot be loaded fails the build
+    instead of being skipped)."""
     out = Path(out)
     shared_data = None if shared_data is None else Path(shared_data)
     bvh_dir = None if bvh_dir is None else Path(bvh_dir)
@@ -596,8 +616,11 @@ def build_dataset(
         raise NotADirectoryError(f"{bvh_dir}: BVH library folder not found")
     if shared_data is not None and not shared_data.is_dir():
         raise NotADirectoryError(f"{shared_data}: shared data folder not found")
+    if motionx is not None and not Path(motionx).is_dir():
+        raise NotADirectoryError(f"{motionx}: Motion-X folder not found")
     skipped: dict[str, str] = {}
-    takes = _discover(shared_data, bvh_dir, captions_csv, include, seed, skipped)
+    takes = _discover(shared_data, bvh_dir, captions_csv, include, seed, skipped,
+                      None if motionx is None else Path(motionx), None if smplx_model is None else Path(smplx_model))
     tmp = _prepare_output(out)
     started = time.monotonic()
     try:
@@ -617,9 +640,9 @@ def _with_violence_labels(take: Take) -> Take:
     """The take labelled "violence" / "violence:paper" when a caption line matches the word_boundary / paper rule.
 
     Shared-data captions that equal a held-out evaluation prompt, themselves or mirrored (e.g. a KIT caption "a person
-    walks forward"), are dropped first; a user's own captions are kept as written.
+    walks forward"), are dropped first; captions a user brings (their BVH library, Motion-X) are kept as written.
     """
-    if take.source != "user":
+    if take.source not in ("user", "motionx"):
         take = replace(take, captions=tuple(c for c in take.captions if not grammar.copies_held_out_prompt(c)))
         if not take.captions:
             raise ValueError(f"{take.key}: every caption equals a held-out evaluation prompt; add another caption")

@@ -17,6 +17,9 @@ VQ_ACTIVATIONS = ("relu", "silu", "gelu")
 # bidirectional Mamba / SeRpEnt mixers (conditioned_transformer.SSMEncoder). The residual transformer is
 # transformer-only.
 BACKBONES = ("transformer", "mamba", "serpent")
+# Base-layer generators (the `mask_transformer` section and weights): MoMask's masked transformer or BAMM's
+# causal/hybrid transformer with an [END] token (models.bamm_transformer). Both share the other components.
+GENERATORS = ("momask", "bamm")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class ModelConfig:
     residual_transformer: TransformerConfig = field(default_factory=lambda: TransformerConfig(cond_drop_prob=0.2))
     length_estimator: LengthEstimatorConfig | None = field(default_factory=LengthEstimatorConfig)
     text_encoder: str = "clip"
+    generator: str = "momask"
     fps: float = 20.0
     unit_length: int = 4
     max_motion_length: int = 196
@@ -105,6 +109,11 @@ class ModelConfig:
         for name in ("unlearning", "safety"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
                 raise ValueError(f"'{name}' must be an object or null, found {type(getattr(self, name)).__name__}")
+        if self.generator not in GENERATORS:
+            raise ValueError(f"generator {self.generator!r} is unknown; choose one of {list(GENERATORS)}")
+        if self.generator == "bamm" and self.mask_transformer.backbone != "transformer":
+            raise ValueError(f"generator 'bamm' needs mask_transformer.backbone 'transformer', "
+                             f"not {self.mask_transformer.backbone!r}")
         text_dim = TEXT_ENCODER_DIMS[self.text_encoder]
         vq = self.vq
         if vq.activation not in VQ_ACTIVATIONS:

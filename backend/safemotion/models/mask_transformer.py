@@ -26,6 +26,7 @@ class MaskTransformer(TextConditionedTransformer):
     """Bidirectional transformer over base-layer ids with a prepended text-condition token."""
 
     backbones = BACKBONES
+    predicts_length = False  # needs a requested or estimated length
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__(cfg, out_dim=cfg.num_tokens)

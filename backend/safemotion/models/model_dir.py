@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from safemotion.atomic_dir import replace_dir
+from safemotion.models.bamm_transformer import BammTransformer
 from safemotion.models.config import ModelConfig
 from safemotion.models.length_estimator import LengthEstimator
 from safemotion.models.mask_transformer import MaskTransformer
@@ -58,7 +59,7 @@ class MotionModels:
 
     config: ModelConfig
     vq: RVQVAE
-    mask_transformer: MaskTransformer
+    mask_transformer: MaskTransformer | BammTransformer  # the base-layer generator named by config.generator
     residual_transformer: ResidualTransformer
     length_estimator: LengthEstimator | None
     mean: np.ndarray
@@ -85,6 +86,8 @@ class MotionModels:
 
 COMPONENT_CLASSES = {"vq": RVQVAE, "mask_transformer": MaskTransformer, "residual_transformer": ResidualTransformer,
                      "length_estimator": LengthEstimator}  # MotionModels field = config section → module class
+BASE_TRANSFORMERS = {"momask": MaskTransformer, "bamm": BammTransformer}  # config.generator → mask_transformer class
+BASE_LAYER_NAMES = {"momask": "masked transformer", "bamm": "BAMM's causal/hybrid-mask transformer with an [END] token"}
 
 
 def build_models(config: ModelConfig, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> MotionModels:
@@ -101,7 +104,9 @@ def build_models(config: ModelConfig, mean: np.ndarray | None = None, std: np.nd
 def build_component(config: ModelConfig, name: str) -> nn.Module | None:
     """A freshly initialised component (a MotionModels field) of `config`; None for an absent length estimator."""
     section = getattr(config, name)
-    return None if section is None else COMPONENT_CLASSES[name](section)
+    if section is None:
+        return None
+    return (BASE_TRANSFORMERS[config.generator] if name == "mask_transformer" else COMPONENT_CLASSES[name])(section)
 
 
 def save_model_dir(models: MotionModels, out_dir: str | Path, card: str | None = None,
@@ -275,8 +280,8 @@ def model_card(config: ModelConfig, title: str = "SafeMotion text-to-motion mode
 
 ## Architecture
 
-MoMask-family generator: residual VQ-VAE ({vq.num_quantizers} codebooks × {vq.nb_code} codes × {vq.code_dim} dims,
-{vq.downsample} frames per token), masked transformer for the base codes and residual transformer for the
+MoMask-family model, base-layer generator `{config.generator}`: residual VQ-VAE ({vq.num_quantizers} codebooks × {vq.nb_code} codes × {vq.code_dim} dims,
+{vq.downsample} frames per token), {BASE_LAYER_NAMES[config.generator]} for the base codes and residual transformer for the
 other layers ({mt.num_layers} layers, width {mt.latent_dim}, {mt.num_heads} heads, backbone `{mt.backbone}`).
 
 | component | trainable parameters |

@@ -9,6 +9,9 @@ Official layout, per dataset folder (`checkpoints/t2m`):
 
 The mask transformer's opt.txt names the VQ folder (`vq_name`). Containers are read with
 torch.load(weights_only=True); nothing is written until everything has loaded and verified.
+
+BAMM (bamm_architecture.md §8): its release folder `<name>/opt.txt, <name>/model/latest.tar ['t2m_transformer' or
+'trans']` replaces the mask transformer; the RVQ-VAE, residual transformer and length estimator are MoMask's files.
 """
 
 from __future__ import annotations
@@ -46,6 +49,14 @@ CONTAINERS = {
     "residual_transformer": (("net_best_fid.tar", "latest.tar"), ("res_transformer",)),
     "length_estimator": (("finest.tar",), ("estimator",)),
 }
+BAMM_CARD_NOTE = """
+
+BAMM decoding (bamm_architecture.md §6): pass 1 samples the 49 token slots causally (guidance `cond_scale`) and,
+without a requested length, ends the motion at its first [END] token (the length estimator is not used then); pass 2
+keeps the first tokens and END as bidirectional context and re-samples the last round(L/2) tokens (guidance
+`refine_cond_scale`, 3 in the release). The release picks those tokens by the tie order of `argsort` over equal scores
+(platform-dependent, mostly the second half on CPU); SafeMotion always re-samples the last round(L/2) positions before
+the length, a documented deterministic rule, so token-level results can differ from the official code's."""
 OPT_BANNERS = ("------------ Options -------------", "-------------- End ----------------")
 
 
@@ -101,8 +112,10 @@ class Options:
 
 
 def import_momask(checkpoints: Path, out: Path, dataset: str = "t2m", mask_name: str | None = None,
-                  res_name: str | None = None, overwrite: bool = False) -> Path:
-    """Convert official MoMask checkpoints (RVQ, both transformers, length estimator) into model directory `out`."""
+                  res_name: str | None = None, overwrite: bool = False, bamm: Path | None = None) -> Path:
+    """Convert official MoMask checkpoints (RVQ, both transformers, length estimator) into model directory `out`;
+    with `bamm` (the BAMM release folder holding opt.txt and model/latest.tar) BAMM's base transformer replaces
+    MoMask's masked transformer."""
     checkpoints, out = Path(checkpoints), Path(out)
     if dataset not in DATASETS:
         raise ValueError(f"dataset {dataset!r} is unknown; choose one of {sorted(DATASETS)}")
@@ -112,7 +125,13 @@ def import_momask(checkpoints: Path, out: Path, dataset: str = "t2m", mask_name:
     if not root.is_dir():
         raise FileNotFoundError(f"{checkpoints}: checkpoint folder not found")
 
-    mask_dir = _model_folder(root, mask_name or RELEASED_NAMES[dataset][0], "mask transformer", "mask_name")
+    if bamm is not None:
+        mask_dir = Path(bamm)
+        if not (mask_dir / "opt.txt").is_file():
+            raise FileNotFoundError(f"{mask_dir}: BAMM folder with opt.txt not found (expected the release folder "
+                                    "2024-02-14-14-27-29_8_GPT_officialTrans_2iterPrdictEnd)")
+    else:
+        mask_dir = _model_folder(root, mask_name or RELEASED_NAMES[dataset][0], "mask transformer", "mask_name")
     res_dir = _model_folder(root, res_name or RELEASED_NAMES[dataset][1], "residual transformer", "res_name")
     mask_opt, res_opt = Options(mask_dir / "opt.txt"), Options(res_dir / "opt.txt")
     vq_name = mask_opt.get_str("vq_name")
@@ -122,7 +141,10 @@ def import_momask(checkpoints: Path, out: Path, dataset: str = "t2m", mask_name:
     vq_dir = _model_folder(root, vq_name, "RVQ-VAE (named by the mask transformer's vq_name)", None)
     vq_opt = Options(vq_dir / "opt.txt")
 
-    config = _config_from_options(vq_opt, mask_opt, res_opt)
+    if bamm is not None and mask_opt.get_str("trans", "official") != "official":
+        raise ValueError(f"{mask_opt.path}: trans {mask_opt.get_str('trans')!r} is not supported; only the released "
+                         "'official' (nn.TransformerEncoder) BAMM backbone is")
+    config = _config_from_options(vq_opt, mask_opt, res_opt, generator="momask" if bamm is None else "bamm")
     folders = {"vq": vq_dir, "mask_transformer": mask_dir, "residual_transformer": res_dir,
                "length_estimator": root / "length_estimator"}
     models = build_empty_models(config)
@@ -135,13 +157,16 @@ def import_momask(checkpoints: Path, out: Path, dataset: str = "t2m", mask_name:
     models.mean, models.std = (_load_stat(vq_dir / "meta" / f"{s}.npy", config.vq.dim_pose) for s in ("mean", "std"))
     models.eval()
 
+    release = ("the official MoMask release (Guo et al., CVPR 2024, github.com/EricGuo5513/momask-codes)" if bamm is None
+               else "the official BAMM release (Pinyoanuntapong et al., ECCV 2024, github.com/exitudio/BAMM; base "
+                    "transformer) and the MoMask release it shares (RVQ-VAE, residual transformer, length estimator)")
     provenance = (
-        "Converted from the official MoMask release (Guo et al., CVPR 2024, github.com/EricGuo5513/momask-codes) "
-        "with `safemotion import-momask`. MoMask is trained on HumanML3D/KIT-ML, whose source motion data "
-        "carry their own licence terms.\n\nSource containers:\n" + "\n".join(sources)
+        f"Converted from {release} with `safemotion import-momask`. Both are trained on HumanML3D/KIT-ML, whose "
+        "source motion data carry their own licence terms.\n\nSource containers:\n" + "\n".join(sources)
         + "\n\nThe text encoder is CLIP ViT-B/32 (raw 512-d `encode_text` feature); supply its weights locally."
+        + ("" if bamm is None else BAMM_CARD_NOTE)
     )
-    title = f"MoMask ({vq_opt.get_str('dataset_name')}) converted for SafeMotion"
+    title = f"{'MoMask' if bamm is None else 'BAMM'} ({vq_opt.get_str('dataset_name')}) converted for SafeMotion"
     card = model_card(config, title=title, provenance=provenance)
     return save_model_dir(models, out, card=card, overwrite=overwrite)
 
@@ -156,7 +181,7 @@ def _model_folder(root: Path, name: str, what: str, option: str | None) -> Path:
                             f"{', '.join(found) or 'none'}){hint}")
 
 
-def _config_from_options(vq_opt: Options, mask_opt: Options, res_opt: Options) -> ModelConfig:
+def _config_from_options(vq_opt: Options, mask_opt: Options, res_opt: Options, generator: str) -> ModelConfig:
     """Our ModelConfig from the three opt.txt files; unsupported variants raise ValueError naming the option."""
     dataset = vq_opt.get_str("dataset_name")
     if dataset not in DATASETS:
@@ -190,7 +215,7 @@ def _config_from_options(vq_opt: Options, mask_opt: Options, res_opt: Options) -
     config = ModelConfig(
         vq=vq, mask_transformer=transformer(mask_opt), residual_transformer=transformer(res_opt),
         length_estimator=LengthEstimatorConfig(text_dim=CLIP_DIM, num_classes=200 // unit_length),
-        text_encoder="clip", fps=DATASETS[dataset]["fps"], unit_length=unit_length,
+        text_encoder="clip", generator=generator, fps=DATASETS[dataset]["fps"], unit_length=unit_length,
         max_motion_length=mask_opt.get_int("max_motion_length", 196),
     )
     try:

@@ -111,7 +111,7 @@ class ModelService:
             "fps": float(config.fps),
             "unit_length": config.unit_length, "seconds_range": [SECONDS_RANGE[0], max_seconds],
             "variations_range": list(VARIATIONS_RANGE),
-            "length_estimator": self.generator.models.length_estimator is not None,
+            "length_estimator": self.generator.chooses_length,
             "unlearning": None if record is None else {
                 "method": record.method, "concept": record.concept, "removed_base_codes": len(self.removed_codes)},
             "safety_threshold": None if safety is None else safety.threshold,

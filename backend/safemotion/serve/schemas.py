@@ -170,7 +170,7 @@ class MotionPayload(BaseModel):
     fps: float
     frames: int
     seconds: float
-    length_from: Literal["request", "estimator"]
+    length_from: Literal["request", "estimator", "end_token"]
     foot_cleanup: bool = Field(description="whether planted feet were pinned and the motion grounded")
     joints: ArrayPayload | None = Field(description="joint positions [T, 22, 3], metres, Y-up")
     smpl: SmplPayload | None
@@ -277,7 +277,8 @@ class ModelInfo(BaseModel):
     unit_length: int
     seconds_range: list[float]
     variations_range: list[int]
-    length_estimator: bool
+    length_estimator: bool = Field(description="whether seconds may be left out (a length estimator, or a generator "
+                                              "that ends its motion with an [END] token)")
     unlearning: dict | None = Field(description="method, concept and removed base-code count; null for a plain model")
     safety_threshold: float | None
     safety_calibrated: bool | None

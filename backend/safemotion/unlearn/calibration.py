@@ -26,7 +26,8 @@ from torch import Tensor
 
 from safemotion.data.concepts import load_concept
 from safemotion.data.motion_dataset import FPS, load_motion, read_captions
-from safemotion.decoding import SamplingConfig, decode_base
+from safemotion.base_decoding import decode_base_layer
+from safemotion.decoding import SamplingConfig
 from safemotion.generate import pick_device
 from safemotion.models.model_dir import MotionModels, load_model_dir
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
@@ -121,7 +122,8 @@ def hit_ratio_scores(models: MotionModels, features: Tensor, tokens: list[int], 
         batch = order[start:start + batch_size]
         lengths = torch.tensor([tokens[i] for i in batch])
         generators = [torch.Generator().manual_seed(seeds[i]) for i in batch]
-        ids = decode_base(models.mask_transformer, features[batch].float().to(device), lengths, generators, sampling)
+        ids, _ = decode_base_layer(models.mask_transformer, features[batch].float().to(device), lengths, generators,
+                                   sampling, models.config.max_motion_length // models.config.unit_length)
         for row, i in enumerate(batch):
             scores[i] = len(hit_token_indices(ids[row, :tokens[i]].cpu().numpy(), removed)) / tokens[i]
     return scores
