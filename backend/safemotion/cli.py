@@ -67,10 +67,12 @@ def _generate(args: argparse.Namespace) -> int:
     written = []
     for item, path in zip(results, output_paths(args.out, len(results))):
         motion, safety = item.motion, None if item.safety is None else item.safety.to_dict()
-        entry = {"file": None if item.blocked else str(path), "seed": motion.seed, "frames": motion.num_frames,
-                 "seconds": motion.seconds, "length_from": motion.length_from, "safety": safety}
+        entry = {"file": None if item.blocked else str(path), "seed": item.seed,
+                 "frames": None if motion is None else motion.num_frames,
+                 "seconds": None if motion is None else motion.seconds,
+                 "length_from": None if motion is None else motion.length_from, "safety": safety}
         if item.blocked:
-            print(f"variation {motion.variation} (seed {motion.seed}) not written: {item.safety.reason}",
+            print(f"variation {item.variation} (seed {item.seed}) not written: {item.safety.reason}",
                   file=sys.stderr)
         else:
             save_npz(motion, path, safety=safety) if suffix == ".npz" else save_bvh(motion, path)

@@ -333,7 +333,8 @@ def audit_log(state: StateDep, caller: CallerDep,
     rows = state.store.audit_entries(epoch(since), epoch(until), user, flagged, event, before_id, limit)
     entries = [{"id": row["id"], "time": iso_time(row["ts"]), "user": row["username"],
                 **{key: row[key] for key in ("role", "event", "model", "prompt", "policy", "decision", "flagged",
-                                             "hit_ratio", "seed", "variation", "job_id", "request_id")}}
+                                             "hit_ratio", "reason", "seed", "variation", "job_id", "request_id")},
+                "signals": None if row["signals"] is None else json.loads(row["signals"])}
                for row in rows]
     return {"entries": entries, "next_before_id": rows[-1]["id"] if len(rows) == limit else None}
 

@@ -137,8 +137,10 @@ def motion_payloads(generated: list[Generated]) -> list[dict[str, Any]]:
 def _payload(item: Generated) -> dict[str, Any]:
     motion = item.motion
     payload: dict[str, Any] = {
-        "prompt": motion.prompt, "seed": motion.seed, "variation": motion.variation, "fps": motion.fps,
-        "frames": motion.num_frames, "seconds": motion.seconds, "length_from": motion.length_from,
+        "prompt": item.prompt, "seed": item.seed, "variation": item.variation,
+        "fps": None if motion is None else motion.fps, "frames": 0 if motion is None else motion.num_frames,
+        "seconds": 0.0 if motion is None else motion.seconds,
+        "length_from": "refused before generation" if motion is None else motion.length_from,
         "joints": None, "smpl": None, "skeleton": None, "tokens": None,
         "safety": None if item.safety is None else item.safety.to_dict(),
     }

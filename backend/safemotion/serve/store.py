@@ -31,6 +31,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
     update,
@@ -96,6 +97,8 @@ audit_log = Table(
     Column("decision", String(20)),
     Column("flagged", Boolean),
     Column("hit_ratio", Float),
+    Column("signals", Text),  # JSON list of the safety record's signals: name, score, threshold, fired
+    Column("reason", Text),  # the safety record's one-sentence reason
     Column("seed", BigInteger),
     Column("variation", Integer),
     Column("job_id", String(32)),
@@ -128,6 +131,8 @@ class AuditEntry:
     decision: str | None = None
     flagged: bool | None = None
     hit_ratio: float | None = None
+    signals: str | None = None
+    reason: str | None = None
     seed: int | None = None
     variation: int | None = None
     job_id: str | None = None
@@ -334,13 +339,21 @@ def _lock_job(conn: Any, job_id: str) -> None:
 
 
 def _create_tables(engine: Engine) -> None:
-    """Create missing tables; on PostgreSQL under an advisory lock, as servers starting together would collide."""
-    if engine.dialect.name != "postgresql":
-        metadata.create_all(engine)
-        return
+    """Create missing tables and audit-log columns; on PostgreSQL under an advisory lock, as servers starting together
+    would collide."""
     with engine.begin() as conn:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
         metadata.create_all(conn)
+        _add_audit_columns(conn)
+
+
+def _add_audit_columns(conn: Any) -> None:
+    """Add the audit-log columns that databases written by older versions lack (signals, reason)."""
+    present = {column["name"] for column in inspect(conn).get_columns("audit_log")}
+    for name in ("signals", "reason"):
+        if name not in present:
+            conn.execute(text(f"ALTER TABLE audit_log ADD COLUMN {name} TEXT"))
 
 
 def _create_engine(url: str) -> Engine:
