@@ -246,7 +246,7 @@ def test_deepmimic_walk(shared_dir, tmp_path):
     alone = tmp_path / path.name
     shutil.copy(path, alone)
     assert np.abs(load_motion(alone).joints - clip.joints).max() < 1e-6
-    with pytest.raises(ValueError, match="DeepMimic clips take no preset"):
+    with pytest.raises(ValueError, match="DeepMimic and ASE clips take no preset"):
         load_motion(path, preset="mixamo")
 
 

@@ -324,8 +324,14 @@ def _parse_header_value(path: Path, lines: list[str], index: int, pattern: re.Pa
     return match.group(1), index
 
 
-def read_bvh(path: str | os.PathLike) -> Bvh:
-    """Read a BVH file (any channel order, position channels on any joint, end sites kept)."""
+def read_bvh(path: str | os.PathLike, extra_frames: str = "error") -> Bvh:
+    """Read a BVH file (any channel order, position channels on any joint, end sites kept).
+
+    extra_frames: what to do with frame lines beyond the count `Frames:` declares: "error", or "ignore" them (assimp's
+    Boxing_Toes.bvh has one more line than it declares).
+    """
+    if extra_frames not in ("error", "ignore"):
+        raise ValueError(f"read_bvh: extra_frames must be 'error' or 'ignore', got {extra_frames!r}")
     path = Path(path)
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     tokens: list[tuple[str, int]] = []
@@ -357,7 +363,9 @@ def read_bvh(path: str | os.PathLike) -> Bvh:
     if len(rows) < expected:
         raise _fail(path, len(lines), f"Frames: declares {expected} frames but only {len(rows)} follow (truncated)")
     if len(rows) > expected:
-        raise _fail(path, rows[expected][0], f"more frame lines than the {expected} declared by 'Frames:'")
+        if extra_frames == "error":
+            raise _fail(path, rows[expected][0], f"more frame lines than the {expected} declared by 'Frames:'")
+        rows = rows[:expected]
     for line_no, words in rows:
         if len(words) != width:
             raise _fail(

@@ -22,8 +22,12 @@ Decisions:
 - **Mirrors.** Every window has a copy `M<id>`: `extract_features(mirror_joints(window))`, captions with left/right
   words swapped.
 - **Ids.** One letter per source and a running number in discovery order (archive member order for the Bandai and
-  iClone archives, sorted names elsewhere): B (Bandai 1+2), C (CMU iClone BVH), F (CMU FBX), D (DeepMimic),
+  iClone archives, sorted names elsewhere, file order of labels.tsv / captions.tsv for the combat sources):
+  B (Bandai 1+2), C (CMU iClone BVH), F (CMU FBX), D (DeepMimic), S (ASE sword and shield), X (assimp boxing),
   U (user library); e.g. `B000123`, `MB000123`.
+- **Combat sources.** The ASE sword-and-shield clips (`ase_sword_shield`: restricted unpickling, duplicates
+  dropped) and the 4 captioned segments of assimp's boxing take (each segment is a take; the T-pose calibration is
+  in none) are loaded like the others, so windows, mirrors and splits treat them the same way.
 - **Splits by take.** All windows of a take (and their mirrors) share one split. Takes are grouped into strata:
   takes with a violent caption line form up to three strata by which rules match (labels "violence" for
   word_boundary, "violence:paper" for the paper rule; see `concepts`), all others one stratum per source. Inside a
@@ -60,6 +64,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from safemotion.atomic_dir import replace_dir
+from safemotion.data import assimp_boxing as boxing
+from safemotion.data import ase_sword_shield as ase
 from safemotion.data import captions as cap
 from safemotion.data.concepts import matches_concept
 from safemotion.data.mocap_import import load_motion
@@ -76,12 +82,16 @@ TEST_FRACTION = 0.1
 VAL_FRACTION = 0.1
 SPLITS = ("train", "val", "test")
 
-SOURCE_LETTERS = {"bandai-1": "B", "bandai-2": "B", "cmu-iclone": "C", "cmu-fbx": "F", "deepmimic": "D", "user": "U"}
+SOURCE_LETTERS = {
+    "bandai-1": "B", "bandai-2": "B", "cmu-iclone": "C", "cmu-fbx": "F", "deepmimic": "D", "ase-sword-shield": "S",
+    "assimp-boxing": "X", "user": "U",
+}
 SOURCES = tuple(SOURCE_LETTERS)
 # Short names accepted in `include` besides the source names.
 SOURCE_GROUPS = {
     "bandai": ("bandai-1", "bandai-2"), "cmu": ("cmu-iclone", "cmu-fbx"), "iclone": ("cmu-iclone",),
-    "fbx": ("cmu-fbx",),
+    "fbx": ("cmu-fbx",), "ase": ("ase-sword-shield",), "boxing": ("assimp-boxing",),
+    "combat": ("ase-sword-shield", "assimp-boxing"),
 }
 
 
@@ -97,6 +107,7 @@ class Take:
     data: bytes | None = None
     suffix: str = ".bvh"
     cycle_seconds: float | None = None  # cyclic takes: duration of one cycle
+    load_options: dict[str, object] = field(default_factory=dict)  # extra keyword arguments of `load_motion`
 
     @property
     def key(self) -> str:
@@ -241,6 +252,24 @@ def _deepmimic_takes(folder: Path) -> Iterator[Take]:
         yield Take("deepmimic", name, captions, (f"deepmimic:{name}",), path=path, suffix=".txt", cycle_seconds=cycle)
 
 
+def _ase_takes(folder: Path, skipped: dict[str, str]) -> Iterator[Take]:
+    """Reallusion sword-and-shield clips (`motions/RL_Avatar_<clip>_Motion.npy`); byte-identical duplicates dropped."""
+    for clip in ase.read_clips(folder):
+        if clip.duplicate_of is not None:
+            skipped[f"ase-sword-shield/{clip.file}"] = f"byte-identical duplicate of {clip.duplicate_of}"
+            continue
+        path = folder / "motions" / clip.file
+        yield Take("ase-sword-shield", clip.clip, clip.captions, clip.labels, path=path, suffix=".npy")
+
+
+def _boxing_takes(folder: Path) -> Iterator[Take]:
+    """The captioned segments of assimp's boxing take, each its own take (the T-pose calibration is in none)."""
+    options = {"extra_frames": "ignore"}
+    for segment in boxing.read_segments(folder):
+        yield Take("assimp-boxing", segment.name, segment.captions, ("assimp:boxing",), path=folder / boxing.TAKE_FILE,
+                   load_options={**options, "seconds": (segment.start_s, segment.end_s)})
+
+
 def read_captions_csv(captions_csv: Path) -> dict[str, list[str]]:
     """Captions by file (relative path as written) from a CSV with columns `file,caption`; `|` separates captions."""
     captions: dict[str, list[str]] = {}
@@ -299,6 +328,9 @@ def _discover(
         candidates["cmu-iclone"] = (cmu / "iclone_bvh.tar.xz", partial(_iclone_takes, cmu))
         candidates["cmu-fbx"] = (cmu / "keijiro_fbx", partial(_fbx_takes, cmu))
         candidates["deepmimic"] = (deepmimic, partial(_deepmimic_takes, deepmimic))
+        ase_dir, boxing_dir = shared_data / "ase_sword_shield", shared_data / "assimp_boxing"
+        candidates["ase-sword-shield"] = (ase_dir / "labels.tsv", partial(_ase_takes, ase_dir, skipped))
+        candidates["assimp-boxing"] = (boxing_dir / "captions.tsv", partial(_boxing_takes, boxing_dir))
         for source, (needed, make) in candidates.items():
             if needed.exists():
                 inputs[source] = make
@@ -372,12 +404,12 @@ def window_ranges(num_frames: int) -> list[tuple[int, int]]:
 def _load_take(take: Take, scratch: Path) -> np.ndarray:
     """Joints [T, 22, 3] at 20 fps; archive members go through one scratch file at a time."""
     if take.path is not None:
-        return load_motion(take.path).joints
+        return load_motion(take.path, **take.load_options).joints
     fd, tmp = tempfile.mkstemp(dir=scratch, prefix=f"{Path(take.name).stem}.", suffix=take.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(take.data or b"")
-        return load_motion(tmp).joints
+        return load_motion(tmp, **take.load_options).joints
     finally:
         os.unlink(tmp)
 

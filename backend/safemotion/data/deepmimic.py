@@ -40,6 +40,7 @@ _JOINTS: tuple[tuple[str, str | None, int], ...] = (
     ("left_wrist", "left_elbow", 0),
 )
 _INDEX = {name: i for i, (name, _, _) in enumerate(_JOINTS)}
+HUMANOID_JOINTS = tuple(name for name, _, _ in _JOINTS)
 
 # Joint origins of pybullet_data/humanoid/humanoid.urdf times URDF_SCALE (metres, parent frame, facing +x, right +z).
 DEFAULT_OFFSETS: dict[str, tuple[float, float, float]] = {
@@ -175,6 +176,19 @@ def _forward_kinematics(root: np.ndarray, quats: np.ndarray, offsets: dict[str, 
     return np.stack(smpl, axis=1)
 
 
+def humanoid_joints(
+    times: np.ndarray, root: np.ndarray, quats: np.ndarray, offsets: dict[str, np.ndarray], fps: float
+) -> np.ndarray:
+    """SMPL-22 joints [T, 22, 3] (HumanML3D axes) at `fps` from the humanoid's samples in its own frame.
+
+    times [N] seconds, root [N, 3] positions and quats [N, len(HUMANOID_JOINTS), 4] local rotations (w, x, y, z),
+    all in the DeepMimic frame (Y-up, facing +x, right +z); rotations are slerped, the root lerped.
+    """
+    if len(times) > 1:
+        root, quats = _resample(times, root, quats, fps)
+    return _forward_kinematics(root, quats, offsets) @ _TO_HUMANML3D.T
+
+
 def load_deepmimic(
     path: str | os.PathLike, urdf_path: str | os.PathLike | None = None, fps: float = 20.0
 ) -> tuple[np.ndarray, float]:
@@ -193,10 +207,7 @@ def load_deepmimic(
     steps = table[:-1, 0]
     times = np.concatenate([[0.0], np.cumsum(steps)])
     root, quats = _split(table)
-    if len(table) > 1:
-        root, quats = _resample(times, root, quats, fps)
     source_fps = 1.0 / float(np.median(steps[steps > 0])) if (steps > 0).any() else fps
     if abs(source_fps - round(source_fps)) < 0.01:  # dt is stored rounded (0.033332 s)
         source_fps = float(round(source_fps))
-    joints = _forward_kinematics(root, quats, offsets) @ _TO_HUMANML3D.T
-    return joints, source_fps
+    return humanoid_joints(times, root, quats, offsets, fps), source_fps

@@ -57,6 +57,14 @@ PRESETS: dict[str, tuple[Entry, ...]] = {
         "Neck", "LeftShoulder", "RightShoulder", "Head", "LeftArm", "RightArm",
         "LeftForeArm", "RightForeArm", "LeftHand", "RightHand",
     ),
+    # BVH skeletons with Hips/Ab/Chest and collar joints that sit at the neck (assimp's Boxing_Toes.bvh); spine2
+    # halfway up the Ab-Chest segment, collars halfway out to the shoulders.
+    "ab_chest": (
+        "Hips", "LeftHip", "RightHip", "Ab", "LeftKnee", "RightKnee",
+        Lerp("Ab", "Chest", 0.5), "LeftAnkle", "RightAnkle", "Chest", "LeftToes", "RightToes",
+        "Neck", Lerp("LeftCollar", "LeftShoulder", 0.5), Lerp("RightCollar", "RightShoulder", 0.5), "Head",
+        "LeftShoulder", "RightShoulder", "LeftElbow", "RightElbow", "LeftWrist", "RightWrist",
+    ),
 }
 assert all(len(entries) == len(SMPL22_NAMES) for entries in PRESETS.values())
 

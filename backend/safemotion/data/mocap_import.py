@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from safemotion.data.ase_sword_shield import load_ase_motion
 from safemotion.data.bvh import POSITION_CHANNELS, Bvh, read_bvh
 from safemotion.data.deepmimic import load_deepmimic
 from safemotion.data.fbx_import import load_fbx_joints
@@ -114,10 +115,25 @@ def _to_y_up(joints: np.ndarray, up_axis: str) -> np.ndarray:
     return joints @ _UP_AXES[up_axis.upper()].T
 
 
-def _load_bvh(path: Path, preset: str | None, unit_scale: float | None, up_axis: str) -> MocapClip:
-    bvh = read_bvh(path)
+def _crop(bvh: Bvh, seconds: tuple[float, float], path: Path) -> Bvh:
+    """The source frames of `bvh` from seconds[0] to seconds[1] (inclusive, nearest frames)."""
+    start, end = seconds
+    duration = (bvh.num_frames - 1) * bvh.frame_time
+    if not 0 <= start < end <= duration + 1e-6:
+        raise ValueError(f"{path}: segment {start}-{end} s is outside the take (0-{duration:.2f} s)")
+    first, last = round(start * bvh.fps), min(round(end * bvh.fps), bvh.num_frames - 1)
+    return replace(bvh, motion=bvh.motion[first : last + 1])
+
+
+def _load_bvh(
+    path: Path, preset: str | None, unit_scale: float | None, up_axis: str, seconds: tuple[float, float] | None,
+    extra_frames: str,
+) -> MocapClip:
+    bvh = read_bvh(path, extra_frames)
     if bvh.num_frames == 0:
         raise ValueError(f"{path}: the BVH file has no motion frames")
+    if seconds is not None:
+        bvh = _crop(bvh, seconds, path)
     preset = preset or detect_preset(bvh.names)
     if preset == "cc_base":
         bvh = add_root_offset_to_channels(bvh)
@@ -141,30 +157,39 @@ def _load_fbx(path: Path, preset: str | None, unit_scale: float | None) -> Mocap
 
 
 def load_motion(
-    path: str | os.PathLike, preset: str | None = None, unit_scale: float | None = None, up_axis: str = "Y"
+    path: str | os.PathLike, preset: str | None = None, unit_scale: float | None = None, up_axis: str = "Y",
+    seconds: tuple[float, float] | None = None, extra_frames: str = "error",
 ) -> MocapClip:
-    """Load a .bvh, .fbx or DeepMimic .txt/.json clip as SMPL-22 joints in metres, Y-up, at 20 fps.
+    """Load a .bvh, .fbx, DeepMimic .txt/.json or ASE .npy clip as SMPL-22 joints in metres, Y-up, at 20 fps.
 
     preset: joint map for BVH/FBX skeletons (detected from joint names when None). unit_scale: metres per file unit
     (detected from body size when None). up_axis: "Y" or "Z", the up axis of a BVH file's world frame (FBX files
-    declare theirs, which Blender's importer applies; DeepMimic clips have a fixed skeleton, unit and axes).
+    declare theirs, which Blender's importer applies; DeepMimic and ASE clips have a fixed skeleton, unit and axes).
+    seconds: (start, end) of a BVH take to keep, cut before resampling (a captioned segment). extra_frames: BVH frame
+    lines beyond the declared count are an "error" or are ignored ("ignore").
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such mocap file")
     suffix = path.suffix.lower()
+    if (seconds is not None or extra_frames != "error") and suffix != ".bvh":
+        raise ValueError(f"{path}: seconds and extra_frames apply only to BVH files")
     if suffix == ".bvh":
-        return _load_bvh(path, preset, unit_scale, up_axis)
+        return _load_bvh(path, preset, unit_scale, up_axis, seconds, extra_frames)
     if suffix == ".fbx":
         if up_axis.upper() != "Y":
             raise ValueError(f"{path}: up_axis does not apply to FBX files (the importer reads their axis settings)")
         return _load_fbx(path, preset, unit_scale)
-    if suffix in (".txt", ".json"):
+    if suffix in (".txt", ".json", ".npy"):
         if preset is not None or unit_scale is not None or up_axis.upper() != "Y":
-            raise ValueError(f"{path}: DeepMimic clips take no preset, unit_scale or up_axis (their skeleton is fixed)")
-        joints, source_fps = load_deepmimic(path, fps=TARGET_FPS)
+            raise ValueError(f"{path}: DeepMimic and ASE clips take no preset, unit_scale or up_axis (their skeleton "
+                             "is fixed)")
+        load = load_ase_motion if suffix == ".npy" else load_deepmimic
+        joints, source_fps = load(path, fps=TARGET_FPS)
         return MocapClip(joints=joints.astype(np.float32), name=path.stem, source_fps=source_fps)
-    raise ValueError(f"{path}: unsupported mocap file type {suffix!r}; expected .bvh, .fbx or DeepMimic .txt/.json")
+    raise ValueError(
+        f"{path}: unsupported mocap file type {suffix!r}; expected .bvh, .fbx, DeepMimic .txt/.json or ASE .npy"
+    )
 
 
 def normalize_clip(joints: np.ndarray) -> np.ndarray:
