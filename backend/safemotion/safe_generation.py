@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import Tensor
+
 from safemotion.decoding import SamplingConfig
 from safemotion.generate import DEFAULT_MODEL_DIR, GeneratedMotion, GenerationRequest, Generator
 from safemotion.unlearn.decision import Decision
@@ -76,8 +78,14 @@ class SafeGenerator:
             raise ValueError(f"got {len(requests)} requests and {len(policies)} policies; pass one policy or one each")
         for name in policies:
             check_policy(name)
-        prompt_scores = (self.screens.prompt_scores(self.generator.text_encoder, [r.prompt for r in requests])
-                         if self.screens is not None else [None] * len(requests))
+        prompt_scores: list[float | None] = [None] * len(requests)
+        features: dict[str, Tensor] | None = None
+        if self.screens is not None:  # encode each prompt once: for the screen and for the generator
+            unique = list(dict.fromkeys(r.prompt for r in requests))
+            encoded = self.generator.encode_prompts(unique)
+            features = dict(zip(unique, encoded))
+            scores = dict(zip(unique, self.screens.prompt_scores_of_features(encoded)))
+            prompt_scores = [float(scores[r.prompt]) for r in requests]
         results: list[list[Generated] | None] = [None] * len(requests)
         groups: dict[bool, list[int]] = {}
         for i, name in enumerate(policies):
@@ -89,7 +97,7 @@ class SafeGenerator:
             groups.setdefault(name == "allow" and self.original is not None, []).append(i)
         for use_original, indices in groups.items():
             generator = self.original if use_original else self.generator
-            motions = generator.generate([requests[i] for i in indices], smpl=smpl)
+            motions = generator.generate([requests[i] for i in indices], smpl=smpl, prompt_features=features)
             start = 0
             for i in indices:
                 count = requests[i].variations

@@ -313,7 +313,8 @@ async def audit(body: schemas.AuditRequest, request: Request, state: StateDep, c
         raise FieldError("joints", str(err)) from None
     entry = AuditEntry(username=caller.name, role=caller.role, event="motion_audit", model=model,
                        decision="flagged" if report["flagged"] else "pass", flagged=report["flagged"],
-                       hit_ratio=report["hit_ratio"], request_id=request_id(request))
+                       hit_ratio=report["hit_ratio"], signals=json.dumps(report["signals"]),
+                       reason=report["reason"], request_id=request_id(request))
     await run_in_threadpool(state.store.add_audit, [entry])
     return report
 

@@ -122,7 +122,7 @@ class ModelService:
                                "by `safemotion unlearn lcr`")
         joints = resample_joints(np.asarray(task.joints, dtype=np.float64), task.fps, TARGET_FPS)
         report = audit_joints(self.generator.models, original.models, joints, model=self.name,
-                              source_fps=task.fps).to_dict()
+                              source_fps=task.fps, screens=self.safe.screens).to_dict()
         report.pop("file")
         return report
 

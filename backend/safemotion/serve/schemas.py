@@ -244,6 +244,9 @@ class AuditResponse(BaseModel):
     spans: list[AuditSpanPayload]
     timeline: list[float] = Field(description="per second: fraction of the tokens starting in it that hit")
     layer_ratios: dict[str, float]
+    signals: list[SignalPayload] = Field(description="code_hit, and the motion judge on a screened model")
+    motion_timeline: list[float] | None = Field(description="per second: the motion judge's score (screened models)")
+    reason: str
 
 
 class ModelInfo(BaseModel):

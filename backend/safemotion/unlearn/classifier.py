@@ -86,8 +86,9 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, settings: TrainSettings = Train
     return model.eval()
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 300) -> tuple[np.ndarray, float]:
-    """(w, b) of the class-balanced logistic regression p = σ(x·w + b) on inputs (N, d) and 0/1 labels."""
+def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 300, nonnegative: bool = False) -> tuple[np.ndarray, float]:
+    """(w, b) of the class-balanced logistic regression p = σ(x·w + b) on inputs (N, d) and 0/1 labels; with
+    `nonnegative` every w ≥ 0 (w = softplus(v)), so no input can lower the probability as it grows."""
     x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
     y_t = torch.as_tensor(np.asarray(y, dtype=np.float32))
     positives, negatives = float(y_t.sum()), float((1 - y_t).sum())
@@ -98,17 +99,20 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 300) -> tuple[np.nda
     params = torch.zeros(x_t.shape[1] + 1, requires_grad=True)
     optimizer = torch.optim.LBFGS([params], max_iter=steps, line_search_fn="strong_wolfe")
 
+    def weights_of(p: Tensor) -> Tensor:
+        return nn.functional.softplus(p[:-1]) if nonnegative else p[:-1]
+
     def closure() -> Tensor:
         optimizer.zero_grad()
-        logits = x_t @ params[:-1] + params[-1]
+        logits = x_t @ weights_of(params) + params[-1]
         loss = (nn.functional.binary_cross_entropy_with_logits(logits, y_t, reduction="none") * weights).sum()
-        loss = loss + 1e-4 * params[:-1].square().sum()
+        loss = loss + 1e-4 * weights_of(params).square().sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    fitted = params.detach().numpy().astype(np.float64)
-    return fitted[:-1], float(fitted[-1])
+    with torch.no_grad():
+        return weights_of(params).numpy().astype(np.float64), float(params[-1])
 
 
 def fit_platt(model: SmallClassifier, x: np.ndarray, y: np.ndarray) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import Tensor
 
 from safemotion.models.config import ModelConfig
 from safemotion.models.text_encoders import TextEncoder
@@ -41,6 +42,10 @@ class Screens:
     def prompt_scores(self, encoder: TextEncoder, prompts: Sequence[str]) -> np.ndarray:
         """P(concept) of each request text."""
         return self.prompt.score_prompts(encoder, list(prompts))
+
+    def prompt_scores_of_features(self, features: Tensor) -> np.ndarray:
+        """P(concept) of text features (N, dim) the generator already computed."""
+        return self.prompt.scores(features.float().cpu().numpy())
 
     def motion_scores(self, joints: Sequence[np.ndarray]) -> np.ndarray:
         """P(concept) of each motion (joints [T, 22, 3] at 20 fps)."""
