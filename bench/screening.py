@@ -89,7 +89,7 @@ def main() -> int:
         median, p90 = stats_ms(times)
         lines.append(f"| {name} | {median:.2f} | {p90:.2f} |")
     lines += ["", f"Screening adds {stats_ms(total)[0]:.2f} ms (median; p90 {stats_ms(total)[1]:.2f} ms) per request, "
-              f"{statistics.median(total) / base:.1%} of the median generation ({base * 1000:.0f} ms); target ≤ 15 ms."]
+              f"{statistics.median(total) / base:.2%} of the median generation ({base * 1000:.0f} ms); target ≤ 15 ms."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
