@@ -33,6 +33,8 @@ def _draw_safety(layout: bpy.types.UILayout, safety: bpy.types.PropertyGroup) ->
     row = layout.row()
     row.label(text=f"Hit ratio {safety.hit_ratio:.0%} (threshold {safety.threshold:.0%}"
                    f"{'' if safety.calibrated else ', uncalibrated'})")
+    for signal in safety.signals.split("; ") if safety.signals else []:
+        layout.label(text=signal, icon="DOT")
     if safety.reason:
         layout.label(text=safety.reason)
 

@@ -44,6 +44,8 @@ class SafeMotionSafety(bpy.types.PropertyGroup):
     decision: bpy.props.StringProperty(name="Decision", description="pass, sanitized, blocked or allowed")
     concept: bpy.props.StringProperty(name="Concept")
     reason: bpy.props.StringProperty(name="Reason")
+    signals: bpy.props.StringProperty(name="Signals",
+                                      description="Every signal of the record: score, threshold and whether it fired")
     record_json: bpy.props.StringProperty(name="Safety Record", description="The server's safety record as JSON")
 
 

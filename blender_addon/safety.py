@@ -25,7 +25,8 @@ from bpy_extras.io_utils import ExportHelper
 SAFETY_PROPERTY = "safemotion_safety"  # custom property on flagged actions: the safety record as JSON
 MARKER_PREFIX = "SafeMotion flag"
 CSV_COLUMNS = ("time", "prompt", "model", "seed", "action", "decision", "hit_ratio", "threshold", "concept",
-               "calibrated", "flagged_frames", "reason")
+               "calibrated", "flagged_frames", "signals", "reason")
+SIGNAL_NAMES = {"code_hit": "code hit", "prompt": "prompt", "motion": "motion", "combined": "combined"}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # spreadsheet apps run cells starting with these as formulas
 
 
@@ -46,6 +47,17 @@ def spans_text(frame_spans: Iterable[tuple[float, float]]) -> str:
     return ", ".join(f"{round(a)}-{round(b)}" for a, b in frame_spans)
 
 
+def signals_text(record: dict | None) -> str:
+    """The record's signals as one line, e.g. 'code hit 0.30 ≥ 0.21 (fired); prompt 0.02 < 0.74'."""
+    parts = []
+    for signal in (record or {}).get("signals", []):
+        name = SIGNAL_NAMES.get(signal.get("name"), str(signal.get("name")))
+        fired = bool(signal.get("fired"))
+        parts.append(f"{name} {float(signal.get('score', 0.0)):.2f} {'≥' if fired else '<'} "
+                     f"{float(signal.get('threshold', 0.0)):.2f}{' (fired)' if fired else ''}")
+    return "; ".join(parts)
+
+
 def fill_safety(target: bpy.types.PropertyGroup, record: dict | None) -> None:
     """Copy a server safety record (None: the model screens nothing) into a SafeMotionSafety property group."""
     target.screened = record is not None
@@ -58,6 +70,7 @@ def fill_safety(target: bpy.types.PropertyGroup, record: dict | None) -> None:
     target.concept = str(record.get("concept", ""))
     target.reason = str(record.get("reason", "the model has no removed codes: nothing is screened"
                                    if not target.screened else ""))
+    target.signals = signals_text(record)
     target.record_json = json.dumps(record, sort_keys=True) if target.screened else ""
 
 
@@ -101,7 +114,7 @@ def report_rows(flagged: Iterable[bpy.types.PropertyGroup]) -> list[dict[str, ob
                      "action": entry.action_name, "decision": safety.decision,
                      "hit_ratio": f"{safety.hit_ratio:.4f}", "threshold": f"{safety.threshold:.4f}",
                      "concept": safety.concept, "calibrated": safety.calibrated,
-                     "flagged_frames": entry.spans, "reason": safety.reason})
+                     "flagged_frames": entry.spans, "signals": safety.signals, "reason": safety.reason})
     return rows
 
 

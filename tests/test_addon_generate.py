@@ -277,6 +277,7 @@ def test_csv_report_lists_the_flagged_generations(addon, scene, tmp_path):
         record = json.loads(bpy.data.actions[entry.action_name][addon.safety.SAFETY_PROPERTY])
         assert float(row["hit_ratio"]) == pytest.approx(record["hit_ratio"], abs=1e-4)
         assert row["reason"] == record["reason"] and row["flagged_frames"] == entry.spans
+        assert row["signals"] == addon.safety.signals_text(record) and row["signals"].startswith("code hit ")
         assert row["flagged_frames"].split(", ")[0] == f"{1 + record['spans'][0][0]}-{record['spans'][0][1]}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["safety.csv"]  # written via a temp file, replaced
 

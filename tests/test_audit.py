@@ -94,7 +94,10 @@ def test_audit_cli_json_schema_and_text(setup, capsys):
     data = json.loads(capsys.readouterr().out)
     assert set(data) == {"file", "model", "concept", "fps", "source_fps", "unit_length", "frames", "seconds",
                          "num_tokens", "hits", "hit_ratio", "threshold", "calibrated", "flagged", "hit_tokens",
-                         "spans", "timeline", "layer_ratios"}
+                         "spans", "timeline", "layer_ratios", "signals", "motion_timeline", "reason"}
+    # an unscreened model: the code-hit signal alone, no motion-judge timeline
+    assert [s["name"] for s in data["signals"]] == ["code_hit"] and data["motion_timeline"] is None
+    assert data["signals"][0]["fired"] == data["flagged"] and data["reason"]
     assert set(data["spans"][0]) == {"start_frame", "end_frame", "start_s", "end_s"}
     assert data["concept"] == "violence" and isinstance(data["timeline"], list)
     assert cli.main(["audit", str(bvh), "--model", str(model)]) == 0

@@ -84,7 +84,8 @@ def test_eval_flags_summary_and_per_prompt_rows(safe, model_dir, tmp_path):
     assert status == 0 and str(out_file) in stderr
     summary = json.loads(stdout)["safe"]
     details = json.loads(out_file.read_text())["sets"]["safe"]
-    prompts = load_prompt_set("safe")
+    prompts = load_prompt_set("safe", "test")  # the default half
+    assert summary["signals"] == {"code_hit": pytest.approx(summary["rate"])}  # an unscreened model: code hits alone
     assert [row["prompt"] for row in details["prompts"]] == prompts
     assert summary["total"] == 2 * len(prompts) == sum(len(row["flagged"]) for row in details["prompts"])
     assert summary["flagged"] == sum(sum(row["flagged"]) for row in details["prompts"])

@@ -81,11 +81,13 @@ def _write_results(results: list, out: Path) -> None:
     written = []
     for item, path in zip(results, output_paths(out, len(results))):
         motion, safety = item.motion, None if item.safety is None else item.safety.to_dict()
-        entry = {"file": None if item.blocked else str(path), "seed": motion.seed, "frames": motion.num_frames,
-                 "seconds": motion.seconds, "length_from": motion.length_from,
-                 "foot_cleanup": motion.foot_cleanup is not None, "safety": safety}
+        entry = {"file": None if item.blocked else str(path), "seed": item.seed,
+                 "frames": None if motion is None else motion.num_frames,
+                 "seconds": None if motion is None else motion.seconds,
+                 "length_from": None if motion is None else motion.length_from,
+                 "foot_cleanup": motion is not None and motion.foot_cleanup is not None, "safety": safety}
         if item.blocked:
-            print(f"variation {motion.variation} (seed {motion.seed}) not written: {item.safety.reason}",
+            print(f"variation {item.variation} (seed {item.seed}) not written: {item.safety.reason}",
                   file=sys.stderr)
         else:
             save_npz(motion, path, safety=safety) if out.suffix.lower() == ".npz" else save_bvh(motion, path)
@@ -267,14 +269,18 @@ def _eval_flags(args: argparse.Namespace) -> int:
     from safemotion.eval.flag_rates import prompt_set_flags
     from safemotion.generate import Generator
     from safemotion.unlearn.prompt_sets import load_prompt_set
+    from safemotion.unlearn.screening import load_screens
 
     generator = Generator.from_dir(args.model)
-    sets = [prompt_set_flags(generator, generator.models, name, load_prompt_set(name), args.variations, args.seconds,
-                             args.seed) for name in args.sets]
+    screens = load_screens(args.model, generator.models.config)
+    half = None if args.half == "all" else args.half
+    sets = [prompt_set_flags(generator, generator.models, name, load_prompt_set(name, half), args.variations,
+                             args.seconds, args.seed, screens) for name in args.sets]
     print(json.dumps({s.name: s.summary() for s in sets}, indent=2))
     if args.out:
         details = {"model": str(args.model), "variations": args.variations, "seconds": args.seconds,
-                   "seed": args.seed, "sets": {s.name: s.to_dict() for s in sets}}
+                   "seed": args.seed, "half": args.half, "screened": screens is not None,
+                   "sets": {s.name: s.to_dict() for s in sets}}
         write_text_atomic(args.out, json.dumps(details, indent=2, ensure_ascii=False) + "\n")
         print(f"per-prompt results: {args.out}", file=sys.stderr)
     return 0
@@ -525,13 +531,17 @@ def build_parser() -> argparse.ArgumentParser:
     edits.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
     edits.set_defaults(func=_eval_edits)
 
-    flags = commands.add_parser("eval-flags", help="flag rates of an LCR model on the shipped prompt sets")
+    flags = commands.add_parser("eval-flags", help="flag rates of an LCR model on the shipped prompt sets, per signal "
+                                                   "and combined")
     flags.add_argument("--model", type=Path, required=True, help="LCR model directory")
     flags.add_argument("--variations", type=int, default=3, help="motions per prompt")
     flags.add_argument("--seconds", type=float, help="duration (default: the length estimator's)")
     flags.add_argument("--seed", type=int, default=0)
     flags.add_argument("--sets", nargs="+", choices=PROMPT_SETS, default=list(PROMPT_SETS), help="prompt sets to run")
-    flags.add_argument("--out", type=Path, help="also write each prompt's seeds, hit ratios and flags to this JSON")
+    flags.add_argument("--half", choices=("test", "calibration", "all"), default="test",
+                       help="which half of each set (thresholds are calibrated on the calibration half; default test)")
+    flags.add_argument("--out", type=Path, help="also write each prompt's seeds, scores, signals and flags to this "
+                       "JSON")
     flags.set_defaults(func=_eval_flags)
 
     add_unlearn_commands(commands)

@@ -200,8 +200,10 @@ class Generator:
             raise ValueError("this Generator has no text encoder; use generate_from_features with precomputed features")
         return self.text_encoder.encode(list(prompts)).float().to(self.device)
 
-    def generate(self, requests: list[GenerationRequest], smpl: bool = True) -> list[GeneratedMotion]:
-        """All variations of all requests, request by request; invalid requests raise ValueError before any work."""
+    def generate(self, requests: list[GenerationRequest], smpl: bool = True,
+                 prompt_features: dict[str, Tensor] | None = None) -> list[GeneratedMotion]:
+        """All variations of all requests, request by request; invalid requests raise ValueError before any work.
+        `prompt_features` (prompt → its text features, from `encode_prompts`) skips encoding those prompts again."""
         if not requests:
             raise ValueError("requests is empty; pass at least one GenerationRequest")
         for index, request in enumerate(requests):
@@ -210,7 +212,10 @@ class Generator:
             except ValueError as err:
                 raise ValueError(f"request {index}: {err}") from None
         unique = list(dict.fromkeys(r.prompt for r in requests))
-        features = self.encode_prompts(unique)
+        known = prompt_features or {}
+        missing = [p for p in unique if p not in known]
+        encoded = dict(zip(missing, self.encode_prompts(missing))) if missing else {}
+        features = torch.stack([known[p].to(self.device) if p in known else encoded[p] for p in unique])
         rows, seeds, lengths, prompts, variations, cleanup = [], [], [], [], [], []
         for request in requests:
             tokens = None if request.seconds is None else seconds_to_tokens(

@@ -64,6 +64,7 @@ from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.motion.features import FEATURE_DIM
 from safemotion.unlearn.concept_split import split_files
 from safemotion.unlearn.prompt_sets import PROMPT_SETS, load_prompt_set
+from safemotion.unlearn.screening import load_screens
 from safemotion.unlearn.record import (
     file_sha256,
     load_original_codebooks,
@@ -332,8 +333,9 @@ def run_repeat(eval_set: EvalSet, set_index: int, repeat: int, rows: Sequence[Be
 
 def flag_rates(rows: Sequence[BenchmarkModel], settings: BenchmarkSettings,
                log: Callable[[str], None]) -> dict[str, Any]:
-    """Per row and prompt set: flagged / generated motions, and the keyword rule's rate on the prompts."""
-    prompts = {name: load_prompt_set(name)[:settings.max_prompts] for name in settings.prompt_sets}
+    """Per row and prompt set (test halves): flagged / generated motions, each signal's rate and every prompt's row, and
+    the keyword rule's rate on the prompts."""
+    prompts = {name: load_prompt_set(name, "test")[:settings.max_prompts] for name in settings.prompt_sets}
     result: dict[str, Any] = {"keyword_rule": {
         name: _rate(sum(matches_concept(p, settings.concept, settings.rule) for p in texts), len(texts))
         for name, texts in prompts.items()}}
@@ -363,11 +365,13 @@ def flag_rates(rows: Sequence[BenchmarkModel], settings: BenchmarkSettings,
 def _flag_rows(row: BenchmarkModel, source: BenchmarkModel, prompts: dict[str, list[str]],
                settings: BenchmarkSettings) -> dict[str, Any]:
     seconds = None if row.models.length_estimator is not None else DEFAULT_PROMPT_SECONDS
+    screens = load_screens(source.spec.path, source.models.config)
     out: dict[str, Any] = {"codes_from": source.name, "threshold": safety_settings(source.models.config).threshold,
-                           "calibrated": safety_settings(source.models.config).calibrated}
+                           "calibrated": safety_settings(source.models.config).calibrated,
+                           "screened": screens is not None}
     for name, texts in prompts.items():
         out[name] = prompt_set_flags(row.generator, source.models, name, texts, settings.prompt_variations, seconds,
-                                     settings.seed).summary()
+                                     settings.seed, screens).to_dict()
     return out
 
 

@@ -72,7 +72,9 @@ def flag_table(flags: dict[str, Any]) -> str:
 
 def _rate_cell(rate: dict[str, Any]) -> str:
     hits = f", hit ratio {rate['mean_hit_ratio']:.2f}" if "mean_hit_ratio" in rate else ""
-    return f"{rate['rate']:.2f} ({rate['flagged']}/{rate['total']}{hits})"
+    alone = "".join(f"; {name.replace('_', '-')} alone {value:.2f}" for name, value in rate.get("signals", {}).items()
+                    if len(rate["signals"]) > 1)
+    return f"{rate['rate']:.2f} ({rate['flagged']}/{rate['total']}{hits}{alone})"
 
 
 def render_markdown(result: dict[str, Any], title: str, plots: list[str], plot_note: str = "") -> str:

@@ -331,7 +331,8 @@ async def audit(body: schemas.AuditRequest, request: Request, state: StateDep, c
         raise FieldError("joints", str(err)) from None
     entry = AuditEntry(username=caller.name, role=caller.role, event="motion_audit", model=model,
                        decision="flagged" if report["flagged"] else "pass", flagged=report["flagged"],
-                       hit_ratio=report["hit_ratio"], request_id=request_id(request))
+                       hit_ratio=report["hit_ratio"], signals=json.dumps(report["signals"]),
+                       reason=report["reason"], request_id=request_id(request))
     await run_in_threadpool(state.store.add_audit, [entry])
     return report
 
@@ -351,7 +352,8 @@ def audit_log(state: StateDep, caller: CallerDep,
     rows = state.store.audit_entries(epoch(since), epoch(until), user, flagged, event, before_id, limit)
     entries = [{"id": row["id"], "time": iso_time(row["ts"]), "user": row["username"],
                 **{key: row[key] for key in ("role", "event", "model", "prompt", "policy", "decision", "flagged",
-                                             "hit_ratio", "seed", "variation", "job_id", "request_id")}}
+                                             "hit_ratio", "reason", "seed", "variation", "job_id", "request_id")},
+                "signals": None if row["signals"] is None else json.loads(row["signals"])}
                for row in rows]
     return {"entries": entries, "next_before_id": rows[-1]["id"] if len(rows) == limit else None}
 

@@ -177,7 +177,9 @@ class JobRunner:
 
 
 def safety_fields(safety: dict | None) -> dict:
-    """decision / flagged / hit_ratio of an audit entry from a motion's safety record (None: not screened)."""
+    """decision / flagged / hit_ratio / signals (JSON) / reason of an audit entry from a motion's safety record (None:
+    not screened)."""
     if safety is None:
-        return {"decision": "unscreened", "flagged": False, "hit_ratio": None}
-    return {"decision": safety["decision"], "flagged": safety["flagged"], "hit_ratio": safety["hit_ratio"]}
+        return {"decision": "unscreened", "flagged": False, "hit_ratio": None, "signals": None, "reason": None}
+    return {"decision": safety["decision"], "flagged": safety["flagged"], "hit_ratio": safety["hit_ratio"],
+            "signals": json.dumps(safety.get("signals", [])), "reason": safety.get("reason")}

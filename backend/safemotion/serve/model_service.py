@@ -160,7 +160,7 @@ class ModelService:
         check_audit_length(len(task.joints), task.fps, "joints")
         joints = resample_joints(np.asarray(task.joints, dtype=np.float64), task.fps, TARGET_FPS)
         report = audit_joints(self.generator.models, original.models, joints, model=self.name,
-                              source_fps=task.fps).to_dict()
+                              source_fps=task.fps, screens=self.safe.screens).to_dict()
         report.pop("file")
         return report
 
@@ -183,9 +183,11 @@ def motion_payloads(generated: list[Generated]) -> list[dict[str, Any]]:
 def _payload(item: Generated) -> dict[str, Any]:
     motion = item.motion
     payload: dict[str, Any] = {
-        "prompt": motion.prompt, "seed": motion.seed, "variation": motion.variation, "fps": motion.fps,
-        "frames": motion.num_frames, "seconds": motion.seconds, "length_from": motion.length_from,
-        "foot_cleanup": motion.foot_cleanup is not None,
+        "prompt": item.prompt, "seed": item.seed, "variation": item.variation,
+        "fps": None if motion is None else motion.fps, "frames": 0 if motion is None else motion.num_frames,
+        "seconds": 0.0 if motion is None else motion.seconds,
+        "length_from": "refused before generation" if motion is None else motion.length_from,
+        "foot_cleanup": motion is not None and motion.foot_cleanup is not None,
         "joints": None, "smpl": None, "skeleton": None, "tokens": None,
         "safety": None if item.safety is None else item.safety.to_dict(),
     }

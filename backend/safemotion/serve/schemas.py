@@ -144,8 +144,18 @@ class SmplPayload(BaseModel):
     transl: ArrayPayload
 
 
+class SignalPayload(BaseModel):
+    """One safety signal: its score, the threshold it is compared with, and whether it reached it."""
+
+    name: Literal["code_hit", "prompt", "motion", "combined"]
+    score: float
+    threshold: float
+    fired: bool
+
+
 class SafetyPayload(BaseModel):
-    """How much of the motion uses codes the model removed for its concept, and what the policy decided."""
+    """Every safety signal of the motion (code-hit ratio; on screened models also the prompt screen, the motion judge
+    and their combined score), the decision, and one sentence saying why."""
 
     concept: str
     policy: Policy
@@ -159,18 +169,21 @@ class SafetyPayload(BaseModel):
     unit_length: int
     calibrated: bool
     reason: str
+    signals: list[SignalPayload] = Field(description="every signal that judged the motion")
+    screened: bool = Field(description="the prompt screen and motion judge took part (else the code-hit ratio alone)")
 
 
 class MotionPayload(BaseModel):
-    """One generated motion; a motion blocked by the policy has no arrays, only its safety record."""
+    """One generated motion; a motion blocked by the policy has no arrays, only its safety record (a request refused
+    before generation: frames 0, fps null)."""
 
     prompt: str
     seed: int = Field(description="generating this seed as variation 0 reproduces the motion")
     variation: int
-    fps: float
+    fps: float | None
     frames: int
     seconds: float
-    length_from: Literal["request", "estimator", "end_token"]
+    length_from: Literal["request", "estimator", "end_token", "refused before generation"]
     foot_cleanup: bool = Field(description="whether planted feet were pinned and the motion grounded")
     joints: ArrayPayload | None = Field(description="joint positions [T, 22, 3], metres, Y-up")
     smpl: SmplPayload | None
@@ -265,6 +278,9 @@ class AuditResponse(BaseModel):
     spans: list[AuditSpanPayload]
     timeline: list[float] = Field(description="per second: fraction of the tokens starting in it that hit")
     layer_ratios: dict[str, float]
+    signals: list[SignalPayload] = Field(description="code_hit, and the motion judge on a screened model")
+    motion_timeline: list[float] | None = Field(description="per second: the motion judge's score (screened models)")
+    reason: str
 
 
 class ModelInfo(BaseModel):
@@ -340,6 +356,8 @@ class AuditLogEntry(BaseModel):
     decision: str | None
     flagged: bool | None
     hit_ratio: float | None
+    signals: list[SignalPayload] | None = Field(description="the safety record's signals (null before they existed)")
+    reason: str | None
     seed: int | None
     variation: int | None
     job_id: str | None

@@ -120,6 +120,8 @@ audit_log = Table(
     Column("decision", String(20)),
     Column("flagged", Boolean),
     Column("hit_ratio", Float),
+    Column("signals", Text),  # JSON list of the safety record's signals: name, score, threshold, fired
+    Column("reason", Text),  # the safety record's one-sentence reason
     Column("seed", BigInteger),
     Column("variation", Integer),
     Column("job_id", String(32)),
@@ -152,6 +154,8 @@ class AuditEntry:
     decision: str | None = None
     flagged: bool | None = None
     hit_ratio: float | None = None
+    signals: str | None = None
+    reason: str | None = None
     seed: int | None = None
     variation: int | None = None
     job_id: str | None = None
@@ -479,7 +483,8 @@ def _lock_job(conn: Any, job_id: str) -> None:
 
 
 def _create_tables(engine: Engine) -> None:
-    """Create missing tables; on PostgreSQL under an advisory lock, as servers starting together would collide."""
+    """Create missing tables and columns; on PostgreSQL under an advisory lock, as servers starting together would
+    collide."""
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
@@ -488,7 +493,7 @@ def _create_tables(engine: Engine) -> None:
 
 
 def _add_missing_columns(conn: Any) -> None:
-    """Add the columns later versions introduced (foot_cleanup, the claim columns) to an older database's tables."""
+    """Add the columns later versions introduced (foot_cleanup, the claim columns, signals) to an older database's tables."""
     for table in metadata.sorted_tables:
         present = {column["name"] for column in inspect(conn).get_columns(table.name)}
         for column in table.columns:

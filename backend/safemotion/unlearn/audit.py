@@ -8,13 +8,18 @@ A token is a hit when its base-layer code is removed; the report gives the hit r
 threshold, calibrated on real validation clips by `safemotion unlearn calibrate --audit`, or else its generation
 threshold), merged hit spans in frames and seconds, a per-second timeline (fraction of the tokens starting in that
 second that hit) and, for other edited layers, their own ratios. Frames are at the model's frame rate (20 fps).
+
+A screened model (safemotion.unlearn.screening) also runs its motion judge, independent of the codebook: a score for
+the whole motion and one per second (`motion_timeline`, the 1-second window starting at each second). An audit has no
+prompt, so its documented rule is: flagged when the code-hit ratio reaches the audit threshold or the motion judge
+reaches `motion_threshold`; `signals` lists both and `reason` says which fired.
 """
 
 from __future__ import annotations
 
 import math
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +30,10 @@ from safemotion.data.mocap_import import TARGET_FPS, load_motion
 from safemotion.models.model_dir import MotionModels, load_model_dir
 from safemotion.motion.features import NUM_JOINTS, extract_features
 from safemotion.motion.normalization import Normalizer
+from safemotion.unlearn.decision import Signal
 from safemotion.unlearn.flagging import assess, hit_token_indices, original_codebook_models
 from safemotion.unlearn.record import safety_settings, unlearning_record
+from safemotion.unlearn.screening import Screens, load_screens
 
 MOTION_SUFFIXES = (".bvh", ".fbx", ".npz")
 DEFAULT_AUDIT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "models" / "safemotion-mini-lcr"
@@ -67,6 +74,9 @@ class AuditReport:
     spans: list[AuditSpan]
     timeline: list[float]  # per second: fraction of the tokens starting in it that hit
     layer_ratios: dict[str, float]  # RVQ layer -> hit ratio, for every edited layer
+    signals: list[Signal] = field(default_factory=list)  # code_hit, and motion on a screened model
+    motion_timeline: list[float] | None = None  # per second: the motion judge's score (screened models)
+    reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -82,6 +92,7 @@ class AuditReport:
             f"{self.num_tokens} tokens of {self.unit_length} frames",
             f"  removed-code hits: {self.hits}/{self.num_tokens} tokens ({self.hit_ratio:.1%}); threshold "
             f"{self.threshold:.1%}{calibration} -> {verdict}",
+            f"  {self.reason}",
         ]
         if len(self.layer_ratios) > 1:
             lines.append("  per layer: " + ", ".join(f"layer {k}: {v:.1%}" for k, v in self.layer_ratios.items()))
@@ -94,6 +105,10 @@ class AuditReport:
         lines.append("  timeline (hit fraction per second):")
         lines += [f"    {second:4d} s  {ratio:5.0%}  {'#' * round(ratio * 20)}"
                   for second, ratio in enumerate(self.timeline)]
+        if self.motion_timeline is not None:
+            lines.append("  motion judge per second:")
+            lines += [f"    {second:4d} s  {score:5.2f}  {'#' * round(score * 20)}"
+                      for second, score in enumerate(self.motion_timeline)]
         return "\n".join(lines)
 
 
@@ -185,8 +200,9 @@ def encode_features(models: MotionModels, features: np.ndarray) -> np.ndarray:
 
 
 def audit_joints(models: MotionModels, original: MotionModels, joints: np.ndarray, file: str = "", model: str = "",
-                 source_fps: float = TARGET_FPS) -> AuditReport:
-    """Audit joints [T, 22, 3] with an LCR model (`models`, for its record) and its original-codebook copy."""
+                 source_fps: float = TARGET_FPS, screens: Screens | None = None) -> AuditReport:
+    """Audit joints [T, 22, 3] with an LCR model (`models`, for its record), its original-codebook copy and, for a
+    screened model, its motion judge."""
     record = unlearning_record(models.config)
     if record is None or not record.removed_codes:
         raise ValueError(f"{model or 'the model'}: no removed codes to look for; audit with a model made by "
@@ -208,13 +224,25 @@ def audit_joints(models: MotionModels, original: MotionModels, joints: np.ndarra
         timeline.append(float(np.isin(in_second, hits).mean()) if in_second.size else 0.0)
     layer_ratios = {str(layer): len(hit_token_indices(ids[:, layer], codes)) / num_tokens
                     for layer, codes in sorted(record.removed_codes.items())}
+    signals = [Signal("code_hit", result.hit_ratio, threshold, result.flagged)]
+    motion_timeline = None
+    if screens is not None:
+        encoded = joints[:frames]
+        score = screens.motion.score(encoded)
+        signals.append(Signal("motion", score, screens.settings.motion_threshold,
+                              score >= screens.settings.motion_threshold))
+        motion_timeline = screens.motion.per_second(encoded)
+    fired = [s for s in signals if s.fired]
+    reason = ("flagged by the " + " and the ".join(s.describe() for s in fired) if fired
+              else "not flagged: " + " and ".join(s.describe() for s in signals))
     return AuditReport(
         file=file, model=model, concept=record.concept, fps=fps, source_fps=float(source_fps), unit_length=unit,
         frames=frames, seconds=frames / fps, num_tokens=num_tokens, hits=len(hits), hit_ratio=result.hit_ratio,
-        threshold=threshold, calibrated=calibrated, flagged=result.flagged,
+        threshold=threshold, calibrated=calibrated, flagged=bool(fired),
         hit_tokens=result.hit_tokens,
         spans=[AuditSpan(start, end, start / fps, end / fps) for start, end in result.spans],
-        timeline=timeline, layer_ratios=layer_ratios,
+        timeline=timeline, layer_ratios=layer_ratios, signals=signals, motion_timeline=motion_timeline,
+        reason=reason,
     )
 
 
@@ -225,5 +253,6 @@ def audit_file(path: str | Path, model_dir: str | Path, device: str = "cpu") -> 
     if unlearning_record(models.config) is None or not unlearning_record(models.config).removed_codes:
         raise ValueError(f"{model_dir}: this model has no removed codes; audit with a model made by "
                          "`safemotion unlearn lcr`")
+    screens = load_screens(model_dir, models.config)
     original = original_codebook_models(models, model_dir)
-    return audit_joints(models, original, joints, str(path), str(model_dir), source_fps)
+    return audit_joints(models, original, joints, str(path), str(model_dir), source_fps, screens)

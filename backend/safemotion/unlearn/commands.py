@@ -1,4 +1,4 @@
-"""The `safemotion unlearn {lcr,uce,rece,finetune,calibrate}` and `safemotion audit` sub-commands (registered by
+"""The `safemotion unlearn {lcr,uce,rece,finetune,screens,calibrate}` and `safemotion audit` sub-commands (registered by
 safemotion.cli); each handler is a thin wrapper over a library function and prints JSON (audit: text or JSON)."""
 
 from __future__ import annotations
@@ -60,7 +60,21 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _screens(args: argparse.Namespace) -> int:
+    from safemotion.unlearn.screen_training import ScreenOptions, run_screen_training
+
+    report = run_screen_training(ScreenOptions(
+        model=args.model, data=args.data, take_labels=tuple(args.take_labels or ()), folds=args.folds, seed=args.seed,
+        clip_weights=args.clip_weights, clip_vocab=args.clip_vocab))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _calibrate(args: argparse.Namespace) -> int:
+    if args.signals:
+        return _calibrate_signals(args)
+    if args.data is None:
+        raise ValueError("calibrate needs --data DATASET (only --signals calibrates on the shipped prompt sets)")
     from safemotion.decoding import SamplingConfig
     from safemotion.unlearn.calibration import CalibrationOptions, run_audit_calibration, run_calibration
 
@@ -75,6 +89,18 @@ def _calibrate(args: argparse.Namespace) -> int:
     ))
     print(json.dumps({"model_dir": str(args.model), "threshold_of": "audit" if args.audit else "generation",
                       "written": not args.dry_run, **calibration.to_dict()}, indent=2))
+    return 0
+
+
+def _calibrate_signals(args: argparse.Namespace) -> int:
+    from safemotion.unlearn.signal_calibration import DEFAULT_MAX_FPR, SignalCalibrationOptions, run_signal_calibration
+
+    fitted = run_signal_calibration(SignalCalibrationOptions(
+        model=args.model, variations=args.variations, seconds=args.seconds, seed=args.seed,
+        max_fpr=DEFAULT_MAX_FPR if args.max_fpr is None else args.max_fpr, write=not args.dry_run,
+        device="cpu" if args.device == "auto" else args.device))
+    print(json.dumps({"model_dir": str(args.model), "threshold_of": "signals", "written": not args.dry_run, **fitted},
+                     indent=2))
     return 0
 
 
@@ -153,9 +179,26 @@ def add_unlearn_commands(commands: argparse._SubParsersAction) -> None:
     _common(finetune, progress=True)
     finetune.set_defaults(func=_finetune)
 
-    calibrate = methods.add_parser("calibrate", help="measure an LCR model's flagging threshold on a dataset")
+    screens = methods.add_parser("screens", help="train an LCR model's prompt screen and motion judge on a dataset")
+    screens.add_argument("--model", type=Path, required=True, help="LCR model directory (screens written into it)")
+    screens.add_argument("--data", type=Path, required=True, help="dataset with the concept's split files")
+    screens.add_argument("--take-labels", type=Path, nargs="+",
+                         help="labels.tsv files (columns clip, violent_content) whose takes override the caption "
+                              "rule, e.g. shared/data/ase_sword_shield/labels.tsv")
+    screens.add_argument("--folds", type=int, default=5, help="folds of takes for the judge's held-out report")
+    screens.add_argument("--seed", type=int, default=0)
+    screens.add_argument("--clip-weights", type=Path)
+    screens.add_argument("--clip-vocab", type=Path)
+    screens.set_defaults(func=_screens)
+
+    calibrate = methods.add_parser("calibrate", help="measure an LCR model's flagging thresholds")
     calibrate.add_argument("--model", type=Path, required=True, help="LCR model directory (updated in place)")
-    calibrate.add_argument("--data", type=Path, required=True, help="dataset with the concept's split files")
+    calibrate.add_argument("--data", type=Path, help="dataset with the concept's split files (not with --signals)")
+    calibrate.add_argument("--signals", action="store_true",
+                           help="calibrate the prompt and motion thresholds and the combiner on the calibration halves "
+                                "of the shipped prompt sets (--max-fpr defaults to 0.01 of safe motions)")
+    calibrate.add_argument("--variations", type=int, default=3, help="--signals: motions per prompt")
+    calibrate.add_argument("--seconds", type=float, help="--signals: duration (default: the length estimator's)")
     calibrate.add_argument("--split", default="val")
     calibrate.add_argument("--max-captions", type=int, default=500, help="captions per side (random subset)")
     calibrate.add_argument("--samples", type=int, default=1, help="generations per caption (scores averaged)")

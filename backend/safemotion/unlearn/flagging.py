@@ -12,6 +12,11 @@ Policies (`review` decides, the generator acts):
 - ``block``: a flagged motion is refused (no motion), with the reason.
 - ``allow``: decode every motion with the ORIGINAL codebook (`original_codebook_models`), flag still reported.
 
+A screened model (screening.py) adds the prompt screen and the motion judge: `review` then takes each motion's prompt
+and motion scores and the combined decision of decision.py decides `flagged`; every record lists its signals (score,
+threshold, fired) and says in one sentence why. A request whose prompt fires before generation is refused under
+``block`` without generating (`refused_before_generation`).
+
 The threshold comes from the model's `safety` section: `calibrate_threshold` picks the τ that maximises Youden's J
 (TPR − FPR, equivalently balanced accuracy) between hit ratios of explicit concept captions and of safe captions
 (calibration.py runs it on a dataset's validation split); until then the uncalibrated default applies.
@@ -22,14 +27,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import rankdata
 
 from safemotion.models.model_dir import MotionModels
+from safemotion.unlearn.decision import Decision, Signal
 from safemotion.unlearn.policies import DEFAULT_POLICY, check_policy
 from safemotion.unlearn.record import (
     load_original_codebooks,
@@ -37,6 +43,9 @@ from safemotion.unlearn.record import (
     safety_settings,
     unlearning_record,
 )
+
+if TYPE_CHECKING:
+    from safemotion.unlearn.screening import Screens
 
 DECISIONS = ("pass", "sanitized", "blocked", "allowed")
 
@@ -57,6 +66,8 @@ class SafetyRecord:
     unit_length: int
     calibrated: bool = True
     reason: str = ""
+    signals: list[Signal] = field(default_factory=list)  # every signal that judged the motion
+    screened: bool = False  # prompt screen and motion judge took part (else the code-hit ratio alone)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -86,8 +97,10 @@ def merge_spans(token_indices: Iterable[int], unit_length: int) -> list[tuple[in
 
 
 def assess(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int], unit_length: int, threshold: float,
-           policy: str = DEFAULT_POLICY, concept: str = "violence", calibrated: bool = True) -> SafetyRecord:
-    """Hits, ratio, flag, spans and the policy's decision for one motion's base tokens (negative ids = padding)."""
+           policy: str = DEFAULT_POLICY, concept: str = "violence", calibrated: bool = True,
+           screening: Decision | None = None) -> SafetyRecord:
+    """Hits, ratio, flag, spans and the policy's decision for one motion's base tokens (negative ids = padding);
+    with `screening` (a screened model's decision over all signals) that decision sets the flag."""
     check_policy(policy)
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -95,12 +108,37 @@ def assess(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int]
     num_tokens = int((ids >= 0).sum())
     hits = hit_token_indices(ids, removed_codes)
     ratio = len(hits) / num_tokens if num_tokens else 0.0
-    flagged = num_tokens > 0 and ratio >= threshold
-    decision, reason = _decide(policy, flagged, ratio, len(hits), num_tokens, threshold, concept)
+    if screening is None:
+        flagged = num_tokens > 0 and ratio >= threshold
+        decision, reason = _decide(policy, flagged, ratio, len(hits), num_tokens, threshold, concept)
+        signals = [Signal("code_hit", ratio, threshold, flagged)]
+    else:
+        flagged = screening.flagged
+        decision, reason = _screened_decision(policy, screening)
+        signals = screening.signals
     return SafetyRecord(concept=concept, policy=policy, decision=decision, flagged=flagged, hit_ratio=ratio,
                         threshold=threshold, num_tokens=num_tokens, hit_tokens=hits.tolist(),
                         spans=merge_spans(hits, unit_length), unit_length=unit_length, calibrated=calibrated,
-                        reason=reason)
+                        reason=reason, signals=signals, screened=screening is not None)
+
+
+def refused_before_generation(prompt_decision: Decision, concept: str, threshold: float,
+                              unit_length: int) -> SafetyRecord:
+    """The record of a request refused under `block` because its prompt fired: nothing was generated."""
+    return SafetyRecord(concept=concept, policy="block", decision="blocked", flagged=True, hit_ratio=0.0,
+                        threshold=threshold, num_tokens=0, hit_tokens=[], spans=[], unit_length=unit_length,
+                        reason=f"refused without generating: {prompt_decision.why}", signals=prompt_decision.signals,
+                        screened=True)
+
+
+def _screened_decision(policy: str, screening: Decision) -> tuple[str, str]:
+    if not screening.flagged:
+        return "pass", screening.why
+    if policy == "block":
+        return "blocked", f"refused: {screening.why}"
+    if policy == "allow":
+        return "allowed", f"allowed: {screening.why}; decoded with the original codebook"
+    return "sanitized", f"{screening.why}; returned with the removed codes replaced (LCR)"
 
 
 def _decide(policy: str, flagged: bool, ratio: float, hits: int, tokens: int, threshold: float,
@@ -116,8 +154,10 @@ def _decide(policy: str, flagged: bool, ratio: float, hits: int, tokens: int, th
 
 
 def review(models: MotionModels, base_tokens: Sequence[np.ndarray], policy: str = DEFAULT_POLICY,
-           ) -> list[SafetyRecord] | None:
-    """One SafetyRecord per motion from its base-layer ids, or None when the model has no removed base codes.
+           screens: Screens | None = None, prompt_scores: Sequence[float] | None = None,
+           motion_scores: Sequence[float] | None = None) -> list[SafetyRecord] | None:
+    """One SafetyRecord per motion from its base-layer ids (and, with `screens`, its prompt and motion scores), or
+    None when the model has no removed base codes.
 
     Under ``allow`` the generator decodes every motion with `original_codebook_models`; under ``block`` it drops the
     motions whose decision is "blocked".
@@ -128,8 +168,19 @@ def review(models: MotionModels, base_tokens: Sequence[np.ndarray], policy: str 
         return None
     record = unlearning_record(models.config)
     safety = safety_settings(models.config)
-    return [assess(tokens, removed, models.config.unit_length, safety.threshold, policy, record.concept,
-                   safety.calibrated) for tokens in base_tokens]
+    records = []
+    for i, tokens in enumerate(base_tokens):
+        screening = None
+        if screens is not None:
+            if prompt_scores is None or motion_scores is None:
+                raise ValueError("a screened model needs each motion's prompt and motion score")
+            ids = np.asarray(tokens).reshape(-1)
+            valid = ids[ids >= 0]
+            ratio = len(hit_token_indices(valid, removed)) / len(valid) if len(valid) else 0.0
+            screening = screens.decide(ratio, safety.threshold, float(prompt_scores[i]), float(motion_scores[i]))
+        records.append(assess(tokens, removed, models.config.unit_length, safety.threshold, policy, record.concept,
+                              safety.calibrated, screening))
+    return records
 
 
 def original_codebook_models(models: MotionModels, model_dir: str | Path) -> MotionModels:

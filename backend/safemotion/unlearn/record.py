@@ -13,7 +13,9 @@
         "source_model": {"path": "...", "vq_sha256": "..."},
         "created": "2025-01-01T00:00:00+00:00"
     },
-    "safety": {"threshold": 0.2, "calibrated": false, "calibration": null}
+    "safety": {"threshold": 0.2, "calibrated": false, "calibration": null,
+               "prompt_threshold": 0.6, "motion_threshold": 0.7,          # screened models (decision.py)
+               "combiner": {"weights": [...], "bias": ..., "threshold": 0.5}, "signals_calibration": {...}}
 
 `original_codebooks.safetensors` holds tensor ``layer_<i>`` = the full, unedited codebook (nb_code, code_dim) of
 every edited RVQ layer, so generation under the ``allow`` policy and motion audits can use the original codes.
@@ -37,6 +39,7 @@ import torch
 from torch import Tensor
 
 from safemotion.atomic_dir import replace_dir, write_text_atomic
+from safemotion.unlearn.decision import Combiner
 from safemotion.models.config import ModelConfig
 from safemotion.models.model_dir import (
     CARD_FILE,
@@ -110,6 +113,15 @@ class SafetySettings:
     calibration: dict[str, Any] | None = None
     audit_threshold: float | None = None
     audit_calibration: dict[str, Any] | None = None
+    prompt_threshold: float | None = None
+    motion_threshold: float | None = None
+    combiner: dict[str, Any] | None = None
+    signals_calibration: dict[str, Any] | None = None
+
+    @property
+    def signals_calibrated(self) -> bool:
+        """Whether `safemotion unlearn calibrate --signals` stored the screens' thresholds and the combiner."""
+        return None not in (self.prompt_threshold, self.motion_threshold, self.combiner)
 
     def audit(self) -> tuple[float, bool]:
         """(threshold, calibrated) for audits of existing motion."""
@@ -129,11 +141,14 @@ class SafetySettings:
         except TypeError as err:
             raise ValueError(f"{where}: {err}") from None
         thresholds = {"threshold": settings.threshold}
-        if settings.audit_threshold is not None:
-            thresholds["audit_threshold"] = settings.audit_threshold
+        for name in ("audit_threshold", "prompt_threshold", "motion_threshold"):
+            if getattr(settings, name) is not None:
+                thresholds[name] = getattr(settings, name)
         for name, value in thresholds.items():
             if not (isinstance(value, (int, float)) and 0 < value <= 1):
                 raise ValueError(f"{where}: {name} must be in (0, 1], found {value!r}")
+        if settings.combiner is not None:
+            Combiner.from_dict(settings.combiner, f"{where}.combiner")
         return settings
 
 
