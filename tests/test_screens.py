@@ -14,7 +14,7 @@ from safemotion.models.text_encoders import load_text_encoder
 from safemotion.safe_generation import SafeGenerator
 from safemotion.unlearn.audit import audit_file, audit_joints
 from safemotion.unlearn.classifier import fit_classifier, fit_platt, load_classifier, save_classifier
-from safemotion.unlearn.decision import Combiner, decide
+from safemotion.unlearn.decision import Combiner, decide, with_code_hits_deciding
 from safemotion.unlearn.flagging import original_codebook_models, roc_auc
 from safemotion.unlearn.motion_judge import (
     JudgeData,
@@ -85,6 +85,16 @@ def test_only_the_prompt_or_the_combined_signal_flags_and_the_reason_names_them(
     assert both.flagged and "flagged by the combined score" in both.why and not both.signals[1].fired
     with pytest.raises(ValueError, match="3 weights"):
         Combiner.from_dict({"weights": [1, 2], "bias": 0, "threshold": 0.5})
+
+
+def test_for_an_edit_the_code_hit_signal_flags_on_its_own():
+    combiner = Combiner([4.0, 0.5, 0.5], -1.0, 0.6)
+    code_only = with_code_hits_deciding(decide(0.9, 0.2, 0.001, 0.001, 0.5, 0.5, combiner))
+    assert code_only.flagged and code_only.why.startswith("flagged by the code-hit ratio 0.90 ≥ 0.20")
+    quiet = decide(0.1, 0.2, 0.001, 0.001, 0.5, 0.5, combiner)
+    assert with_code_hits_deciding(quiet) is quiet and not quiet.flagged
+    by_prompt = decide(0.9, 0.2, 0.97, 0.1, 0.5, 0.5, combiner)
+    assert with_code_hits_deciding(by_prompt) is by_prompt
 
 
 def test_signal_thresholds_keep_safe_false_alarms_within_the_bound():

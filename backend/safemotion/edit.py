@@ -506,4 +506,4 @@ class Editor:
                 features=extract_features(np.concatenate([out, out[-1:]]).astype(np.float64)), joints=out,
                 smpl=joints_to_smpl(out, fps=self.fps) if smpl else None, length_from="request",
                 sampling=generator.sampling))
-        return self.safe.review(motions, policy)
+        return self.safe.review(motions, policy, edit=True)

@@ -106,9 +106,10 @@ class SafeGenerator:
                 results[i] = self.review(own, policies[i], prompt_scores[i])
         return results
 
-    def review(self, motions: list[GeneratedMotion], policy: str, prompt_score: float | None = None) -> list[Generated]:
-        """The safety review of generated or edited motions of one prompt under `policy`: every motion with its
-        record (all signals of a screened model; the prompt is scored here unless `prompt_score` is given)."""
+    def review(self, motions: list[GeneratedMotion], policy: str, prompt_score: float | None = None,
+               edit: bool = False) -> list[Generated]:
+        """The safety review of generated or edited (`edit`) motions of one prompt under `policy`: every motion with
+        its record (all signals of a screened model; the prompt is scored here unless `prompt_score` is given)."""
         scores = {}
         if self.screens is not None and motions:
             if prompt_score is None:
@@ -116,7 +117,7 @@ class SafeGenerator:
                 prompt_score = float(self.screens.prompt_scores_of_features(encoded)[0])
             scores = {"screens": self.screens, "prompt_scores": [prompt_score] * len(motions),
                       "motion_scores": self.screens.motion_scores([m.joints for m in motions])}
-        records = review(self.generator.models, [m.base_tokens for m in motions], policy, **scores)
+        records = review(self.generator.models, [m.base_tokens for m in motions], policy, edit=edit, **scores)
         return [Generated(m, None if records is None else r, m.prompt, m.seed, m.variation)
                 for m, r in zip(motions, records or [None] * len(motions))]
 

@@ -119,6 +119,16 @@ def decide(hit_ratio: float, hit_threshold: float, prompt: float, motion: float,
     return Decision(signals, bool(firing), f"{why} ({'; '.join(evidence)})")
 
 
+def with_code_hits_deciding(decision: Decision) -> Decision:
+    """The decision for an edit of an existing take: the tokens it keeps came from a prompt no screen has seen, so the
+    code-hit signal flags on its own too (an edit cannot bring removed content back)."""
+    code_hit = next(s for s in decision.signals if s.name == "code_hit")
+    if decision.flagged or not code_hit.fired:
+        return decision
+    return Decision(decision.signals, True, f"flagged by the {code_hit.describe()}, which decides on its own for an "
+                                            f"edit of an existing take ({decision.why})")
+
+
 def prompt_decision(prompt: float, prompt_threshold: float) -> Decision:
     """The decision known before generation: the prompt signal alone (used to refuse under `block`)."""
     signal = Signal("prompt", prompt, prompt_threshold, prompt >= prompt_threshold)

@@ -35,7 +35,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from safemotion.models.model_dir import MotionModels
-from safemotion.unlearn.decision import Decision, Signal
+from safemotion.unlearn.decision import Decision, Signal, with_code_hits_deciding
 from safemotion.unlearn.policies import DEFAULT_POLICY, check_policy
 from safemotion.unlearn.record import (
     load_original_codebooks,
@@ -155,9 +155,10 @@ def _decide(policy: str, flagged: bool, ratio: float, hits: int, tokens: int, th
 
 def review(models: MotionModels, base_tokens: Sequence[np.ndarray], policy: str = DEFAULT_POLICY,
            screens: Screens | None = None, prompt_scores: Sequence[float] | None = None,
-           motion_scores: Sequence[float] | None = None) -> list[SafetyRecord] | None:
+           motion_scores: Sequence[float] | None = None, edit: bool = False) -> list[SafetyRecord] | None:
     """One SafetyRecord per motion from its base-layer ids (and, with `screens`, its prompt and motion scores), or
-    None when the model has no removed base codes.
+    None when the model has no removed base codes. For an `edit` of an existing take the code-hit signal also flags
+    on its own (decision.with_code_hits_deciding).
 
     Under ``allow`` the generator decodes every motion with `original_codebook_models`; under ``block`` it drops the
     motions whose decision is "blocked".
@@ -178,6 +179,8 @@ def review(models: MotionModels, base_tokens: Sequence[np.ndarray], policy: str 
             valid = ids[ids >= 0]
             ratio = len(hit_token_indices(valid, removed)) / len(valid) if len(valid) else 0.0
             screening = screens.decide(ratio, safety.threshold, float(prompt_scores[i]), float(motion_scores[i]))
+            if edit:
+                screening = with_code_hits_deciding(screening)
         records.append(assess(tokens, removed, models.config.unit_length, safety.threshold, policy, record.concept,
                               safety.calibrated, screening))
     return records
