@@ -188,6 +188,17 @@ def synthetic_motion(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return pose, transl
 
 
+def select(active, *others) -> None:
+    """Select exactly `active` and `others`, `active` active."""
+    view_layer = bpy.context.view_layer
+    for obj in view_layer.objects:
+        obj.select_set(False)
+    for obj in (active, *others):
+        if obj is not None:
+            obj.select_set(True)
+    view_layer.objects.active = active
+
+
 # ---------------------------------------------------------------------------------------------- drawing
 
 ICONS = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())

@@ -54,7 +54,7 @@ def nothing_written(scene) -> bool:
 def test_generate_writes_smpl_takes_with_the_servers_motion_and_marks_flagged_ones(addon, scene, tiny_server):
     settings = scene.safemotion
     settings.seed, settings.variations = PASSING_SEED, 3
-    scene.frame_current = 11
+    scene.frame_current, settings.start_at_playhead = 11, True
     assert bpy.ops.safemotion.generate() == {"FINISHED"}
     expected = server_motions(addon, tiny_server, PASSING_SEED, 3)
     flags = [m["safety"]["flagged"] for m in expected]
@@ -108,7 +108,7 @@ def test_generate_writes_smpl_takes_with_the_servers_motion_and_marks_flagged_on
     assert settings.last_safety.flagged and settings.last_safety.reason == worst["reason"]
     first = settings.takes[0]
     assert first.armature.animation_data.action.name == first.action_name  # the first take is applied
-    assert scene.frame_end >= 90
+    assert scene.frame_end == 90  # fitted to the takes
 
 
 def test_a_second_generation_reuses_the_armature_of_the_same_body(addon, scene):
@@ -160,19 +160,24 @@ def test_generate_retargets_onto_the_chosen_armature(addon, scene):
     assert source.angle(moved) < 1e-3 and moved.length > source.length  # the demo rig's hips are higher
 
 
-def test_unmappable_target_writes_nothing(addon, scene):
+def test_unmappable_target_keeps_the_smpl_take_and_asks_for_a_mapping(addon, scene):
     settings = scene.safemotion
     target = addon.armature.build_armature("Stick", [addon.armature.BoneSpec("a", (0, 0, 0), (0, 0, 1))])
-    settings.target_armature, settings.bone_preset = target, "mixamo"
-    with pytest.raises(RuntimeError, match="Nothing written: retarget mapping: .*no bone is mapped to 'pelvis'"):
-        bpy.ops.safemotion.generate()
-    assert len(bpy.data.actions) == 0 and len(settings.takes) == 0 and [o.name for o in bpy.data.objects] == ["Stick"]
+    settings.target_armature, settings.bone_preset, settings.seed = target, "mixamo", PASSING_SEED
+    assert bpy.ops.safemotion.generate() == {"FINISHED"}
+    assert len(settings.takes) == 1 and settings.takes[0].target_action_name == "" and target.animation_data is None
+    assert [a.name for a in bpy.data.actions] == [settings.takes[0].action_name]
+    editor = scene.safemotion_mapping
+    assert editor.rig == target and "no bone is mapped to 'pelvis'" in editor.needed
 
 
 def test_block_policy_writes_nothing_and_reports_why(addon, scene, tiny_server):
     settings = scene.safemotion
     settings.policy, settings.seed, settings.variations = "BLOCK", FLAGGED_SEEDS[0], 2
     assert bpy.ops.safemotion.generate() == {"CANCELLED"}
+    assert [(f.event, f.seed, f.policy, f.safety.decision, f.action_name) for f in settings.flagged] == [
+        ("generation", 9, "block", "blocked", ""), ("generation", 10, "block", "blocked", "")]  # recorded
+    settings.flagged.clear()
     assert nothing_written(scene)
     expected = server_motions(addon, tiny_server, FLAGGED_SEEDS[0], 2, policy="block")
     assert [m["safety"]["decision"] for m in expected] == ["blocked", "blocked"]
@@ -186,7 +191,7 @@ def test_block_policy_keeps_the_takes_that_pass(addon, scene):
     assert bpy.ops.safemotion.generate() == {"FINISHED"}
     assert [t.seed for t in settings.takes] == [PASSING_SEED] and len(bpy.data.actions) == 1
     assert settings.status == f"1 take(s) for '{PROMPT}', 1 blocked"
-    assert len(scene.timeline_markers) == 0 and len(settings.flagged) == 0
+    assert len(scene.timeline_markers) == 0 and [f.safety.decision for f in settings.flagged] == ["blocked"]
 
 
 def test_cancel_drops_the_server_job_and_writes_nothing(addon, scene, tiny_server):
@@ -264,7 +269,9 @@ def test_csv_report_lists_the_flagged_generations(addon, scene, tmp_path):
         assert float(row["hit_ratio"]) == pytest.approx(record["hit_ratio"], abs=1e-4)
         assert row["reason"] == record["reason"] and row["flagged_frames"] == entry.spans
         assert row["flagged_frames"].split(", ")[0] == f"{1 + record['spans'][0][0]}-{record['spans'][0][1]}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["safety.csv"]  # written via a temp file, replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["safety.csv", "safety.json"]  # via temp files, replaced
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in tmp_path.iterdir())
+    assert [d["seed"] for d in json.loads((tmp_path / "safety.json").read_text())["decisions"]] == [9, 10]
 
 
 def test_csv_cells_are_not_run_as_formulas(addon, tmp_path):
