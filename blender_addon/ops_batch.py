@@ -64,6 +64,10 @@ class SafeMotionBatchItem(bpy.types.PropertyGroup):
     frame_start: IntProperty(name="Start Frame", description="Where the prompt's take starts on the batch track")
 
 
+def _active_item_changed(batch: SafeMotionBatch, context: bpy.types.Context) -> None:
+    fit_timeline(context.scene, batch)
+
+
 class SafeMotionBatch(bpy.types.PropertyGroup):
     """Where a batch's prompts come from, and the batch in progress (saved with the file for Resume)."""
 
@@ -74,7 +78,7 @@ class SafeMotionBatch(bpy.types.PropertyGroup):
     text: PointerProperty(name="Text", type=bpy.types.Text, description="Text block with one prompt per line")
     filepath: StringProperty(name="File", subtype="FILE_PATH", description=".txt or .csv prompt file")
     items: CollectionProperty(type=SafeMotionBatchItem)
-    active_item: IntProperty(name="Active Prompt", update=lambda batch, context: fit_timeline(context.scene, batch),
+    active_item: IntProperty(name="Active Prompt", update=_active_item_changed,
                              description="The selected prompt; the timeline's preview range is fitted to its take")
     origin: StringProperty(name="Read From", description="Text block or file the batch was read from")
     policy: StringProperty(name="Policy", description="Safety policy the batch is generated under")

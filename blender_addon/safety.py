@@ -129,18 +129,20 @@ def compare_text(generation: dict | None, audit: dict) -> str:
         return audit_part + " The take has no generation record (made by hand or imported) to compare with."
     g_ratio, g_limit = generation.get("hit_ratio", 0.0), generation.get("threshold", 0.0)
     decision, g_flag = generation.get("decision", ""), bool(generation.get("flagged"))
+    measured = (f"At generation {g_ratio:.0%} of the model's own tokens used removed codes "
+                f"(generation limit {g_limit:.0%})")
     if decision == "sanitized":
-        gen_part = (f"At generation {g_ratio:.0%} of the model's own tokens used removed codes (generation limit "
-                    f"{g_limit:.0%}), so those codes were replaced: the take was sanitized.")
-        clean_after = True
+        gen_part = f"{measured}, so those codes were replaced: the take was sanitized."
+    elif decision == "allowed":
+        gen_part = f"{measured}: flagged, and allowed as generated (nothing was replaced)."
     else:
-        gen_part = (f"At generation {g_ratio:.0%} of the model's own tokens used removed codes (generation limit "
-                    f"{g_limit:.0%}): {_verdict(g_flag)}, decision {decision or 'none'}.")
-        clean_after = not g_flag or decision == "allowed"
-    if decision == "allowed" and a_flag:
-        return f"{gen_part} {audit_part} They agree: the take was allowed as it is, and the audit still finds it."
-    if clean_after != a_flag:
-        return f"{gen_part} {audit_part} They agree."
+        gen_part = f"{measured}: {_verdict(g_flag)}."
+    # What the file should hold: a sanitized or unflagged take no removed content, an allowed take all of it.
+    clean_in_file = decision == "sanitized" or not g_flag
+    if clean_in_file != a_flag:
+        agree = ("the take was allowed as it is, and the audit finds it too" if decision == "allowed"
+                 else f"both say the take is {'clean' if clean_in_file else 'flagged'}")
+        return f"{gen_part} {audit_part} They agree: {agree}."
     if a_flag:
         why = ("They differ because the two checks read different things: the generation counts the tokens the "
                "model chose (and sanitizing replaced the removed ones), while the audit encodes the finished motion "
