@@ -351,7 +351,7 @@ class SAFEMOTION_OT_export_motion(bpy.types.Operator):
         if not any(o.type == "ARMATURE" for o in context.selected_objects):
             cls.poll_message_set("Select the armature to export")
             return False
-        return True
+        return scene_guard.poll_free(cls, context)  # the export sets the scene's frame range while it runs
 
     def invoke(self, context, event):
         try:

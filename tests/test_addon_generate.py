@@ -289,3 +289,39 @@ def test_hit_spans_map_onto_scene_frames_at_the_scenes_rate(addon):
     assert safety.spans_text(spans) == "1-5, 11-14"
     with pytest.raises(ValueError, match=r"safety span \[4, 4\) is not a valid frame range"):
         safety.scene_frame_spans([[4, 4]], 20.0, 20.0, 1)
+
+
+def test_takes_are_keyed_on_whole_frames_of_a_30_fps_scene(addon, scene, tiny_server):
+    """The 20 fps motion is resampled to the scene's 30 fps: keys on whole frames from the scene start, the pelvis
+    where the server's motion is at that time, the end frame fitted to the take."""
+    settings = scene.safemotion
+    settings.seed = PASSING_SEED
+    scene.render.fps, scene.frame_start, scene.frame_current = 30, 5, 40  # the playhead is not where takes start
+    assert bpy.ops.safemotion.generate() == {"FINISHED"}
+    take = settings.takes[0]
+    motion = server_motions(addon, tiny_server, PASSING_SEED, 1)[0]
+    transl = addon.client.decode_array(motion["smpl"]["transl"])
+    count = (len(transl) - 1) * 30 // 20 + 1
+    frames, values = addon.keyframes.read_keys(bpy.data.actions[take.action_name], take.armature,
+                                               'pose.bones["pelvis"].location', 2)
+    np.testing.assert_array_equal(frames, np.arange(5, 5 + count))
+    times = np.arange(count) * 20 / 30  # in motion frames
+    np.testing.assert_allclose(values, np.interp(times, np.arange(len(transl)), transl[:, 2]), atol=1e-5)
+    assert (take.frame_start, take.frames, scene.frame_end) == (5, count, 5 + count - 1)
+
+
+def test_resampling_keeps_the_motion(addon):
+    smpl_math = addon.smpl_math
+    angles = np.linspace(0.0, 1.2, 5)
+    pose = np.zeros((5, 24, 3))
+    pose[:, 3, 2] = angles  # spine1 turns about z
+    transl = np.stack([angles, angles * 2, angles * 3], -1)
+    same = smpl_math.resample_motion(pose, transl, 20.0, 20.0)
+    np.testing.assert_allclose(same[0], pose)
+    np.testing.assert_allclose(same[1], transl)
+    double, moved = smpl_math.resample_motion(pose, transl, 20.0, 40.0)
+    assert double.shape == (9, 24, 3) and moved.shape == (9, 3)
+    np.testing.assert_allclose(double[:, 3, 2], np.linspace(0.0, 1.2, 9), atol=1e-9)  # slerp about one axis
+    np.testing.assert_allclose(moved[:, 1], np.linspace(0.0, 2.4, 9), atol=1e-12)
+    slower, _ = smpl_math.resample_motion(pose, transl, 20.0, 30.0)
+    assert len(slower) == 7  # 0.2 s at 30 fps: 6 intervals, the last sample within the span
