@@ -126,7 +126,7 @@ def start_batch(scene: bpy.types.Scene, prompts: list[batch_prompts.BatchPrompt]
     settings = scene.safemotion
     batch = scene.safemotion_batch
     if settings.target_armature is not None:
-        armature.target_mapping(settings.target_armature, settings.bone_preset)
+        mapping_editor.rig_mapping(settings.target_armature, settings.bone_preset)
     seed = random.randrange(batch_prompts.MAX_SEED + 1) if settings.random_seed else settings.seed
     batch.items.clear()
     batch.active_item = 0
@@ -436,17 +436,19 @@ class _BatchRun:
         """Set up the scene's batch for running (raise ValueError to refuse)."""
         raise NotImplementedError
 
-    def _begin(self, context) -> BatchRunner | None:
-        """Prepare the batch and send its pending prompts; on failure the scene's batch is as it was."""
+    def _begin(self, context, submit: bool = True) -> BatchRunner | None:
+        """Prepare the batch and (with `submit`) send its pending prompts; on failure the scene's batch is as it was.
+        The modal run leaves the first submission to its first timer tick (`self._saved` is then the way back)."""
         batch = context.scene.safemotion_batch
-        saved = _batch_state(batch)
+        self._saved = _batch_state(batch)
         try:
             client = client_from_preferences(context)
             self.prepare(context)
             runner = BatchRunner(context.scene, client)
-            runner.submit_pending()
+            if submit:
+                runner.submit_pending()
         except (ValueError, BackendError) as err:
-            _restore_batch_state(batch, saved)
+            _restore_batch_state(batch, self._saved)
             self.report({"ERROR"}, str(err))
             return None
         return runner
@@ -480,7 +482,7 @@ class _BatchRun:
         global _running
         if bpy.app.background:
             return self.execute(context)
-        runner = self._begin(context)
+        runner = self._begin(context, submit=False)
         if runner is None:
             return {"CANCELLED"}
         _running = runner
@@ -507,7 +509,11 @@ class _BatchRun:
         try:
             runner.step(max_apply=1)  # one prompt per tick keeps the interface responsive
         except (BackendError, ValueError) as err:
-            self.report({"ERROR"}, f"{err} ({self._summary(runner.batch)}; Resume Batch continues)")
+            if not any(item.job_id for item in runner.batch.items):  # nothing was sent: the batch goes back
+                _restore_batch_state(runner.batch, self._saved)
+                self.report({"ERROR"}, str(err))
+            else:
+                self.report({"ERROR"}, f"{err} ({self._summary(runner.batch)}; Resume Batch continues)")
             return self._stop(context, {"CANCELLED"})
         finally:
             self._report_flags(runner)

@@ -450,6 +450,9 @@ class GenerationJob:
         except BackendError as err:
             self.fail(str(err))
             raise
+        except BaseException:  # a bug or an interrupt: the scene must not stay marked busy
+            self.cancel()
+            raise
 
     def _close(self, status: str) -> None:
         if self in _running:
@@ -558,6 +561,10 @@ class SAFEMOTION_OT_generate(bpy.types.Operator):
             job.fail(str(err))
             self.report({"ERROR"}, str(err))
             return self._end(context, {"CANCELLED"})
+        except Exception:  # a bug: end the job so that the scene does not stay marked busy
+            job.cancel()
+            self._end(context, {"CANCELLED"})
+            raise
         return self._end(context, self._report(job.settings, outcome))
 
     def cancel(self, context: bpy.types.Context) -> None:

@@ -240,6 +240,18 @@ class CheckingLayout:
         self.calls.append(("operator", idname))
         return OperatorButton(idname)
 
+    def prop_search(self, data, name, search_data, search_name, text=None, icon="NONE", **kwargs):
+        assert name in data.bl_rna.properties, f"{data.bl_rna.identifier} has no property {name!r}"
+        assert search_name in search_data.bl_rna.properties, f"{search_data.bl_rna.identifier} has no {search_name!r}"
+        self._icon(icon)
+        self.calls.append(("prop_search", text))
+
+    def operator_menu_enum(self, idname, property, text=None, icon="NONE", **kwargs):
+        module, name = idname.split(".")
+        assert property in getattr(getattr(bpy.ops, module), name).get_rna_type().properties.keys()
+        self._icon(icon)
+        self.calls.append(("operator", idname))
+
     def label(self, text="", icon="NONE", **kwargs):
         self._icon(icon)
         self.calls.append(("label", text))

@@ -13,6 +13,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from addon_support import (  # noqa: E402
+    CheckingLayout,
     addon,  # noqa: F401 (fixture)
     addon_module,
     clean_scene,  # noqa: F401 (fixture)
@@ -99,6 +100,11 @@ def test_a_rig_no_preset_knows_is_mapped_in_the_editor_and_retargeted(addon, cle
     editor.slots["left_wrist"].bone = ""
     assert editor_module.mapping_problems(editor_module.editor_mapping(editor), list(names.values()))[1] == [
         "left_wrist"]
+    calls: list = []
+    editor_module.draw_mapping_editor(CheckingLayout(calls), bpy.context)  # real names in the sidebar's editor
+    assert [text for kind, text in calls if kind == "prop_search"] == list(editor_module.EDITOR_ROLES)
+    assert ("label", "Unmapped (stay at rest): left_wrist") in calls
+    assert {("operator", "safemotion.mapping_fill"), ("operator", "safemotion.mapping_use")} <= set(calls)
     editor.slots["left_wrist"].bone = names["LeftHand"]
     assert bpy.ops.safemotion.mapping_use() == {"FINISHED"}
     stored = json.loads(rig.data[editor_module.MAPPING_PROPERTY])
