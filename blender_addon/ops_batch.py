@@ -636,6 +636,11 @@ def draw_batch(layout, context) -> None:
     else:
         column.label(text=text)
     column.template_list(SAFEMOTION_UL_batch_items.bl_idname, "", batch, "items", batch, "active_item", rows=4)
+    rig = batch.target or batch.smpl_armature
+    item = batch.items[batch.active_item] if 0 <= batch.active_item < len(batch.items) else None
+    if rig is not None and item is not None and item.action is not None:
+        audit = column.operator("safemotion.audit_action", text=f"Audit '{item.name}'", icon="VIEWZOOM")
+        audit.object_name, audit.action_name, audit.preset = rig.name, item.action.name, batch.bone_preset
 
 
 CLASSES = (SafeMotionBatchItem, SafeMotionBatch, SAFEMOTION_OT_batch_generate, SAFEMOTION_OT_batch_resume,

@@ -209,11 +209,18 @@ class SAFEMOTION_OT_retarget_action(_SmplTakeOperator, bpy.types.Operator):
         return {"FINISHED"}
 
 
-def audit_target(context) -> tuple[bpy.types.Object, bpy.types.Action]:
-    """The active armature and its active action, to audit; ValueError saying what to select otherwise."""
-    obj = context.active_object
+def audit_target(context, object_name: str = "", action_name: str = "") -> tuple[bpy.types.Object, bpy.types.Action]:
+    """The armature and action to audit: the named ones (e.g. a batch take on its NLA track), else the active armature
+    and its active action; ValueError saying what to select otherwise."""
+    obj = bpy.data.objects.get(object_name) if object_name else context.active_object
     if obj is None or obj.type != "ARMATURE":
-        raise ValueError("no armature is active: click the armature whose motion you want to audit")
+        raise ValueError(f"{object_name!r} is not an armature" if object_name else
+                         "no armature is active: click the armature whose motion you want to audit")
+    if action_name:
+        action = bpy.data.actions.get(action_name)
+        if action is None:
+            raise ValueError(f"there is no action {action_name!r} to audit")
+        return obj, action
     action = obj.animation_data.action if obj.animation_data else None
     if action is None:
         raise ValueError(f"{obj.name!r} has no active action: choose the take to audit (or enter tweak mode on its "
@@ -277,28 +284,18 @@ class SAFEMOTION_OT_audit_action(bpy.types.Operator):
 
     preset: EnumProperty(name="Bone names", items=preset_items(),
                          description="How a rig that is not an SMPL armature is mapped back to the SMPL joints")
+    object_name: StringProperty(name="Armature", description="Armature to audit (empty: the active object)")
+    action_name: StringProperty(name="Action", description="Its action to audit (empty: its active action)")
 
     @classmethod
     def poll(cls, context):
-        obj = context.active_object
-        if obj is None or obj.type != "ARMATURE":
-            cls.poll_message_set("Make the armature to audit active")
-            return False
         return scene_guard.poll_free(cls, context)
 
     def execute(self, context):
         scene = context.scene
         try:
-            obj, action = audit_target(context)
-            if is_smpl_armature(obj):
-                take = read_smpl_take(obj, action)
-                joints, frame_start, fps = take_joints(take)[:, :AUDIT_JOINTS], take.frame_start, take.fps
-            else:
-                mapping = audit_mapping(obj, self.preset)
-                frames = action_frames(action)
-                render = scene.render
-                joints, frame_start, fps = rig_joints(context, obj, mapping, frames), int(frames[0]), \
-                    render.fps / render.fps_base
+            obj, action = audit_target(context, self.object_name, self.action_name)
+            joints, frame_start, fps = self._joints(context, obj, action)
             client = client_from_preferences(context)
             report = client.audit({"joints": encode_array(joints), "fps": fps})
             with scene_guard.keep_file_on_failure():
@@ -313,6 +310,24 @@ class SAFEMOTION_OT_audit_action(bpy.types.Operator):
         self.report({"WARNING" if report["flagged"] else "INFO"},
                     f"{text} {len(report['spans'])} hit span(s) marked on the timeline")
         return {"FINISHED"}
+
+    def _joints(self, context, obj: bpy.types.Object, action: bpy.types.Action) -> tuple[np.ndarray, int, float]:
+        """SMPL-22 joints [T, 22, 3] of `action` on `obj`, its first scene frame and the rate; the action is made
+        active while it is read (a batch take on the NLA track) and the previous one put back."""
+        previous = obj.animation_data.action if obj.animation_data else None
+        if action != previous:
+            keyframes.assign_action(obj, action)
+        try:
+            if is_smpl_armature(obj):
+                take = read_smpl_take(obj, action)
+                return take_joints(take)[:, :AUDIT_JOINTS], take.frame_start, take.fps
+            mapping = audit_mapping(obj, self.preset)
+            frames = action_frames(action)
+            render = context.scene.render
+            return rig_joints(context, obj, mapping, frames), int(frames[0]), render.fps / render.fps_base
+        finally:
+            if action != previous:
+                obj.animation_data.action = previous
 
 
 def mark_audit_spans(scene: bpy.types.Scene, report: dict, frame_start: int, fps: float, label: str = "") -> list:

@@ -171,6 +171,19 @@ def test_txt_batch_lays_named_takes_one_after_another_in_prompt_order(ops, serve
         assert motion["frames"] == round(scene.safemotion.seconds * motion["fps"])
     rig.animation_data.action = None
 
+    # The selected prompt's take is audited from its place on the track (the panel's button under the list).
+    calls: list = []
+    ops.draw_batch(CheckingLayout(calls), bpy.context)
+    assert ("operator", "safemotion.audit_action") in calls
+    jumps = batch.items[1].action
+    assert bpy.ops.safemotion.audit_action(object_name=rig.name, action_name=jumps.name) == {"FINISHED"}
+    report = json.loads(jumps[addon_module("ops_motion").AUDIT_PROPERTY])
+    markers = [m for m in scene.timeline_markers if m.name.startswith(f"SafeMotion audit {jumps.name} ")]
+    assert len(markers) == 2 * len(report["spans"]) and all(93 <= m.frame <= 93 + 79 for m in markers)
+    entry = scene.safemotion.flagged[-1]
+    assert (entry.event, entry.prompt, entry.action_name) == ("audit", "a person jumps", jumps.name)
+    assert rig.animation_data.action is None  # the track plays again
+
 
 def test_csv_batch_is_retargeted_onto_the_target_rig(ops, server, tmp_path):
     armature = addon_module("armature")

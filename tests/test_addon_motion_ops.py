@@ -216,7 +216,7 @@ def test_audit_needs_an_armature_with_an_action(ops, clean_scene):
     armature = addon_module("armature")
     demo = armature.build_demo_rig("Demo")
     select(next(o for o in bpy.data.objects if o.type == "MESH"))
-    with pytest.raises(RuntimeError, match="Make the armature to audit active"):
+    with pytest.raises(RuntimeError, match="no armature is active: click the armature"):
         bpy.ops.safemotion.audit_action()
     select(demo)
     with pytest.raises(RuntimeError, match="'Demo' has no active action"):
