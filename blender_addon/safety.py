@@ -218,8 +218,9 @@ def write_csv_report(path: str | os.PathLike, rows: Iterable[dict[str, object]])
 
 
 def write_json_report(path: str | os.PathLike, rows: list[dict[str, object]]) -> None:
-    """Write rows as a JSON report ({"decisions": [...]}) atomically, mode 0644."""
-    _write_report_text(Path(path), json.dumps({"decisions": rows}, indent=1, ensure_ascii=False) + "\n")
+    """Write rows as a JSON report ({"decisions": [...]}, ratios as numbers) atomically, mode 0644."""
+    decisions = [{**row, "hit_ratio": float(row["hit_ratio"]), "threshold": float(row["threshold"])} for row in rows]
+    _write_report_text(Path(path), json.dumps({"decisions": decisions}, indent=1, ensure_ascii=False) + "\n")
 
 
 class SAFEMOTION_OT_export_safety_report(bpy.types.Operator, ExportHelper):

@@ -217,6 +217,7 @@ def test_safety_report_lists_blocked_sanitized_and_audited_decisions(karate, cle
     assert [(r["event"], r["decision"]) for r in rows] == [("generation", "blocked"), ("generation", "sanitized"),
                                                            ("audit", "audited"), ("audit", "audited")]
     assert [d["decision"] for d in decisions] == [r["decision"] for r in rows]
+    assert [d["hit_ratio"] for d in decisions] == [pytest.approx(float(r["hit_ratio"])) for r in rows]
     blocked, sanitized, take_audit, kata_audit = rows
     assert (blocked["prompt"], blocked["seed"], blocked["policy"]) == ("a person jumps", "1", "block")
     assert sanitized["policy"] == "sanitize" and take_audit["prompt"] == "a person walks forward"
