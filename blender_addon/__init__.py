@@ -3,8 +3,9 @@
 The add-on talks HTTP to a SafeMotion server (a bundled local one it starts itself, or a URL) and never imports
 torch. Modules: client (HTTP), backend_process (the bundled server), preferences, properties (scene data),
 ops_generate (Generate and takes), ops_batch (many prompts), ops_motion (retarget, audit, export), ops_edit (regenerate
-a range, extend, in-between), safety (flags, CSV report), panels (the sidebar). The maths lives in bpy-free modules:
-smpl_math, retarget, batch_prompts.
+a range, extend, in-between), mapping_editor (the bone-mapping editor), scene_guard (one guard for every
+scene-writing operator), safety (the decisions, the CSV/JSON report), panels (the sidebar). The maths lives in bpy-free
+modules: smpl_math, retarget, batch_prompts.
 
 `register` and `unregister` are exact opposites: after `unregister` no class, scene property, handler, timer or
 server process of the add-on is left.
@@ -16,11 +17,23 @@ import atexit
 
 import bpy
 
-from . import backend_process, ops_batch, ops_edit, ops_generate, ops_motion, panels, preferences, properties, safety
+from . import (
+    backend_process,
+    mapping_editor,
+    ops_batch,
+    ops_edit,
+    ops_generate,
+    ops_motion,
+    panels,
+    preferences,
+    properties,
+    safety,
+    scene_guard,
+)
 
 # Registered in this order (property groups before what points at them), unregistered in reverse.
 _CLASSES = (*preferences.CLASSES, *ops_generate.CLASSES, *ops_edit.CLASSES, *safety.CLASSES)
-_MODULES = (ops_batch, ops_motion)
+_MODULES = (ops_batch, ops_motion, mapping_editor)
 
 
 def register() -> None:
@@ -39,6 +52,7 @@ def register() -> None:
 def unregister() -> None:
     """Undo `register`: cancel generations in flight, stop the bundled server, remove everything registered."""
     ops_generate.cancel_all()
+    scene_guard.clear_busy()
     atexit.unregister(backend_process.stop_server)
     backend_process.stop_server()
     if ops_generate.cancel_on_load in bpy.app.handlers.load_pre:

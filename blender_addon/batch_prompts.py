@@ -157,9 +157,8 @@ def _number(cells: dict[str, str], column: str, kind: type, expected: str, where
         raise ValueError(f"{where}: {column} {cell!r} is not {expected}") from None
 
 
-def _check(prompt: str, seconds: float | None, seed: int | None, source: str, line: int) -> None:
-    """Raise ValueError("SOURCE:LINE: ...") for a prompt the server would refuse."""
-    where = f"{source}:{line}"
+def check_prompt(prompt: str, where: str) -> None:
+    """Raise ValueError("WHERE: ...") for prompt text the server would refuse (blank, too long, control characters)."""
     if not prompt.strip():
         raise ValueError(f"{where}: empty prompt; describe the motion in 1-{MAX_PROMPT_CHARS} characters")
     if len(prompt) > MAX_PROMPT_CHARS:
@@ -168,6 +167,12 @@ def _check(prompt: str, seconds: float | None, seed: int | None, source: str, li
         if unicodedata.category(char) in ("Cc", "Cs"):
             raise ValueError(f"{where}: prompt has a control character (U+{ord(char):04X}) at position "
                              f"{position + 1}; use plain text")
+
+
+def _check(prompt: str, seconds: float | None, seed: int | None, source: str, line: int) -> None:
+    """Raise ValueError("SOURCE:LINE: ...") for a prompt the server would refuse."""
+    where = f"{source}:{line}"
+    check_prompt(prompt, where)
     low, high = SECONDS_RANGE
     if seconds is not None and not (math.isfinite(seconds) and low <= seconds <= high):
         raise ValueError(f"{where}: seconds is {seconds:g}; allowed range is {low}-{high} (or leave it empty)")

@@ -164,6 +164,20 @@ class BackendClient:
         """POST /v1/audit ({"joints": array [T,22,3] Y-up metres, "fps"}): where the motion uses removed codes."""
         return self._request("POST", "/v1/audit", json=payload)
 
+    def grants_allow(self) -> bool:
+        """Whether this server lets this key use the `allow` policy: it lists the policy and the key is a safety
+        admin's (only those may read GET /v1/audit-log; 401/403 mean no)."""
+        policies = {p for model in self.models().get("models", []) for p in model.get("policies", [])}
+        if "allow" not in policies:
+            return False
+        try:
+            self._request("GET", "/v1/audit-log", params={"limit": 1})
+        except BackendError as err:
+            if err.status in (401, 403):
+                return False
+            raise
+        return True
+
     # ------------------------------------------------------------------------------------------ transport
 
     def _request(self, method: str, path: str, json: dict | None = None, params: dict | None = None) -> dict:

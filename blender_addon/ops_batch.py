@@ -1,11 +1,15 @@
-"""Batch generation: many prompts (a text block or a .txt/.csv file) → one server job → one NLA track per prompt.
+"""Batch generation: many prompts (a text block or a .txt/.csv file) → one server job → takes one after another.
 
 The batch lives in the scene (`scene.safemotion_batch`, saved with the .blend): every prompt with its state, the
 server job and item it was sent as, and the action it became. A `BatchRunner` works from that state alone, so the same
 loop serves a new batch and "Resume": pending prompts are submitted (one job of up to MAX_JOB_ITEMS prompts), queued
-ones are polled, finished ones are applied, one named action each, pushed onto its own NLA track of the batch's
-armature (the panel's target, retargeted, or an SMPL armature made for the batch). A job the server no longer knows
+ones are polled, finished ones are applied, one named action each, as a strip on the batch's one NLA track
+(`BATCH_TRACK`) of its armature (the panel's target, retargeted, or an SMPL armature made for the batch). Every prompt
+has its own place on that track, fixed when the batch starts from the prompts' durations in prompt order, so the takes
+play one after another in the order of the prompt list whatever order they finish in (and Resume fills the same
+places). Selecting a prompt in the list fits the timeline's preview range to its take. A job the server no longer knows
 (404: restarted with another database) has its unfinished prompts submitted again; finished prompts are never redone.
+Blocked prompts leave their place empty and are recorded in the safety list.
 
 In the UI a modal timer drives the runner and Esc cancels (server jobs cancelled, applied prompts kept). In background
 mode, or when called from a script, the operators run the same loop synchronously.
@@ -14,6 +18,7 @@ mode, or when called from a script, the operators run the same loop synchronousl
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 
@@ -21,7 +26,7 @@ import bpy
 from bpy.app.handlers import persistent
 from bpy.props import CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from . import armature, batch_prompts, safety
+from . import armature, batch_prompts, mapping_editor, safety, scene_guard, smpl_math
 from .client import BackendClient, BackendError, decode_array
 from .preferences import client_from_preferences
 from .properties import is_armature
@@ -29,6 +34,8 @@ from .properties import is_armature
 MAX_JOB_ITEMS = 256  # the server's limit on prompts per job
 POLL_INTERVAL_S = 0.25
 STALL_TIMEOUT_S = 600.0  # a synchronous run gives up when no prompt has progressed for this long
+BATCH_TRACK = "SafeMotion batch"  # the NLA track that holds a batch's takes, one after another
+GAP_FRAMES = 5  # frames left empty after each take's place (the model may round a duration up a little)
 
 ITEM_STATES = (
     ("PENDING", "Pending", "Not sent to the server yet (or sent again after the server lost it)", "TIME", 0),
@@ -54,6 +61,11 @@ class SafeMotionBatchItem(bpy.types.PropertyGroup):
     job_index: IntProperty(name="Job Item", description="The prompt's index in that job")
     action: PointerProperty(name="Action", type=bpy.types.Action)
     message: StringProperty(name="Message", description="Server error or safety note")
+    frame_start: IntProperty(name="Start Frame", description="Where the prompt's take starts on the batch track")
+
+
+def _active_item_changed(batch: SafeMotionBatch, context: bpy.types.Context) -> None:
+    fit_timeline(context.scene, batch)
 
 
 class SafeMotionBatch(bpy.types.PropertyGroup):
@@ -66,7 +78,8 @@ class SafeMotionBatch(bpy.types.PropertyGroup):
     text: PointerProperty(name="Text", type=bpy.types.Text, description="Text block with one prompt per line")
     filepath: StringProperty(name="File", subtype="FILE_PATH", description=".txt or .csv prompt file")
     items: CollectionProperty(type=SafeMotionBatchItem)
-    active_item: IntProperty(name="Active Prompt")
+    active_item: IntProperty(name="Active Prompt", update=_active_item_changed,
+                             description="The selected prompt; the timeline's preview range is fitted to its take")
     origin: StringProperty(name="Read From", description="Text block or file the batch was read from")
     policy: StringProperty(name="Policy", description="Safety policy the batch is generated under")
     target: PointerProperty(name="Target", type=bpy.types.Object, poll=is_armature,
@@ -113,7 +126,7 @@ def start_batch(scene: bpy.types.Scene, prompts: list[batch_prompts.BatchPrompt]
     settings = scene.safemotion
     batch = scene.safemotion_batch
     if settings.target_armature is not None:
-        armature.target_mapping(settings.target_armature, settings.bone_preset)
+        mapping_editor.rig_mapping(settings.target_armature, settings.bone_preset)
     seed = random.randrange(batch_prompts.MAX_SEED + 1) if settings.random_seed else settings.seed
     batch.items.clear()
     batch.active_item = 0
@@ -123,6 +136,8 @@ def start_batch(scene: bpy.types.Scene, prompts: list[batch_prompts.BatchPrompt]
     batch.bone_preset = settings.bone_preset
     batch.smpl_armature = None
     batch.frame_start = scene.frame_start
+    render = scene.render
+    frame = scene.frame_start
     for prompt in prompts:
         item = batch.items.add()
         item.name = prompt.name
@@ -130,6 +145,21 @@ def start_batch(scene: bpy.types.Scene, prompts: list[batch_prompts.BatchPrompt]
         item.seconds = settings.seconds if prompt.seconds is None else prompt.seconds
         item.seed = seed if prompt.seed is None else prompt.seed
         item.line = prompt.line
+        item.frame_start = frame
+        frame += math.ceil(item.seconds * render.fps / render.fps_base) + 1 + GAP_FRAMES
+
+
+def fit_timeline(scene: bpy.types.Scene, batch: SafeMotionBatch) -> None:
+    """Fit the preview range to the selected prompt's take and put the playhead on its first frame."""
+    if not 0 <= batch.active_item < len(batch.items):
+        return
+    item = batch.items[batch.active_item]
+    if item.action is None:
+        return
+    first, last = (int(round(f)) for f in item.action.frame_range)
+    scene.use_preview_range = True
+    scene.frame_preview_start, scene.frame_preview_end = first, max(last, first + 1)
+    scene.frame_current = first
 
 
 def reopen_batch(batch: SafeMotionBatch) -> None:
@@ -222,7 +252,7 @@ class BatchRunner:
             motion = self._motions.pop((item.job_id, item.job_index), None) if item.state == "QUEUED" else None
             if motion is None:
                 continue
-            warning = apply_motion(self.scene, item, motion, self._models.get(item.job_id, ""))
+            warning = apply_motion(self.scene, item, motion, self._models.get(item.job_id, ""), self.client.base_url)
             if warning:
                 self.warnings.append(warning)
             applied += 1
@@ -272,59 +302,78 @@ def cancel_batch(batch: SafeMotionBatch, client: BackendClient | None) -> int:
 # --- applying one motion --------------------------------------------------------------------------------------------
 
 
-def apply_motion(scene: bpy.types.Scene, item: SafeMotionBatchItem, motion: dict, model: str) -> str | None:
-    """Turn a finished prompt's motion into its named action on its own NLA track (or mark it blocked).
+def apply_motion(scene: bpy.types.Scene, item: SafeMotionBatchItem, motion: dict, model: str,
+                 server: str = "") -> str | None:
+    """Turn a finished prompt's motion into its named action, a strip in its place on the batch track (or mark it
+    blocked), recording the safety decision; everything it wrote is taken back when it fails.
 
-    Returns the warning to report when the motion was flagged (markers and a flagged-list entry are added).
+    Returns the warning to report when the policy acted on the motion (sanitized, blocked or allowed).
     """
+    with scene_guard.keep_file_on_failure():
+        return _apply_motion(scene, item, motion, model, server)
+
+
+def _apply_motion(scene: bpy.types.Scene, item: SafeMotionBatchItem, motion: dict, model: str,
+                  server: str) -> str | None:
     batch = scene.safemotion_batch
     record = motion.get("safety")
     item.message = ""
+    fps = float(motion["fps"])
+    seed = int(motion.get("seed", item.seed))
     if motion.get("smpl") is None:
         item.state = "BLOCKED"
         item.message = (record or {}).get("reason") or "withheld by the server's safety policy"
-        return None
-    pose = decode_array(motion["smpl"]["pose"], "smpl.pose")
-    transl = decode_array(motion["smpl"]["transl"], "smpl.transl")
+        if record is None:
+            return None
+        return safety.record_generation(scene, item.name, record, [], fps, item.frame_start, item.prompt, model,
+                                        seed, batch.policy, server)
+    render = scene.render
+    scene_fps = render.fps / render.fps_base
+    # Keys land on whole scene frames: the motion is resampled to the scene's rate first.
+    pose, transl = smpl_math.resample_motion(decode_array(motion["smpl"]["pose"], "smpl.pose"),
+                                             decode_array(motion["smpl"]["transl"], "smpl.transl"), fps, scene_fps)
     skeleton = motion["skeleton"]
     rest = decode_array(skeleton["rest_joints"], "skeleton.rest_joints")
-    fps = float(motion["fps"])
     if batch.target is not None:
         obj = batch.target
-        mapping = armature.target_mapping(obj, batch.bone_preset)
+        mapping = mapping_editor.rig_mapping(obj, batch.bone_preset)
         previous = obj.animation_data.action if obj.animation_data else None
-        action, _ = armature.retarget_onto(obj, pose, transl, rest, mapping=mapping, fps=fps, action_name=item.name,
-                                           frame_start=batch.frame_start)
+        action, _ = armature.retarget_onto(obj, pose, transl, rest, mapping=mapping, fps=scene_fps,
+                                           action_name=item.name, frame_start=item.frame_start)
     else:
         if batch.smpl_armature is None or batch.smpl_armature.name not in scene.objects:
             batch.smpl_armature = armature.build_smpl_armature(
                 "SafeMotion batch", skeleton["joint_names"], skeleton["parents"], rest)
         obj = batch.smpl_armature
         previous = obj.animation_data.action if obj.animation_data else None
-        action = armature.apply_smpl_motion(obj, pose, transl, fps=fps, action_name=item.name,
-                                            frame_start=batch.frame_start, names=skeleton["joint_names"])
-    push_to_nla(obj, action, batch.frame_start, previous)
+        action = armature.apply_smpl_motion(obj, pose, transl, fps=scene_fps, action_name=item.name,
+                                            frame_start=item.frame_start, names=skeleton["joint_names"])
+    action.use_fake_user = True  # a batch take must survive saving even when its strip is deleted
+    place_on_track(obj, action, item.frame_start, previous)
     item.action = action
     item.state = "DONE"
     if record is None:
         return None
     action[safety.SAFETY_PROPERTY] = json.dumps(record, sort_keys=True)
-    if not record.get("flagged"):
+    if not record.get("flagged") and record.get("decision") == "pass":
         return None
-    item.message = f"flagged ({record.get('decision', '')}): {record.get('reason', '')}"
-    return safety.flag_take(scene, item.name, record, [action], fps, batch.frame_start, item.prompt, model,
-                            int(motion.get("seed", item.seed)))
+    item.message = f"{record.get('decision', '')}: {record.get('reason', '')}"
+    return safety.record_generation(scene, item.name, record, [action], fps, item.frame_start, item.prompt, model,
+                                    seed, batch.policy, server)
 
 
-def push_to_nla(obj: bpy.types.Object, action: bpy.types.Action, frame_start: int,
-                previous: bpy.types.Action | None) -> bpy.types.NlaTrack:
-    """Put `action` on a new NLA track of `obj` named after it, and give `obj` back its previous active action."""
+def place_on_track(obj: bpy.types.Object, action: bpy.types.Action, frame_start: int,
+                   previous: bpy.types.Action | None) -> bpy.types.NlaStrip:
+    """Put `action` as a strip named after it at `frame_start` on the object's batch track (made when missing), and
+    give `obj` back its previous active action."""
     anim = obj.animation_data
-    track = anim.nla_tracks.new()
-    track.name = action.name
-    track.strips.new(action.name, int(frame_start), action)
+    track = next((t for t in anim.nla_tracks if t.name == BATCH_TRACK), None)
+    if track is None:
+        track = anim.nla_tracks.new()
+        track.name = BATCH_TRACK
+    strip = track.strips.new(action.name, int(frame_start), action)
     anim.action = previous
-    return track
+    return strip
 
 
 # --- operators ------------------------------------------------------------------------------------------------------
@@ -337,6 +386,7 @@ def forget_on_load(_filepath) -> None:
     """A file is being loaded: the running batch's scene goes away (its saved state lets Resume continue)."""
     global _running
     _running = None
+    scene_guard.clear_busy()
 
 
 def _redraw(context) -> None:
@@ -345,6 +395,29 @@ def _redraw(context) -> None:
     for area in context.screen.areas:
         if area.type in ("VIEW_3D", "NLA_EDITOR"):
             area.tag_redraw()
+
+
+_ITEM_FIELDS = ("name", "prompt", "seconds", "seed", "line", "state", "job_id", "job_index", "action", "message",
+                "frame_start")
+_BATCH_FIELDS = ("origin", "policy", "target", "bone_preset", "smpl_armature", "frame_start")
+
+
+def _batch_state(batch: SafeMotionBatch) -> tuple[dict, list[dict]]:
+    """The batch's settings and every prompt's fields (what starting or resuming a batch may change)."""
+    return ({f: getattr(batch, f) for f in _BATCH_FIELDS},
+            [{f: getattr(item, f) for f in _ITEM_FIELDS} for item in batch.items])
+
+
+def _restore_batch_state(batch: SafeMotionBatch, state: tuple[dict, list[dict]]) -> None:
+    """Put back a state from `_batch_state`."""
+    fields, items = state
+    for name, value in fields.items():
+        setattr(batch, name, value)
+    batch.items.clear()
+    for values in items:
+        item = batch.items.add()
+        for name, value in values.items():
+            setattr(item, name, value)
 
 
 class _BatchRun:
@@ -357,20 +430,28 @@ class _BatchRun:
         if _running is not None:
             cls.poll_message_set("A batch is running: wait for it or cancel it")
             return False
-        return True
+        return scene_guard.poll_free(cls, context)
 
     def prepare(self, context) -> None:
         """Set up the scene's batch for running (raise ValueError to refuse)."""
         raise NotImplementedError
 
-    def _begin(self, context) -> BatchRunner | None:
+    def _begin(self, context, submit: bool = True) -> BatchRunner | None:
+        """Prepare the batch and (with `submit`) send its pending prompts; on failure the scene's batch is as it was.
+        The modal run leaves the first submission to its first timer tick (`self._saved` is then the way back)."""
+        batch = context.scene.safemotion_batch
+        self._saved = _batch_state(batch)
         try:
             client = client_from_preferences(context)
             self.prepare(context)
+            runner = BatchRunner(context.scene, client)
+            if submit:
+                runner.submit_pending()
         except (ValueError, BackendError) as err:
+            _restore_batch_state(batch, self._saved)
             self.report({"ERROR"}, str(err))
             return None
-        return BatchRunner(context.scene, client)
+        return runner
 
     def _summary(self, batch: SafeMotionBatch) -> str:
         counts = batch_counts(batch)
@@ -401,10 +482,11 @@ class _BatchRun:
         global _running
         if bpy.app.background:
             return self.execute(context)
-        runner = self._begin(context)
+        runner = self._begin(context, submit=False)
         if runner is None:
             return {"CANCELLED"}
         _running = runner
+        scene_guard.set_busy(context.scene, "A batch")
         wm = context.window_manager
         self._timer = wm.event_timer_add(POLL_INTERVAL_S, window=context.window)
         wm.progress_begin(0, max(len(runner.batch.items), 1))
@@ -427,7 +509,11 @@ class _BatchRun:
         try:
             runner.step(max_apply=1)  # one prompt per tick keeps the interface responsive
         except (BackendError, ValueError) as err:
-            self.report({"ERROR"}, f"{err} ({self._summary(runner.batch)}; Resume Batch continues)")
+            if not any(item.job_id for item in runner.batch.items):  # nothing was sent: the batch goes back
+                _restore_batch_state(runner.batch, self._saved)
+                self.report({"ERROR"}, str(err))
+            else:
+                self.report({"ERROR"}, f"{err} ({self._summary(runner.batch)}; Resume Batch continues)")
             return self._stop(context, {"CANCELLED"})
         finally:
             self._report_flags(runner)
@@ -449,6 +535,8 @@ class _BatchRun:
 
     def _stop(self, context, result):
         global _running
+        if _running is not None:
+            scene_guard.set_busy(_running.scene, None)
         _running = None
         wm = context.window_manager
         wm.event_timer_remove(self._timer)
@@ -548,6 +636,11 @@ def draw_batch(layout, context) -> None:
     else:
         column.label(text=text)
     column.template_list(SAFEMOTION_UL_batch_items.bl_idname, "", batch, "items", batch, "active_item", rows=4)
+    rig = batch.target or batch.smpl_armature
+    item = batch.items[batch.active_item] if 0 <= batch.active_item < len(batch.items) else None
+    if rig is not None and item is not None and item.action is not None:
+        audit = column.operator("safemotion.audit_action", text=f"Audit '{item.name}'", icon="VIEWZOOM")
+        audit.object_name, audit.action_name, audit.preset = rig.name, item.action.name, batch.bone_preset
 
 
 CLASSES = (SafeMotionBatchItem, SafeMotionBatch, SAFEMOTION_OT_batch_generate, SAFEMOTION_OT_batch_resume,

@@ -19,18 +19,26 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
-from . import armature, keyframes, safety, smpl_math
+from . import armature, batch_prompts, keyframes, mapping_editor, safety, scene_guard, smpl_math
 from .client import BackendClient, BackendError, decode_array
-from .preferences import BUNDLED_START_TIMEOUT_S, addon_preferences, client_from_preferences, start_bundled_server
+from .preferences import (
+    BUNDLED_START_TIMEOUT_S,
+    addon_preferences,
+    allow_granted,
+    client_from_preferences,
+    start_bundled_server,
+)
 from .properties import MAX_SEED
 
 POLL_INTERVAL_S = 0.25
 POLL_TIMEOUT_S = 2.0  # per status request, so a hung server never freezes the UI for long
+SUBMIT_TIMEOUT_S = 5.0  # the job submission, sent from the first timer tick: the longest the UI can wait on it
 STALL_LIMIT_S = 600.0  # give up when no take finishes for this long
 SMPL_ARMATURE_NAME = "SafeMotion SMPL"
 # The server fits a body (rest skeleton) to each motion; an armature is reused for a body whose joints all lie within
-# this distance of its own (limb lengths then differ by at most about twice this), else a new armature is built.
-REST_MATCH_M = 5e-3
+# this distance of its own (limb lengths then differ by at most about twice this), else a new armature is built. With
+# the embedded mini model, walks of seeds 0-2 fit bodies 0.8-1.7 cm apart; a jump or a wave 5-40 cm away from them.
+REST_MATCH_M = 0.02
 
 
 # ---------------------------------------------------------------------------------------------- request
@@ -40,6 +48,13 @@ def job_request(settings: bpy.types.PropertyGroup) -> tuple[dict, int]:
     prompt = settings.prompt.strip()
     if not prompt:
         raise BackendError("Type a prompt first, e.g. 'a person walks forward and waves'")
+    try:
+        batch_prompts.check_prompt(prompt, "Prompt")
+    except ValueError as err:  # the server's own limits, checked before anything is sent
+        raise BackendError(str(err)) from None
+    if settings.policy not in ("SANITIZE", "BLOCK") and not (settings.policy == "ALLOW" and allow_granted(bpy.context)):
+        raise BackendError("The Allow policy needs a server that grants it to your safety-admin key (Preferences ▸ "
+                           "Add-ons ▸ SafeMotion ▸ Check Connection); choose Sanitize or Block")
     seed = random.randrange(0, MAX_SEED + 1) if settings.random_seed else settings.seed
     items = [{"prompt": prompt, "seconds": round(float(settings.seconds), 3), "seed": seed + k, "variations": 1}
              for k in range(settings.variations)]
@@ -190,32 +205,45 @@ def _worst(records: list[dict | None]) -> dict | None:
 
 
 def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: list[Motion], frame_start: int,
-                  model: str, body: BodyModel | None = None) -> Outcome:
-    """Write the takes of decoded motions into the scene (SMPL armature, actions, retarget, safety marks); each new
-    SMPL armature gets `body`'s mesh skinned to it when one is given."""
+                  model: str, body: BodyModel | None = None, policy: str = "", server: str = "") -> Outcome:
+    """Write the takes of decoded motions into the scene (SMPL armature, actions, retarget, safety records); each new
+    SMPL armature gets `body`'s mesh skinned to it when one is given. A target that cannot be mapped keeps the SMPL
+    takes (with a warning) and opens the bone-mapping editor on it. Anything that fails while writing takes back
+    everything this call wrote."""
     settings = scene.safemotion
     outcome = Outcome()
     target = settings.target_armature
-    writable = [m for m in motions if not m.blocked]
-    mapping = armature.target_mapping(target, settings.bone_preset) if target is not None and writable else None
+    mapping, unmapped = None, ""
+    if target is not None and any(not m.blocked for m in motions):
+        try:
+            mapping = mapping_editor.rig_mapping(target, settings.bone_preset)
+        except ValueError as err:
+            unmapped = str(err)
+    with scene_guard.keep_file_on_failure():
+        first_take = len(settings.takes)
+        for motion in motions:
+            label = _take_label(motion.prompt, motion.seed)
+            actions: list[bpy.types.Action] = []
+            if motion.blocked:
+                outcome.blocked += 1
+            else:
+                take = _write_take(context, scene, motion, label, frame_start, target, mapping, body)
+                actions = [bpy.data.actions.get(take.action_name), bpy.data.actions.get(take.target_action_name)]
+                outcome.written += 1
+                outcome.flagged += take.safety.flagged
+            record = motion.safety
+            if record is not None and (motion.blocked or record.get("flagged") or record.get("decision") != "pass"):
+                outcome.warnings.append(safety.record_generation(scene, label, motion.safety, actions, motion.fps,
+                                                                 frame_start, motion.prompt, model, motion.seed,
+                                                                 policy, server))
+        if outcome.written:
+            settings.active_take = first_take
+            apply_take(scene, settings.takes[first_take])
+            scene.frame_end = max(scene.frame_end, *(t.frame_start + t.frames - 1 for t in settings.takes[first_take:]))
     safety.fill_safety(settings.last_safety, _worst([m.safety for m in motions]))
-    first_take = len(settings.takes)
-    for motion in motions:
-        label = _take_label(motion.prompt, motion.seed)
-        if motion.blocked:
-            outcome.blocked += 1
-            outcome.warnings.append(f"Take '{label}' was blocked: {motion.safety.get('reason', '')}")
-            continue
-        take = _write_take(context, scene, motion, label, frame_start, target, mapping, body)
-        if take.safety.flagged:
-            outcome.flagged += 1
-            actions = [bpy.data.actions.get(take.action_name), bpy.data.actions.get(take.target_action_name)]
-            outcome.warnings.append(safety.flag_take(scene, label, motion.safety, actions, motion.fps, frame_start,
-                                                     motion.prompt, model, motion.seed))
-        outcome.written += 1
-    if outcome.written:
-        settings.active_take = first_take
-        apply_take(settings.takes[first_take])
+    if unmapped and outcome.written:
+        outcome.warnings.append(f"Not retargeted onto {target.name!r}, the SMPL take(s) are kept: {unmapped}")
+        mapping_editor.request_mapping(context, target, unmapped)
     return outcome
 
 
@@ -239,30 +267,31 @@ def _write_take(context: bpy.types.Context, scene: bpy.types.Scene, motion: Moti
             armature.build_body_mesh(rig, motion.names, vertices, body.faces, weights)
         if mode != "OBJECT":
             bpy.ops.object.mode_set(mode=mode)  # build_smpl_armature gave the active object back
-    action = armature.apply_smpl_motion(rig, motion.pose, motion.transl, fps=motion.fps,
-                                        action_name=f"SafeMotion {label}", frame_start=frame_start,
-                                        names=motion.names)
+    render = scene.render
+    scene_fps = render.fps / render.fps_base
+    # Keys land on whole scene frames: the motion is resampled to the scene's rate first.
+    pose, transl = smpl_math.resample_motion(motion.pose, motion.transl, motion.fps, scene_fps)
+    action = armature.apply_smpl_motion(rig, pose, transl, fps=scene_fps, action_name=f"SafeMotion {label}",
+                                        frame_start=frame_start, names=motion.names)
     action.use_fake_user = True  # takes that are not applied must survive saving
     take = scene.safemotion.takes.add()
     take.name, take.prompt, take.seed = label, motion.prompt, motion.seed
-    take.frames, take.frame_start = len(motion.pose), frame_start
+    take.frames, take.frame_start = len(pose), frame_start
     take.armature, take.action_name = rig, action.name
     take.foot_cleanup = motion.foot_cleanup
     if mapping is not None:
-        target_action, _ = armature.retarget_onto(target, motion.pose, motion.transl, motion.rest_joints,
-                                                  mapping=mapping, fps=motion.fps,
-                                                  action_name=f"{target.name} {label}", frame_start=frame_start)
+        target_action, _ = armature.retarget_onto(target, pose, transl, motion.rest_joints, mapping=mapping,
+                                                  fps=scene_fps, action_name=f"{target.name} {label}",
+                                                  frame_start=frame_start)
         target_action.use_fake_user = True
         take.target, take.target_action_name = target, target_action.name
     safety.fill_safety(take.safety, motion.safety)
-    render = scene.render
-    last_frame = frame_start + (len(motion.pose) - 1) * (render.fps / render.fps_base) / motion.fps
-    scene.frame_end = max(scene.frame_end, int(np.ceil(last_frame)))
     return take
 
 
-def apply_take(take: bpy.types.PropertyGroup) -> None:
-    """Make a take's actions the active actions of its SMPL armature and target; ValueError when something is gone."""
+def apply_take(scene: bpy.types.Scene, take: bpy.types.PropertyGroup) -> None:
+    """Make a take's actions the active actions of its SMPL armature and target and fit the scene's end frame to it;
+    ValueError when something is gone."""
     pairs = [(take.armature, take.action_name)]
     if take.target_action_name:
         pairs.append((take.target, take.target_action_name))
@@ -273,6 +302,7 @@ def apply_take(take: bpy.types.PropertyGroup) -> None:
                              "discard the take")
     for obj, action_name in pairs:
         keyframes.assign_action(obj, bpy.data.actions[action_name])
+    scene.frame_end = max(take.frame_start + max(take.frames - 1, 0), scene.frame_start)
 
 
 # ---------------------------------------------------------------------------------------------- the job
@@ -283,14 +313,14 @@ _running: list[GenerationJob] = []  # generations in flight (cancelled on file l
 class GenerationJob:
     """One generation: (bundled server start,) submit, poll, fetch, apply. Every step raises BackendError."""
 
-    STARTING, RUNNING, DONE, CANCELLED = "starting", "running", "done", "cancelled"
+    STARTING, SUBMITTING, RUNNING, DONE, CANCELLED = "starting", "submitting", "running", "done", "cancelled"
 
     def __init__(self, context: bpy.types.Context):
         self.scene = context.scene
         self.settings = self.scene.safemotion
         self.payload, self.seed = job_request(self.settings)
         self.prompt = self.payload["items"][0]["prompt"]
-        self.frame_start = self.scene.frame_current
+        self.frame_start = self.scene.frame_current if self.settings.start_at_playhead else self.scene.frame_start
         self.prefs = addon_preferences(context)
         self.client: BackendClient | None = None
         self.server = None
@@ -300,19 +330,29 @@ class GenerationJob:
         self.progress = 0.0
         self.last_answer = self.last_progress = time.monotonic()
 
-    def start(self, context: bpy.types.Context) -> None:
-        """Submit the job, or start the bundled server first (`step` submits once it is ready)."""
+    def start(self, context: bpy.types.Context, submit_now: bool = True) -> None:
+        """Submit the job now, or leave it to the first `step` (`submit_now` False: the modal operator returns to the
+        UI at once), or start the bundled server first (`step` submits once it is ready)."""
         if self.prefs.backend_mode == "BUNDLED":
             self.server = start_bundled_server(context)
             if not self.server.poll_ready():
                 self._set_status("Starting the SafeMotion server (loading the model)…")
-                _running.append(self)
+                self._track()
                 return
-        self._submit(context)
+        if submit_now:
+            self._submit(context)
+        else:
+            self.state = self.SUBMITTING
+            self._set_status("Sending the prompt to the SafeMotion server…")
+        self._track()
+
+    def _track(self) -> None:
         _running.append(self)
+        scene_guard.set_busy(self.scene, "A generation")
 
     def _submit(self, context: bpy.types.Context) -> None:
         self.client = client_from_preferences(context)
+        self.client.timeout = min(self.client.timeout, SUBMIT_TIMEOUT_S)
         self.job_id = self.client.submit(self.payload)
         self.client.timeout = min(self.client.timeout, POLL_TIMEOUT_S)
         self.settings.job_id = self.job_id
@@ -322,6 +362,9 @@ class GenerationJob:
 
     def step(self, context: bpy.types.Context) -> bool:
         """One poll; True once the job is finished on the server (call `finish` then)."""
+        if self.state == self.SUBMITTING:
+            self._submit(context)
+            return False
         if self.state == self.STARTING:
             if self.server.poll_ready():
                 self._submit(context)
@@ -365,7 +408,8 @@ class GenerationJob:
         except BackendError as err:  # the takes are still worth writing, as bare armatures
             body, errors = None, [*errors, f"No body mesh: {err}"]
         try:
-            outcome = apply_motions(context, self.scene, motions, self.frame_start, self.model, body)
+            outcome = apply_motions(context, self.scene, motions, self.frame_start, self.model, body,
+                                    self.payload["policy"], self.client.base_url)
         except ValueError as err:  # the target cannot be mapped, or bad data for Blender
             raise BackendError(f"Nothing written: {err}") from None
         outcome.warnings += errors
@@ -386,7 +430,7 @@ class GenerationJob:
         """Cancel on the server (best effort) and write nothing."""
         if self.state in (self.DONE, self.CANCELLED):
             return
-        if self.state == self.RUNNING:
+        if self.state == self.RUNNING and self.job_id:
             try:
                 self.client.cancel(self.job_id)
             except BackendError:
@@ -411,10 +455,17 @@ class GenerationJob:
         except BackendError as err:
             self.fail(str(err))
             raise
+        except BaseException:  # a bug or an interrupt: the scene must not stay marked busy
+            self.cancel()
+            raise
 
     def _close(self, status: str) -> None:
         if self in _running:
             _running.remove(self)
+        try:
+            scene_guard.set_busy(self.scene, None)
+        except ReferenceError:  # the scene was removed meanwhile
+            pass
         try:
             self.settings.job_id = ""
             self.settings.progress = 0.0
@@ -464,12 +515,7 @@ class SAFEMOTION_OT_generate(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene is None:
-            return False
-        if running_job(context.scene) is not None:
-            cls.poll_message_set("A generation is already running in this scene (Esc or Cancel stops it)")
-            return False
-        return True
+        return scene_guard.poll_free(cls, context)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         """Blocking run (background mode, scripts)."""
@@ -486,7 +532,7 @@ class SAFEMOTION_OT_generate(bpy.types.Operator):
             return self.execute(context)
         try:
             self._job = GenerationJob(context)
-            self._job.start(context)
+            self._job.start(context, submit_now=False)
         except BackendError as err:
             if self._job is not None:
                 self._job.fail(str(err))
@@ -520,6 +566,10 @@ class SAFEMOTION_OT_generate(bpy.types.Operator):
             job.fail(str(err))
             self.report({"ERROR"}, str(err))
             return self._end(context, {"CANCELLED"})
+        except Exception:  # a bug: end the job so that the scene does not stay marked busy
+            job.cancel()
+            self._end(context, {"CANCELLED"})
+            raise
         return self._end(context, self._report(job.settings, outcome))
 
     def cancel(self, context: bpy.types.Context) -> None:
@@ -569,6 +619,10 @@ class _TakeOperator:
 
     index: bpy.props.IntProperty(name="Take", min=0)
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return scene_guard.poll_free(cls, context)
+
     def execute(self, context: bpy.types.Context) -> set[str]:
         takes = context.scene.safemotion.takes
         if self.index >= len(takes):
@@ -589,7 +643,7 @@ class SAFEMOTION_OT_apply_take(_TakeOperator, bpy.types.Operator):
 
     def run(self, context: bpy.types.Context, take: bpy.types.PropertyGroup) -> set[str]:
         try:
-            apply_take(take)
+            apply_take(context.scene, take)
         except ValueError as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}

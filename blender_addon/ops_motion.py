@@ -1,10 +1,14 @@
-"""Operators on an existing take: retarget an SMPL action onto another armature, audit it, export it.
+"""Operators on an existing take: retarget an SMPL action onto another armature, audit any armature's action, export.
 
 An SMPL take is an action on an armature whose bones carry SMPL's joint names (the add-on's own SMPL armature, or an
 imported one): `read_smpl_take` turns it back into SMPL arrays in the backend's axes (local axis-angle rotations,
 pelvis translation, rest joints; Y-up), sampled at every scene frame of the action. From there the retarget operator
-reuses `armature.retarget_onto`, and the audit operator sends the forward-kinematics joints [T, 22, 3] to POST
-/v1/audit and shows the hit spans as timeline markers. Export goes through Blender's own BVH, FBX and glTF exporters.
+reuses `armature.retarget_onto`. The audit operator works on any armature's active action: an SMPL armature gives its
+forward-kinematics joints, any other rig is mapped back to the 22 SMPL joints through its bone mapping (stored, preset
+or auto-detected) and the world heads of the mapped bones are read from the evaluated pose (constraints, drivers and
+IK included) at every scene frame; the joints [T, 22, 3] go to POST /v1/audit, the hit spans become timeline markers
+named after the action (each take keeps its own) and the audit is recorded in the safety list. Export goes through
+Blender's own BVH, FBX and glTF exporters.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import numpy as np
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 from mathutils import Euler, Quaternion
 
-from . import armature, keyframes, retarget, smpl_math
+from . import armature, keyframes, mapping_editor, retarget, safety, scene_guard, smpl_math
 from .client import BackendError, encode_array
 from .preferences import client_from_preferences
 from .properties import preset_items
 from .smpl_math import JOINT_NAMES
 
 AUDIT_JOINTS = 22  # the audit endpoint takes HumanML3D's first 22 SMPL joints
+MAX_AUDIT_FRAMES = 4000  # the server's limit on audited frames
 AUDIT_MARKER_PREFIX = "SafeMotion audit"
 AUDIT_PROPERTY = "safemotion_audit"  # the last audit response, as JSON, on the audited action
 EXPORT_FORMATS = {"BVH": ".bvh", "FBX": ".fbx", "GLB": ".glb"}
@@ -76,7 +81,7 @@ def read_smpl_take(obj: bpy.types.Object, action: bpy.types.Action) -> SmplTake:
     heads = np.array([tuple(obj.data.bones[name].head_local) for name in JOINT_NAMES], dtype=np.float64)
     render = bpy.context.scene.render
     return SmplTake(
-        pose=_matrix_to_axis_angle(local),
+        pose=smpl_math.quat_to_axis_angle(smpl_math.matrix_to_quat(local)),
         transl=location @ (to_yup @ rest0).T,
         rest_joints=heads @ to_yup.T,
         fps=render.fps / render.fps_base,
@@ -110,16 +115,6 @@ def _basis_rotations(obj, action, pose_bone, frames: np.ndarray) -> np.ndarray:
         return np.array([np.array(Quaternion(v[1:], v[0]).to_matrix()) for v in angle_axis])
     eulers = _sample(obj, action, pose_bone, "rotation_euler", 3, frames)
     return np.array([np.array(Euler(v, mode).to_matrix()) for v in eulers])
-
-
-def _matrix_to_axis_angle(m: np.ndarray) -> np.ndarray:
-    """Axis-angle vectors [..., 3] of rotation matrices [..., 3, 3] (angles in [0, pi])."""
-    q = smpl_math.matrix_to_quat(m)  # w >= 0
-    sin_half = np.linalg.norm(q[..., 1:], axis=-1, keepdims=True)
-    angle = 2.0 * np.arctan2(sin_half, q[..., :1])
-    # angle / sin(angle/2) tends to 2 for small angles.
-    ratio = np.where(sin_half > 1e-9, angle / np.maximum(sin_half, 1e-12), 2.0)
-    return q[..., 1:] * ratio
 
 
 # --- choosing armatures -------------------------------------------------------------------------------------------
@@ -181,7 +176,7 @@ class _SmplTakeOperator:
         if not is_smpl_armature(context.active_object):
             cls.poll_message_set("Make an SMPL armature with a take active")
             return False
-        return True
+        return scene_guard.poll_free(cls, context)
 
 
 class SAFEMOTION_OT_retarget_action(_SmplTakeOperator, bpy.types.Operator):
@@ -199,12 +194,14 @@ class SAFEMOTION_OT_retarget_action(_SmplTakeOperator, bpy.types.Operator):
         try:
             source, action = active_smpl_take(context)
             target = _retarget_target(context, source)
-            mapping = armature.target_mapping(target, self.preset)
+            mapping = mapping_editor.rig_mapping(target, self.preset)
             take = read_smpl_take(source, action)
             options = retarget.RetargetOptions(scale_root_motion=self.scale_root_motion, in_place=self.in_place)
-            result_action, _ = armature.retarget_onto(
-                target, take.pose, take.transl, take.rest_joints, mapping=mapping, options=options, fps=take.fps,
-                action_name=f"{action.name} ({target.name})", frame_start=take.frame_start)
+            with scene_guard.keep_file_on_failure():
+                result_action, _ = armature.retarget_onto(
+                    target, take.pose, take.transl, take.rest_joints, mapping=mapping, options=options, fps=take.fps,
+                    action_name=f"{action.name} ({target.name})", frame_start=take.frame_start)
+                result_action.use_fake_user = True  # a replaced retarget must survive saving
         except ValueError as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
@@ -214,42 +211,141 @@ class SAFEMOTION_OT_retarget_action(_SmplTakeOperator, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class SAFEMOTION_OT_audit_action(_SmplTakeOperator, bpy.types.Operator):
-    """Ask the server where the active SMPL take uses the motion codes the model removed; mark the hits"""
+def audit_target(context, object_name: str = "", action_name: str = "") -> tuple[bpy.types.Object, bpy.types.Action]:
+    """The armature and action to audit: the named ones (e.g. a batch take on its NLA track), else the active armature
+    and its active action; ValueError saying what to select otherwise."""
+    obj = bpy.data.objects.get(object_name) if object_name else context.active_object
+    if obj is None or obj.type != "ARMATURE":
+        raise ValueError(f"{object_name!r} is not an armature" if object_name else
+                         "no armature is active: click the armature whose motion you want to audit")
+    if action_name:
+        action = bpy.data.actions.get(action_name)
+        if action is None:
+            raise ValueError(f"there is no action {action_name!r} to audit")
+        return obj, action
+    action = obj.animation_data.action if obj.animation_data else None
+    if action is None:
+        raise ValueError(f"{obj.name!r} has no active action: choose the take to audit (or enter tweak mode on its "
+                         "NLA strip)")
+    return obj, action
+
+
+def action_frames(action: bpy.types.Action) -> np.ndarray:
+    """Every whole scene frame of an action's range; ValueError when it is too short or too long to audit."""
+    first, last = action.frame_range
+    frames = np.arange(math.floor(first), math.ceil(last) + 1)
+    if not 2 <= len(frames) <= MAX_AUDIT_FRAMES:
+        raise ValueError(f"action {action.name!r} spans {len(frames)} frames; an audit takes 2-{MAX_AUDIT_FRAMES}")
+    return frames
+
+
+def audit_mapping(obj: bpy.types.Object, preset: str) -> dict[str, str]:
+    """The rig's mapping for an audit, which needs all 22 joints; ValueError naming the unmapped ones."""
+    mapping = mapping_editor.rig_mapping(obj, preset)
+    missing = [name for name in JOINT_NAMES[:AUDIT_JOINTS] if name not in mapping]
+    if missing:
+        raise ValueError(f"an audit needs all 22 SMPL joints, but {obj.name!r} has no bone mapped to "
+                         f"{', '.join(missing)}: map them in SafeMotion ▸ Bone Mapping")
+    return mapping
+
+
+def rig_joints(context, obj: bpy.types.Object, mapping: dict[str, str], frames: np.ndarray) -> np.ndarray:
+    """SMPL-22 joints [T, 22, 3] (Y-up, metres) of a mapped rig: the world heads of the mapped bones in the evaluated
+    pose at each scene frame (the playhead is put back afterwards)."""
+    scene = context.scene
+    index = [obj.pose.bones.find(mapping[name]) for name in JOINT_NAMES[:AUDIT_JOINTS]]
+    heads = np.empty(len(obj.pose.bones) * 3, dtype=np.float32)
+    joints = np.empty((len(frames), AUDIT_JOINTS, 3))
+    current = scene.frame_current
+    try:
+        for t, frame in enumerate(frames):
+            scene.frame_set(int(frame))
+            obj.pose.bones.foreach_get("head", heads)
+            world = np.array(obj.matrix_world, dtype=np.float64)
+            joints[t] = heads.reshape(-1, 3)[index] @ world[:3, :3].T + world[:3, 3]
+    finally:
+        scene.frame_set(current)
+    return joints @ smpl_math.Y_UP_TO_Z_UP  # Z-up to Y-up: the inverse (transpose) of Y_UP_TO_Z_UP
+
+
+def _take_prompt(scene: bpy.types.Scene, action: bpy.types.Action) -> str:
+    """The prompt of the take or batch prompt whose action this is ("" for other actions)."""
+    for take in scene.safemotion.takes:
+        if action.name in (take.action_name, take.target_action_name):
+            return take.prompt
+    return next((item.prompt for item in scene.safemotion_batch.items if item.action == action), "")
+
+
+class SAFEMOTION_OT_audit_action(bpy.types.Operator):
+    """Ask the server where the active armature's action uses the motion codes the model removed; mark the hits and
+    record the audit in the safety list"""
 
     bl_idname = "safemotion.audit_action"
     bl_label = "Audit Take"
+    bl_options = {"REGISTER", "UNDO"}
+
+    preset: EnumProperty(name="Bone names", items=preset_items(),
+                         description="How a rig that is not an SMPL armature is mapped back to the SMPL joints")
+    object_name: StringProperty(name="Armature", description="Armature to audit (empty: the active object)")
+    action_name: StringProperty(name="Action", description="Its action to audit (empty: its active action)")
+
+    @classmethod
+    def poll(cls, context):
+        return scene_guard.poll_free(cls, context)
 
     def execute(self, context):
+        scene = context.scene
         try:
-            obj, action = active_smpl_take(context)
-            take = read_smpl_take(obj, action)
-            joints = take_joints(take)[:, :AUDIT_JOINTS]
-            report = client_from_preferences(context).audit({"joints": encode_array(joints), "fps": take.fps})
+            obj, action = audit_target(context, self.object_name, self.action_name)
+            joints, frame_start, fps = self._joints(context, obj, action)
+            client = client_from_preferences(context)
+            report = client.audit({"joints": encode_array(joints), "fps": fps})
+            with scene_guard.keep_file_on_failure():
+                action[AUDIT_PROPERTY] = json.dumps(report)
+                markers = mark_audit_spans(scene, report, frame_start, fps, action.name)
+                spans = ", ".join(f"{a.frame}-{b.frame}" for a, b in zip(markers[0::2], markers[1::2]))
+                text = safety.record_audit(scene, action.name, report, action, spans, client.base_url,
+                                           _take_prompt(scene, action))
         except (ValueError, BackendError) as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
-        action[AUDIT_PROPERTY] = json.dumps(report)
-        mark_audit_spans(context.scene, report, take.frame_start, take.fps)
-        verdict = "FLAGGED" if report["flagged"] else "passed"
         self.report({"WARNING" if report["flagged"] else "INFO"},
-                    f"Audit of {action.name!r}: {verdict}, {report['hit_ratio']:.0%} of {report['num_tokens']} "
-                    f"tokens use removed codes (threshold {report['threshold']:.0%}); {len(report['spans'])} hit span(s) "
-                    "marked on the timeline")
+                    f"{text} {len(report['spans'])} hit span(s) marked on the timeline")
         return {"FINISHED"}
 
+    def _joints(self, context, obj: bpy.types.Object, action: bpy.types.Action) -> tuple[np.ndarray, int, float]:
+        """SMPL-22 joints [T, 22, 3] of `action` on `obj`, its first scene frame and the rate; the action is made
+        active while it is read (a batch take on the NLA track) and the previous one put back."""
+        previous = obj.animation_data.action if obj.animation_data else None
+        if action != previous:
+            keyframes.assign_action(obj, action)
+        try:
+            if is_smpl_armature(obj):
+                take = read_smpl_take(obj, action)
+                return take_joints(take)[:, :AUDIT_JOINTS], take.frame_start, take.fps
+            mapping = audit_mapping(obj, self.preset)
+            frames = action_frames(action)
+            render = context.scene.render
+            return rig_joints(context, obj, mapping, frames), int(frames[0]), render.fps / render.fps_base
+        finally:
+            if action != previous:
+                obj.animation_data.action = previous
 
-def mark_audit_spans(scene: bpy.types.Scene, report: dict, frame_start: int, fps: float) -> list:
-    """Timeline markers on the first and last scene frame of each hit span (earlier audit markers are replaced)."""
-    for marker in [m for m in scene.timeline_markers if m.name.startswith(AUDIT_MARKER_PREFIX)]:
+
+def mark_audit_spans(scene: bpy.types.Scene, report: dict, frame_start: int, fps: float, label: str = "") -> list:
+    """Timeline markers on the first and last scene frame of each hit span; an earlier audit's markers of the same
+    `label` (the action) are replaced, other takes' audit markers stay."""
+    prefix = f"{AUDIT_MARKER_PREFIX} {label[:24]}".rstrip() + " "
+    for marker in [m for m in scene.timeline_markers if m.name.startswith(prefix + "hit ")
+                   or m.name.startswith(prefix + "end ")]:
         scene.timeline_markers.remove(marker)
     markers = []
     for k, span in enumerate(report.get("spans", []), start=1):
         first = frame_start + round(span["start_s"] * fps)
         last = max(first, frame_start + round(span["end_s"] * fps) - 1)
         times = f"{span['start_s']:.1f}-{span['end_s']:.1f} s"
-        markers.append(scene.timeline_markers.new(f"{AUDIT_MARKER_PREFIX} hit {k} {times}", frame=first))
-        markers.append(scene.timeline_markers.new(f"{AUDIT_MARKER_PREFIX} end {k}", frame=last))
+        markers.append(scene.timeline_markers.new(f"{prefix}hit {k} {times}"[:63], frame=first))
+        markers.append(scene.timeline_markers.new(f"{prefix}end {k}"[:63], frame=last))
     return markers
 
 
@@ -272,7 +368,7 @@ class SAFEMOTION_OT_export_motion(bpy.types.Operator):
         if not any(o.type == "ARMATURE" for o in context.selected_objects):
             cls.poll_message_set("Select the armature to export")
             return False
-        return True
+        return scene_guard.poll_free(cls, context)  # the export sets the scene's frame range while it runs
 
     def invoke(self, context, event):
         try:
@@ -354,7 +450,7 @@ def draw_motion(layout, context) -> None:
     column = layout.column(align=True)
     retarget_op = column.operator(SAFEMOTION_OT_retarget_action.bl_idname, icon="ARMATURE_DATA")
     retarget_op.preset = context.scene.safemotion.bone_preset
-    column.operator(SAFEMOTION_OT_audit_action.bl_idname, icon="VIEWZOOM")
+    column.operator(SAFEMOTION_OT_audit_action.bl_idname, icon="VIEWZOOM").preset = context.scene.safemotion.bone_preset
     row = column.row(align=True)
     for fmt, label in (("BVH", "BVH"), ("FBX", "FBX"), ("GLB", "glTF")):
         row.operator(SAFEMOTION_OT_export_motion.bl_idname, text=label, icon="EXPORT").format = fmt

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import ops_batch, ops_edit, ops_motion
+from . import mapping_editor, ops_batch, ops_edit, ops_motion
 from .ops_generate import (
     SAFEMOTION_OT_apply_take,
     SAFEMOTION_OT_cancel_generation,
@@ -75,10 +75,17 @@ class SAFEMOTION_PT_generate(_Sidebar, bpy.types.Panel):
         col.prop(settings, "policy")
         col.prop(settings, "foot_cleanup")
         col.prop(settings, "skin_body")
+        col.prop(settings, "start_at_playhead")
         col.prop(settings, "target_armature")
-        sub = col.row()
+        sub = col.row(align=True)
         sub.enabled = settings.target_armature is not None
         sub.prop(settings, "bone_preset")
+        sub.operator(mapping_editor.SAFEMOTION_OT_mapping_edit.bl_idname, text="", icon="BONE_DATA")
+        needed = context.scene.safemotion_mapping.needed
+        if needed:
+            box = layout.box()
+            box.alert = True
+            box.label(text="The target's bones need mapping: open Bone Mapping below", icon="ERROR")
         if job is None:
             layout.operator(SAFEMOTION_OT_generate.bl_idname, icon="PLAY")
         else:
@@ -154,16 +161,16 @@ class SAFEMOTION_PT_batch(_Section, bpy.types.Panel):
 
 
 class SAFEMOTION_UL_flagged(bpy.types.UIList):
-    """One row per flagged generation: name, decision and hit ratio."""
+    """One row per safety decision: take, decision and hit ratio."""
 
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0, flt_flag=0):
         row = layout.row()
-        row.label(text=item.name, icon="ERROR")
+        row.label(text=item.name, icon="ERROR" if item.safety.flagged else "VIEWZOOM")
         row.label(text=f"{item.safety.decision} {item.safety.hit_ratio:.0%}")
 
 
 class SAFEMOTION_PT_safety(_Section, bpy.types.Panel):
-    """Flagged generations of this file and the CSV report."""
+    """Safety decisions of this file (sanitized, blocked, allowed, audited) and the report."""
 
     bl_label = "Safety"
     bl_options = {"DEFAULT_CLOSED"}
@@ -172,17 +179,20 @@ class SAFEMOTION_PT_safety(_Section, bpy.types.Panel):
         layout = self.layout
         settings = context.scene.safemotion
         layout.label(text="Violent motion is removed from the model (unlearning);", icon="INFO")
-        layout.label(text="takes that still use removed codes are flagged here.")
+        layout.label(text="every sanitized, blocked, allowed or audited take is listed here.")
         layout.template_list("SAFEMOTION_UL_flagged", "", settings, "flagged", settings, "active_flagged", rows=3)
         if 0 <= settings.active_flagged < len(settings.flagged):
             entry = settings.flagged[settings.active_flagged]
             box = layout.box()
-            box.label(text=f"{entry.prompt} (seed {entry.seed}, {entry.created})")
+            box.label(text=f"{entry.event}: {entry.prompt or entry.action_name} (seed {entry.seed}, {entry.created}, "
+                           f"{entry.who})")
             if entry.spans:
                 box.label(text=f"Flagged frames: {entry.spans}")
             _draw_safety(box, entry.safety)
+            if entry.note:
+                box.label(text=entry.note)
         layout.operator(SAFEMOTION_OT_export_safety_report.bl_idname, icon="EXPORT")
 
 
-CLASSES = (SAFEMOTION_PT_generate, SAFEMOTION_PT_last_result, SAFEMOTION_UL_takes, SAFEMOTION_PT_takes,
+CLASSES = (SAFEMOTION_PT_generate, *mapping_editor.PANELS, SAFEMOTION_PT_last_result, SAFEMOTION_UL_takes, SAFEMOTION_PT_takes,
            SAFEMOTION_PT_take_tools, SAFEMOTION_PT_batch, SAFEMOTION_UL_flagged, SAFEMOTION_PT_safety)

@@ -81,6 +81,26 @@ def client_from_preferences(context: bpy.types.Context) -> BackendClient:
     return client
 
 
+_allow_grants: dict[tuple[str, str], bool] = {}  # (server URL, API key) -> the server grants `allow` to that key
+
+
+def allow_granted(context: bpy.types.Context) -> bool:
+    """Whether Check Connection found that the configured server grants `allow` to the configured key."""
+    addon = context.preferences.addons.get(ADDON_PACKAGE)
+    if addon is None or addon.preferences.backend_mode != "REMOTE":
+        return False
+    prefs = addon.preferences
+    return _allow_grants.get((prefs.server_url, prefs.api_key), False)
+
+
+def check_allow(context: bpy.types.Context, client: BackendClient) -> bool:
+    """Ask the server whether it grants `allow` to the configured key and remember the answer."""
+    prefs = addon_preferences(context)
+    granted = prefs.backend_mode == "REMOTE" and client.grants_allow()
+    _allow_grants[(prefs.server_url, prefs.api_key)] = granted
+    return granted
+
+
 class SafeMotionPreferences(bpy.types.AddonPreferences):
     """Server connection of the SafeMotion add-on."""
 
@@ -183,11 +203,13 @@ class SAFEMOTION_OT_check_connection(bpy.types.Operator):
             client = client_from_preferences(context)
             health = client.health()
             client.models()  # also checks the API key: /v1/health needs none
+            allow = check_allow(context, client)
         except BackendError as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
         self.report({"INFO"}, f"Connected to SafeMotion {health.get('version', '?')} at {client.base_url}: model "
-                              f"{health.get('model', '?')} on {health.get('device', '?')}")
+                              f"{health.get('model', '?')} on {health.get('device', '?')}"
+                              + ("; this key may use the Allow policy" if allow else ""))
         return {"FINISHED"}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import retarget
+from . import preferences, retarget
 
 SECONDS_RANGE = (0.5, 9.8)  # the server's accepted durations (196 frames at 20 fps at most)
 VARIATIONS_RANGE = (1, 16)
@@ -24,6 +24,19 @@ def preset_items() -> list[tuple[str, str, str]]:
     for name in retarget.PRESETS:
         items.append((name, PRESET_LABELS.get(name, name), f"Map the target's bones by the {name} naming preset"))
     return items
+
+
+POLICY_ITEMS = (
+    ("SANITIZE", "Sanitize", "Flagged motions are returned with the removed (violent) codes replaced", 0),
+    ("BLOCK", "Block", "Flagged motions are refused: nothing is written", 1),
+)
+ALLOW_ITEM = ("ALLOW", "Allow", "Flagged motions are returned as generated (recorded in the safety list); offered "
+                                "only when the server grants it to your safety-admin key", 2)
+
+
+def policy_items(_owner, context) -> tuple:
+    """Sanitize and Block, and Allow where Check Connection found that the server grants it to the key."""
+    return (*POLICY_ITEMS, ALLOW_ITEM) if context is not None and preferences.allow_granted(context) else POLICY_ITEMS
 
 
 def is_armature(_owner: bpy.types.PropertyGroup, obj: bpy.types.Object) -> bool:
@@ -69,14 +82,20 @@ class SafeMotionTake(bpy.types.PropertyGroup):
 
 
 class SafeMotionFlagged(bpy.types.PropertyGroup):
-    """A flagged generation in this file (kept after its take is discarded, for the safety report)."""
+    """A safety decision in this file: a sanitized, blocked or allowed generation, or an audit (kept after its take
+    is discarded, for the safety report)."""
 
-    created: bpy.props.StringProperty(name="Time", description="When it was generated (UTC, ISO 8601)")
+    created: bpy.props.StringProperty(name="Time", description="When it was decided (UTC, ISO 8601)")
+    event: bpy.props.StringProperty(name="Event", description="generation or audit")
+    who: bpy.props.StringProperty(name="Who", description="The user of this computer who asked")
+    server: bpy.props.StringProperty(name="Server", description="The server that decided")
     prompt: bpy.props.StringProperty(name="Prompt")
     model: bpy.props.StringProperty(name="Model")
     seed: bpy.props.IntProperty(name="Seed")
+    policy: bpy.props.StringProperty(name="Policy", description="sanitize, block or allow (empty for audits)")
     action_name: bpy.props.StringProperty(name="Action")
     spans: bpy.props.StringProperty(name="Flagged Frames", description="Scene frame spans of the hit tokens")
+    note: bpy.props.StringProperty(name="Note", description="How this audit compares with the take's generation")
     safety: bpy.props.PointerProperty(type=SafeMotionSafety)
 
 
@@ -93,22 +112,21 @@ class SafeMotionSettings(bpy.types.PropertyGroup):
                                         description="Pick a new seed for every generation (stored in each take)")
     variations: bpy.props.IntProperty(name="Variations", default=1, min=VARIATIONS_RANGE[0],
                                       max=VARIATIONS_RANGE[1], description="How many takes to generate")
-    skin_body: bpy.props.BoolProperty(name="Skin Body", default=True,
+    skin_body: bpy.props.BoolProperty(name="Skin Body", default=False,
                                       description="Give each new SMPL armature the server's body mesh, skinned to "
-                                                  "it (when the server was started with --body-model)")
+                                                  "it. Needs a server started with --body-model (an SMPL model file "
+                                                  "you own); the bundled server has none, so takes are bare bones")
     foot_cleanup: bpy.props.BoolProperty(name="Clean Up Feet", default=True,
                                          description="Pin planted feet (no sliding) and put the lowest contact on "
                                                      "the floor; off: the model's raw motion")
+    start_at_playhead: bpy.props.BoolProperty(name="Start at Playhead", default=False,
+                                              description="Start new takes at the current frame instead of the "
+                                                          "scene's start frame")
     target_armature: bpy.props.PointerProperty(name="Target", type=bpy.types.Object, poll=is_armature,
                                                description="Armature to retarget the takes onto (optional)")
     bone_preset: bpy.props.EnumProperty(name="Bone Mapping", items=preset_items(),
                                         description="How the target's bones are matched to SMPL joints")
-    policy: bpy.props.EnumProperty(
-        name="Safety Policy",
-        items=(("SANITIZE", "Sanitize", "Flagged motions are returned with the removed (violent) codes replaced"),
-               ("BLOCK", "Block", "Flagged motions are refused: nothing is written")),
-        default="SANITIZE",
-    )
+    policy: bpy.props.EnumProperty(name="Safety Policy", items=policy_items, default=0)
     takes: bpy.props.CollectionProperty(type=SafeMotionTake)
     active_take: bpy.props.IntProperty(name="Active Take", default=0)
     flagged: bpy.props.CollectionProperty(type=SafeMotionFlagged)

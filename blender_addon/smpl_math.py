@@ -111,6 +111,43 @@ def quat_continuous(q: np.ndarray) -> np.ndarray:
     return out
 
 
+def quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
+    """Axis-angle vectors [..., 3] of quaternions [..., 4] (angles in [0, pi])."""
+    q = _unit(np.asarray(q, dtype=np.float64))
+    q = np.where(q[..., :1] < 0, -q, q)
+    sin_half = np.linalg.norm(q[..., 1:], axis=-1, keepdims=True)
+    angle = 2.0 * np.arctan2(sin_half, q[..., :1])
+    # angle / sin(angle/2) tends to 2 for small angles.
+    ratio = np.where(sin_half > 1e-9, angle / np.maximum(sin_half, _EPS), 2.0)
+    return q[..., 1:] * ratio
+
+
+def resample_motion(pose: np.ndarray, transl: np.ndarray, fps: float, new_fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """An SMPL motion (pose [T, J, 3] axis-angle, transl [T, 3]) at `fps` sampled at `new_fps` over the same time
+    span (rotations slerped, translation linear); the last sample is the last whole frame within the span."""
+    pose, transl = np.asarray(pose, dtype=np.float64), np.asarray(transl, dtype=np.float64)
+    if not (fps > 0 and new_fps > 0) or len(pose) < 1:
+        raise ValueError(f"resample_motion: fps {fps} and {new_fps} must be positive and the motion non-empty")
+    if abs(fps - new_fps) < 1e-9:
+        return pose.copy(), transl.copy()
+    count = int(np.floor((len(pose) - 1) * new_fps / fps + 1e-6)) + 1
+    times = np.arange(count) * fps / new_fps  # in source frames
+    low = np.minimum(np.floor(times).astype(int), len(pose) - 1)
+    high = np.minimum(low + 1, len(pose) - 1)
+    frac = (times - low)[:, None]
+    new_transl = transl[low] * (1 - frac) + transl[high] * frac
+    quats = quat_continuous(axis_angle_to_quat(pose))
+    a, b = quats[low], quats[high]
+    dot = np.clip(np.sum(a * b, axis=-1, keepdims=True), -1.0, 1.0)
+    theta = np.arccos(dot)
+    sin_theta = np.sin(theta)
+    f = frac[:, None]
+    small = sin_theta < 1e-6
+    wa = np.where(small, 1 - f, np.sin((1 - f) * theta) / np.where(small, 1.0, sin_theta))
+    wb = np.where(small, f, np.sin(f * theta) / np.where(small, 1.0, sin_theta))
+    return quat_to_axis_angle(wa * a + wb * b), new_transl
+
+
 # --- SMPL forward kinematics ----------------------------------------------------------------------------------------
 
 

@@ -188,6 +188,17 @@ def synthetic_motion(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return pose, transl
 
 
+def select(active, *others) -> None:
+    """Select exactly `active` and `others`, `active` active."""
+    view_layer = bpy.context.view_layer
+    for obj in view_layer.objects:
+        obj.select_set(False)
+    for obj in (active, *others):
+        if obj is not None:
+            obj.select_set(True)
+    view_layer.objects.active = active
+
+
 # ---------------------------------------------------------------------------------------------- drawing
 
 ICONS = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
@@ -228,6 +239,18 @@ class CheckingLayout:
         self._icon(icon)
         self.calls.append(("operator", idname))
         return OperatorButton(idname)
+
+    def prop_search(self, data, name, search_data, search_name, text=None, icon="NONE", **kwargs):
+        assert name in data.bl_rna.properties, f"{data.bl_rna.identifier} has no property {name!r}"
+        assert search_name in search_data.bl_rna.properties, f"{search_data.bl_rna.identifier} has no {search_name!r}"
+        self._icon(icon)
+        self.calls.append(("prop_search", text))
+
+    def operator_menu_enum(self, idname, property, text=None, icon="NONE", **kwargs):
+        module, name = idname.split(".")
+        assert property in getattr(getattr(bpy.ops, module), name).get_rna_type().properties.keys()
+        self._icon(icon)
+        self.calls.append(("operator", idname))
 
     def label(self, text="", icon="NONE", **kwargs):
         self._icon(icon)

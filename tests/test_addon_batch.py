@@ -48,9 +48,9 @@ def client_for(server):
 
 
 def nla_actions(obj) -> list[tuple[str, str, float]]:
-    """(track name, strip action name, strip start) of every NLA track of `obj` (one strip each)."""
-    assert all(len(t.strips) == 1 for t in obj.animation_data.nla_tracks)
-    return [(t.name, t.strips[0].action.name, t.strips[0].frame_start) for t in obj.animation_data.nla_tracks]
+    """(strip name, strip action name, strip start) of every strip of `obj`'s one NLA track, the batch track."""
+    assert [t.name for t in obj.animation_data.nla_tracks] == [addon_module("ops_batch").BATCH_TRACK]
+    return [(s.name, s.action.name, s.frame_start) for s in obj.animation_data.nla_tracks[0].strips]
 
 
 def step_until(runner, applied: int, timeout: float = 30.0) -> None:
@@ -134,7 +134,7 @@ def test_non_utf8_file_names_the_line(batch_prompts, tmp_path):
 # --- batches against the server -------------------------------------------------------------------------------------
 
 
-def test_txt_batch_makes_one_named_action_per_prompt_on_its_own_track(ops, server, tmp_path):
+def test_txt_batch_lays_named_takes_one_after_another_in_prompt_order(ops, server, tmp_path):
     client_module = addon_module("client")
     path = tmp_path / "moves.txt"
     path.write_text("# three takes\na person walks forward\n\na person jumps\na person walks forward\n")
@@ -150,9 +150,13 @@ def test_txt_batch_makes_one_named_action_per_prompt_on_its_own_track(ops, serve
     assert len({i.job_id for i in batch.items}) == 1  # one server job for the whole batch
     rig = batch.smpl_armature
     assert rig is not None and len(rig.data.bones) == 24 and rig.animation_data.action is None
-    # Tracks are stacked in the order the prompts finish.
-    assert sorted(nla_actions(rig)) == sorted((i.name, i.name, 7.0) for i in batch.items)
-    assert len(bpy.data.actions) == 3
+    # One track, the takes one after another in prompt order: each in its place (4 s = 81 frames, 5 left empty).
+    assert [i.frame_start for i in batch.items] == [7, 93, 179]
+    assert nla_actions(rig) == [(i.name, i.name, float(i.frame_start)) for i in batch.items]
+    assert len(bpy.data.actions) == 3 and all(a.use_fake_user for a in bpy.data.actions)
+    batch.active_item = 1  # selecting a prompt fits the timeline to its take
+    assert (scene.use_preview_range, scene.frame_preview_start, scene.frame_preview_end) == (True, 93, 93 + 79)
+    assert scene.frame_current == 93
 
     # Each action holds its own prompt's motion: the pelvis keys are the server's translation for that item.
     results = client_for(server).results(batch.items[0].job_id)["items"]
@@ -162,10 +166,23 @@ def test_txt_batch_makes_one_named_action_per_prompt_on_its_own_track(ops, serve
         transl = client_module.decode_array(motion["smpl"]["transl"])
         rig.animation_data.action = item.action  # read_keys reads the active action's slot
         frames, values = keyframes.read_keys(item.action, rig, 'pose.bones["pelvis"].location', 2)
-        np.testing.assert_allclose(frames, 7 + np.arange(motion["frames"]) * SCENE_FPS / motion["fps"])
+        np.testing.assert_allclose(frames, item.frame_start + np.arange(motion["frames"]) * SCENE_FPS / motion["fps"])
         np.testing.assert_allclose(values, transl[:, 2], atol=1e-6)
         assert motion["frames"] == round(scene.safemotion.seconds * motion["fps"])
     rig.animation_data.action = None
+
+    # The selected prompt's take is audited from its place on the track (the panel's button under the list).
+    calls: list = []
+    ops.draw_batch(CheckingLayout(calls), bpy.context)
+    assert ("operator", "safemotion.audit_action") in calls
+    jumps = batch.items[1].action
+    assert bpy.ops.safemotion.audit_action(object_name=rig.name, action_name=jumps.name) == {"FINISHED"}
+    report = json.loads(jumps[addon_module("ops_motion").AUDIT_PROPERTY])
+    markers = [m for m in scene.timeline_markers if m.name.startswith(f"SafeMotion audit {jumps.name} ")]
+    assert len(markers) == 2 * len(report["spans"]) and all(93 <= m.frame <= 93 + 79 for m in markers)
+    entry = scene.safemotion.flagged[-1]
+    assert (entry.event, entry.prompt, entry.action_name) == ("audit", "a person jumps", jumps.name)
+    assert rig.animation_data.action is None  # the track plays again
 
 
 def test_csv_batch_is_retargeted_onto_the_target_rig(ops, server, tmp_path):
@@ -184,7 +201,7 @@ def test_csv_batch_is_retargeted_onto_the_target_rig(ops, server, tmp_path):
     assert [(i.name, i.state, i.seconds, i.seed) for i in batch.items] == [
         ("walk", "DONE", 2.0, 11), ("a_person_waves", "DONE", 1.5, 3)]
     assert batch.smpl_armature is None and not any(o.name.startswith("SafeMotion batch") for o in scene.objects)
-    assert sorted(nla_actions(target)) == [("a_person_waves", "a_person_waves", 1.0), ("walk", "walk", 1.0)]
+    assert nla_actions(target) == [("walk", "walk", 1.0), ("a_person_waves", "a_person_waves", 47.0)]
     assert target.animation_data.action == own  # the user's action is left in place
     results = client_for(server).results(batch.items[0].job_id)["items"]
     flagged = []
@@ -275,7 +292,7 @@ def test_cancel_keeps_finished_prompts_only_and_resume_completes(ops, server):
     assert sorted(i.state for i in batch.items) == ["CANCELLED"] * 3 + ["DONE"]
     done = next(i for i in batch.items if i.state == "DONE")
     assert [a.name for a in bpy.data.actions] == [done.name]
-    assert [t.name for t in batch.smpl_armature.animation_data.nla_tracks] == [done.name]
+    assert [s[0] for s in nla_actions(batch.smpl_armature)] == [done.name]
     assert client_for(server).job(job_id)["status"] in ("cancelled", "done")  # done: it finished before the cancel
 
     first_action = done.action
@@ -284,8 +301,7 @@ def test_cancel_keeps_finished_prompts_only_and_resume_completes(ops, server):
     assert done.action == first_action and done.job_id == job_id  # not generated again
     assert len({i.job_id for i in batch.items if i != done} - {job_id}) == 1  # the rest went as one new job
     assert sorted(a.name for a in bpy.data.actions) == sorted(i.name for i in batch.items)
-    assert sorted(t.name for t in batch.smpl_armature.animation_data.nla_tracks) == sorted(
-        i.name for i in batch.items)
+    assert [s[0] for s in nla_actions(batch.smpl_armature)] == [i.name for i in batch.items]
     with pytest.raises(RuntimeError, match="No unfinished batch"):
         bpy.ops.safemotion.batch_resume()
     with pytest.raises(RuntimeError, match="No batch prompt is waiting"):
@@ -337,5 +353,4 @@ def test_resume_after_blender_and_server_restarts(ops, server, tmp_path):
     assert all(i.job_id == first_job for i in batch.items if i.name in done_before)
     assert {i.name: i.action.name for i in batch.items if i.name in done_before} == done_before
     assert sorted(a.name for a in bpy.data.actions) == sorted(i.name for i in batch.items)  # no duplicates
-    tracks = batch.smpl_armature.animation_data.nla_tracks
-    assert sorted(t.name for t in tracks) == sorted(i.name for i in batch.items)
+    assert [s[0] for s in nla_actions(batch.smpl_armature)] == [i.name for i in batch.items]

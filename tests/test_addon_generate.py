@@ -54,19 +54,21 @@ def nothing_written(scene) -> bool:
 def test_generate_writes_smpl_takes_with_the_servers_motion_and_marks_flagged_ones(addon, scene, tiny_server):
     settings = scene.safemotion
     settings.seed, settings.variations = PASSING_SEED, 3
-    scene.frame_current = 11
+    scene.frame_current, settings.start_at_playhead = 11, True
     assert bpy.ops.safemotion.generate() == {"FINISHED"}
     expected = server_motions(addon, tiny_server, PASSING_SEED, 3)
+    first = settings.takes[0]
+    assert first.armature.animation_data.action.name == first.action_name  # the first take is applied
     flags = [m["safety"]["flagged"] for m in expected]
     assert flags == [False, True, True], "the tiny model's flags changed; pick other seeds (see the docstring)"
 
     names = addon.smpl_math.JOINT_NAMES
-    for take, motion in zip(settings.takes, expected):  # each take's armature has that motion's rest skeleton
+    for take, motion in zip(settings.takes, expected):  # each take's armature has that motion's rest (within 2 cm)
         rest = addon.client.decode_array(motion["skeleton"]["rest_joints"])
         bones = take.armature.data.bones
         assert sorted(b.name for b in bones) == sorted(names) and bones["left_knee"].parent.name == "left_hip"
         heads = np.array([tuple(bones[name].head_local) for name in names])
-        np.testing.assert_allclose(heads, addon.smpl_math.points_to_z_up(rest), atol=1e-6)
+        np.testing.assert_allclose(heads, addon.smpl_math.points_to_z_up(rest), atol=addon.ops_generate.REST_MATCH_M)
     assert len(bpy.data.objects) == len({t.armature.name for t in settings.takes})
 
     assert [t.seed for t in settings.takes] == [8, 9, 10]
@@ -107,9 +109,7 @@ def test_generate_writes_smpl_takes_with_the_servers_motion_and_marks_flagged_on
                                                                           "tiny-lcr")
     worst = max(expected, key=lambda m: m["safety"]["hit_ratio"])["safety"]
     assert settings.last_safety.flagged and settings.last_safety.reason == worst["reason"]
-    first = settings.takes[0]
-    assert first.armature.animation_data.action.name == first.action_name  # the first take is applied
-    assert scene.frame_end >= 90
+    assert scene.frame_end == 90  # fitted to the takes
 
 
 def test_the_foot_cleanup_checkbox_reaches_every_item_and_the_takes(addon, scene):
@@ -174,19 +174,24 @@ def test_generate_retargets_onto_the_chosen_armature(addon, scene):
     assert source.angle(moved) < 1e-3 and moved.length > source.length  # the demo rig's hips are higher
 
 
-def test_unmappable_target_writes_nothing(addon, scene):
+def test_unmappable_target_keeps_the_smpl_take_and_asks_for_a_mapping(addon, scene):
     settings = scene.safemotion
     target = addon.armature.build_armature("Stick", [addon.armature.BoneSpec("a", (0, 0, 0), (0, 0, 1))])
-    settings.target_armature, settings.bone_preset = target, "mixamo"
-    with pytest.raises(RuntimeError, match="Nothing written: retarget mapping: .*no bone is mapped to 'pelvis'"):
-        bpy.ops.safemotion.generate()
-    assert len(bpy.data.actions) == 0 and len(settings.takes) == 0 and [o.name for o in bpy.data.objects] == ["Stick"]
+    settings.target_armature, settings.bone_preset, settings.seed = target, "mixamo", PASSING_SEED
+    assert bpy.ops.safemotion.generate() == {"FINISHED"}
+    assert len(settings.takes) == 1 and settings.takes[0].target_action_name == "" and target.animation_data is None
+    assert [a.name for a in bpy.data.actions] == [settings.takes[0].action_name]
+    editor = scene.safemotion_mapping
+    assert editor.rig == target and "no bone is mapped to 'pelvis'" in editor.needed
 
 
 def test_block_policy_writes_nothing_and_reports_why(addon, scene, tiny_server):
     settings = scene.safemotion
     settings.policy, settings.seed, settings.variations = "BLOCK", FLAGGED_SEEDS[0], 2
     assert bpy.ops.safemotion.generate() == {"CANCELLED"}
+    assert [(f.event, f.seed, f.policy, f.safety.decision, f.action_name) for f in settings.flagged] == [
+        ("generation", 9, "block", "blocked", ""), ("generation", 10, "block", "blocked", "")]  # recorded
+    settings.flagged.clear()
     assert nothing_written(scene)
     expected = server_motions(addon, tiny_server, FLAGGED_SEEDS[0], 2, policy="block")
     assert [m["safety"]["decision"] for m in expected] == ["blocked", "blocked"]
@@ -200,7 +205,7 @@ def test_block_policy_keeps_the_takes_that_pass(addon, scene):
     assert bpy.ops.safemotion.generate() == {"FINISHED"}
     assert [t.seed for t in settings.takes] == [PASSING_SEED] and len(bpy.data.actions) == 1
     assert settings.status == f"1 take(s) for '{PROMPT}', 1 blocked"
-    assert len(scene.timeline_markers) == 0 and len(settings.flagged) == 0
+    assert len(scene.timeline_markers) == 0 and [f.safety.decision for f in settings.flagged] == ["blocked"]
 
 
 def test_cancel_drops_the_server_job_and_writes_nothing(addon, scene, tiny_server):
@@ -279,7 +284,9 @@ def test_csv_report_lists_the_flagged_generations(addon, scene, tmp_path):
         assert row["reason"] == record["reason"] and row["flagged_frames"] == entry.spans
         assert row["signals"] == addon.safety.signals_text(record) and row["signals"].startswith("code hit ")
         assert row["flagged_frames"].split(", ")[0] == f"{1 + record['spans'][0][0]}-{record['spans'][0][1]}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["safety.csv"]  # written via a temp file, replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["safety.csv", "safety.json"]  # via temp files, replaced
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in tmp_path.iterdir())
+    assert [d["seed"] for d in json.loads((tmp_path / "safety.json").read_text())["decisions"]] == [9, 10]
 
 
 def test_csv_cells_are_not_run_as_formulas(addon, tmp_path):
@@ -297,3 +304,39 @@ def test_hit_spans_map_onto_scene_frames_at_the_scenes_rate(addon):
     assert safety.spans_text(spans) == "1-5, 11-14"
     with pytest.raises(ValueError, match=r"safety span \[4, 4\) is not a valid frame range"):
         safety.scene_frame_spans([[4, 4]], 20.0, 20.0, 1)
+
+
+def test_takes_are_keyed_on_whole_frames_of_a_30_fps_scene(addon, scene, tiny_server):
+    """The 20 fps motion is resampled to the scene's 30 fps: keys on whole frames from the scene start, the pelvis
+    where the server's motion is at that time, the end frame fitted to the take."""
+    settings = scene.safemotion
+    settings.seed = PASSING_SEED
+    scene.render.fps, scene.frame_start, scene.frame_current = 30, 5, 40  # the playhead is not where takes start
+    assert bpy.ops.safemotion.generate() == {"FINISHED"}
+    take = settings.takes[0]
+    motion = server_motions(addon, tiny_server, PASSING_SEED, 1)[0]
+    transl = addon.client.decode_array(motion["smpl"]["transl"])
+    count = (len(transl) - 1) * 30 // 20 + 1
+    frames, values = addon.keyframes.read_keys(bpy.data.actions[take.action_name], take.armature,
+                                               'pose.bones["pelvis"].location', 2)
+    np.testing.assert_array_equal(frames, np.arange(5, 5 + count))
+    times = np.arange(count) * 20 / 30  # in motion frames
+    np.testing.assert_allclose(values, np.interp(times, np.arange(len(transl)), transl[:, 2]), atol=1e-5)
+    assert (take.frame_start, take.frames, scene.frame_end) == (5, count, 5 + count - 1)
+
+
+def test_resampling_keeps_the_motion(addon):
+    smpl_math = addon.smpl_math
+    angles = np.linspace(0.0, 1.2, 5)
+    pose = np.zeros((5, 24, 3))
+    pose[:, 3, 2] = angles  # spine1 turns about z
+    transl = np.stack([angles, angles * 2, angles * 3], -1)
+    same = smpl_math.resample_motion(pose, transl, 20.0, 20.0)
+    np.testing.assert_allclose(same[0], pose)
+    np.testing.assert_allclose(same[1], transl)
+    double, moved = smpl_math.resample_motion(pose, transl, 20.0, 40.0)
+    assert double.shape == (9, 24, 3) and moved.shape == (9, 3)
+    np.testing.assert_allclose(double[:, 3, 2], np.linspace(0.0, 1.2, 9), atol=1e-9)  # slerp about one axis
+    np.testing.assert_allclose(moved[:, 1], np.linspace(0.0, 2.4, 9), atol=1e-12)
+    slower, _ = smpl_math.resample_motion(pose, transl, 20.0, 30.0)
+    assert len(slower) == 7  # 0.2 s at 30 fps: 6 intervals, the last sample within the span

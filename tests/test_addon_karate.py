@@ -20,6 +20,9 @@ from addon_support import (  # noqa: E402
     addon,  # noqa: F401 (fixture)
     addon_module,
     clean_scene,  # noqa: F401 (fixture)
+    select,
+    tiny_server,  # noqa: F401 (fixture)
+    use_server,
 )
 
 KARATE = "data/cmu/keijiro_fbx/135_01.fbx"
@@ -170,3 +173,56 @@ def test_karate_retargets_through_the_operator(karate, clean_scene, target_kind)
     scale, residual = travel_fit(target, mapping["pelvis"], joints, CHECKED_FRAMES)
     print(f"hips travel = {scale:.3f} x clip pelvis travel, worst residual {residual * 100:.2f} cm")
     assert 0.5 < scale < 1.5 and residual < 0.01
+
+
+def test_safety_report_lists_blocked_sanitized_and_audited_decisions(karate, clean_scene, tiny_server, tmp_path):
+    """A batch with one blocked prompt, a sanitized take and its audit, and the imported FBX kata audited in Blender:
+    all in the Safety list and the CSV/JSON report, the kata's hit spans as markers beside the take's."""
+    import csv
+    import json
+
+    use_server(tiny_server.url)
+    scene = clean_scene
+    settings = scene.safemotion
+    settings.random_seed, settings.policy = False, "BLOCK"
+    prompts = tmp_path / "prompts.csv"  # with the tiny model, seed 2 passes and seed 1 is flagged (blocked)
+    prompts.write_text("prompt,seconds,seed\na person walks,4,2\na person jumps,4,1\n")
+    scene.safemotion_batch.source, scene.safemotion_batch.filepath = "FILE", str(prompts)
+    assert bpy.ops.safemotion.batch_generate() == {"FINISHED"}
+    assert [i.state for i in scene.safemotion_batch.items] == ["DONE", "BLOCKED"]
+
+    settings.policy, settings.prompt, settings.seconds, settings.seed = "SANITIZE", "a person walks forward", 4.0, 9
+    assert bpy.ops.safemotion.generate() == {"FINISHED"}
+    take = settings.takes[0]
+    assert take.safety.decision == "sanitized"
+    select(take.armature)
+    assert bpy.ops.safemotion.audit_action() == {"FINISHED"}
+
+    path, _, _ = karate
+    rig = import_fbx_rig(path)
+    scene.render.fps = 30  # the clip's own rate: its keys play at their speed
+    select(rig)
+    assert bpy.ops.safemotion.audit_action() == {"FINISHED"}
+    kata = rig.animation_data.action
+    report = json.loads(kata[addon_module("ops_motion").AUDIT_PROPERTY])
+    kata_markers = [m for m in scene.timeline_markers if m.name.startswith(f"SafeMotion audit {kata.name[:24]} ")]
+    assert len(kata_markers) == 2 * len(report["spans"]) and report["num_tokens"] > 50
+    take_markers = [m for m in scene.timeline_markers if m.name.startswith(f"SafeMotion audit {take.action_name[:24]}")]
+    assert len(take_markers) % 2 == 0  # the take's own audit markers stay beside the kata's
+
+    out = tmp_path / "report.csv"
+    assert bpy.ops.safemotion.export_safety_report(filepath=str(out)) == {"FINISHED"}
+    rows = list(csv.DictReader(out.open(newline="", encoding="utf-8")))
+    decisions = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))["decisions"]
+    assert [(r["event"], r["decision"]) for r in rows] == [("generation", "blocked"), ("generation", "sanitized"),
+                                                           ("audit", "audited"), ("audit", "audited")]
+    assert [d["decision"] for d in decisions] == [r["decision"] for r in rows]
+    assert [d["hit_ratio"] for d in decisions] == [pytest.approx(float(r["hit_ratio"])) for r in rows]
+    blocked, sanitized, take_audit, kata_audit = rows
+    assert (blocked["prompt"], blocked["seed"], blocked["policy"]) == ("a person jumps", "1", "block")
+    assert sanitized["policy"] == "sanitize" and take_audit["prompt"] == "a person walks forward"
+    assert "At generation" in take_audit["note"] and ("They agree" in take_audit["note"]
+                                                      or "They differ because" in take_audit["note"])
+    assert kata_audit["action"] == kata.name and "no generation record" in kata_audit["note"]
+    assert all(r["who"] and r["time"] and r["server"] == tiny_server.url for r in rows)
+    print(f"\nsafety report: {out}\n" + out.read_text(encoding="utf-8"))

@@ -15,6 +15,7 @@ from addon_support import (  # noqa: E402
     addon_module,
     clean_scene,  # noqa: F401 (fixture)
     rest_skeleton,
+    select,
     synthetic_motion,
     tiny_server,  # noqa: F401 (fixture)
     use_server,
@@ -38,17 +39,6 @@ def smpl_take(seed: int = 1, frame_start: int = 1):
     rig = armature.build_smpl_armature("SMPL take", smpl_math.JOINT_NAMES, smpl_math.PARENTS, rest)
     armature.apply_smpl_motion(rig, pose, transl, fps=FPS, action_name="take", frame_start=frame_start)
     return rig, pose, transl, rest
-
-
-def select(active, *others) -> None:
-    """Select exactly `active` and `others`, `active` active."""
-    view_layer = bpy.context.view_layer
-    for obj in view_layer.objects:
-        obj.select_set(False)
-    for obj in (active, *others):
-        if obj is not None:
-            obj.select_set(True)
-    view_layer.objects.active = active
 
 
 def direction_errors(rig, mapping: dict[str, str], joints_zup: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -203,7 +193,8 @@ def test_audit_operator_sends_the_take_and_marks_hit_spans(ops, clean_scene, tin
     print(f"\naudit: {record['hits']}/{record['num_tokens']} tokens hit, {len(record['spans'])} spans")
     for k, span in enumerate(record["spans"], start=1):
         start = 11 + round(span["start_s"] * FPS)
-        assert (start, f"{ops.AUDIT_MARKER_PREFIX} hit {k} {span['start_s']:.1f}-{span['end_s']:.1f} s") in markers
+        name = f"{ops.AUDIT_MARKER_PREFIX} {action.name} hit {k} {span['start_s']:.1f}-{span['end_s']:.1f} s"
+        assert (start, name) in markers
     # Auditing again replaces the markers instead of piling them up.
     assert bpy.ops.safemotion.audit_action() == {"FINISHED"}
     assert len(bpy.context.scene.timeline_markers) == len(markers)
@@ -221,11 +212,14 @@ def test_audit_markers_land_on_scene_frames(ops, clean_scene):
     assert [m.name for m in scene.timeline_markers] == ["user marker"]
 
 
-def test_audit_needs_an_smpl_take(ops, clean_scene):
+def test_audit_needs_an_armature_with_an_action(ops, clean_scene):
     armature = addon_module("armature")
     demo = armature.build_demo_rig("Demo")
+    select(next(o for o in bpy.data.objects if o.type == "MESH"))
+    with pytest.raises(RuntimeError, match="no armature is active: click the armature"):
+        bpy.ops.safemotion.audit_action()
     select(demo)
-    with pytest.raises(RuntimeError, match="Make an SMPL armature"):
+    with pytest.raises(RuntimeError, match="'Demo' has no active action"):
         bpy.ops.safemotion.audit_action()
     rig, *_ = smpl_take()
     rig.animation_data.action = None
