@@ -32,7 +32,8 @@ dist: $(STAMP)
 # The add-on's tests on the other Blender versions it supports (5.0 runs in .venv): one venv per bpy wheel.
 BPY_42 := 4.2.23
 BPY_45 := 4.5.15
-ADDON_TESTS := tests/test_addon_*.py tests/test_blender_anim.py tests/test_retarget_math.py tests/test_packaging.py
+ADDON_TESTS := tests/test_addon_*.py tests/test_blender_anim.py tests/test_retarget_math.py tests/test_retarget_acceptance.py \
+	tests/test_packaging.py
 
 .venv-bpy%/.installed: backend/pyproject.toml Makefile
 	test -x $(@D)/bin/python || $(PYTHON) -m venv $(@D)
