@@ -22,6 +22,7 @@ def scene(addon, clean_scene, tiny_server):
     settings.prompt, settings.seconds, settings.random_seed, settings.policy = "a person walks", 4.0, False, "SANITIZE"
     settings.seed, settings.variations = 8, 1
     clean_scene.frame_current = 11
+    settings.start_at_playhead = True
     assert bpy.ops.safemotion.generate() == {"FINISHED"}
     settings.prompt = "a person jumps"
     return clean_scene

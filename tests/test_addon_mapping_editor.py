@@ -70,11 +70,26 @@ def rotation_keys(rig, action, bone: str) -> np.ndarray:
                      for i in range(4)], -1)
 
 
-@pytest.mark.parametrize("kind", ["generic", "german"])
+def test_a_german_named_rig_is_mapped_by_the_name_matcher_and_in_the_editor(addon, clean_scene):
+    editor_module = addon.mapping_editor
+    rig, names = renamed_demo_rig("Rig", lambda k, name: german(name))
+    source = smpl_take()
+    select(source, rig)
+    assert bpy.ops.safemotion.retarget_action() == {"FINISHED"}  # Auto-detect: the fuzzy name matcher knows German
+    scene = bpy.context.scene
+    scene.safemotion.target_armature = rig
+    assert bpy.ops.safemotion.mapping_edit() == {"FINISHED"}
+    editor = scene.safemotion_mapping
+    assert bpy.ops.safemotion.mapping_fill(source="AUTO") == {"FINISHED"}
+    mapping = editor_module.editor_mapping(editor)
+    assert mapping["pelvis"] == names["Hips"] and mapping["left_wrist"] == names["LeftHand"]
+    assert editor_module.mapping_problems(mapping, list(names.values()))[0] == []
+
+
+@pytest.mark.parametrize("kind", ["generic"])
 def test_a_rig_no_preset_knows_is_mapped_in_the_editor_and_retargeted(addon, clean_scene, kind):
     editor_module = addon.mapping_editor
-    rename = (lambda k, name: f"bone_{k:03d}") if kind == "generic" else (lambda k, name: german(name))
-    rig, names = renamed_demo_rig("Rig", rename)
+    rig, names = renamed_demo_rig("Rig", lambda k, name: f"bone_{k:03d}")
     source = smpl_take()
     select(source, rig)
     with pytest.raises(RuntimeError, match="no retarget preset .* matches .*open SafeMotion ▸ Bone Mapping"):
