@@ -217,8 +217,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256, help="keep trees with fewer tokens than this")
     parser.add_argument("--train-size", type=int, default=8000)
     parser.add_argument("--test-size", type=int, default=1000)
-    parser.add_argument("--scan", choices=("auto", "chunked", "sequential"), default="auto",
-                        help="selective-scan implementation (numerically equivalent; auto = the loop on CPU)")
+    parser.add_argument("--scan", choices=("auto", "chunked", "native", "sequential"), default="auto",
+                        help="selective-scan implementation (numerically equivalent; auto = the fused C kernel on CPU)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/listops.json"))
