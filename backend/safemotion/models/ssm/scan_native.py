@@ -1,8 +1,8 @@
 """A fused CPU selective scan: a small C kernel (built with the system C compiler on first use) behind an autograd Function.
 
 Same contract and numbers as `selective_scan_sequential` (float32, to round-off), but fused: for every (batch, step)
-the state of all channels (d × n floats) stays in cache and exp(Δ A), Δ B u and <C, h> are computed in registers
-(expf vectorised). Nothing of shape (batch, length, channels, state) is kept between the passes: as in the mamba CUDA
+the state of all channels (n × d floats, channels innermost so the loops vectorise over d) stays in cache and
+exp(Δ A), Δ B u and <C, h> are computed in registers (expf vectorised). Nothing of shape (batch, length, channels, state) is kept between the passes: as in the mamba CUDA
 kernel, the backward pass recomputes one batch row's states (length × d × n floats, cache-sized) and then runs the
 adjoint recurrence g_t = C_t ∂y_t + Ā_{t+1} g_{t+1} in reverse, accumulating every input's gradient in the same sweep
 (the sums over batch and time for A and D are float64 across batch rows).
@@ -44,96 +44,110 @@ _SOURCE = r"""
 typedef float *restrict fptr;
 typedef const float *restrict cfptr;
 
-/* Layouts: u, delta, y: (batch, length, d); B, C: (batch, length, n); A: (d, n); D: (d) or NULL. */
+/* Layouts: u, delta, y: (batch, length, d); B, C: (batch, length, n); At = A transposed: (n, d); D: (d) or NULL.
+   States are (n, d) so that the inner loops run over the d channels (long, contiguous, vectorised). */
 
-/* One step of every channel: h = exp(dt A) h_prev + dt u B; y_row (or NULL) = <C, h> + D u. */
-static void advance(cfptr u_t, cfptr dt_t, cfptr A, cfptr B_t, cfptr C_t, cfptr D, cfptr h_prev, fptr h, float *y_t,
-                    long d, long n) {
+/* One step of every channel: h = exp(dt A) h_prev + dt u B; y_t = <C, h> + D u. dx: d floats of scratch. */
+static void advance(cfptr u_t, cfptr dt_t, cfptr At, cfptr B_t, cfptr C_t, cfptr D, cfptr h_prev, fptr h, fptr y_t,
+                    fptr dx, long d, long n) {
     for (long i = 0; i < d; ++i) {
-        float dt = dt_t[i], x = u_t[i], dx = dt * x, acc = 0.0f;
-        cfptr A_i = A + i * n;
-        cfptr p_i = h_prev + i * n;
-        fptr h_i = h + i * n;
-        for (long k = 0; k < n; ++k) {
-            float v = expf(dt * A_i[k]) * p_i[k] + dx * B_t[k];
-            h_i[k] = v;
-            acc += v * C_t[k];
+        dx[i] = dt_t[i] * u_t[i];
+        y_t[i] = D ? D[i] * u_t[i] : 0.0f;
+    }
+    for (long k = 0; k < n; ++k) {
+        float b = B_t[k], c = C_t[k];
+        cfptr A_k = At + k * d;
+        cfptr p_k = h_prev + k * d;
+        fptr h_k = h + k * d;
+        for (long i = 0; i < d; ++i) {
+            float v = expf(dt_t[i] * A_k[i]) * p_k[i] + dx[i] * b;
+            h_k[i] = v;
+            y_t[i] += v * c;
         }
-        if (y_t) y_t[i] = acc + (D ? D[i] * x : 0.0f);
     }
 }
 
-/* work: 2*d*n floats (two state buffers used in turn). */
-void scan_forward(cfptr u, cfptr delta, cfptr A, cfptr B, cfptr C, cfptr D, fptr y, fptr work,
+/* work: 2*d*n + d floats (two state buffers used in turn, scratch). */
+void scan_forward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, fptr y, fptr work,
                   long batch, long length, long d, long n) {
     for (long b = 0; b < batch; ++b) {
         memset(work, 0, sizeof(float) * 2 * d * n);
         for (long t = 0; t < length; ++t) {
             long row = b * length + t;
             float *h = work + (t & 1) * d * n, *h_prev = work + ((t + 1) & 1) * d * n;
-            advance(u + row * d, delta + row * d, A, B + row * n, C + row * n, D, h_prev, h, y + row * d, d, n);
+            advance(u + row * d, delta + row * d, At, B + row * n, C + row * n, D, h_prev, h, y + row * d,
+                    work + 2 * d * n, d, n);
         }
     }
 }
 
 /* Adjoint sweep g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}, after recomputing one batch row's states (not stored by the
-   forward pass). work: (length + 4)*d*n + 2*n floats; gA (d, n) and gD (d) are float64 and accumulated into. */
-void scan_backward(cfptr u, cfptr delta, cfptr A, cfptr B, cfptr C, cfptr D, cfptr grad_y, fptr gu, fptr gdelta,
-                   double *restrict gA, fptr gB, fptr gC, double *restrict gD, fptr work,
+   forward pass). work: (length + 4)*d*n + 4*d floats; gAt (n, d) and gD (d) are float64 and accumulated into. */
+void scan_backward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, cfptr grad_y, fptr gu, fptr gdelta,
+                   double *restrict gAt, fptr gB, fptr gC, double *restrict gD, fptr work,
                    long batch, long length, long d, long n) {
+    long dn = d * n;
     fptr g = work;
-    fptr a_next = work + d * n;
-    fptr zeros = work + 2 * d * n;
-    fptr gA_row = work + 3 * d * n; /* this batch row's sum over time, added to the float64 gA once per row */
-    fptr gb = work + 4 * d * n;
-    fptr gc = gb + n;
-    fptr states = gc + n;
-    memset(zeros, 0, sizeof(float) * d * n);
+    fptr a_next = work + dn;
+    fptr zeros = work + 2 * dn;
+    fptr gA_row = work + 3 * dn; /* this batch row's sum over time, added to the float64 gAt once per row */
+    fptr dx = work + 4 * dn;
+    fptr g_dt = dx + d;
+    fptr g_write = g_dt + d;
+    fptr scratch = g_write + d;
+    fptr states = scratch + d;
+    memset(zeros, 0, sizeof(float) * dn);
     for (long b = 0; b < batch; ++b) {
         for (long t = 0; t < length; ++t) {
             long row = b * length + t;
-            advance(u + row * d, delta + row * d, A, B + row * n, C + row * n, D,
-                    t > 0 ? states + (t - 1) * d * n : zeros, states + t * d * n, NULL, d, n);
+            advance(u + row * d, delta + row * d, At, B + row * n, C + row * n, D,
+                    t > 0 ? states + (t - 1) * dn : zeros, states + t * dn, scratch, dx, d, n);
         }
-        memset(work, 0, sizeof(float) * 2 * d * n);
-        memset(gA_row, 0, sizeof(float) * d * n);
+        memset(work, 0, sizeof(float) * 2 * dn);
+        memset(gA_row, 0, sizeof(float) * dn);
         for (long t = length - 1; t >= 0; --t) {
             long row = b * length + t;
-            cfptr B_t = B + row * n;
-            cfptr C_t = C + row * n;
-            const float *h = states + t * d * n;
-            const float *h_prev = t > 0 ? h - d * n : zeros;
-            memset(gb, 0, sizeof(float) * 2 * n);
+            cfptr u_t = u + row * d;
+            cfptr dt_t = delta + row * d;
+            cfptr gy = grad_y + row * d;
+            const float *h = states + t * dn;
+            const float *h_prev = t > 0 ? h - dn : zeros;
             for (long i = 0; i < d; ++i) {
-                float dt = delta[row * d + i], x = u[row * d + i], gy = grad_y[row * d + i], dx = dt * x;
-                cfptr A_i = A + i * n;
-                cfptr h_i = h + i * n;
-                cfptr p_i = h_prev + i * n;
-                fptr g_i = g + i * n;
-                fptr a_i = a_next + i * n;
-                fptr gA_i = gA_row + i * n;
-                float g_dt = 0.0f, g_write = 0.0f;
-#pragma omp simd reduction(+ : g_dt, g_write)
-                for (long k = 0; k < n; ++k) {
-                    float gk = gy * C_t[k] + a_i[k] * g_i[k];
-                    float a = expf(dt * A_i[k]);
-                    float ga = gk * p_i[k] * a;
-                    g_i[k] = gk;
-                    a_i[k] = a;
-                    gc[k] += gy * h_i[k];
-                    gb[k] += gk * dx;
-                    g_write += gk * B_t[k];
-                    g_dt += ga * A_i[k];
-                    gA_i[k] += ga * dt;
-                }
-                gdelta[row * d + i] = g_dt + x * g_write;
-                gu[row * d + i] = dt * g_write + (D ? D[i] * gy : 0.0f);
-                if (gD) gD[i] += (double)gy * x;
+                dx[i] = dt_t[i] * u_t[i];
+                g_dt[i] = 0.0f;
+                g_write[i] = 0.0f;
             }
-            memcpy(gB + row * n, gb, sizeof(float) * n);
-            memcpy(gC + row * n, gc, sizeof(float) * n);
+            for (long k = 0; k < n; ++k) {
+                float bk = B[row * n + k], ck = C[row * n + k], sum_c = 0.0f, sum_b = 0.0f;
+                cfptr A_k = At + k * d;
+                cfptr h_k = h + k * d;
+                cfptr p_k = h_prev + k * d;
+                fptr g_k = g + k * d;
+                fptr a_k = a_next + k * d;
+                fptr gA_k = gA_row + k * d;
+#pragma omp simd reduction(+ : sum_c, sum_b)
+                for (long i = 0; i < d; ++i) {
+                    float gk = gy[i] * ck + a_k[i] * g_k[i];
+                    float a = expf(dt_t[i] * A_k[i]);
+                    float ga = gk * p_k[i] * a;
+                    g_k[i] = gk;
+                    a_k[i] = a;
+                    sum_c += gy[i] * h_k[i];
+                    sum_b += gk * dx[i];
+                    g_write[i] += gk * bk;
+                    g_dt[i] += ga * A_k[i];
+                    gA_k[i] += ga * dt_t[i];
+                }
+                gC[row * n + k] = sum_c;
+                gB[row * n + k] = sum_b;
+            }
+            for (long i = 0; i < d; ++i) {
+                gdelta[row * d + i] = g_dt[i] + u_t[i] * g_write[i];
+                gu[row * d + i] = dt_t[i] * g_write[i] + (D ? D[i] * gy[i] : 0.0f);
+                if (gD) gD[i] += (double)gy[i] * u_t[i];
+            }
         }
-        for (long j = 0; j < d * n; ++j) gA[j] += gA_row[j];
+        for (long j = 0; j < dn; ++j) gAt[j] += gA_row[j];
     }
 }
 """
@@ -209,27 +223,28 @@ class _NativeScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D):  # type: ignore[override]
-        u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
+        u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+        A_t = A.t().contiguous()
         D = None if D is None else D.contiguous()
         batch, length, d = u.shape
         n = A.shape[1]
         y = u.new_empty(batch, length, d)
-        work = u.new_empty(2 * d * n)
-        _library().scan_forward(*map(_ptr, (u, delta, A, B, C, D, y, work)), batch, length, d, n)
-        ctx.save_for_backward(u, delta, A, B, C, D)
+        work = u.new_empty(2 * d * n + d)
+        _library().scan_forward(*map(_ptr, (u, delta, A_t, B, C, D, y, work)), batch, length, d, n)
+        ctx.save_for_backward(u, delta, A_t, B, C, D)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
-        u, delta, A, B, C, D = ctx.saved_tensors
+        u, delta, A_t, B, C, D = ctx.saved_tensors
         grad_y = grad_y.contiguous()
         batch, length, d = u.shape
-        n = A.shape[1]
+        n = A_t.shape[0]
         gu, gdelta = torch.empty_like(u), torch.empty_like(delta)
         gB, gC = torch.empty_like(B), torch.empty_like(C)
-        gA = torch.zeros(d, n, dtype=torch.float64)
+        gA_t = torch.zeros(n, d, dtype=torch.float64)
         gD = None if D is None else torch.zeros(d, dtype=torch.float64)
-        work = u.new_empty((length + 4) * d * n + 2 * n)
-        pointers = (u, delta, A, B, C, D, grad_y, gu, gdelta, gA, gB, gC, gD, work)
+        work = u.new_empty((length + 4) * d * n + 4 * d)
+        pointers = (u, delta, A_t, B, C, D, grad_y, gu, gdelta, gA_t, gB, gC, gD, work)
         _library().scan_backward(*map(_ptr, pointers), batch, length, d, n)
-        return gu, gdelta, gA.to(A.dtype), gB, gC, None if gD is None else gD.to(D.dtype)
+        return gu, gdelta, gA_t.t().to(A_t.dtype), gB, gC, None if gD is None else gD.to(D.dtype)
