@@ -2,10 +2,11 @@
 
 Same contract and numbers as `selective_scan_sequential` (float32, to round-off), but fused: for every (batch, step)
 the state of all channels (n × d floats, channels innermost so the loops vectorise over d) stays in cache and
-exp(Δ A), Δ B u and <C, h> are computed in registers (expf vectorised). Nothing of shape (batch, length, channels, state) is kept between the passes: as in the mamba CUDA
-kernel, the backward pass recomputes one batch row's states (length × d × n floats, cache-sized) and then runs the
-adjoint recurrence g_t = C_t ∂y_t + Ā_{t+1} g_{t+1} in reverse, accumulating every input's gradient in the same sweep
-(the sums over batch and time for A and D are float64 across batch rows).
+exp(Δ A), Δ B u and <C, h> are computed in registers (expf vectorised). Nothing of shape (batch, length, channels,
+state) is kept between the passes: as in the mamba CUDA kernel, the backward pass recomputes one batch row's states
+(length × d × n floats, cache-sized) and then runs the adjoint recurrence g_t = C_t ∂y_t + Ā_{t+1} g_{t+1} in reverse,
+accumulating every input's gradient in the same sweep (the sums over batch and time for A and D are float64 across
+batch rows).
 
 Why not pure PyTorch: on a CPU every PyTorch op is one pass through memory. The autograd loop runs ~25 small ops per
 step; the vectorised forms (`selective_scan_chunked`, or a time-major in-place loop with an analytic backward, tried
@@ -13,8 +14,8 @@ while writing this: 1.4-1.9x slower than the loop on the scan alone) stream (bat
 through memory ~15 times. Fusing is what gives the speed (bench/ssm_scan.py, bench/RESULTS.md).
 
 The shared library is compiled once per kernel source and machine into $SAFEMOTION_CACHE (default
-~/.cache/safemotion)/native, written atomically (temp file + rename). Without a working C compiler `native_scan_available`
-is False and callers fall back to the PyTorch loop.
+~/.cache/safemotion)/native, written atomically (temp file + rename). Without a working C compiler and glibc's libmvec
+(gcc or clang on glibc Linux) `native_scan_available` is False and callers fall back to the PyTorch loop.
 """
 
 from __future__ import annotations
@@ -152,8 +153,9 @@ void scan_backward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, cf
 }
 """
 
-# -ffast-math lets gcc vectorise expf (glibc's libmvec, linked below), -fopenmp-simd honours the one `omp simd`; compiling and linking in two steps keeps
-# crtfastmath.o (which would switch the whole process to flush-denormals-to-zero) out of the shared library.
+# -ffast-math lets gcc vectorise expf (glibc's libmvec, linked below); -fopenmp-simd honours the one `omp simd`.
+# Compiling and linking in two steps keeps crtfastmath.o (which would switch the whole process to
+# flush-denormals-to-zero) out of the shared library.
 _COMPILE_FLAGS = ("-O3", "-ffast-math", "-fopenmp-simd", "-march=native", "-fPIC")
 _LINK_FLAGS = ("-lmvec", "-lm")
 
@@ -169,7 +171,8 @@ def _library() -> ctypes.CDLL | None:
     if compiler is None:
         log.warning("native selective scan unavailable: no C compiler (set CC); using the PyTorch loop")
         return None
-    key = hashlib.sha256("\0".join([_SOURCE, *_COMPILE_FLAGS, *_LINK_FLAGS, compiler, platform.node(), platform.machine()]).encode())
+    parts = [_SOURCE, *_COMPILE_FLAGS, *_LINK_FLAGS, compiler, platform.node(), platform.machine()]
+    key = hashlib.sha256("\0".join(parts).encode())
     target = _cache_dir() / f"selective_scan-{key.hexdigest()[:16]}.so"
     if not target.exists():
         try:
