@@ -123,13 +123,14 @@ def _place_paths(rng: np.random.Generator, label: int, config: PathfinderConfig)
     markers: list[tuple[int, int]] = []
     plan = [config.path_dashes] * 2 + [config.distractor_dashes] * config.n_distractors
     for index, dashes in enumerate(plan):
+        forbidden = _dilate(occupied, config.separation - 1)
         for _ in range(config.max_tries):
             pixels = _walk(rng, config, dashes)
             if pixels is None:
                 continue
             ends = _marker_ends(index, pixels, label)
             footprint = _footprint(pixels, ends, config)
-            if not (footprint & _dilate(occupied, config.separation - 1)).any():
+            if not (footprint & forbidden).any():
                 break
         else:
             return None
