@@ -102,7 +102,7 @@ class SelectiveSSM(nn.Module):
         length = u.shape[1]
         if padding_mask is not None:
             u = u.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        u = F.silu(self.conv(u.transpose(1, 2))[..., :length].transpose(1, 2))
+        u = F.silu(self.conv(u.transpose(1, 2))[..., :length].transpose(1, 2).contiguous())
         dt_low, B, C = self.x_proj(u).split([self.config.rank, self.config.d_state, self.config.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt_low))
         if padding_mask is not None:
