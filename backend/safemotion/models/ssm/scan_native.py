@@ -4,7 +4,7 @@ Same contract and numbers as `selective_scan_sequential` (float32, to round-off)
 the state of all channels (n × d floats, channels innermost so the loops vectorise over d) stays in cache and
 exp(Δ A), Δ B u and <C, h> are computed in registers (expf vectorised). Nothing of shape (batch, length, channels,
 state) is kept between the passes: as in the mamba CUDA kernel, the backward pass recomputes one batch row's states
-(length × d × n floats, cache-sized) and then runs the adjoint recurrence g_t = C_t ∂y_t + Ā_{t+1} g_{t+1} in reverse,
+and decays Ā (2 × length × d × n floats, within L3) and then runs the adjoint recurrence g_t = C_t ∂y_t + Ā_{t+1} g_{t+1} in reverse,
 accumulating every input's gradient in the same sweep (the sums over batch and time for A and D are float64 across
 batch rows).
 
@@ -48,9 +48,10 @@ typedef const float *restrict cfptr;
 /* Layouts: u, delta, y: (batch, length, d); B, C: (batch, length, n); At = A transposed: (n, d); D: (d) or NULL.
    States are (n, d) so that the inner loops run over the d channels (long, contiguous, vectorised). */
 
-/* One step of every channel: h = exp(dt A) h_prev + dt u B; y_t = <C, h> + D u. dx: d floats of scratch. */
+/* One step of every channel: h = exp(dt A) h_prev + dt u B; y_t = <C, h> + D u; decay (n, d) = exp(dt A) unless NULL.
+   dx: d floats of scratch. */
 static void advance(cfptr u_t, cfptr dt_t, cfptr At, cfptr B_t, cfptr C_t, cfptr D, cfptr h_prev, fptr h, fptr y_t,
-                    fptr dx, long d, long n) {
+                    fptr decay, fptr dx, long d, long n) {
     for (long i = 0; i < d; ++i) {
         dx[i] = dt_t[i] * u_t[i];
         y_t[i] = D ? D[i] * u_t[i] : 0.0f;
@@ -60,10 +61,20 @@ static void advance(cfptr u_t, cfptr dt_t, cfptr At, cfptr B_t, cfptr C_t, cfptr
         cfptr A_k = At + k * d;
         cfptr p_k = h_prev + k * d;
         fptr h_k = h + k * d;
-        for (long i = 0; i < d; ++i) {
-            float v = expf(dt_t[i] * A_k[i]) * p_k[i] + dx[i] * b;
-            h_k[i] = v;
-            y_t[i] += v * c;
+        if (decay) {
+            fptr e_k = decay + k * d;
+            for (long i = 0; i < d; ++i) {
+                float a = expf(dt_t[i] * A_k[i]), v = a * p_k[i] + dx[i] * b;
+                e_k[i] = a;
+                h_k[i] = v;
+                y_t[i] += v * c;
+            }
+        } else {
+            for (long i = 0; i < d; ++i) {
+                float v = expf(dt_t[i] * A_k[i]) * p_k[i] + dx[i] * b;
+                h_k[i] = v;
+                y_t[i] += v * c;
+            }
         }
     }
 }
@@ -76,35 +87,36 @@ void scan_forward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, fpt
         for (long t = 0; t < length; ++t) {
             long row = b * length + t;
             float *h = work + (t & 1) * d * n, *h_prev = work + ((t + 1) & 1) * d * n;
-            advance(u + row * d, delta + row * d, At, B + row * n, C + row * n, D, h_prev, h, y + row * d,
+            advance(u + row * d, delta + row * d, At, B + row * n, C + row * n, D, h_prev, h, y + row * d, NULL,
                     work + 2 * d * n, d, n);
         }
     }
 }
 
-/* Adjoint sweep g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}, after recomputing one batch row's states (not stored by the
-   forward pass). work: (length + 4)*d*n + 4*d floats; gAt (n, d) and gD (d) are float64 and accumulated into. */
+/* Adjoint sweep g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}, after recomputing one batch row's states and decays (not
+   stored by the forward pass). work: (2*length + 3)*d*n + 4*d floats; gAt (n, d) and gD (d) are float64 and
+   accumulated into. */
 void scan_backward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, cfptr grad_y, fptr gu, fptr gdelta,
                    double *restrict gAt, fptr gB, fptr gC, double *restrict gD, fptr work,
                    long batch, long length, long d, long n) {
     long dn = d * n;
     fptr g = work;
-    fptr a_next = work + dn;
-    fptr zeros = work + 2 * dn;
-    fptr gA_row = work + 3 * dn; /* this batch row's sum over time, added to the float64 gAt once per row */
-    fptr dx = work + 4 * dn;
+    fptr zeros = work + dn;
+    fptr gA_row = work + 2 * dn; /* this batch row's sum over time, added to the float64 gAt once per row */
+    fptr dx = work + 3 * dn;
     fptr g_dt = dx + d;
     fptr g_write = g_dt + d;
     fptr scratch = g_write + d;
     fptr states = scratch + d;
+    fptr decays = states + length * dn;
     memset(zeros, 0, sizeof(float) * dn);
     for (long b = 0; b < batch; ++b) {
         for (long t = 0; t < length; ++t) {
             long row = b * length + t;
             advance(u + row * d, delta + row * d, At, B + row * n, C + row * n, D,
-                    t > 0 ? states + (t - 1) * dn : zeros, states + t * dn, scratch, dx, d, n);
+                    t > 0 ? states + (t - 1) * dn : zeros, states + t * dn, scratch, decays + t * dn, dx, d, n);
         }
-        memset(work, 0, sizeof(float) * 2 * dn);
+        memset(g, 0, sizeof(float) * dn);
         memset(gA_row, 0, sizeof(float) * dn);
         for (long t = length - 1; t >= 0; --t) {
             long row = b * length + t;
@@ -113,6 +125,8 @@ void scan_backward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, cf
             cfptr gy = grad_y + row * d;
             const float *h = states + t * dn;
             const float *h_prev = t > 0 ? h - dn : zeros;
+            const float *decay = decays + t * dn;
+            const float *decay_next = t + 1 < length ? decay + dn : zeros;
             for (long i = 0; i < d; ++i) {
                 dx[i] = dt_t[i] * u_t[i];
                 g_dt[i] = 0.0f;
@@ -124,15 +138,14 @@ void scan_backward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, cf
                 cfptr h_k = h + k * d;
                 cfptr p_k = h_prev + k * d;
                 fptr g_k = g + k * d;
-                fptr a_k = a_next + k * d;
+                cfptr a_k = decay + k * d;
+                cfptr a_next_k = decay_next + k * d;
                 fptr gA_k = gA_row + k * d;
 #pragma omp simd reduction(+ : sum_c, sum_b)
                 for (long i = 0; i < d; ++i) {
-                    float gk = gy[i] * ck + a_k[i] * g_k[i];
-                    float a = expf(dt_t[i] * A_k[i]);
-                    float ga = gk * p_k[i] * a;
+                    float gk = gy[i] * ck + a_next_k[i] * g_k[i];
+                    float ga = gk * p_k[i] * a_k[i];
                     g_k[i] = gk;
-                    a_k[i] = a;
                     sum_c += gy[i] * h_k[i];
                     sum_b += gk * dx[i];
                     g_write[i] += gk * bk;
@@ -222,7 +235,7 @@ def _ptr(tensor: Tensor | None) -> int | None:
 
 
 class _NativeScan(torch.autograd.Function):
-    """Forward and adjoint sweeps of the C kernel; saves only the inputs (the backward recomputes the states)."""
+    """Forward and adjoint sweeps of the C kernel; saves only the inputs (the backward recomputes states and decays)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D):  # type: ignore[override]
@@ -247,7 +260,7 @@ class _NativeScan(torch.autograd.Function):
         gB, gC = torch.empty_like(B), torch.empty_like(C)
         gA_t = torch.zeros(n, d, dtype=torch.float64)
         gD = None if D is None else torch.zeros(d, dtype=torch.float64)
-        work = u.new_empty((length + 4) * d * n + 4 * d)
+        work = u.new_empty((2 * length + 3) * d * n + 4 * d)
         pointers = (u, delta, A_t, B, C, D, grad_y, gu, gdelta, gA_t, gB, gC, gD, work)
         _library().scan_backward(*map(_ptr, pointers), batch, length, d, n)
         return gu, gdelta, gA_t.t().to(A_t.dtype), gB, gC, None if gD is None else gD.to(D.dtype)
