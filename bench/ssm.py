@@ -68,7 +68,8 @@ SCALES: dict[str, dict[str, TaskSettings]] = {
         "pathfinder": TaskSettings(6, 4, 6_000, 1, 3e-3, 24, 8, 32),
         "lm": TaskSettings(6, 4, 6_000, 1, 3e-3, 0, 4_096, 64),
     },
-    # Chosen to fit ~1 CPU-day for all 27 runs with the native scan; not yet run in full.
+    # Not yet run. Extrapolated from bench/ssm_scan.py (≈ 1 s per step at 32 × 512 with the native scan): roughly a day
+    # for all 27 runs on a 2-core CPU. ListOps keeps trees with 32 < tokens < 512.
     "cpu": {
         "listops": TaskSettings(3_000, 32, 100_000, 2, 3e-3, 40_000, 2_000, 512, 32),
         "pathfinder": TaskSettings(3_000, 32, 100_000, 2, 2e-3, 40_000, 2_000, 32),
