@@ -51,14 +51,16 @@ class Recipe:
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm Transformer encoder layer (self-attention + 4× MLP), no dropout."""
+    """Pre-norm Transformer encoder layer (self-attention + 4× MLP), no dropout; causal attention if asked."""
 
-    def __init__(self, d: int) -> None:
+    def __init__(self, d: int, causal: bool = False) -> None:
         super().__init__()
         self.layer = nn.TransformerEncoderLayer(d, nhead=4, dim_feedforward=4 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.causal = causal
 
-    def forward(self, x: Tensor, padding_mask: Tensor) -> Tensor:
-        return self.layer(x, src_key_padding_mask=padding_mask)
+    def forward(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device) if self.causal else None
+        return self.layer(x, src_mask=mask, src_key_padding_mask=padding_mask, is_causal=self.causal)
 
 
 class MixerBlock(nn.Module):
@@ -69,39 +71,46 @@ class MixerBlock(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.mixer = mixer
 
-    def forward(self, x: Tensor, padding_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:
         return x + self.mixer(self.norm(x), padding_mask)
 
 
 class Classifier(nn.Module):
-    """Token embedding, blocks, final norm, masked mean pooling and a 10-way head."""
+    """Token embedding, blocks, final norm, then masked mean pooling and a class head (ListOps by default), or, when
+    causal, per-position logits (language modelling). pad_id None = no padding (every token is real)."""
 
-    def __init__(self, kind: str, d: int, layers: int, max_length: int, scan: str) -> None:
+    def __init__(self, kind: str, d: int, layers: int, max_length: int, scan: str, vocab_size: int = len(VOCAB),
+                 n_out: int = N_CLASSES, pad_id: int | None = PAD_ID, causal: bool = False) -> None:
         super().__init__()
-        self.embed = nn.Embedding(len(VOCAB), d, padding_idx=PAD_ID)
+        self.embed = nn.Embedding(vocab_size, d, padding_idx=pad_id)
         self.positions = nn.Parameter(torch.randn(max_length, d) * 0.02) if kind == "transformer" else None
-        self.blocks = nn.ModuleList(_block(kind, d, scan) for _ in range(layers))
+        self.blocks = nn.ModuleList(_block(kind, d, scan, causal) for _ in range(layers))
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, N_CLASSES)
+        self.head = nn.Linear(d, n_out)
+        self.pad_id, self.causal = pad_id, causal
 
     def forward(self, ids: Tensor) -> Tensor:
-        padding_mask = ids == PAD_ID
+        padding_mask = None if self.pad_id is None else ids == self.pad_id
         x = self.embed(ids)
         if self.positions is not None:
             x = x + self.positions[: ids.shape[1]]
         for block in self.blocks:
             x = block(x, padding_mask)
-        x = self.norm(x).masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        pooled = x.sum(dim=1) / (~padding_mask).sum(dim=1, keepdim=True)
-        return self.head(pooled)
+        x = self.norm(x)
+        if self.causal:
+            return self.head(x)
+        if padding_mask is None:
+            return self.head(x.mean(dim=1))
+        x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        return self.head(x.sum(dim=1) / (~padding_mask).sum(dim=1, keepdim=True))
 
 
-def _block(kind: str, d: int, scan: str) -> nn.Module:
+def _block(kind: str, d: int, scan: str, causal: bool) -> nn.Module:
     if kind == "transformer":
-        return TransformerBlock(d)
+        return TransformerBlock(d, causal)
     if kind == "mamba":
-        return MixerBlock(d, Mamba(MambaConfig(d_model=d, bidirectional=True, scan=scan)))
-    return MixerBlock(d, SeRpEnt(SeRpEntConfig(d_model=d, bidirectional=True, scan=scan)))
+        return MixerBlock(d, Mamba(MambaConfig(d_model=d, bidirectional=not causal, scan=scan)))
+    return MixerBlock(d, SeRpEnt(SeRpEntConfig(d_model=d, bidirectional=not causal, scan=scan)))
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -109,11 +118,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def width_for(kind: str, target: int, layers: int, max_length: int, scan: str) -> int:
+def width_for(kind: str, target: int, layers: int, max_length: int, scan: str, **model: object) -> int:
     """The width whose parameter count is closest to target: even, a multiple of 4 (heads) for the Transformer."""
     counts = {}
     for d in range(8, 1025, 4 if kind == "transformer" else 2):
-        counts[d] = count_parameters(Classifier(kind, d, layers, max_length, scan))
+        counts[d] = count_parameters(Classifier(kind, d, layers, max_length, scan, **model))
         if counts[d] >= target:
             break
     return min(counts, key=lambda d: abs(counts[d] - target))
@@ -217,8 +226,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256, help="keep trees with fewer tokens than this")
     parser.add_argument("--train-size", type=int, default=8000)
     parser.add_argument("--test-size", type=int, default=1000)
-    parser.add_argument("--scan", choices=("auto", "chunked", "sequential"), default="auto",
-                        help="selective-scan implementation (numerically equivalent; auto = the loop on CPU)")
+    parser.add_argument("--scan", choices=("auto", "chunked", "native", "sequential"), default="auto",
+                        help="selective-scan implementation (numerically equivalent; auto = the fused C kernel on CPU)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/listops.json"))

@@ -14,8 +14,10 @@ from safemotion.models.ssm import (
     SeRpEnt,
     SeRpEntConfig,
     linear_recurrence,
+    native_scan_available,
     plan_resampling,
     selective_scan_chunked,
+    selective_scan_native,
     selective_scan_sequential,
 )
 from safemotion.models.ssm.serpent import clock_steps, slot_count
@@ -327,3 +329,68 @@ def test_serpent_batch_padding_matches_unpadded_runs(bidirectional, side):
         real = ~mask[row]
         alone = model(x[row : row + 1, real])
         assert torch.allclose(out[row, real], alone[0], atol=1e-5), (row, (out[row, real] - alone[0]).abs().max())
+
+
+# ---------------------------------------------------------------------------------------------------- native scan
+
+
+native = pytest.mark.skipif(not native_scan_available(), reason="no C compiler for the native selective scan")
+
+
+@native
+@pytest.mark.parametrize("length", [1, 2, 7, 33])
+@pytest.mark.parametrize("with_d", [True, False])
+def test_native_scan_matches_sequential_loop_values_and_gradients(length, with_d):
+    u, delta, A, B, C, D = scan_inputs(3, length, 5, 4, seed=length * 7 + with_d)
+    inputs = (u, delta, A, B, C, D if with_d else None)
+    y_ref = selective_scan_sequential(*inputs)
+    y_native = selective_scan_native(*inputs)
+    assert y_native.shape == (3, length, 5)
+    assert torch.allclose(y_native, y_ref, atol=1e-5, rtol=1e-5), (y_native - y_ref).abs().max()
+    weight = torch.randn_like(y_ref)
+    leaves = [t for t in inputs if t is not None]
+    g_ref = torch.autograd.grad((y_ref * weight).sum(), leaves)
+    g_native = torch.autograd.grad((y_native * weight).sum(), leaves)
+    for name, a, b in zip("u delta A B C D".split(), g_native, g_ref):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (name, (a - b).abs().max())
+
+
+@native
+def test_native_scan_handles_non_contiguous_inputs_and_rejects_float64():
+    u, delta, A, B, C, D = [t.detach() for t in scan_inputs(2, 9, 4, 3, seed=5)]
+    u_t = u.transpose(0, 1).contiguous().transpose(0, 1)  # same values, time as the outer stride
+    assert not u_t.is_contiguous()
+    assert torch.allclose(selective_scan_native(u_t, delta, A, B, C, D), selective_scan_sequential(u, delta, A, B, C, D), atol=1e-5)
+    with pytest.raises(ValueError, match="float32 CPU"):
+        selective_scan_native(u.double(), delta.double(), A.double(), B.double(), C.double(), D.double())
+
+
+@native
+def test_mamba_auto_scan_uses_native_kernel_on_cpu_and_matches_the_loop():
+    torch.manual_seed(2)
+    loop, auto = _twin(MambaConfig(d_model=8, bidirectional=True, scan="sequential"), scan="auto")
+    x = torch.randn(2, 13, 8, requires_grad=True)
+    mask = torch.zeros(2, 13, dtype=torch.bool)
+    mask[1, 10:] = True
+    y_loop, y_auto = loop(x, mask), auto(x, mask)
+    assert torch.allclose(y_auto, y_loop, atol=1e-5)
+    (g_loop,) = torch.autograd.grad(y_loop.square().sum(), x)
+    (g_auto,) = torch.autograd.grad(y_auto.square().sum(), x)
+    assert torch.allclose(g_auto, g_loop, atol=1e-5)
+
+
+def test_mamba_falls_back_to_the_loop_when_the_native_kernel_cannot_be_built(tmp_path, monkeypatch):
+    from safemotion.models.ssm import scan_native
+
+    monkeypatch.setenv("CC", "/bin/false")  # a "compiler" that always fails
+    monkeypatch.setenv("SAFEMOTION_CACHE", str(tmp_path))
+    scan_native._library.cache_clear()
+    try:
+        assert not native_scan_available()
+        assert not list(tmp_path.rglob("*.so"))  # nothing half-built left behind
+        torch.manual_seed(3)
+        loop, auto = _twin(MambaConfig(d_model=8, scan="sequential"), scan="auto")
+        x = torch.randn(1, 6, 8)
+        assert torch.equal(auto(x), loop(x))
+    finally:
+        scan_native._library.cache_clear()

@@ -2,6 +2,7 @@
 
 from safemotion.models.ssm.mamba import Mamba, MambaConfig
 from safemotion.models.ssm.scan import linear_recurrence, selective_scan_chunked, selective_scan_sequential
+from safemotion.models.ssm.scan_native import native_scan_available, selective_scan_native
 from safemotion.models.ssm.serpent import ResamplingPlan, SeRpEnt, SeRpEntConfig, plan_resampling
 
 __all__ = [
@@ -11,7 +12,9 @@ __all__ = [
     "SeRpEnt",
     "SeRpEntConfig",
     "linear_recurrence",
+    "native_scan_available",
     "plan_resampling",
     "selective_scan_chunked",
+    "selective_scan_native",
     "selective_scan_sequential",
 ]

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from safemotion.models.ssm.scan import selective_scan_chunked, selective_scan_sequential
+from safemotion.models.ssm.scan_native import native_scan_supports, selective_scan_native
 
-SCANS = ("auto", "chunked", "sequential")
+SCANS = ("auto", "chunked", "native", "sequential")
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ class MambaConfig:
     dt_max: float = 1e-1
     dt_init_floor: float = 1e-4
     bidirectional: bool = False
-    # "chunked" (parallel prefix scan), "sequential" (loop) or "auto": chunked on CUDA, the loop elsewhere (on a
-    # 2-core CPU the loop measured 3-5x faster for batch 32; see scan.py). Numerically equivalent.
+    # "chunked" (parallel prefix scan), "native" (fused C kernel, float32 CPU), "sequential" (PyTorch loop) or "auto":
+    # chunked on CUDA, native on CPU where it builds, else the loop (bench/ssm_scan.py). Numerically equivalent.
     scan: str = "auto"
     chunk_size: int = 16
 
@@ -101,14 +102,19 @@ class SelectiveSSM(nn.Module):
         length = u.shape[1]
         if padding_mask is not None:
             u = u.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        u = F.silu(self.conv(u.transpose(1, 2))[..., :length].transpose(1, 2))
+        u = F.silu(self.conv(u.transpose(1, 2))[..., :length].transpose(1, 2).contiguous())
         dt_low, B, C = self.x_proj(u).split([self.config.rank, self.config.d_state, self.config.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt_low))
         if padding_mask is not None:
             delta = delta.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         A = -torch.exp(self.A_log)
-        if self.config.scan == "chunked" or (self.config.scan == "auto" and u.is_cuda):
+        scan = self.config.scan
+        if scan == "auto":
+            scan = "chunked" if u.is_cuda else "native" if native_scan_supports(u, A) else "sequential"
+        if scan == "chunked":
             return selective_scan_chunked(u, delta, A, B, C, self.D, self.config.chunk_size)
+        if scan == "native":
+            return selective_scan_native(u, delta, A, B, C, self.D)
         return selective_scan_sequential(u, delta, A, B, C, self.D)
 
 

@@ -13,6 +13,7 @@ Two implementations of the same function, in (batch, length, channels) layout:
 Which is faster depends on the hardware: the chunked scan needs few, large kernels (what a GPU wants); on a small CPU
 the loop over cache-sized (batch, channels, state) slices is usually faster for batch > 1 because the chunked scan
 streams (batch, length, channels, state) tensors through memory several times. Both agree to float32 round-off.
+On CPU both lose to the fused C kernel in `scan_native.py` (same contract), which `Mamba(scan="auto")` uses there.
 
 Discretisation (as released `mamba_ssm`): Ā = exp(Δ A) (zero-order hold) and B̄ = Δ B (the Euler simplification of
 the exact ZOH input matrix (ΔA)⁻¹(exp(ΔA) − 1)ΔB).
@@ -24,7 +25,8 @@ import torch
 from torch import Tensor
 
 
-def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None) -> None:
+def check_scan_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None) -> None:
+    """Raise a clear error unless the scan inputs have matching (batch, length, channels / state) shapes."""
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be (batch, length, channels), got shape {tuple(u.shape)}")
     batch, length, channels = u.shape
@@ -42,7 +44,7 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
 
 def selective_scan_sequential(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Tensor:
     """Reference scan, one time step at a time: u, delta (b, l, d); A (d, n); B, C (b, l, n); D (d,) -> y (b, l, d)."""
-    _check_shapes(u, delta, A, B, C, D)
+    check_scan_shapes(u, delta, A, B, C, D)
     batch, length, channels = u.shape
     h = u.new_zeros(batch, channels, A.shape[1])
     outputs = []
@@ -60,7 +62,7 @@ def selective_scan_chunked(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, chunk_size: int = 16
 ) -> Tensor:
     """Parallel scan with the same contract as `selective_scan_sequential` (agrees to float32 round-off)."""
-    _check_shapes(u, delta, A, B, C, D)
+    check_scan_shapes(u, delta, A, B, C, D)
     decay = torch.exp(delta.unsqueeze(-1) * A)  # (b, l, d, n)
     write = (delta * u).unsqueeze(-1) * B.unsqueeze(2)
     h = linear_recurrence(decay, write, chunk_size)
