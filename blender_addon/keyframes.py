@@ -53,9 +53,19 @@ def _object_slot(action: bpy.types.Action, obj: bpy.types.Object):
     return anim.action_slot
 
 
+def _read_slot(action: bpy.types.Action, obj: bpy.types.Object):
+    """The slot of `action` that animates `obj`, without assigning anything: the object's own slot when the action is
+    its active one, else the slot made for it (identifier "OB" + its name), else the action's only object slot."""
+    anim = obj.animation_data
+    if anim is not None and anim.action == action:
+        return anim.action_slot
+    objects = [s for s in action.slots if s.identifier.startswith("OB")]
+    return next((s for s in objects if s.identifier == "OB" + obj.name), objects[0] if len(objects) == 1 else None)
+
+
 def _channelbag(action: bpy.types.Action, obj: bpy.types.Object, create: bool):
     """The channelbag holding `obj`'s F-curves in a slotted action (None when absent and not `create`)."""
-    slot = _object_slot(action, obj) if create else obj.animation_data.action_slot
+    slot = _object_slot(action, obj) if create else _read_slot(action, obj)
     if slot is None:
         return None
     for layer in action.layers:
@@ -96,10 +106,9 @@ def ensure_fcurve(
 
 
 def find_fcurve(action: bpy.types.Action, obj: bpy.types.Object, data_path: str, index: int) -> bpy.types.FCurve | None:
-    """The existing F-curve of `action` for (data_path, index) on `obj`, or None."""
+    """The existing F-curve of `action` for (data_path, index) on `obj`, or None; `action` need not be the object's
+    active action (several takes share one SMPL armature), and nothing is assigned."""
     if hasattr(action, "layers"):
-        if obj.animation_data is None or obj.animation_data.action != action:
-            return None
         channelbag = _channelbag(action, obj, create=False)
         return None if channelbag is None else channelbag.fcurves.find(data_path, index=index)
     return action.fcurves.find(data_path, index=index)

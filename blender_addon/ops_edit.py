@@ -3,7 +3,9 @@
 The source take is read back from its SMPL armature's action (`ops_motion.read_smpl_take`, one sample per scene frame)
 and sent as joints [T, 22, 3]; the scene's prompt, seed, variations and policy apply as for Generate. The answer is
 written by `ops_generate.apply_motions`, so the new takes get their safety record and flag markers exactly like
-generated ones, and the source take's actions are never touched. Regenerate Range uses the timeline's preview range
+generated ones (and a failure while writing is taken back by `scene_guard.keep_file_on_failure`), and the source
+take's actions are never touched. A new take reuses an SMPL armature only when the server's re-fitted body is the
+armature's own skeleton (`ops_generate.EDIT_REST_MATCH_M`), so outside the edited frames it is the source take. Regenerate Range uses the timeline's preview range
 (in scene frames) or, without one, the span of the selected keyframes of the take's action. In-between uses the two
 takes whose NLA strips are selected (in time order), else the active take and the next one in the list.
 """
@@ -15,7 +17,7 @@ import random
 import bpy
 import numpy as np
 
-from . import ops_generate, ops_motion
+from . import ops_generate, ops_motion, scene_guard
 from .client import BackendError, encode_array
 from .preferences import client_from_preferences
 from .properties import MAX_SEED
@@ -95,7 +97,8 @@ def run_edit(context: bpy.types.Context, payload: dict, frame_start: int) -> ops
     """Send the edit, decode every motion first, then write the new takes (nothing is written on an error)."""
     answer = client_from_preferences(context).edit(payload)
     motions = [ops_generate.decode_motion(m, f"edit motion {k}") for k, m in enumerate(answer.get("motions", []))]
-    outcome = ops_generate.apply_motions(context, context.scene, motions, frame_start, str(answer.get("model", "")))
+    outcome = ops_generate.apply_motions(context, context.scene, motions, frame_start, str(answer.get("model", "")),
+                                         rest_match_m=ops_generate.EDIT_REST_MATCH_M)
     context.scene.safemotion.status = outcome.summary(payload["prompt"])
     return outcome
 
@@ -109,7 +112,9 @@ class _EditOperator:
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene is None or not len(context.scene.safemotion.takes):
+        if not scene_guard.poll_free(cls, context):
+            return False
+        if not len(context.scene.safemotion.takes):
             cls.poll_message_set("Generate a take first")
             return False
         return True

@@ -39,6 +39,10 @@ SMPL_ARMATURE_NAME = "SafeMotion SMPL"
 # this distance of its own (limb lengths then differ by at most about twice this), else a new armature is built. With
 # the embedded mini model, walks of seeds 0-2 fit bodies 0.8-1.7 cm apart; a jump or a wave 5-40 cm away from them.
 REST_MATCH_M = 0.02
+# An edit's take must be its source take outside the edited frames, so it is keyed only on an armature with its own
+# skeleton (up to float32 rounding); the server re-fits the body of every edit, usually within REST_MATCH_M of the
+# source's, and shown on the source's armature the kept frames would move by up to that much.
+EDIT_REST_MATCH_M = 1e-4
 
 
 # ---------------------------------------------------------------------------------------------- request
@@ -157,15 +161,16 @@ def motions_of_results(results: dict) -> tuple[list[Motion], list[str]]:
     return motions, errors
 
 
-def find_smpl_armature(scene: bpy.types.Scene, motion: Motion,
-                       exclude: bpy.types.Object | None = None) -> bpy.types.Object | None:
-    """An armature in the scene (not `exclude`) with this motion's joint names and rest joints, or None."""
+def find_smpl_armature(scene: bpy.types.Scene, motion: Motion, exclude: bpy.types.Object | None = None,
+                       tolerance: float = REST_MATCH_M) -> bpy.types.Object | None:
+    """An armature in the scene (not `exclude`) with this motion's joint names and rest joints (each within
+    `tolerance` metres), or None."""
     heads = smpl_math.points_to_z_up(motion.rest_joints)
     for obj in scene.objects:
         if obj == exclude or obj.type != "ARMATURE" or not all(name in obj.data.bones for name in motion.names):
             continue
         found = np.array([tuple(obj.data.bones[name].head_local) for name in motion.names])
-        if np.abs(found - heads).max() < REST_MATCH_M:
+        if np.abs(found - heads).max() < tolerance:
             return obj
     return None
 
@@ -205,9 +210,11 @@ def _worst(records: list[dict | None]) -> dict | None:
 
 
 def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: list[Motion], frame_start: int,
-                  model: str, body: BodyModel | None = None, policy: str = "", server: str = "") -> Outcome:
-    """Write the takes of decoded motions into the scene (SMPL armature, actions, retarget, safety records); each new
-    SMPL armature gets `body`'s mesh skinned to it when one is given. A target that cannot be mapped keeps the SMPL
+                  model: str, body: BodyModel | None = None, policy: str = "", server: str = "",
+                  rest_match_m: float = REST_MATCH_M) -> Outcome:
+    """Write the takes of decoded motions into the scene (SMPL armature, actions, retarget, safety records); an SMPL
+    armature is reused when its rest joints lie within `rest_match_m` of the motion's, and each new one gets `body`'s
+    mesh skinned to it when one is given. A target that cannot be mapped keeps the SMPL
     takes (with a warning) and opens the bone-mapping editor on it. Anything that fails while writing takes back
     everything this call wrote."""
     settings = scene.safemotion
@@ -227,7 +234,7 @@ def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: l
             if motion.blocked:
                 outcome.blocked += 1
             else:
-                take = _write_take(context, scene, motion, label, frame_start, target, mapping, body)
+                take = _write_take(context, scene, motion, label, frame_start, target, mapping, body, rest_match_m)
                 actions = [bpy.data.actions.get(take.action_name), bpy.data.actions.get(take.target_action_name)]
                 outcome.written += 1
                 outcome.flagged += take.safety.flagged
@@ -249,10 +256,10 @@ def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: l
 
 def _write_take(context: bpy.types.Context, scene: bpy.types.Scene, motion: Motion, label: str, frame_start: int,
                 target: bpy.types.Object | None, mapping: dict[str, str] | None,
-                body: BodyModel | None) -> bpy.types.PropertyGroup:
+                body: BodyModel | None, rest_match_m: float) -> bpy.types.PropertyGroup:
     """One take: the motion keyed on an SMPL armature (reused or built, skinned with `body` when new), retargeted
     onto the target, listed."""
-    rig = find_smpl_armature(scene, motion, exclude=target)
+    rig = find_smpl_armature(scene, motion, exclude=target, tolerance=rest_match_m)
     if rig is None:
         # Bones are created in edit mode, entered from object mode: leave the user's mode meanwhile.
         mode = context.object.mode if context.object is not None else "OBJECT"

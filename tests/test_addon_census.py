@@ -65,6 +65,9 @@ class Scene:
         scene.timeline_markers.new("user marker", frame=5)
         take = settings.takes.add()
         take.name, take.armature, take.action_name = "gone", self.smpl, "an action that was deleted"
+        take = settings.takes.add()
+        take.name, take.armature, take.action_name = "walk", self.smpl, self.take_action.name
+        take.frames, take.frame_start = len(pose), 1
         scene.frame_start, scene.frame_end = 1, 120
 
 
@@ -220,6 +223,23 @@ def case_batch_server_down(s, tmp_path):
 
 def case_resume_without_a_batch(s):
     bpy.ops.safemotion.batch_resume()
+
+
+def case_regenerate_range_server_down(s):
+    bpy.ops.safemotion.regenerate_range(index=1)  # no preview range: the take's selected keys
+
+
+def case_extend_a_take_whose_action_is_gone(s):
+    bpy.ops.safemotion.extend_take(index=0)
+
+
+def case_inbetween_while_scene_busy(s):
+    guard = addon_module("scene_guard")
+    guard.set_busy(bpy.context.scene, "A generation")
+    try:
+        bpy.ops.safemotion.inbetween(index=1, second=0)
+    finally:
+        guard.set_busy(bpy.context.scene, None)
 
 
 def case_report_into_a_missing_folder(s, tmp_path):

@@ -116,3 +116,17 @@ def test_inbetween_takes_the_two_selected_nla_strips_in_time_order(addon, scene)
     assert bpy.ops.safemotion.inbetween(seconds=1.0) == {"FINISHED"}
     between = settings.takes[2]
     assert between.frame_start == first.frame_start == 11 and between.frames == FRAMES + 20 + FRAMES
+
+
+def test_a_take_reads_back_the_same_while_another_take_is_active_on_its_armature(addon, scene):
+    settings = scene.safemotion
+    before = take_pose(addon, settings.takes[0])
+    settings.prompt = "a person walks"
+    for seed in (9, 10, 11):  # walks fit bodies within 2 cm of each other: they share the SMPL armature
+        settings.seed = seed
+        assert bpy.ops.safemotion.generate() == {"FINISHED"}
+    shared = [take for take in settings.takes[1:] if take.armature == settings.takes[0].armature]
+    assert shared, "no later walk reused the first take's armature"
+    assert settings.takes[0].armature.animation_data.action.name == settings.takes[-1].action_name
+    np.testing.assert_array_equal(take_pose(addon, settings.takes[0]), before)
+    assert np.abs(take_pose(addon, shared[0]) - before).max() > 0.01
