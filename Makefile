@@ -16,7 +16,7 @@ $(STAMP): backend/pyproject.toml Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 demo: $(STAMP)
 	$(PY) -m safemotion.demo --out out/demo

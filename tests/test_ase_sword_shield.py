@@ -259,7 +259,7 @@ def test_a_malicious_clip_fails_the_build_and_keeps_the_previous_dataset(ase_dir
     marker = tmp_path / "pwned"
     evil = save_object_npy(tmp_path / "evil.npy", pickle.dumps(_RunsShell(marker), protocol=3)).read_bytes()
     shared = _ase_folder(tmp_path / "v2", ase_dir, {**good, "RL_Avatar_Evil_Motion.npy": evil})
-    with pytest.raises(RuntimeError, match=r"RL_Avatar_Evil_Motion\.npy: refused to load (posix|os|nt)\.system"):
+    with pytest.raises(ValueError, match=r"RL_Avatar_Evil_Motion\.npy: refused to load (posix|os|nt)\.system"):
         build_dataset(out, shared_data=shared, include={"ase"}, workers=1)
     assert not marker.exists()
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
