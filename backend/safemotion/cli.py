@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -22,18 +23,25 @@ def _data_build(args: argparse.Namespace) -> int:
 
     # SIGTERM unwinds like Ctrl-C, so the build stops its workers and removes its temporary folder
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    stats = build_dataset(
-        out=args.out,
-        shared_data=args.shared_data,
-        bvh_dir=args.bvh_dir,
-        captions_csv=args.captions,
-        seed=args.seed,
-        workers=args.workers,
-        include=set(args.include) if args.include else None,
-        strict=args.strict,
-        motionx=args.motionx,
-        smplx_model=args.smplx_model,
-    )
+    try:
+        stats = build_dataset(
+            out=args.out,
+            shared_data=args.shared_data,
+            bvh_dir=args.bvh_dir,
+            captions_csv=args.captions,
+            seed=args.seed,
+            workers=args.workers,
+            include=set(args.include) if args.include else None,
+            strict=args.strict,
+            motionx=args.motionx,
+            smplx_model=args.smplx_model,
+        )
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # Unwinding has stopped the workers and removed the temporary folder. Leave without the interpreter's exit
+        # handlers: the worker pool's one joins its manager thread, which can wait forever on a worker killed mid-take.
+        print("safemotion: interrupted; nothing was written", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130 if isinstance(stop, KeyboardInterrupt) else int(stop.code or 1))
     print(stats.to_json())
     return 0
 
