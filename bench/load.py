@@ -293,9 +293,9 @@ def ray_section(rows: list[dict], jobs: list[dict], model_note: str, seconds: fl
         "ingress + 1 model replica, and + 2 replicas; 1 torch thread and 1 Ray CPU per replica), taking turns so "
         f"load changes hit both; {rows[0]['clients']} closed-loop HTTP clients, `POST /v1/generate` of one "
         f"{seconds:g}-second motion per request, SMPL fit and encoding included (in the replicas). Model: "
-        f"{model_note}. CPU: {os.cpu_count()} cores shared with other jobs, including the clients, the ingress, "
-        "Serve's proxy and Ray's own processes (1-minute load average in the table; run nice'd on a contended "
-        f"machine, so the numbers are noisy and the lead may rerun it on a quiet one). Whole run: "
+        f"{model_note}. CPU: {os.cpu_count()} cores, shared by the replicas with the clients, the ingress, Serve's "
+        "proxy and Ray's own processes (1-minute load average in the table, this run's own processes included). "
+        "Whole run: "
         f"{elapsed / 60:.1f} min.", "",
         "| replicas | clients | requests | throughput (req/s) | p50 latency (s) | p95 latency (s) | errors | lost "
         "| load avg |",
