@@ -62,6 +62,7 @@ from safemotion.generate import Generator, pick_device
 from safemotion.models.model_dir import MotionModels, load_model_dir, read_model_config
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.motion.features import FEATURE_DIM
+from safemotion.portable_path import portable_command, portable_path
 from safemotion.unlearn.concept_split import split_files
 from safemotion.unlearn.prompt_sets import PROMPT_SETS, load_prompt_set
 from safemotion.unlearn.screening import load_screens
@@ -438,18 +439,18 @@ def run_benchmark(specs: Sequence[ModelSpec], data: str | Path, evaluator_dir: s
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": commit,
-        "command": " ".join(sys.argv),
+        "command": portable_command(sys.argv),
         "platform": {"python": platform.python_version(), "torch": torch.__version__,
                      "device": str(pick_device(settings.device)), "threads": torch.get_num_threads(),
                      "cpu": platform.processor() or platform.machine()},
         "settings": settings.to_dict(),
-        "data": {"path": str(data.resolve()), "sets": {s.name: {
-            "file": str(s.split_file.resolve()), "sha256": file_sha256(s.split_file), "ids": s.ids, "samples": len(s.pairs),
+        "data": {"path": portable_path(data), "sets": {s.name: {
+            "file": portable_path(s.split_file), "sha256": file_sha256(s.split_file), "ids": s.ids, "samples": len(s.pairs),
             "batch_size": s.batch_size,
             "samples_per_repeat": s.samples_per_repeat,
             **({"masked_captions": int(s.changed.sum())} if s.changed is not None else {})} for s in sets}},
-        "evaluator": {"path": str(Path(evaluator_dir).resolve()), "config": evaluator.config.to_dict()},
-        "models": [{"name": r.name, "path": str(r.spec.path.resolve()), "method": r.method,
+        "evaluator": {"path": portable_path(evaluator_dir), "config": evaluator.config.to_dict()},
+        "models": [{"name": r.name, "path": portable_path(r.spec.path), "method": r.method,
                     "removed_base_codes": len(r.removed_codes), "text_encoder": r.models.config.text_encoder}
                    for r in rows],
         "results": results,

@@ -51,6 +51,7 @@ from safemotion.eval.evaluator import (
 )
 from safemotion.eval.metrics import BATCH_SIZE, diversity, fid, mm_dist, r_precision
 from safemotion.motion.features import FEATURE_DIM
+from safemotion.portable_path import portable_path
 from safemotion.train.loop import Recipe, load_checkpoint, train
 
 STAGE_NAME = "evaluator"
@@ -318,7 +319,7 @@ def _train(data: Path, out: Path, training: EvaluatorTraining, config: Evaluator
     networks.eval()
     log(f"best validation at iteration {state['best']['iteration']}; measuring on split '{training.test_split}'")
     record = {
-        "dataset": str(data.resolve()), "training": asdict(training), "iterations": iteration,
+        "dataset": portable_path(data), "training": asdict(training), "iterations": iteration,
         "stopped_by": stopped_by, "minutes_this_run": (time.monotonic() - started) / 60, **state,
         "loss": "hadsell contrastive (margin 10), all in-batch negatives except same text or same clip",
         "word_features": "all-MiniLM-L6-v2 last hidden state per word (mean over word pieces) + POS one-hot",

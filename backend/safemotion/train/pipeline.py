@@ -53,6 +53,7 @@ from safemotion.models.model_dir import (
 from safemotion.models.rvqvae import RVQVAE
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
 from safemotion.motion.normalization import FEAT_BIAS, Normalizer, model_std
+from safemotion.portable_path import portable_path
 from safemotion.train.loop import Recipe, Stage, TrainResult, save_checkpoint, train
 from safemotion.train.presets import official
 from safemotion.train.stages import DEFAULT_RECIPES, STAGES, LengthStage, MaskStage, ResidualStage, VQStage
@@ -331,7 +332,7 @@ def _update_record(work: Path, stage: str, data: Path, recipe: Recipe, result: T
         record = {}
     tail = result.losses[-100:]
     record[stage] = {
-        "iterations": result.iterations, "batch_size": recipe.batch_size, "dataset": str(data),
+        "iterations": result.iterations, "batch_size": recipe.batch_size, "dataset": portable_path(data),
         "final_loss": float(np.mean(tail)) if tail else None, "metrics": result.metrics,
         "validation": result.validation,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

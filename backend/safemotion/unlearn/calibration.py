@@ -31,6 +31,7 @@ from safemotion.decoding import SamplingConfig
 from safemotion.generate import pick_device
 from safemotion.models.model_dir import MotionModels, load_model_dir
 from safemotion.models.text_encoders import TextEncoder, load_text_encoder
+from safemotion.portable_path import portable_path
 from safemotion.unlearn.concept_split import load_concept_split
 from safemotion.unlearn.audit import encode_features
 from safemotion.unlearn.flagging import (
@@ -153,7 +154,7 @@ def run_calibration(options: CalibrationOptions, encoder: TextEncoder | None = N
         side_scores.append(np.mean(runs, axis=0))
     calibration = calibrate_threshold(side_scores[0], side_scores[1], options.max_fpr)
     if options.write:
-        context = {"dataset": str(Path(options.data).resolve()), "split": options.split,
+        context = {"dataset": portable_path(options.data), "split": options.split,
                    "samples_per_caption": options.samples, "seed": options.seed,
                    "sampling": vars(options.sampling), **calibration.to_dict()}
         settings = dataclasses.replace(safety_settings(config), threshold=calibration.threshold, calibrated=True,
@@ -188,7 +189,7 @@ def run_audit_calibration(options: CalibrationOptions) -> ThresholdCalibration:
     negative = clip_hit_ratios(original, options.data, sorted(split.retain_ids), removed)
     calibration = calibrate_threshold(positive, negative, options.max_fpr)
     if options.write:
-        context = {"dataset": str(Path(options.data).resolve()), "split": options.split, "clips": "whole clips",
+        context = {"dataset": portable_path(options.data), "split": options.split, "clips": "whole clips",
                    **calibration.to_dict()}
         settings = dataclasses.replace(safety_settings(models.config), audit_threshold=calibration.threshold,
                                        audit_calibration=context)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from safemotion.data.concepts import DEFAULT_RULE
 from safemotion.models.model_dir import load_model_dir, save_model_dir, stored_dtype
+from safemotion.portable_path import portable_path
 from safemotion.train import DEFAULT_RECIPES, TrainOptions, run_stage
 from safemotion.unlearn.concept_split import load_concept_split
 from safemotion.unlearn.record import (
@@ -98,7 +99,7 @@ def run_finetune(options: FinetuneOptions) -> Path:
     record = UnlearningRecord(
         method="finetune", concept=options.concept, rule=options.rule, split_files=split.provenance(),
         settings={"stages": stages, "lr": options.lr, "warmup_iters": 0, "seed": options.seed,
-                  "dataset": str(Path(options.data).resolve()),
+                  "dataset": portable_path(options.data),
                   "iters": {s: r.iterations for s, r in results.items()},
                   "batch_size": options.batch_size or DEFAULT_RECIPES["mask"].batch_size,
                   "final_loss": {s: (sum(r.losses[-100:]) / len(r.losses[-100:]) if r.losses else None)

@@ -26,6 +26,7 @@ from safemotion.data.concepts import DEFAULT_RULE
 from safemotion.data.motion_dataset import read_split
 from safemotion.generate import pick_device
 from safemotion.models.model_dir import load_model_dir, stored_dtype
+from safemotion.portable_path import portable_path
 from safemotion.unlearn.code_stats import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_REPEATS,
@@ -170,7 +171,7 @@ def run_lcr(options: LCROptions) -> LCRResult:
                   "sigma": {str(e.layer): e.sigma for e in edits}, "repeats": options.repeats, "split": options.split,
                   "count_padding": options.count_padding, "samples": {"forget": n_forget, "retain": n_retain},
                   "statistics_precision": options.precision,
-                  "dataset": str(Path(options.data).resolve()),
+                  "dataset": portable_path(options.data),
                   "selection": "union of top-k by n_f/n_r and by (n_f/Σn_f)/(n_r/Σn_r)"},
         source_model=source_model_info(options.model),
         removed_codes={e.layer: e.removed for e in edits},

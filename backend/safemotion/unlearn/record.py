@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from safemotion.atomic_dir import replace_dir, write_text_atomic
+from safemotion.portable_path import portable_path
 from safemotion.unlearn.decision import Combiner
 from safemotion.models.config import ModelConfig
 from safemotion.models.model_dir import (
@@ -190,7 +191,7 @@ def source_model_info(model_dir: str | Path) -> dict[str, Any]:
     model_dir = Path(model_dir)
     hashes = {name: file_sha256(model_dir / file) for name, file in WEIGHT_FILES.items()
               if name != "length_estimator" and (model_dir / file).is_file()}
-    return {"path": str(model_dir.resolve()), "sha256": hashes}
+    return {"path": portable_path(model_dir), "sha256": hashes}
 
 
 def model_card_with_unlearning(model_dir: str | Path, record: UnlearningRecord) -> str:
