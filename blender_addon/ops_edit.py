@@ -17,7 +17,7 @@ import random
 import bpy
 import numpy as np
 
-from . import ops_generate, ops_motion, scene_guard
+from . import keyframes, ops_generate, ops_motion, scene_guard
 from .client import BackendError, encode_array
 from .preferences import client_from_preferences
 from .properties import MAX_SEED
@@ -56,14 +56,11 @@ def regenerate_range(context: bpy.types.Context, take: bpy.types.PropertyGroup) 
 
 
 def _fcurves(action: bpy.types.Action, obj: bpy.types.Object):
-    """The action's F-curves (layered actions of Blender 4.4+ keep them in the object's channelbag)."""
+    """`obj`'s F-curves in the action (layered actions of Blender 4.4+ keep them in the object's channelbag)."""
     if hasattr(action, "fcurves") and len(action.fcurves):
         return list(action.fcurves)
-    for layer in getattr(action, "layers", ()):
-        for strip in layer.strips:
-            for bag in strip.channelbags:
-                return list(bag.fcurves)
-    return []
+    bag = keyframes._channelbag(action, obj, create=False) if hasattr(action, "layers") else None
+    return list(bag.fcurves) if bag is not None else []
 
 
 def nla_pair(context: bpy.types.Context) -> tuple[int, int] | None:

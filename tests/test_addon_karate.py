@@ -207,8 +207,10 @@ def test_safety_report_lists_blocked_sanitized_and_audited_decisions(karate, cle
     report = json.loads(kata[addon_module("ops_motion").AUDIT_PROPERTY])
     kata_markers = [m for m in scene.timeline_markers if m.name.startswith(f"SafeMotion audit {kata.name[:24]} ")]
     assert len(kata_markers) == 2 * len(report["spans"]) and report["num_tokens"] > 50
-    take_markers = [m for m in scene.timeline_markers if m.name.startswith(f"SafeMotion audit {take.action_name[:24]}")]
-    assert len(take_markers) % 2 == 0  # the take's own audit markers stay beside the kata's
+    take_report = json.loads(bpy.data.actions[take.action_name][addon_module("ops_motion").AUDIT_PROPERTY])
+    take_markers = [m for m in scene.timeline_markers
+                    if m.name.startswith(f"SafeMotion audit {take.action_name[:24]} ")]
+    assert len(take_markers) == 2 * len(take_report["spans"])  # the take's own audit markers stay beside the kata's
 
     out = tmp_path / "report.csv"
     assert bpy.ops.safemotion.export_safety_report(filepath=str(out)) == {"FINISHED"}

@@ -56,6 +56,11 @@ def test_official_size_keys_and_shapes_match_the_spec(shared_dir: Path) -> None:
     assert (model.end_id, model.pad_id, model.mask_id) == (512, 513, 514)
 
 
+def test_int8_is_refused_rather_than_ignored() -> None:
+    with pytest.raises(ValueError, match="int8 is not available for BAMM"):
+        tiny_transformer().quantize_int8()
+
+
 def test_hybrid_mask_is_the_documented_formula() -> None:
     model = tiny_transformer()
     pad = model.pad_id

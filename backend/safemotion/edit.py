@@ -481,7 +481,14 @@ class Editor:
         w0, w1 = plan.window
         count = w1 - w0
         seeds = [seed + k for k in range(variations)]
-        cond = generator.encode_prompts([prompt]).expand(variations, -1)
+        features = generator.encode_prompts([prompt])
+        screens = self.safe.screens
+        prompt_score = None if screens is None else float(screens.prompt_scores_of_features(features)[0])
+        if screens is not None and policy == "block":
+            early = screens.before_generation(prompt_score)
+            if early.flagged:  # refused without editing, as a generation is
+                return self.safe.refused(prompt, seed, variations, early)
+        cond = features.expand(variations, -1)
         kept = torch.from_numpy(np.repeat(plan.tokens[None, w0:w1], variations, axis=0))
         keep = torch.from_numpy(np.repeat(plan.keep[None, w0:w1], variations, axis=0))
         ids, _ = generator.sample_tokens(cond, torch.full((variations,), count),
@@ -506,4 +513,4 @@ class Editor:
                 features=extract_features(np.concatenate([out, out[-1:]]).astype(np.float64)), joints=out,
                 smpl=joints_to_smpl(out, fps=self.fps) if smpl else None, length_from="request",
                 sampling=generator.sampling))
-        return self.safe.review(motions, policy, edit=True)
+        return self.safe.review(motions, policy, prompt_score, edit=True)

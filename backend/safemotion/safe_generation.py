@@ -92,7 +92,7 @@ class SafeGenerator:
             if self.screens is not None and name == "block":
                 early = self.screens.before_generation(float(prompt_scores[i]))
                 if early.flagged:
-                    results[i] = self._refused(requests[i], early)
+                    results[i] = self.refused(requests[i].prompt, requests[i].seed, requests[i].variations, early)
                     continue
             groups.setdefault(name == "allow" and self.original is not None, []).append(i)
         for use_original, indices in groups.items():
@@ -106,15 +106,12 @@ class SafeGenerator:
                 results[i] = self.review(own, policies[i], prompt_scores[i])
         return results
 
-    def review(self, motions: list[GeneratedMotion], policy: str, prompt_score: float | None = None,
+    def review(self, motions: list[GeneratedMotion], policy: str, prompt_score: float | None,
                edit: bool = False) -> list[Generated]:
         """The safety review of generated or edited (`edit`) motions of one prompt under `policy`: every motion with
-        its record (all signals of a screened model; the prompt is scored here unless `prompt_score` is given)."""
+        its record (all signals of a screened model, whose `prompt_score` the caller has computed)."""
         scores = {}
         if self.screens is not None and motions:
-            if prompt_score is None:
-                encoded = self.generator.encode_prompts([motions[0].prompt])
-                prompt_score = float(self.screens.prompt_scores_of_features(encoded)[0])
             scores = {"screens": self.screens, "prompt_scores": [prompt_score] * len(motions),
                       "motion_scores": self.screens.motion_scores([m.joints for m in motions])}
         records = review(self.generator.models, [m.base_tokens for m in motions], policy, edit=edit, **scores)
@@ -126,9 +123,10 @@ class SafeGenerator:
         check_policy(policy)
         return self.original if policy == "allow" and self.original is not None else self.generator
 
-    def _refused(self, request: GenerationRequest, early: Decision) -> list[Generated]:
+    def refused(self, prompt: str, seed: int, variations: int, early: Decision) -> list[Generated]:
+        """The variations of a prompt the screen refused before generating (no motion, a record saying why)."""
         config = self.generator.models.config
         record = unlearning_record(config)
         threshold = safety_settings(config).threshold
         return [Generated(None, refused_before_generation(early, record.concept, threshold, config.unit_length),
-                          request.prompt, request.seed + k, k) for k in range(request.variations)]
+                          prompt, seed + k, k) for k in range(variations)]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from safemotion.edit import Editor, SourceMotion, source_from_features, token_regions
-from safemotion.eval.adherence import UP, CheckResult, J, horizontal
+from safemotion.eval.adherence import UP, CheckResult, J, speed
 from safemotion.generate import GenerationRequest
 
 WALK = "a person walks forward"
@@ -78,12 +78,6 @@ def pelvis_lift(joints: np.ndarray, start: int, end: int) -> float:
     return float(joints[start:end, J["pelvis"], UP].max() - joints[0, J["pelvis"], UP])
 
 
-def pelvis_speed(joints: np.ndarray, fps: float) -> float:
-    """Mean horizontal pelvis speed (path length over duration), m/s."""
-    steps = np.diff(horizontal(joints[:, J["pelvis"]]), axis=0)
-    return float(np.linalg.norm(steps, axis=-1).sum() * fps / max(len(joints) - 1, 1))
-
-
 @dataclass
 class EditSuite:
     """Results of the edit checks, and the seam jumps (seam_jumps) and seam-window jumps (window_jumps) measured on
@@ -119,7 +113,7 @@ def run_edit_suite(editor: Editor, seeds=range(10), bound: float | None = None) 
         (r0, r1), = [(t0 * unit, t1 * unit) for t0, t1 in token_regions([(f0, f1)], frames // unit, unit,
                                                                          editor.settings.margin_tokens)]
         lift = pelvis_lift(joints, f0, f1)
-        outside = min(pelvis_speed(joints[:r0 - blend], fps), pelvis_speed(joints[r1 + blend:], fps))
+        outside = min(speed(joints[:r0 - blend], fps), speed(joints[r1 + blend:], fps))
         jump.passed.append(lift >= MIN_JUMP_M and outside >= MIN_WALK_SPEED_MPS)
         jump.measured.append({"pelvis_lift_m": lift, "walk_speed_outside_mps": outside})
         worst = _record(suite, "edit", joints, (r0, r1), blend)

@@ -68,9 +68,8 @@ def skating_ratio(joints: np.ndarray, fps: float) -> float:
 
 def contact_ratio(joints: np.ndarray, fps: float) -> float:
     """Share of steps a toe is planted (below CONTACT_HEIGHT_M, slower than CONTACT_SPEED_MPS), mean of both feet."""
-    toes = joints[:, TOES]
-    speeds = np.linalg.norm(np.diff(toes[..., [0, 2]], axis=0), axis=-1) * fps
-    planted = (toes[:-1, :, 1] < CONTACT_HEIGHT_M) & (speeds < CONTACT_SPEED_MPS)
+    speeds, _ = _toe_steps(joints, fps)
+    planted = (joints[:-1, TOES, 1] < CONTACT_HEIGHT_M) & (speeds < CONTACT_SPEED_MPS)
     return float(planted.mean())
 
 

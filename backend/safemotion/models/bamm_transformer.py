@@ -41,6 +41,11 @@ class BammTransformer(TextConditionedTransformer):
         allowed = is_cond.unsqueeze(1) | (~is_cond.unsqueeze(2) & causal)
         return (~allowed).repeat_interleave(self.config.num_heads, dim=0)
 
+    def quantize_int8(self) -> None:
+        """Refused: this forward passes BAMM's attention mask straight to the encoder, which the int8 path cannot."""
+        raise ValueError("int8 is not available for BAMM models (their hybrid attention mask runs in fp32 or bf16); "
+                         "use --precision fp32 or bf16")
+
     def trans_forward(self, ids: Tensor, cond: Tensor, cond_idx: Tensor | None = None,
                       force_mask: bool = False) -> Tensor:
         """ids (B, n), cond (B, text_dim), cond_idx (B, n) or None → logits (B, num_tokens + 1, n + 1)."""

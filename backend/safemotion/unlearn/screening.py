@@ -34,10 +34,7 @@ class Screens:
     prompt: PromptScreen
     motion: MotionJudge
     settings: SafetySettings
-
-    @property
-    def combiner(self) -> Combiner:
-        return Combiner.from_dict(self.settings.combiner)
+    combiner: Combiner  # parsed once from settings.combiner
 
     def prompt_scores(self, encoder: TextEncoder, prompts: Sequence[str]) -> np.ndarray:
         """P(concept) of each request text."""
@@ -91,4 +88,4 @@ def load_screens(model_dir: str | Path, config: ModelConfig, require_calibration
         if concept is not None and screen.concept != concept:
             raise ScreeningError(f"{model_dir}: the {name} was trained for {screen.concept!r}, the model unlearned "
                                  f"{concept!r}; retrain it with `safemotion unlearn screens`")
-    return Screens(prompt, motion, settings)
+    return Screens(prompt, motion, settings, Combiner.from_dict(settings.combiner))
