@@ -24,7 +24,7 @@ import numpy as np
 
 from safemotion.generate import GenerationRequest, Generator
 from safemotion.models.model_dir import MotionModels
-from safemotion.unlearn.flagging import hit_token_indices, review
+from safemotion.unlearn.flagging import hit_ratio, review
 from safemotion.unlearn.record import removed_base_codes
 from safemotion.unlearn.screening import Screens
 
@@ -103,10 +103,7 @@ def prompt_set_scores(generator: Generator, reviewer: MotionModels, prompts: Seq
     rows = []
     for i, prompt in enumerate(prompts):
         mine = motions[i * variations:(i + 1) * variations]
-        ratios = []
-        for m in mine:
-            ids = m.base_tokens[m.base_tokens >= 0]
-            ratios.append(len(hit_token_indices(ids, removed)) / len(ids) if len(ids) else 0.0)
+        ratios = [hit_ratio(m.base_tokens, removed) for m in mine]
         rows.append(PromptScores(prompt, [m.seed for m in mine], ratios,
                                  None if screens is None else float(prompt_scores[i]),
                                  None if screens is None else screens.motion_scores([m.joints for m in mine]).tolist(),

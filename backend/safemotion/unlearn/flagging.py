@@ -82,6 +82,12 @@ def hit_token_indices(base_tokens: np.ndarray | Sequence[int], removed_codes: It
     return np.flatnonzero(np.isin(ids, np.fromiter(removed_codes, dtype=np.int64)) & (ids >= 0))
 
 
+def hit_ratio(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int]) -> float:
+    """Share of a motion's valid (≥ 0) base tokens whose id is a removed code (0 without valid tokens)."""
+    valid = int((np.asarray(base_tokens) >= 0).sum())
+    return len(hit_token_indices(base_tokens, removed_codes)) / valid if valid else 0.0
+
+
 def merge_spans(token_indices: Iterable[int], unit_length: int) -> list[tuple[int, int]]:
     """Frame spans [t·u, (t+1)·u) of the given tokens, sorted, adjacent or overlapping ones merged."""
     if unit_length < 1:
@@ -107,7 +113,7 @@ def assess(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int]
     ids = np.asarray(base_tokens, dtype=np.int64).reshape(-1)
     num_tokens = int((ids >= 0).sum())
     hits = hit_token_indices(ids, removed_codes)
-    ratio = len(hits) / num_tokens if num_tokens else 0.0
+    ratio = hit_ratio(ids, removed_codes)
     if screening is None:
         flagged = num_tokens > 0 and ratio >= threshold
         decision, reason = _decide(policy, flagged, ratio, len(hits), num_tokens, threshold, concept)
@@ -175,10 +181,8 @@ def review(models: MotionModels, base_tokens: Sequence[np.ndarray], policy: str 
         if screens is not None:
             if prompt_scores is None or motion_scores is None:
                 raise ValueError("a screened model needs each motion's prompt and motion score")
-            ids = np.asarray(tokens).reshape(-1)
-            valid = ids[ids >= 0]
-            ratio = len(hit_token_indices(valid, removed)) / len(valid) if len(valid) else 0.0
-            screening = screens.decide(ratio, safety.threshold, float(prompt_scores[i]), float(motion_scores[i]))
+            screening = screens.decide(hit_ratio(tokens, removed), safety.threshold, float(prompt_scores[i]),
+                                       float(motion_scores[i]))
             if edit:
                 screening = with_code_hits_deciding(screening)
         records.append(assess(tokens, removed, models.config.unit_length, safety.threshold, policy, record.concept,
