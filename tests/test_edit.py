@@ -130,6 +130,16 @@ def test_extend_after_and_before_keeps_the_take(editor, walk):
         assert np.linalg.norm(pelvis[seam] - pelvis[seam - 1]) < 0.1  # no root teleport at the seam
 
 
+def test_an_extension_follows_its_prompt_not_the_take(editor, walk):
+    # with the whole 6 s walk as context the new 2 s kept walking (0/10 seeds raised both hands); with the take's
+    # last 8 tokens it does what it is asked
+    from safemotion.eval.adherence import UP, J
+    results = editor.extend(walk, 2.0, "a person raises both hands", seed=0, variations=3, smpl=False)
+    for result in results:
+        last = result.motion.joints[-20:, :, UP]
+        assert min(last[:, J["left_wrist"]].max(), last[:, J["right_wrist"]].max()) > last[:, J["head"]].max()
+
+
 def test_inbetween_keeps_a_and_moves_b_rigidly(editor, walk):
     wave = editor.safe.generator.generate([GenerationRequest("a person waves", 3.0, seed=1)], smpl=False)[0]
     b = source_from_features(wave.features, wave.fps, "wave")
@@ -274,6 +284,19 @@ def test_a_take_decoded_with_allow_stays_flagged_after_an_edit(lcr_editor):
     kept_hits = [t for t in edited.safety.hit_tokens if t < 24]
     assert kept_hits, "hits on tokens kept from the source count"
     assert lcr_editor.edit(source, [(100, 116)], "a person walks forward", policy="block", smpl=False)[0].blocked
+
+
+# A take known only by its joints (the server's and add-on's edits, a .bvh) is re-encoded through extract_features,
+# which retargets it to the reference skeleton and puts its lowest joint on the floor: for the mini model's slashes
+# that keeps 27 of the 106 removed-code hits of 4 takes (84 through their own features), and 3 of 4 allow-decoded
+# takes pass unflagged after frames 100-116 are regenerated. Not solved yet: encoding the joints as they stand (no
+# retarget) keeps 65 hits but gives 4 benign jumps 28 hits (their own ids have 2).
+@pytest.mark.xfail(strict=True, reason="joints re-encode to too few of a generated take's removed codes")
+def test_a_take_decoded_with_allow_stays_flagged_after_an_edit_of_its_joints(lcr_editor):
+    violent = lcr_editor.safe.generate([GenerationRequest(VIOLENT, 6.0, seed=0)], policy="allow", smpl=False)[0][0]
+    assert violent.safety.flagged
+    source = source_from_joints(violent.motion.joints, 20.0, "violent")
+    assert lcr_editor.edit(source, [(100, 116)], "a person walks forward", smpl=False)[0].safety.flagged
 
 
 # ---------------------------------------------------------------------------------------------- server

@@ -12,6 +12,8 @@ Its last T mod 4 frames (less than one token) are dropped. Each span becomes a t
 whole tokens; the base ids inside are masked and decoded by the masked transformer with every other id visible and
 classifier-free guidance on the prompt (MoMask's temporal inpainting), the residual layers of those tokens are
 regenerated with the kept layers as history, and the tokens are decoded (under `allow` with the original codebooks).
+An extension shows the transformer only the take's last (or first) EditSettings.extend_context_tokens tokens: with the
+whole take visible it continues the take and ignores the prompt.
 
 Assembly in joint space: the decoded frames get the source's bone lengths (each bone keeps its direction), and are placed in the source's world by a
 yaw-and-translation fit over the blend window on each side of a region (interpolated across the region when both
@@ -61,6 +63,10 @@ class EditSettings:
 
     margin_tokens: int = 1  # whole tokens added on each side of a span
     blend_frames: int = 8  # kept frames on each side of a region that are cross-faded into the edit
+    # Kept tokens an extension sees next to its new part. With the whole take visible (30 walk tokens beside 10 new
+    # ones) the masked transformer continues the take and ignores the prompt ("raises both hands": 0/10 seeds with
+    # both wrists over the head; 8 tokens: 10/10), so an extension gets the take's last (first) 1.6 s as context.
+    extend_context_tokens: int = 8
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range setting."""
@@ -68,6 +74,8 @@ class EditSettings:
             raise ValueError(f"margin_tokens is {self.margin_tokens}; allowed range is 0-8")
         if not 1 <= self.blend_frames <= 32:
             raise ValueError(f"blend_frames is {self.blend_frames}; allowed range is 1-32")
+        if not 1 <= self.extend_context_tokens <= 48:
+            raise ValueError(f"extend_context_tokens is {self.extend_context_tokens}; allowed range is 1-48")
 
 
 @dataclass(frozen=True)
@@ -393,15 +401,18 @@ class Editor:
         self._check_source_fps(source)
         tokens = self._encode(source)
         n, k = len(tokens), self._new_tokens(seconds)
+        # context: enough kept frames for the blend window, at most what the model decodes at once
+        context = min(max(self.settings.extend_context_tokens, -(-self.settings.blend_frames // self.unit)), n,
+                      self.max_tokens - k)
         frames = source.joints[:n * self.unit]
         empty = np.zeros((k * self.unit, NUM_JOINTS, 3), dtype=frames.dtype)
         filler = np.full((k, tokens.shape[1]), -1, dtype=tokens.dtype)
         if at == "end":
             plan = _Plan(np.concatenate([tokens, filler]), np.arange(n + k) < n, np.concatenate([frames, empty]),
-                         (max(n + k - self.max_tokens, 0), n + k), [(n, n + k)], self._lengths(source.joints))
+                         (n - context, n + k), [(n, n + k)], self._lengths(source.joints))
         else:
             plan = _Plan(np.concatenate([filler, tokens]), np.arange(n + k) >= k, np.concatenate([empty, frames]),
-                         (0, min(n + k, self.max_tokens)), [(0, k)], self._lengths(source.joints))
+                         (0, k + context), [(0, k)], self._lengths(source.joints))
         return self._run(plan, prompt, seed, variations, policy, smpl)
 
     def inbetween(self, a: SourceMotion, b: SourceMotion, seconds: float, prompt: str, seed: int = 0,
