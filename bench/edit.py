@@ -83,7 +83,9 @@ def table(rows: list[dict], repeats: int, threads: int) -> str:
                      f"{row['others']:.0%} |")
     lines += ["", "An edit runs the same masked-decoding steps over its whole token window (the kept tokens are "
               "context, not skipped work) and adds the VQ encoding of the source, the placement and cross-fade of the "
-              "seams and the features of the result: it costs about what generating its length costs."]
+              "seams and the features of the result: it costs about what generating its length costs. An "
+              "extension's window is only its new tokens and the 8 kept tokens next to them (18 tokens here, not 40), "
+              "so it costs less than generating its whole length."]
     return "\n".join(lines) + "\n"
 
 
