@@ -6,7 +6,7 @@ alternating with its generation so both see the same load:
 - regenerate the middle 2 s (frames 40:80) of a 6 s walk        vs  generating 6 s
 - extend the 6 s walk by 2 s                                    vs  generating 8 s
 - in-between of the 6 s walk and a 3 s wave, 1.5 s transition   vs  generating 9.8 s (the model's longest: the
-  in-between's 10.4 s exceed it, and it decodes a window of 49 tokens)
+  in-between's 10.4 s exceed it; it decodes a window of 23 tokens, 8 of each take and the 7 new ones)
 
 Reported: median and p90 wall time over the runs, the edit/generation ratio of the medians, and the share of the
 CPUs other processes used meanwhile (the machine may be shared).
@@ -83,9 +83,9 @@ def table(rows: list[dict], repeats: int, threads: int) -> str:
                      f"{row['others']:.0%} |")
     lines += ["", "An edit runs the same masked-decoding steps over its whole token window (the kept tokens are "
               "context, not skipped work) and adds the VQ encoding of the source, the placement and cross-fade of the "
-              "seams and the features of the result: it costs about what generating its length costs. An "
-              "extension's window is only its new tokens and the 8 kept tokens next to them (18 tokens here, not 40), "
-              "so it costs less than generating its whole length."]
+              "seams and the features of the result: it costs about what generating its length costs. An extension's "
+              "or in-between's window is only its new tokens and 8 kept tokens on each side (18 and 23 tokens here), "
+              "so these cost less than generating their whole length."]
     return "\n".join(lines) + "\n"
 
 

@@ -12,8 +12,8 @@ Its last T mod 4 frames (less than one token) are dropped. Each span becomes a t
 whole tokens; the base ids inside are masked and decoded by the masked transformer with every other id visible and
 classifier-free guidance on the prompt (MoMask's temporal inpainting), the residual layers of those tokens are
 regenerated with the kept layers as history, and the tokens are decoded (under `allow` with the original codebooks).
-An extension shows the transformer only the take's last (or first) EditSettings.extend_context_tokens tokens: with the
-whole take visible it continues the take and ignores the prompt.
+An extension or in-between shows the transformer only EditSettings.context_tokens kept tokens next to its new part:
+with whole takes visible it continues them and ignores the prompt.
 
 Assembly in joint space: the decoded frames get the source's bone lengths (each bone keeps its direction), and are placed in the source's world by a
 yaw-and-translation fit over the blend window on each side of a region (interpolated across the region when both
@@ -63,10 +63,10 @@ class EditSettings:
 
     margin_tokens: int = 1  # whole tokens added on each side of a span
     blend_frames: int = 8  # kept frames on each side of a region that are cross-faded into the edit
-    # Kept tokens an extension sees next to its new part. With the whole take visible (30 walk tokens beside 10 new
-    # ones) the masked transformer continues the take and ignores the prompt ("raises both hands": 0/10 seeds with
-    # both wrists over the head; 8 tokens: 10/10), so an extension gets the take's last (first) 1.6 s as context.
-    extend_context_tokens: int = 8
+    # Kept tokens an extension or in-between sees on each side of its new part. With whole takes visible the masked
+    # transformer continues them and ignores the prompt ("raises both hands" after a 6 s walk: 0/10 seeds with both
+    # wrists over the head, between a walk and a wave: 1/10; with 8 tokens, 1.6 s: 10/10 and 8/10).
+    context_tokens: int = 8
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range setting."""
@@ -74,8 +74,8 @@ class EditSettings:
             raise ValueError(f"margin_tokens is {self.margin_tokens}; allowed range is 0-8")
         if not 1 <= self.blend_frames <= 32:
             raise ValueError(f"blend_frames is {self.blend_frames}; allowed range is 1-32")
-        if not 1 <= self.extend_context_tokens <= 48:
-            raise ValueError(f"extend_context_tokens is {self.extend_context_tokens}; allowed range is 1-48")
+        if not 1 <= self.context_tokens <= 48:
+            raise ValueError(f"context_tokens is {self.context_tokens}; allowed range is 1-48")
 
 
 @dataclass(frozen=True)
@@ -401,9 +401,7 @@ class Editor:
         self._check_source_fps(source)
         tokens = self._encode(source)
         n, k = len(tokens), self._new_tokens(seconds)
-        # context: enough kept frames for the blend window, at most what the model decodes at once
-        context = min(max(self.settings.extend_context_tokens, -(-self.settings.blend_frames // self.unit)), n,
-                      self.max_tokens - k)
+        context = min(self._context_tokens(), n, self.max_tokens - k)
         frames = source.joints[:n * self.unit]
         empty = np.zeros((k * self.unit, NUM_JOINTS, 3), dtype=frames.dtype)
         filler = np.full((k, tokens.shape[1]), -1, dtype=tokens.dtype)
@@ -426,9 +424,9 @@ class Editor:
         self._check_source_fps(b)
         first, second = self._encode(a), self._encode(b)
         na, nb, k = len(first), len(second), self._new_tokens(seconds)
-        context = self.max_tokens - k
-        ctx_a = min(na, max(context // 2, context - nb))
-        ctx_b = min(nb, context - ctx_a)
+        budget, context = self.max_tokens - k, self._context_tokens()
+        ctx_a = min(na, context, max(budget // 2, budget - nb))
+        ctx_b = min(nb, context, budget - ctx_a)
         filler = np.full((k, first.shape[1]), -1, dtype=first.dtype)
         joints = np.concatenate([a.joints[:na * self.unit], np.zeros((k * self.unit, NUM_JOINTS, 3), np.float32),
                                  b.joints[:nb * self.unit]])
@@ -480,6 +478,10 @@ class Editor:
                              "context; edit spans that far apart one at a time")
         start = min(max(first - context, 0), n - self.max_tokens)
         return start, start + self.max_tokens
+
+    def _context_tokens(self) -> int:
+        """Kept tokens shown beside an extension's or in-between's new part: the setting, or enough for the blend."""
+        return max(self.settings.context_tokens, -(-self.settings.blend_frames // self.unit))
 
     @staticmethod
     def _lengths(joints: np.ndarray) -> np.ndarray:
