@@ -62,15 +62,13 @@ def build(kind: str) -> bpy.types.Object:
 def measure(kind: str, pose, transl, rest, repeats: int) -> dict:
     """Timings (s per repeat) of the numpy baseline and of the full retarget, and correction steps per frame."""
     rig = build(kind)
-    mapping = armature.target_mapping(rig, "AUTO")
+    mapping = armature.fit_target(rig, "AUTO").mapping
     source = retarget.source_from_smpl(pose, transl, rest)
-    target = armature.read_target_rig(rig)
-    reference = retarget.reference_mapping(mapping, target.names)
-    followers = retarget.follower_bones(mapping, target.names)
+    fit = retarget.fit_rig(armature.read_target_rig(rig), mapping)
     numpy_times, full_times = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        retarget.retarget(source, target, mapping, reference=reference, followers=followers)
+        retarget.retarget(source, fit)
         numpy_times.append(time.perf_counter() - start)
     steps = []
     correct = retarget.correct_bases
@@ -83,7 +81,7 @@ def measure(kind: str, pose, transl, rest, repeats: int) -> dict:
     try:
         for _ in range(repeats):
             start = time.perf_counter()
-            action, _ = armature.retarget_onto(rig, pose, transl, rest, mapping=mapping)
+            action, _ = armature.retarget_onto(rig, pose, transl, rest, fit=armature.check_target(rig, mapping))
             full_times.append(time.perf_counter() - start)
             rig.animation_data.action = None
             bpy.data.actions.remove(action)

@@ -52,7 +52,7 @@ def register() -> None:
 def unregister() -> None:
     """Undo `register`: cancel generations in flight, stop the bundled server, remove everything registered."""
     ops_generate.cancel_all()
-    scene_guard.clear_busy()
+    scene_guard.clear()
     atexit.unregister(backend_process.stop_server)
     backend_process.stop_server()
     if ops_generate.cancel_on_load in bpy.app.handlers.load_pre:

@@ -202,31 +202,22 @@ def read_target_rig(armature_obj: bpy.types.Object) -> retarget.TargetRig:
     )
 
 
-def target_mapping(target_obj: bpy.types.Object, preset: str) -> dict[str, str]:
-    """Role -> bone mapping of the target armature for a preset name or "AUTO", checked on the rig itself before
-    anything is written (see `check_target`); ValueError when it cannot be mapped or does not fit."""
+def fit_target(target_obj: bpy.types.Object, preset: str) -> retarget.RigFit:
+    """The target armature's mapping for a preset name or "AUTO", checked on the rig itself before anything is
+    written (see `check_target`); ValueError when it cannot be mapped or does not fit."""
     names = [bone.name for bone in target_obj.data.bones]
     if preset == "AUTO":
         mapping = retarget.auto_mapping(names)[1]
     else:
         mapping = retarget.chosen_preset_mapping(preset, names)
-    check_target(target_obj, mapping)
-    return mapping
+    return check_target(target_obj, mapping)
 
 
-def check_target(target_obj: bpy.types.Object, mapping: Mapping[str, str]) -> None:
-    """Raise ValueError, changing nothing, when `mapping` cannot drive the armature: problems of the mapping, a rig
-    that does not stand along +Z or has its hips below its feet, or mapped bones that constraints hold still
-    whatever their keys say. `target_mapping` runs it, so callers that map first check before writing anything."""
-    names = [bone.name for bone in target_obj.data.bones]
-    retarget.validate_mapping(mapping, names)
-    rig = read_target_rig(target_obj)
-    reference = retarget.reference_mapping(mapping, names)
-    index = {name: b for b, name in enumerate(rig.names)}
-    heads = rig.rest[:, :3, 3] @ rig.world[:3, :3].T + rig.world[:3, 3]
-    shape_of = {role: index[reference.get(role, bone)] for role, bone in mapping.items()}
-    retarget.check_upright(heads, shape_of)
-    retarget.hip_height(heads, shape_of)
+def check_target(target_obj: bpy.types.Object, mapping: Mapping[str, str]) -> retarget.RigFit:
+    """The rig fit of `mapping` on the armature, checked once for a whole retarget (pass it to `retarget_onto`);
+    ValueError, changing nothing, for problems of the mapping, a rig that does not stand along +Z or has its hips
+    below its feet (`retarget.fit_rig`), or mapped bones that constraints hold still whatever their keys say."""
+    fit = retarget.fit_rig(read_target_rig(target_obj), mapping)
     frozen = _frozen_bones(target_obj, list(mapping.values()))
     if frozen:
         roles = {bone: role for role, bone in mapping.items()}
@@ -236,6 +227,7 @@ def check_target(target_obj: bpy.types.Object, mapping: Mapping[str, str]) -> No
             f"constraints or drivers hold them ({listed}); this bone mapping does not fit the rig. Map the rig's "
             "animation controls instead (for a generated Rigify rig: the 'Rigify (FK controls)' preset)"
         )
+    return fit
 
 
 PROBE_DEGREES = 30.0  # test turn of each mapped bone in `_frozen_bones`
@@ -387,25 +379,23 @@ def retarget_onto(
     pose: np.ndarray,
     transl: np.ndarray,
     rest_joints_yup: np.ndarray,
-    mapping: Mapping[str, str] | None = None,
+    fit: retarget.RigFit | None = None,
     options: retarget.RetargetOptions = retarget.RetargetOptions(),
     fps: float = 20.0,
     action_name: str = "SafeMotion retarget",
     frame_start: float = 1.0,
 ) -> tuple[bpy.types.Action, retarget.RetargetResult]:
-    """Key an SMPL motion (backend axes) onto an armature; mapping None = auto-detected preset.
+    """Key an SMPL motion (backend axes) onto an armature, with the rig fit that `check_target` / `fit_target` made
+    of it (None: the auto-detected preset, checked now); the rig is not checked again.
 
     The mapped bones get rotation keys (in their rotation mode), the hips and root bone location keys, solved so
     that the evaluated rig follows the motion (`solve_evaluated`); Rigify's IK/FK switches are keyed to FK. Every
     check runs before the action is created: on ValueError nothing was added or changed.
     """
-    rig = read_target_rig(target_obj)
-    if mapping is None:
-        _, mapping = retarget.auto_mapping(rig.names)
-    check_target(target_obj, mapping)
+    if fit is None:
+        fit = fit_target(target_obj, "AUTO")
     source = retarget.source_from_smpl(pose, transl, rest_joints_yup, fps=fps)
-    result = retarget.retarget(source, rig, mapping, options, reference=retarget.reference_mapping(mapping, rig.names),
-                               followers=retarget.follower_bones(mapping, rig.names))
+    result = retarget.retarget(source, fit, options)
     switches = limb_switches(target_obj)
     rotations, locations = solve_evaluated(target_obj, result, switches)
     result = retarget.RetargetResult(rotations=rotations, locations=locations, scale=result.scale,

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,10 +133,13 @@ class BundledServer:
         except requests.RequestException:
             return False
 
-    def wait_ready(self, timeout: float) -> None:
-        """Block until /v1/health answers; BackendError on exit or after `timeout` seconds (the server is stopped)."""
+    def wait_ready(self, timeout: float, cancelled: threading.Event | None = None) -> None:
+        """Block until /v1/health answers; BackendError on exit, once `cancelled` is set, or after `timeout` seconds
+        (the server is then stopped)."""
         deadline = time.monotonic() + timeout
         while not self.poll_ready():
+            if cancelled is not None and cancelled.is_set():
+                raise BackendError("Cancelled while the bundled SafeMotion server was starting")
             if time.monotonic() > deadline:
                 self.stop()
                 raise BackendError(f"The bundled SafeMotion server did not become ready within {timeout:g} s "
@@ -166,6 +170,9 @@ class BundledServer:
 # ---------------------------------------------------------------------------------------------- the add-on's server
 
 _server: BundledServer | None = None
+# Starting and stopping are serialised: a generation starts the server from its request thread, and a start that
+# waited for a stop (add-on disabled) sees its generation cancelled and starts nothing.
+_lock = threading.Lock()
 
 
 def current() -> BundledServer | None:
@@ -173,20 +180,29 @@ def current() -> BundledServer | None:
     return _server
 
 
-def ensure_started(config: ServerConfig) -> BundledServer:
-    """The running server for `config`, started now when there is none or its settings changed (no waiting)."""
+def ensure_started(config: ServerConfig, cancelled: threading.Event | None = None) -> BundledServer:
+    """The running server for `config`, started now when there is none or its settings changed (no waiting);
+    BackendError instead of a start once `cancelled` is set."""
     global _server
-    if _server is not None and _server.running and _server.config == config:
-        return _server
-    stop_server()
-    server = BundledServer(config)
-    server.start()
-    _server = server
-    return server
+    with _lock:
+        if cancelled is not None and cancelled.is_set():
+            raise BackendError("Cancelled before the bundled SafeMotion server was started")
+        if _server is not None and _server.running and _server.config == config:
+            return _server
+        _stop_locked()
+        server = BundledServer(config)
+        server.start()
+        _server = server
+        return server
 
 
 def stop_server() -> None:
     """Stop the bundled server, if one is running (called on unregister and at exit)."""
+    with _lock:
+        _stop_locked()
+
+
+def _stop_locked() -> None:
     global _server
     if _server is not None:
         _server.stop()

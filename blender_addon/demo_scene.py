@@ -85,7 +85,7 @@ def run_demo(request: DemoRequest) -> dict:
     smpl_rig = take.armature
     first, last = (round(f) for f in rig.animation_data.action.frame_range)
     frames = list(range(first, last + 1))
-    mapping = armature.target_mapping(rig, scene.safemotion.bone_preset)
+    mapping = armature.fit_target(rig, scene.safemotion.bone_preset).mapping
     errors, body_points, pelvis = _measure(scene, smpl_rig, rig, body, mapping, frames)
 
     _stage(scene, body, body_points, frames, request)

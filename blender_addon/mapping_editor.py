@@ -1,10 +1,11 @@
 """The bone-mapping editor (sidebar ▸ SafeMotion ▸ Bone Mapping): which bone of a rig each SMPL joint drives.
 
 One row per SMPL-22 joint (and the optional ground `root`) with a search field over the rig's bones; Fill from a preset
-or the auto-mapper; the problems (bones that are not in the rig, bones used twice, joints left unmapped) are listed
-live; Use Mapping stores the mapping with the rig (custom property `safemotion_bone_mapping` on its armature data, as
-JSON role -> bone), where Generate, Batch, Retarget and Audit find it again: with the panel's mapping on Auto-detect, a
-rig's stored mapping wins over name detection. Mappings are saved and loaded as JSON presets in the user's folder
+or the auto-mapper (`retarget.fill_mapping`); the problems (bones that are not in the rig, bones used twice, joints left
+unmapped: `retarget.mapping_problems`, `retarget.missing_roles`) are listed live; Use Mapping stores the mapping with
+the rig (custom property `safemotion_bone_mapping` on its armature data, as JSON role -> bone), where Generate, Batch,
+Retarget and Audit find it again (`rig_fit`): with the panel's mapping on Auto-detect, a rig's stored mapping wins
+over name detection. Mappings are saved and loaded as JSON presets in the user's folder
 (the extension's user folder, `bone_mappings/`; Blender's user scripts presets folder when not installed as an
 extension), written with `retarget.save_mapping`.
 
@@ -23,36 +24,15 @@ from bpy.props import CollectionProperty, EnumProperty, PointerProperty, StringP
 from . import armature, retarget, scene_guard
 from .preferences import ADDON_PACKAGE
 from .properties import is_armature, preset_items
-from .smpl_math import JOINT_NAMES
 
 MAPPING_PROPERTY = "safemotion_bone_mapping"  # on the armature data: the rig's mapping as JSON role -> bone
-EDITOR_ROLES: tuple[str, ...] = JOINT_NAMES[:22] + (retarget.ROOT,)  # the joints HumanML3D models move, + ground root
-REQUIRED_ROLES: tuple[str, ...] = JOINT_NAMES[:22]
+EDITOR_ROLES: tuple[str, ...] = retarget.BODY_ROLES + (retarget.ROOT,)  # the joints HumanML3D models move + root
 PRESETS_FOLDER = "bone_mappings"
 PRESET_SUFFIX = ".json"
 _PRESET_NAME = re.compile(r"^[\w][\w .()+-]{0,62}$")
 
 
 # --- the mapping of a rig -----------------------------------------------------------------------------------------
-
-
-def mapping_problems(mapping: dict[str, str], bone_names: list[str]) -> tuple[list[str], list[str]]:
-    """(errors, unmapped joints) of a mapping on these bones: errors name bones not in the rig and bones used twice."""
-    names = set(bone_names)
-    errors = [f"unknown joint {role!r}" for role in mapping if role not in retarget.ROLES]
-    absent = [f"{bone!r} ({role})" for role, bone in mapping.items() if role in retarget.ROLES and bone not in names]
-    if absent:
-        more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
-        errors.append(f"the rig has no bone{'s' if len(absent) > 1 else ''} {', '.join(absent[:3])}{more}")
-    roles_of: dict[str, list[str]] = {}
-    for role, bone in mapping.items():
-        roles_of.setdefault(bone, []).append(role)
-    for bone, roles in roles_of.items():
-        if len(roles) > 1:
-            errors.append(f"bone {bone!r} is chosen for {len(roles)} joints ({', '.join(roles)}): pick one")
-    if "pelvis" not in mapping:
-        errors.append("no bone for 'pelvis' (the hips): every mapping needs one")
-    return errors, [role for role in REQUIRED_ROLES if role not in mapping]
 
 
 def stored_mapping(obj: bpy.types.Object) -> dict[str, str] | None:
@@ -68,7 +48,7 @@ def stored_mapping(obj: bpy.types.Object) -> dict[str, str] | None:
     if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
         raise ValueError(f"the bone mapping stored with {obj.name!r} is not a joint -> bone table: map its bones "
                          "again in the Bone Mapping editor")
-    errors, _ = mapping_problems(mapping, [bone.name for bone in obj.data.bones])
+    errors = retarget.mapping_problems(mapping, [bone.name for bone in obj.data.bones])
     if errors:
         raise ValueError(f"the bone mapping stored with {obj.name!r} no longer fits its bones ({'; '.join(errors)}): "
                          "fix it in the Bone Mapping editor")
@@ -77,21 +57,18 @@ def stored_mapping(obj: bpy.types.Object) -> dict[str, str] | None:
 
 def store_mapping(obj: bpy.types.Object, mapping: dict[str, str]) -> None:
     """Store a mapping with the rig (after checking it: ValueError naming every problem, nothing stored)."""
-    errors, _ = mapping_problems(mapping, [bone.name for bone in obj.data.bones])
+    errors = retarget.mapping_problems(mapping, [bone.name for bone in obj.data.bones])
     if errors:
         raise ValueError(f"bone mapping of {obj.name!r}: " + "; ".join(errors))
     obj.data[MAPPING_PROPERTY] = json.dumps({role: mapping[role] for role in retarget.ROLES if role in mapping})
 
 
-def rig_mapping(obj: bpy.types.Object, preset: str) -> dict[str, str]:
-    """The role -> bone mapping to drive `obj` with: its stored mapping when `preset` is AUTO and it has one, else the
-    preset or the auto-detected preset (ValueError when the rig cannot be mapped)."""
-    if preset == "AUTO":
-        mapping = stored_mapping(obj)
-        if mapping is not None:
-            return mapping
+def rig_fit(obj: bpy.types.Object, preset: str) -> retarget.RigFit:
+    """The checked mapping to drive `obj` with (`armature.check_target`): its stored mapping when `preset` is AUTO and
+    it has one, else the preset or the auto-detected preset (ValueError when the rig cannot be mapped)."""
     try:
-        return armature.target_mapping(obj, preset)
+        mapping = stored_mapping(obj) if preset == "AUTO" else None
+        return armature.fit_target(obj, preset) if mapping is None else armature.check_target(obj, mapping)
     except ValueError as err:
         raise ValueError(f"{err} (open SafeMotion ▸ Bone Mapping to map the bones of {obj.name!r})") from None
 
@@ -142,12 +119,12 @@ class SafeMotionBoneSlot(bpy.types.PropertyGroup):
 
 
 def _load_rig(editor: SafeMotionMappingEditor, _context) -> None:
-    """Rig changed: fill the rows from its stored mapping, else from the auto-detected preset, else empty."""
+    """Rig changed: fill the rows from its stored mapping, else from the auto-mapper (what it recognises)."""
     rig = editor.rig
     mapping: dict[str, str] = {}
     if rig is not None:
         try:
-            mapping = stored_mapping(rig) or retarget.auto_mapping([b.name for b in rig.data.bones])[1]
+            mapping = stored_mapping(rig) or retarget.fill_mapping("AUTO", [b.name for b in rig.data.bones])
         except ValueError:
             mapping = {}
     fill_slots(editor, mapping)
@@ -216,16 +193,12 @@ class SAFEMOTION_OT_mapping_fill(_EditorOperator, bpy.types.Operator):
 
     def execute(self, context):
         editor = context.scene.safemotion_mapping
-        names = [bone.name for bone in editor.rig.data.bones]
-        try:
-            mapping = (retarget.auto_mapping(names)[1] if self.source == "AUTO"
-                       else retarget.preset_mapping(self.source, names))
-        except ValueError as err:
-            self.report({"ERROR"}, f"{err}: choose each joint's bone in the rows below")
-            return {"CANCELLED"}
+        mapping = retarget.fill_mapping(self.source, [bone.name for bone in editor.rig.data.bones])
         if not mapping:
-            self.report({"ERROR"}, f"no bone of {editor.rig.name!r} has a {self.source} name: choose each joint's "
-                                   "bone in the rows below")
+            known = ("no retarget preset matches and the name matcher knows none" if self.source == "AUTO"
+                     else f"none has a {self.source} name")
+            self.report({"ERROR"}, f"of the bones of {editor.rig.name!r}, {known}: choose each joint's bone in the "
+                                   "rows below")
             return {"CANCELLED"}
         fill_slots(editor, mapping)
         self.report({"INFO"}, f"{len(mapping)} joints mapped from {self.source}")
@@ -246,7 +219,7 @@ class SAFEMOTION_OT_mapping_use(_EditorOperator, bpy.types.Operator):
         except ValueError as err:
             self.report({"ERROR"}, f"{err}; nothing was stored")
             return {"CANCELLED"}
-        _, missing = mapping_problems(mapping, [bone.name for bone in editor.rig.data.bones])
+        missing = retarget.missing_roles(mapping)
         editor.needed = ""
         note = f" ({len(missing)} joints unmapped: {', '.join(missing)}; they stay at rest)" if missing else ""
         self.report({"WARNING"} if missing else {"INFO"},
@@ -295,7 +268,7 @@ class SAFEMOTION_OT_mapping_load_preset(_EditorOperator, bpy.types.Operator):
             if not path.is_file():
                 raise ValueError(f"there is no preset {name!r} in {path.parent}")
             mapping = retarget.load_mapping(path)
-            errors, _ = mapping_problems(mapping, [bone.name for bone in editor.rig.data.bones])
+            errors = retarget.mapping_problems(mapping, [bone.name for bone in editor.rig.data.bones])
             if errors:
                 raise ValueError(f"it does not fit {editor.rig.name!r}: " + "; ".join(errors))
         except (ValueError, OSError) as err:
@@ -359,9 +332,10 @@ def draw_mapping_editor(layout, context) -> None:
     row = layout.row(align=True)
     row.prop(editor, "preset_name", text="")
     row.operator(SAFEMOTION_OT_mapping_save_preset.bl_idname, text="", icon="EXPORT")
-    errors, missing = mapping_problems(editor_mapping(editor), [bone.name for bone in rig.data.bones])
-    for error in errors:
+    mapping = editor_mapping(editor)
+    for error in retarget.mapping_problems(mapping, [bone.name for bone in rig.data.bones]):
         layout.label(text=error, icon="ERROR")
+    missing = retarget.missing_roles(mapping)
     if missing:
         layout.label(text=f"Unmapped (stay at rest): {', '.join(missing)}", icon="INFO")
     column = layout.column(align=True)

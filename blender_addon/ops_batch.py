@@ -26,7 +26,7 @@ import bpy
 from bpy.app.handlers import persistent
 from bpy.props import CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from . import armature, batch_prompts, mapping_editor, safety, scene_guard, smpl_math
+from . import armature, batch_prompts, mapping_editor, retarget, safety, scene_guard, smpl_math
 from .client import BackendClient, BackendError, decode_array
 from .preferences import client_from_preferences
 from .properties import is_armature
@@ -126,7 +126,7 @@ def start_batch(scene: bpy.types.Scene, prompts: list[batch_prompts.BatchPrompt]
     settings = scene.safemotion
     batch = scene.safemotion_batch
     if settings.target_armature is not None:
-        mapping_editor.rig_mapping(settings.target_armature, settings.bone_preset)
+        mapping_editor.rig_fit(settings.target_armature, settings.bone_preset)
     seed = random.randrange(batch_prompts.MAX_SEED + 1) if settings.random_seed else settings.seed
     batch.items.clear()
     batch.active_item = 0
@@ -181,6 +181,7 @@ class BatchRunner:
         self._motions: dict[tuple[str, int], dict] = {}  # fetched, not yet applied: (job, index) -> motion
         self._models: dict[str, str] = {}  # job -> model name (for the flagged list)
         self.warnings: list[str] = []  # flagged prompts, to report
+        self._fit: retarget.RigFit | None = None  # the target checked once for every prompt this run applies
 
     @property
     def batch(self) -> SafeMotionBatch:
@@ -252,7 +253,10 @@ class BatchRunner:
             motion = self._motions.pop((item.job_id, item.job_index), None) if item.state == "QUEUED" else None
             if motion is None:
                 continue
-            warning = apply_motion(self.scene, item, motion, self._models.get(item.job_id, ""), self.client.base_url)
+            if self.batch.target is not None and self._fit is None:
+                self._fit = mapping_editor.rig_fit(self.batch.target, self.batch.bone_preset)
+            warning = apply_motion(self.scene, item, motion, self._models.get(item.job_id, ""), self.client.base_url,
+                                   self._fit)
             if warning:
                 self.warnings.append(warning)
             applied += 1
@@ -303,18 +307,19 @@ def cancel_batch(batch: SafeMotionBatch, client: BackendClient | None) -> int:
 
 
 def apply_motion(scene: bpy.types.Scene, item: SafeMotionBatchItem, motion: dict, model: str,
-                 server: str = "") -> str | None:
+                 server: str = "", fit: retarget.RigFit | None = None) -> str | None:
     """Turn a finished prompt's motion into its named action, a strip in its place on the batch track (or mark it
-    blocked), recording the safety decision; everything it wrote is taken back when it fails.
+    blocked), recording the safety decision; everything it wrote is taken back when it fails. `fit` is the batch
+    target's checked mapping (`mapping_editor.rig_fit`; None: checked now).
 
     Returns the warning to report when the policy acted on the motion (sanitized, blocked or allowed).
     """
     with scene_guard.keep_file_on_failure():
-        return _apply_motion(scene, item, motion, model, server)
+        return _apply_motion(scene, item, motion, model, server, fit)
 
 
 def _apply_motion(scene: bpy.types.Scene, item: SafeMotionBatchItem, motion: dict, model: str,
-                  server: str) -> str | None:
+                  server: str, fit: retarget.RigFit | None) -> str | None:
     batch = scene.safemotion_batch
     record = motion.get("safety")
     item.message = ""
@@ -336,9 +341,9 @@ def _apply_motion(scene: bpy.types.Scene, item: SafeMotionBatchItem, motion: dic
     rest = decode_array(skeleton["rest_joints"], "skeleton.rest_joints")
     if batch.target is not None:
         obj = batch.target
-        mapping = mapping_editor.rig_mapping(obj, batch.bone_preset)
+        fit = fit or mapping_editor.rig_fit(obj, batch.bone_preset)
         previous = obj.animation_data.action if obj.animation_data else None
-        action, _ = armature.retarget_onto(obj, pose, transl, rest, mapping=mapping, fps=scene_fps,
+        action, _ = armature.retarget_onto(obj, pose, transl, rest, fit=fit, fps=scene_fps,
                                            action_name=item.name, frame_start=item.frame_start)
     else:
         if batch.smpl_armature is None or batch.smpl_armature.name not in scene.objects:
@@ -378,15 +383,17 @@ def place_on_track(obj: bpy.types.Object, action: bpy.types.Action, frame_start:
 
 # --- operators ------------------------------------------------------------------------------------------------------
 
-_running: BatchRunner | None = None  # the batch a modal operator is driving right now (one at a time)
+def running_batch() -> BatchRunner | None:
+    """The batch a modal operator is driving right now (one at a time), as recorded by the scene guard."""
+    return next((w for w in scene_guard.writers() if isinstance(w, BatchRunner)), None)
 
 
 @persistent
 def forget_on_load(_filepath) -> None:
     """A file is being loaded: the running batch's scene goes away (its saved state lets Resume continue)."""
-    global _running
-    _running = None
-    scene_guard.clear_busy()
+    runner = running_batch()
+    if runner is not None:
+        scene_guard.release(runner)
 
 
 def _redraw(context) -> None:
@@ -427,7 +434,7 @@ class _BatchRun:
 
     @classmethod
     def poll(cls, context):
-        if _running is not None:
+        if running_batch() is not None:
             cls.poll_message_set("A batch is running: wait for it or cancel it")
             return False
         return scene_guard.poll_free(cls, context)
@@ -479,14 +486,13 @@ class _BatchRun:
         runner.warnings.clear()
 
     def invoke(self, context, event):
-        global _running
         if bpy.app.background:
             return self.execute(context)
         runner = self._begin(context, submit=False)
         if runner is None:
             return {"CANCELLED"}
-        _running = runner
-        scene_guard.set_busy(context.scene, "A batch")
+        self._runner = runner
+        scene_guard.claim(context.scene, runner, "A batch")
         wm = context.window_manager
         self._timer = wm.event_timer_add(POLL_INTERVAL_S, window=context.window)
         wm.progress_begin(0, max(len(runner.batch.items), 1))
@@ -494,8 +500,8 @@ class _BatchRun:
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
-        runner = _running
-        if runner is None:  # another file was loaded
+        runner = self._runner
+        if runner not in scene_guard.writers():  # another file was loaded
             return self._stop(context, {"CANCELLED"})
         if event.type == "ESC":
             try:
@@ -534,10 +540,7 @@ class _BatchRun:
         self._stop(context, None)
 
     def _stop(self, context, result):
-        global _running
-        if _running is not None:
-            scene_guard.set_busy(_running.scene, None)
-        _running = None
+        scene_guard.release(self._runner)
         wm = context.window_manager
         wm.event_timer_remove(self._timer)
         wm.progress_end()
@@ -594,7 +597,8 @@ class SAFEMOTION_OT_batch_cancel(bpy.types.Operator):
     def execute(self, context):
         batch = context.scene.safemotion_batch
         try:
-            client = _running.client if _running is not None else client_from_preferences(context)
+            runner = running_batch()
+            client = runner.client if runner is not None else client_from_preferences(context)
             cancelled = cancel_batch(batch, client)
         except BackendError as err:
             cancelled = cancel_batch(batch, None)
@@ -657,8 +661,6 @@ def register() -> None:
 
 def unregister() -> None:
     """Remove everything `register` added."""
-    global _running
-    _running = None
     if forget_on_load in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(forget_on_load)
     del bpy.types.Scene.safemotion_batch

@@ -1,8 +1,10 @@
 """Generate: the scene's prompt → a server job → takes (SMPL armature + action each, optionally retargeted).
 
-`GenerationJob` is one generation from submission to written takes. The modal operator steps it from a
-window-manager timer (the UI stays responsive; Esc or the Cancel button cancels the job on the server and writes
-nothing); in background mode (`bpy.app.background`: tests, command line) the operator runs the same steps in a loop.
+`GenerationJob` is one generation from submission to written takes. Its server requests (the bundled server's start,
+submit, status polls, results, body model, cancel) run on its own `RequestThread`, which never touches bpy data; the
+modal operator's window-manager timer only reads their answers and writes the scene, so no tick waits for the server
+(Esc, the Cancel button, a file load or disabling the add-on cancel the job on the server and write nothing). In
+background mode (`bpy.app.background`: tests, command line) the operator runs the same steps in a loop.
 Each variation is its own job item (seed + k, one variation), so the progress bar moves per take.
 
 Writing results happens only after every returned motion has been decoded and checked, and the bone mapping of the
@@ -13,26 +15,39 @@ target armature has been resolved, so a bad answer or an unmappable rig writes n
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import bpy
 import numpy as np
 
-from . import armature, batch_prompts, keyframes, mapping_editor, safety, scene_guard, smpl_math
+from . import (
+    armature,
+    backend_process,
+    batch_prompts,
+    keyframes,
+    mapping_editor,
+    retarget,
+    safety,
+    scene_guard,
+    smpl_math,
+)
 from .client import BackendClient, BackendError, decode_array
 from .preferences import (
     BUNDLED_START_TIMEOUT_S,
     addon_preferences,
     allow_granted,
     client_from_preferences,
-    start_bundled_server,
+    server_config,
 )
+from .request_thread import RequestThread
 from .properties import MAX_SEED
 
-POLL_INTERVAL_S = 0.25
-POLL_TIMEOUT_S = 2.0  # per status request, so a hung server never freezes the UI for long
-SUBMIT_TIMEOUT_S = 5.0  # the job submission, sent from the first timer tick: the longest the UI can wait on it
+POLL_INTERVAL_S = 0.25  # between job status requests, and between the modal operator's timer ticks
+BLOCKING_STEP_S = 0.02  # background mode: how often `run_blocking` looks for the request thread's answers
 STALL_LIMIT_S = 600.0  # give up when no take finishes for this long
 SMPL_ARMATURE_NAME = "SafeMotion SMPL"
 # The server fits a body (rest skeleton) to each motion; an armature is reused for a body whose joints all lie within
@@ -220,10 +235,10 @@ def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: l
     settings = scene.safemotion
     outcome = Outcome()
     target = settings.target_armature
-    mapping, unmapped = None, ""
+    fit, unmapped = None, ""
     if target is not None and any(not m.blocked for m in motions):
         try:
-            mapping = mapping_editor.rig_mapping(target, settings.bone_preset)
+            fit = mapping_editor.rig_fit(target, settings.bone_preset)  # the rig is checked once for every take
         except ValueError as err:
             unmapped = str(err)
     with scene_guard.keep_file_on_failure():
@@ -234,7 +249,7 @@ def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: l
             if motion.blocked:
                 outcome.blocked += 1
             else:
-                take = _write_take(context, scene, motion, label, frame_start, target, mapping, body, rest_match_m)
+                take = _write_take(context, scene, motion, label, frame_start, target, fit, body, rest_match_m)
                 actions = [bpy.data.actions.get(take.action_name), bpy.data.actions.get(take.target_action_name)]
                 outcome.written += 1
                 outcome.flagged += take.safety.flagged
@@ -255,7 +270,7 @@ def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: l
 
 
 def _write_take(context: bpy.types.Context, scene: bpy.types.Scene, motion: Motion, label: str, frame_start: int,
-                target: bpy.types.Object | None, mapping: dict[str, str] | None,
+                target: bpy.types.Object | None, fit: retarget.RigFit | None,
                 body: BodyModel | None, rest_match_m: float) -> bpy.types.PropertyGroup:
     """One take: the motion keyed on an SMPL armature (reused or built, skinned with `body` when new), retargeted
     onto the target, listed."""
@@ -286,8 +301,8 @@ def _write_take(context: bpy.types.Context, scene: bpy.types.Scene, motion: Moti
     take.frames, take.frame_start = len(pose), frame_start
     take.armature, take.action_name = rig, action.name
     take.foot_cleanup = motion.foot_cleanup
-    if mapping is not None:
-        target_action, _ = armature.retarget_onto(target, pose, transl, motion.rest_joints, mapping=mapping,
+    if fit is not None:
+        target_action, _ = armature.retarget_onto(target, pose, transl, motion.rest_joints, fit=fit,
                                                   fps=scene_fps, action_name=f"{target.name} {label}",
                                                   frame_start=frame_start)
         target_action.use_fake_user = True
@@ -314,13 +329,45 @@ def apply_take(scene: bpy.types.Scene, take: bpy.types.PropertyGroup) -> None:
 
 # ---------------------------------------------------------------------------------------------- the job
 
-_running: list[GenerationJob] = []  # generations in flight (cancelled on file load and unregister)
+def _submit_job(connect: Callable[[], BackendClient], payload: dict,
+                cancelled: threading.Event) -> tuple[BackendClient, str]:
+    """Request thread: reach the server and submit the job; a job submitted after the user cancelled is dropped on
+    the server again. Touches no bpy data."""
+    client = connect()
+    job_id = client.submit(payload)
+    if cancelled.is_set():
+        _cancel_on_server(client, job_id)
+    return client, job_id
+
+
+def _cancel_on_server(client: BackendClient, job_id: str) -> None:
+    """Request thread: cancel a job on the server, best effort (a server that is gone or refuses writes nothing)."""
+    try:
+        client.cancel(job_id)
+    except BackendError:
+        pass
+
+
+def _fetch_motions(client: BackendClient, job_id: str) -> tuple[list[Motion], list[str]]:
+    """Request thread: a finished job's motions, decoded (numpy only), and the errors of its failed items."""
+    return motions_of_results(client.results(job_id))
+
+
+def _fetch_body_model(client: BackendClient) -> BodyModel | None:
+    """Request thread: the server's body model, decoded; None when it has none."""
+    payload = client.body_model()
+    return None if payload is None else decode_body_model(payload)
 
 
 class GenerationJob:
-    """One generation: (bundled server start,) submit, poll, fetch, apply. Every step raises BackendError."""
+    """One generation: (bundled server start,) submit, poll, fetch, apply. Every step raises BackendError.
 
-    STARTING, SUBMITTING, RUNNING, DONE, CANCELLED = "starting", "submitting", "running", "done", "cancelled"
+    Every request runs on the job's `RequestThread`; `start` and `step` only queue requests and read their answers,
+    so they return at once whatever the server does. Only `finish` writes into the scene. The job is recorded with
+    `scene_guard` while it runs (that is how `running_job` finds it)."""
+
+    SUBMITTING, RUNNING, FETCHING, BODY, READY, DONE, CANCELLED = (
+        "submitting", "running", "fetching", "body", "ready", "done", "cancelled")
 
     def __init__(self, context: bpy.types.Context):
         self.scene = context.scene
@@ -330,65 +377,94 @@ class GenerationJob:
         self.frame_start = self.scene.frame_current if self.settings.start_at_playhead else self.scene.frame_start
         self.prefs = addon_preferences(context)
         self.client: BackendClient | None = None
-        self.server = None
         self.job_id = ""
         self.model = ""
-        self.state = self.STARTING
+        self.state = ""
         self.progress = 0.0
+        self.motions: list[Motion] = []
+        self.body: BodyModel | None = None
+        self.errors: list[str] = []  # failed items and a missing body mesh: warnings once the takes are written
+        self.requests: RequestThread | None = None
+        self._pending: Future | None = None
+        self._cancelled = threading.Event()
+        self._next_poll = 0.0
         self.last_answer = self.last_progress = time.monotonic()
 
-    def start(self, context: bpy.types.Context, submit_now: bool = True) -> None:
-        """Submit the job now, or leave it to the first `step` (`submit_now` False: the modal operator returns to the
-        UI at once), or start the bundled server first (`step` submits once it is ready)."""
-        if self.prefs.backend_mode == "BUNDLED":
-            self.server = start_bundled_server(context)
-            if not self.server.poll_ready():
-                self._set_status("Starting the SafeMotion server (loading the model)…")
-                self._track()
-                return
-        if submit_now:
-            self._submit(context)
-        else:
-            self.state = self.SUBMITTING
-            self._set_status("Sending the prompt to the SafeMotion server…")
-        self._track()
+    def start(self, context: bpy.types.Context) -> None:
+        """Queue the submission (after starting the bundled server, if that is the backend) and return at once."""
+        connect = self._connector(context)
+        self.requests = RequestThread(f"SafeMotion generation: {self.prompt[:40]}")
+        self._pending = self.requests.call(_submit_job, connect, self.payload, self._cancelled)
+        self.state = self.SUBMITTING
+        scene_guard.claim(self.scene, self, "A generation")
+        server = backend_process.current()
+        starting = self.prefs.backend_mode == "BUNDLED" and (server is None or not server.running)
+        self._set_status("Starting the SafeMotion server (loading the model)…" if starting
+                         else "Sending the prompt to the SafeMotion server…")
 
-    def _track(self) -> None:
-        _running.append(self)
-        scene_guard.set_busy(self.scene, "A generation")
+    def _connector(self, context: bpy.types.Context) -> Callable[[], BackendClient]:
+        """What the request thread calls to reach the server: the preferences are read here, on the main thread."""
+        prefs, cancelled = self.prefs, self._cancelled
+        if prefs.backend_mode != "BUNDLED":
+            client = client_from_preferences(context)
+            return lambda: client
+        config, timeout = server_config(prefs), prefs.timeout
 
-    def _submit(self, context: bpy.types.Context) -> None:
-        self.client = client_from_preferences(context)
-        self.client.timeout = min(self.client.timeout, SUBMIT_TIMEOUT_S)
-        self.job_id = self.client.submit(self.payload)
-        self.client.timeout = min(self.client.timeout, POLL_TIMEOUT_S)
-        self.settings.job_id = self.job_id
-        self.state = self.RUNNING
-        self.last_answer = self.last_progress = time.monotonic()
-        self._set_status(f"Generating {len(self.payload['items'])} take(s) from seed {self.seed}…")
+        def connect() -> BackendClient:
+            server = backend_process.ensure_started(config, cancelled)
+            server.wait_ready(BUNDLED_START_TIMEOUT_S, cancelled)
+            return BackendClient(server.url, timeout=timeout)
+        return connect
 
     def step(self, context: bpy.types.Context) -> bool:
-        """One poll; True once the job is finished on the server (call `finish` then)."""
-        if self.state == self.SUBMITTING:
-            self._submit(context)
-            return False
-        if self.state == self.STARTING:
-            if self.server.poll_ready():
-                self._submit(context)
-            elif time.monotonic() - self.last_answer > BUNDLED_START_TIMEOUT_S:
-                raise BackendError(f"The bundled SafeMotion server did not become ready within "
-                                   f"{BUNDLED_START_TIMEOUT_S:g} s; see {self.server.log_path}")
-            return False
+        """Read what the request thread has answered and queue the next request; True once the motions are here
+        (call `finish` then). Never waits for the server."""
         if self.state == self.CANCELLED:
             raise BackendError("Generation cancelled; nothing was written")
-        if self.state == self.DONE:
+        if self.state in (self.READY, self.DONE):
             return True
+        pending = self._pending
+        if pending is not None and not pending.done():
+            return False
+        self._pending = None
+        if self.state == self.SUBMITTING:
+            self.client, self.job_id = pending.result()
+            self.settings.job_id = self.job_id
+            self.state = self.RUNNING
+            self.last_answer = self.last_progress = time.monotonic()
+            self._set_status(f"Generating {len(self.payload['items'])} take(s) from seed {self.seed}…")
+        elif self.state == self.RUNNING:
+            if pending is None:
+                if time.monotonic() >= self._next_poll:
+                    self._pending = self.requests.call(self.client.job, self.job_id)
+                return False
+            self._next_poll = time.monotonic() + POLL_INTERVAL_S
+            if self._read_status(pending):
+                self.state = self.FETCHING
+                self._pending = self.requests.call(_fetch_motions, self.client, self.job_id)
+        elif self.state == self.FETCHING:
+            self.motions, self.errors = pending.result()
+            if self._needs_body():
+                self.state = self.BODY
+                self._pending = self.requests.call(_fetch_body_model, self.client)
+                return False
+            self.state = self.READY
+        elif self.state == self.BODY:
+            try:
+                self.body = pending.result()
+            except BackendError as err:  # the takes are still worth writing, as bare armatures
+                self.errors.append(f"No body mesh: {err}")
+            self.state = self.READY
+        return self.state == self.READY
+
+    def _read_status(self, pending: Future) -> bool:
+        """Take in one job status answer; whether the job is done on the server."""
         try:
-            status = self.client.job(self.job_id)
+            status = pending.result()
         except BackendError as err:
             if err.status is not None or time.monotonic() - self.last_answer > self.prefs.timeout:
                 raise
-            return False  # no answer this time: try again on the next tick
+            return False  # no answer this time: ask again on a later tick
         now = time.monotonic()
         self.last_answer = now
         finished = status.get("done", 0) + status.get("failed", 0) + status.get("cancelled", 0)
@@ -406,42 +482,33 @@ class GenerationJob:
             raise BackendError("the job was cancelled on the server; nothing was written")
         return status.get("status") == "done"
 
+    def _needs_body(self) -> bool:
+        """Whether skinning is on and some motion needs a new SMPL armature (which gets the server's body mesh)."""
+        target = self.settings.target_armature
+        return self.settings.skin_body and not all(m.blocked or find_smpl_armature(self.scene, m, exclude=target)
+                                                   for m in self.motions)
+
     def finish(self, context: bpy.types.Context) -> Outcome:
-        """Fetch the results and write the takes."""
-        self.client.timeout = self.prefs.timeout
-        motions, errors = motions_of_results(self.client.results(self.job_id))
+        """Write the takes of the fetched motions (after `step` returned True)."""
         try:
-            body = self._body_model(motions)
-        except BackendError as err:  # the takes are still worth writing, as bare armatures
-            body, errors = None, [*errors, f"No body mesh: {err}"]
-        try:
-            outcome = apply_motions(context, self.scene, motions, self.frame_start, self.model, body,
+            outcome = apply_motions(context, self.scene, self.motions, self.frame_start, self.model, self.body,
                                     self.payload["policy"], self.client.base_url)
         except ValueError as err:  # the target cannot be mapped, or bad data for Blender
             raise BackendError(f"Nothing written: {err}") from None
-        outcome.warnings += errors
+        outcome.warnings += self.errors
         self.state = self.DONE
         self._close(outcome.summary(self.prompt))
         return outcome
 
-    def _body_model(self, motions: list[Motion]) -> BodyModel | None:
-        """The server's body model when skinning is on and some motion needs a new SMPL armature; else None."""
-        target = self.settings.target_armature
-        if not self.settings.skin_body or all(m.blocked or find_smpl_armature(self.scene, m, exclude=target)
-                                              for m in motions):
-            return None
-        payload = self.client.body_model()
-        return None if payload is None else decode_body_model(payload)
-
     def cancel(self) -> None:
-        """Cancel on the server (best effort) and write nothing."""
+        """Cancel on the server (best effort, from the request thread) and write nothing; returns at once."""
         if self.state in (self.DONE, self.CANCELLED):
             return
-        if self.state == self.RUNNING and self.job_id:
-            try:
-                self.client.cancel(self.job_id)
-            except BackendError:
-                pass  # the server is gone or refuses: nothing is written either way
+        self._cancelled.set()
+        if self._pending is not None:
+            self._pending.cancel()  # a request still queued never runs
+        if self.job_id and self.requests is not None:
+            self.requests.call(_cancel_on_server, self.client, self.job_id)
         self.state = self.CANCELLED
         self._close("Generation cancelled; nothing was written")
 
@@ -451,13 +518,12 @@ class GenerationJob:
         self._set_status(message)
 
     def run_blocking(self, context: bpy.types.Context) -> Outcome:
-        """Background mode: start, poll until done, write the takes (BackendError on failure, nothing written)."""
+        """Background mode: start, step until the motions are here, write the takes (BackendError on failure,
+        nothing written)."""
         try:
             self.start(context)
-            if self.state == self.STARTING:
-                self.server.wait_ready(BUNDLED_START_TIMEOUT_S)
             while not self.step(context):
-                time.sleep(POLL_INTERVAL_S)
+                time.sleep(BLOCKING_STEP_S)
             return self.finish(context)
         except BackendError as err:
             self.fail(str(err))
@@ -467,12 +533,10 @@ class GenerationJob:
             raise
 
     def _close(self, status: str) -> None:
-        if self in _running:
-            _running.remove(self)
-        try:
-            scene_guard.set_busy(self.scene, None)
-        except ReferenceError:  # the scene was removed meanwhile
-            pass
+        """Release the scene and end the request thread (after a queued cancel request has run)."""
+        scene_guard.release(self)
+        if self.requests is not None:
+            self.requests.close()
         try:
             self.settings.job_id = ""
             self.settings.progress = 0.0
@@ -486,13 +550,15 @@ class GenerationJob:
 
 def running_job(scene: bpy.types.Scene) -> GenerationJob | None:
     """The generation in flight for this scene, if any."""
-    return next((job for job in _running if job.scene == scene), None)
+    writer = scene_guard.writer_of(scene)
+    return writer if isinstance(writer, GenerationJob) else None
 
 
 def cancel_all() -> None:
-    """Cancel every generation in flight (file load, add-on disabled)."""
-    for job in list(_running):
-        job.cancel()
+    """Cancel every generation in flight (file load, add-on disabled); returns at once."""
+    for writer in scene_guard.writers():
+        if isinstance(writer, GenerationJob):
+            writer.cancel()
 
 
 @bpy.app.handlers.persistent
@@ -539,7 +605,7 @@ class SAFEMOTION_OT_generate(bpy.types.Operator):
             return self.execute(context)
         try:
             self._job = GenerationJob(context)
-            self._job.start(context, submit_now=False)
+            self._job.start(context)
         except BackendError as err:
             if self._job is not None:
                 self._job.fail(str(err))

@@ -194,12 +194,12 @@ class SAFEMOTION_OT_retarget_action(_SmplTakeOperator, bpy.types.Operator):
         try:
             source, action = active_smpl_take(context)
             target = _retarget_target(context, source)
-            mapping = mapping_editor.rig_mapping(target, self.preset)
+            fit = mapping_editor.rig_fit(target, self.preset)
             take = read_smpl_take(source, action)
             options = retarget.RetargetOptions(scale_root_motion=self.scale_root_motion, in_place=self.in_place)
             with scene_guard.keep_file_on_failure():
                 result_action, _ = armature.retarget_onto(
-                    target, take.pose, take.transl, take.rest_joints, mapping=mapping, options=options, fps=take.fps,
+                    target, take.pose, take.transl, take.rest_joints, fit=fit, options=options, fps=take.fps,
                     action_name=f"{action.name} ({target.name})", frame_start=take.frame_start)
                 result_action.use_fake_user = True  # a replaced retarget must survive saving
         except ValueError as err:
@@ -241,7 +241,7 @@ def action_frames(action: bpy.types.Action) -> np.ndarray:
 
 def audit_mapping(obj: bpy.types.Object, preset: str) -> dict[str, str]:
     """The rig's mapping for an audit, which needs all 22 joints; ValueError naming the unmapped ones."""
-    mapping = mapping_editor.rig_mapping(obj, preset)
+    mapping = mapping_editor.rig_fit(obj, preset).mapping
     missing = [name for name in JOINT_NAMES[:AUDIT_JOINTS] if name not in mapping]
     if missing:
         raise ValueError(f"an audit needs all 22 SMPL joints, but {obj.name!r} has no bone mapped to "

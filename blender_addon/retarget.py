@@ -319,19 +319,20 @@ def fuzzy_mapping(bone_names: Iterable[str]) -> dict[str, str]:
 
 
 def mapping_problems(mapping: Mapping[str, str], bone_names: Iterable[str]) -> list[str]:
-    """Every reason a mapping cannot drive these bones, one sentence each (empty when it can): unknown roles,
-    bones not in the armature, bones mapped twice, no pelvis."""
+    """Every reason a mapping cannot drive these bones, one sentence each (empty when it can): unknown roles, bones
+    not in the armature, a bone chosen for several joints, no pelvis."""
     names = set(bone_names)
-    problems = []
-    seen: dict[str, str] = {}
+    problems = [f"unknown joint {role!r} (expected an SMPL joint name or {ROOT!r})" for role in mapping
+                if role not in ROLES]
+    absent = [f"{bone!r} ({role})" for role, bone in mapping.items() if bone not in names]
+    if absent:
+        more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
+        problems.append(f"the armature has no bone{'s' if len(absent) > 1 else ''} {', '.join(absent[:3])}{more}")
+    roles_of: dict[str, list[str]] = {}
     for role, bone in mapping.items():
-        if role not in ROLES:
-            problems.append(f"unknown role {role!r} (expected an SMPL joint name or {ROOT!r})")
-        if bone not in names:
-            problems.append(f"role {role!r}: bone {bone!r} is not in the armature")
-        if bone in seen:
-            problems.append(f"bone {bone!r} is mapped twice ({seen[bone]!r} and {role!r})")
-        seen[bone] = role
+        roles_of.setdefault(bone, []).append(role)
+    problems += [f"bone {bone!r} is chosen for {len(roles)} joints ({', '.join(roles)}): pick one"
+                 for bone, roles in roles_of.items() if len(roles) > 1]
     if "pelvis" not in mapping:
         problems.append("no bone is mapped to 'pelvis' (the hips): choose one")
     return problems
@@ -520,47 +521,64 @@ class RetargetResult:
     ancestors: dict[str, str | None] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RigFit:
+    """A mapping checked once on a rig at rest (`fit_rig`), with what the transfer reads from that check."""
+
+    rig: TargetRig
+    mapping: dict[str, str]  # role -> bone
+    reference: dict[str, str]  # role -> deform bone whose rest geometry stands for it (generated Rigify), else {}
+    followers: dict[str, str]  # bone -> role it turns with (see RIGIFY_FOLLOWERS)
+    heads: np.ndarray  # [B, 3] rest bone heads in world space
+    tails: np.ndarray  # [B, 3] rest bone tails in world space
+    shape_of: dict[str, int]  # role -> index of the bone whose rest geometry stands for it
+    hip_height: float  # pelvis above the lowest mapped rest foot joint, world units
+
+
+def fit_rig(rig: TargetRig, mapping: Mapping[str, str]) -> RigFit:
+    """Check `mapping` on `rig` (its problems, a rig that does not stand along +Z, hips not above the feet: ValueError
+    naming them) and keep what the transfer needs, so that one retarget checks the rig once."""
+    validate_mapping(mapping, rig.names)
+    reference = reference_mapping(mapping, rig.names)
+    index = {name: b for b, name in enumerate(rig.names)}
+    shape_of = {role: index[reference.get(role, bone)] for role, bone in mapping.items()}
+    heads = _transform(rig.world, rig.rest[:, :3, 3])
+    check_upright(heads, shape_of)
+    return RigFit(rig=rig, mapping=dict(mapping), reference=reference, followers=follower_bones(mapping, rig.names),
+                  heads=heads, tails=_transform(rig.world, rig.tails), shape_of=shape_of,
+                  hip_height=hip_height(heads, shape_of))
+
+
 # --- transfer -------------------------------------------------------------------------------------------------------
 
 
-def retarget(
-    source: SourceMotion, rig: TargetRig, mapping: Mapping[str, str], options: RetargetOptions = RetargetOptions(),
-    reference: Mapping[str, str] | None = None, followers: Mapping[str, str] | None = None,
-) -> RetargetResult:
-    """Pose-bone rotations and hips/root locations that make `rig` follow `source` (see the module docstring).
+def retarget(source: SourceMotion, fit: RigFit, options: RetargetOptions = RetargetOptions()) -> RetargetResult:
+    """Pose-bone rotations and hips/root locations that make the fitted rig follow `source` (see the module docstring).
 
-    `reference` (role -> bone) names the bones whose rest geometry stands for the skeleton when the mapped bones are
-    controls placed elsewhere (a generated Rigify rig: FK controls mapped, DEF bones as reference); roles it lacks
-    use the mapped bone itself. `followers` (bone -> role) are further controls that turn with a role's bone
-    (Rigify's `spine_fk`, which carries the pelvis deform bone below the torso pivot); they get rotation keys only.
+    Where the mapped bones are controls placed elsewhere (a generated Rigify rig: FK controls mapped), the rest
+    geometry comes from `fit.reference` (its deform bones); `fit.followers` are further controls that turn with a
+    role's bone (Rigify's `spine_fk`, which carries the pelvis deform bone below the torso pivot): rotation keys only.
     """
-    validate_mapping(mapping, rig.names)
+    rig, mapping, followers = fit.rig, fit.mapping, fit.followers
     index = {name: b for b, name in enumerate(rig.names)}
     bone_of = {role: index[bone] for role, bone in mapping.items()}
-    reference = reference or {}
-    missing = sorted(bone for bone in reference.values() if bone not in index)
-    if missing:
-        raise ValueError(f"retarget: reference bones {missing} are not in the armature")
-    shape_of = {role: index[reference.get(role, mapping[role])] for role in mapping}
+    shape_of, heads, tails = fit.shape_of, fit.heads, fit.tails
     world_rot = _rotation_part(rig.world)
     to_armature = np.linalg.inv(rig.world)
-    heads = _transform(rig.world, rig.rest[:, :3, 3])
-    tails = _transform(rig.world, rig.tails)
     rest_world = world_rot @ rig.rest[:, :3, :3]
 
-    check_upright(heads, shape_of)
     offsets = _rest_offsets(source.rest_joints, heads, tails, shape_of)
     desired_rot = {
         bone_of[JOINT_NAMES[j]]: world_rot.T @ source.rotations[:, j] @ offset @ rest_world[bone_of[JOINT_NAMES[j]]]
         for j, offset in offsets.items()
     }
-    for bone, role in (followers or {}).items():
+    for bone, role in followers.items():
         if bone in index and role in mapping and JOINT_NAMES.index(role) in offsets:
             j = JOINT_NAMES.index(role)
             desired_rot[index[bone]] = world_rot.T @ source.rotations[:, j] @ offsets[j] @ rest_world[index[bone]]
 
     hips, hips_shape = bone_of["pelvis"], shape_of["pelvis"]
-    scale = _hip_height_ratio(source, heads, shape_of) if options.scale_root_motion else 1.0
+    scale = _hip_height_ratio(source, fit) if options.scale_root_motion else 1.0
     travel = (source.pelvis - source.rest_joints[0]) * scale
     ground = travel[:, :2].copy()
     if options.in_place:
@@ -675,14 +693,14 @@ def hip_height(heads: np.ndarray, bone_of: Mapping[str, int]) -> float:
     return height
 
 
-def _hip_height_ratio(source: SourceMotion, heads: np.ndarray, bone_of: Mapping[str, int]) -> float:
+def _hip_height_ratio(source: SourceMotion, fit: RigFit) -> float:
     """Target hip height over source hip height, each from the pelvis joint down to the same lowest foot joints."""
-    feet = [JOINT_NAMES.index(role) for role in _FEET_ROLES if role in bone_of] or list(range(len(JOINT_NAMES)))
+    feet = [JOINT_NAMES.index(role) for role in _FEET_ROLES if role in fit.shape_of] or list(range(len(JOINT_NAMES)))
     source_height = source.rest_joints[0, 2] - source.rest_joints[feet, 2].min()
     if source_height <= 1e-6:
         raise ValueError(f"retarget: the source's hips are {source_height:.4g} above its feet; the motion's rest "
                          "skeleton must stand upright")
-    return hip_height(heads, bone_of) / float(source_height)
+    return fit.hip_height / float(source_height)
 
 
 def _heading(source: SourceMotion) -> np.ndarray:

@@ -1,12 +1,14 @@
 """One guard for every operator that writes into the scene.
 
+- `claim` / `release` / `writer_of` / `writers`: the one record of the long-running operations (a generation, a batch)
+  writing into a scene; the operators find their own runs in it (there is no second "running" flag).
 - `busy_reason(scene)`: why a scene-writing operator may not start now (a generation or a batch is writing into this
   scene), or None. Every such operator's poll asks it, so Generate, Generate Batch, Retarget, Audit, the take buttons
   and the mapping editor never interleave their writes.
 - `Census`: what a file holds that an operator could add or change: the data-blocks (objects, armatures, actions,
   meshes, materials, collections, texts), the scene's markers, frame range and SafeMotion lists, each object's active
-  action and NLA tracks, and the custom properties of objects, armature data and actions. Two equal censuses mean the
-  operator left the file as it was.
+  action and NLA tracks, and the custom properties of objects (and their pose bones), armature data, actions and
+  scenes. Two equal censuses mean the operator left the file as it was.
 - `keep_file_on_failure()`: a context manager; when the block inside raises, everything it added is removed and what
   it changed is put back (to the census taken on entry), then the exception goes on. Operators check first and write
   last, so this is the net under checks that can only run while writing (e.g. the retarget maths refusing a rig).
@@ -25,31 +27,49 @@ ID_COLLECTIONS = ("objects", "meshes", "armatures", "actions", "materials", "col
 # Scene settings an operator may change.
 SCENE_SETTINGS = ("frame_start", "frame_end", "frame_current", "use_preview_range", "frame_preview_start",
                   "frame_preview_end")
+# Data whose custom properties the census keeps and `restore` puts back.
+PROPERTY_OWNERS = ("objects", "armatures", "actions", "scenes")
 # SafeMotion collection properties of the scene (owner path, property): entries added inside are removed again.
 SCENE_LISTS = (("safemotion", "takes"), ("safemotion", "flagged"), ("safemotion_batch", "items"))
 
-_busy: dict[int, str] = {}  # scene pointer -> what is writing into it now (set by long-running operators)
+# The long-running operations writing into a scene now (a generation, a batch): scene pointer -> (writer, what).
+# The operators find their own runs here too (`writers`), so this is the one record of what is running.
+_writers: dict[int, tuple[object, str]] = {}
+
+
+def claim(scene: bpy.types.Scene, writer: object, what: str) -> None:
+    """Record that `writer` (described as `what`, e.g. "A generation") writes into `scene` until `release`."""
+    _writers[scene.as_pointer()] = (writer, what)
+
+
+def release(writer: object) -> None:
+    """Forget `writer` (finished, cancelled or dropped); its scene is free again."""
+    for key in [key for key, (held, _) in _writers.items() if held is writer]:
+        del _writers[key]
+
+
+def writer_of(scene: bpy.types.Scene | None) -> object | None:
+    """The operation writing into `scene` now, or None."""
+    entry = _writers.get(scene.as_pointer()) if scene is not None else None
+    return None if entry is None else entry[0]
+
+
+def writers() -> list[object]:
+    """Every operation writing into some scene now."""
+    return [writer for writer, _ in _writers.values()]
+
+
+def clear() -> None:
+    """Forget every writer (add-on disabled)."""
+    _writers.clear()
 
 
 def busy_reason(scene: bpy.types.Scene | None) -> str | None:
     """Why a scene-writing operator may not start in `scene` now, or None when it may."""
     if scene is None:
         return "there is no scene"
-    what = _busy.get(scene.as_pointer())
-    return None if what is None else f"{what} is writing into this scene: wait for it or cancel it"
-
-
-def set_busy(scene: bpy.types.Scene, what: str | None) -> None:
-    """Mark `scene` as being written by `what` (a long-running operator), or free it (None)."""
-    if what is None:
-        _busy.pop(scene.as_pointer(), None)
-    else:
-        _busy[scene.as_pointer()] = what
-
-
-def clear_busy() -> None:
-    """Forget every mark (file load, add-on disabled)."""
-    _busy.clear()
+    entry = _writers.get(scene.as_pointer())
+    return None if entry is None else f"{entry[1]} is writing into this scene: wait for it or cancel it"
 
 
 def poll_free(operator_class, context: bpy.types.Context) -> bool:
@@ -61,9 +81,31 @@ def poll_free(operator_class, context: bpy.types.Context) -> bool:
     return True
 
 
-def _id_properties(block: bpy.types.ID) -> dict[str, str]:
-    """Custom (ID) properties of a data-block as text (bpy.props-declared ones are not listed by keys())."""
-    return {key: repr(block[key]) for key in block.keys()}
+def _plain(value: object) -> object:
+    """A custom property's value as plain Python (groups as dicts, arrays as lists), detached from Blender's storage."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "to_list"):
+        return value.to_list()
+    return value
+
+
+def _custom_properties(owner: bpy.types.bpy_struct) -> dict[str, object]:
+    """The custom properties of a data-block or pose bone, as plain values (properties that bpy.props declares are
+    left out: Blender before 5.0 lists them among the keys)."""
+    declared = type(owner).bl_rna.properties
+    return {key: _plain(owner[key]) for key in owner.keys() if key not in declared}
+
+
+def _property_owners() -> Iterator[tuple[str, bpy.types.bpy_struct]]:
+    """("kind/name", owner) of everything whose custom properties the census keeps: objects (and the pose bones of
+    armature objects: Rigify's IK/FK switches live there), armatures, actions, scenes."""
+    for kind in PROPERTY_OWNERS:
+        for block in getattr(bpy.data, kind):
+            yield f"{kind}/{block.name}", block
+            if kind == "objects" and block.pose is not None:
+                for pose_bone in block.pose.bones:
+                    yield f"objects/{block.name}/pose.bones/{pose_bone.name}", pose_bone
 
 
 def _anim_state(obj: bpy.types.Object) -> tuple | None:
@@ -85,7 +127,7 @@ class Census:
     settings: dict[str, tuple] = field(default_factory=dict)  # scene -> SCENE_SETTINGS values
     lists: dict[str, tuple[int, ...]] = field(default_factory=dict)  # scene -> lengths of SCENE_LISTS
     animation: dict[str, tuple | None] = field(default_factory=dict)  # object -> active action, NLA tracks
-    properties: dict[str, dict[str, str]] = field(default_factory=dict)  # "collection/name" -> custom properties
+    properties: dict[str, dict[str, object]] = field(default_factory=dict)  # "kind/name[...]" -> custom properties
 
     @classmethod
     def take(cls) -> Census:
@@ -101,9 +143,8 @@ class Census:
             census.lists[scene.name] = tuple(_list_length(scene, owner, prop) for owner, prop in SCENE_LISTS)
         for obj in bpy.data.objects:
             census.animation[obj.name] = _anim_state(obj)
-        for attr in ("objects", "armatures", "actions"):
-            for block in getattr(bpy.data, attr):
-                census.properties[f"{attr}/{block.name}"] = _id_properties(block)
+        for key, owner in _property_owners():
+            census.properties[key] = _custom_properties(owner)
         return census
 
     def comparable(self) -> dict:
@@ -128,7 +169,8 @@ def _list_length(scene: bpy.types.Scene, owner: str, prop: str) -> int:
 
 
 def restore(census: Census) -> None:
-    """Remove what was added since `census` and put back the scene settings, lists, animation and properties."""
+    """Remove what was added since `census` and put back the scene settings, lists, animation and custom properties
+    (added ones removed, changed or removed ones set to their earlier values)."""
     for attr in ID_COLLECTIONS:
         collection = getattr(bpy.data, attr)
         for block in [b for b in collection if b.as_pointer() not in census.ids[attr]]:
@@ -158,13 +200,16 @@ def restore(census: Census) -> None:
     for obj in bpy.data.objects:
         if obj.name in census.animation:
             _restore_animation(obj, census.animation[obj.name])
-    for attr in ("objects", "armatures", "actions"):
-        for block in getattr(bpy.data, attr):
-            before = census.properties.get(f"{attr}/{block.name}")
-            if before is None:
-                continue
-            for key in [k for k in block.keys() if k not in before]:
-                del block[key]
+    for key, owner in _property_owners():
+        before = census.properties.get(key)
+        if before is None:
+            continue
+        now = _custom_properties(owner)
+        for name in now.keys() - before.keys():
+            del owner[name]
+        for name, value in before.items():
+            if name not in now or now[name] != value:
+                owner[name] = value
 
 
 def _restore_animation(obj: bpy.types.Object, state: tuple | None) -> None:

@@ -53,7 +53,7 @@ class Scene:
                                              [1.0])
         # A rig without an action whose stored mapping names a bone that was renamed since.
         self.bare = armature.build_demo_rig("Bare")
-        addon_module("mapping_editor").store_mapping(self.bare, armature.target_mapping(self.bare, "mixamo"))
+        addon_module("mapping_editor").store_mapping(self.bare, armature.fit_target(self.bare, "mixamo").mapping)
         self.bare.data.bones["mixamorig:Hips"].name = "Pelvis"
         # Hips at the rig's lowest point: the retarget maths refuses it (no hip height) only once it runs.
         self.stick = armature.build_armature("Stick", [armature.BoneSpec("a", (0, 0, 0), (0, 0, 1)),
@@ -97,11 +97,12 @@ def case_generate_server_down(s):
 
 def case_generate_while_scene_busy(s):
     guard = addon_module("scene_guard")
-    guard.set_busy(bpy.context.scene, "A batch")
+    writer = object()  # a long-running operation in flight
+    guard.claim(bpy.context.scene, writer, "A batch")
     try:
         generate()
     finally:
-        guard.set_busy(bpy.context.scene, None)
+        guard.release(writer)
 
 
 def case_apply_take_whose_action_is_gone(s):
@@ -235,11 +236,12 @@ def case_extend_a_take_whose_action_is_gone(s):
 
 def case_inbetween_while_scene_busy(s):
     guard = addon_module("scene_guard")
-    guard.set_busy(bpy.context.scene, "A generation")
+    writer = object()  # a long-running operation in flight
+    guard.claim(bpy.context.scene, writer, "A generation")
     try:
         bpy.ops.safemotion.inbetween(index=1, second=0)
     finally:
-        guard.set_busy(bpy.context.scene, None)
+        guard.release(writer)
 
 
 def case_report_into_a_missing_folder(s, tmp_path):
@@ -265,12 +267,23 @@ def test_a_failing_operator_leaves_the_file_as_it_was(addon, clean_scene, tmp_pa
 
 
 def test_a_generation_refused_while_writing_is_taken_back(addon, clean_scene, tiny_server):
-    """The server's motion arrives, the SMPL armature, action and take are written, then the retarget maths refuse
-    the target (its hips are its lowest point): everything is taken back and nothing is reported as written."""
+    """The server's motion arrives, the SMPL armature, action and take are written, then the solve on the evaluated
+    rig finds that a Limit Rotation constraint keeps the left forearm from following (it passes the up-front checks:
+    it turns 20 degrees of the 30-degree probe): everything is taken back, the rig's custom properties (an IK/FK
+    switch the solve sets to FK while it runs) included, and nothing is reported as written."""
     s = Scene(tiny_server.url)
-    bpy.context.scene.safemotion.target_armature = s.stick
+    limited = addon.armature.build_demo_rig("Limited")
+    limit = limited.pose.bones["mixamorig:LeftForeArm"].constraints.new("LIMIT_ROTATION")
+    limit.use_limit_x = limit.use_limit_y = limit.use_limit_z = True
+    limit.min_x, limit.max_x = -0.35, 0.35
+    limit.owner_space = "LOCAL"
+    limited.pose.bones["mixamorig:LeftArm"]["IK_FK"] = 0.0
+    limited["note"] = "the user's own"
+    bpy.context.scene.safemotion.target_armature = limited
     check_unchanged(addon.scene_guard, bpy.ops.safemotion.generate)
-    assert bpy.context.scene.safemotion.status.startswith("Nothing written: ")
+    status = bpy.context.scene.safemotion.status
+    assert status.startswith("Nothing written: ") and "'mixamorig:LeftForeArm'" in status, status
+    assert limited.pose.bones["mixamorig:LeftArm"]["IK_FK"] == 0.0
 
 
 def test_there_are_at_least_twenty_cases():
@@ -282,11 +295,19 @@ def test_the_guard_takes_back_what_a_failure_wrote(addon, clean_scene):
     scene_guard = addon.scene_guard
     s = Scene("http://127.0.0.1:9")
     scene = bpy.context.scene
+    s.demo["note"], scene["shot"] = "the user's own", {"number": 12, "takes": [1, 2]}
+    s.demo.pose.bones["mixamorig:LeftForeArm"]["IK_FK"] = 0.0
+    stored = s.bare.data[addon.mapping_editor.MAPPING_PROPERTY]
     before = scene_guard.Census.take()
     with pytest.raises(KeyError), scene_guard.keep_file_on_failure():
         addon.armature.build_demo_rig("Another")
         s.demo.animation_data.action = bpy.data.actions.new("replacement")
         s.take_action["safemotion_safety"] = "{}"
+        s.demo["note"] = "changed"  # custom properties changed, removed and added on objects, armatures, scenes
+        del s.bare.data[addon.mapping_editor.MAPPING_PROPERTY]
+        scene["shot"]["takes"] = [3]
+        scene["added"] = 1.5
+        s.demo.pose.bones["mixamorig:LeftForeArm"]["IK_FK"] = 1.0
         scene.timeline_markers.new("new", frame=9)
         scene.timeline_markers.remove(scene.timeline_markers[0])
         scene.safemotion.takes.add()
@@ -294,3 +315,6 @@ def test_the_guard_takes_back_what_a_failure_wrote(addon, clean_scene):
         raise KeyError("something failed while writing")
     assert before.differences(scene_guard.Census.take()) == []
     assert s.demo.animation_data.action.name == "the user's own action"
+    assert s.demo["note"] == "the user's own" and s.bare.data[addon.mapping_editor.MAPPING_PROPERTY] == stored
+    assert scene["shot"].to_dict() == {"number": 12, "takes": [1, 2]} and "added" not in scene
+    assert s.demo.pose.bones["mixamorig:LeftForeArm"]["IK_FK"] == 0.0

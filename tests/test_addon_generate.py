@@ -152,14 +152,30 @@ def test_apply_and_discard_takes(addon, scene):
         bpy.ops.safemotion.apply_take(index=4)
 
 
-def test_generate_retargets_onto_the_chosen_armature(addon, scene):
+def counted(monkeypatch, module, name: str) -> list:
+    """Count the calls of a real function (it still runs); the list grows by one per call."""
+    calls, real = [], getattr(module, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+def test_generate_retargets_onto_the_chosen_armature(addon, scene, monkeypatch):
     target = addon.armature.build_demo_rig("Hero")
     settings = scene.safemotion
-    settings.seed, settings.variations, settings.target_armature = PASSING_SEED, 1, target
+    settings.seed, settings.variations, settings.target_armature = PASSING_SEED, 2, target
     assert settings.bone_preset == "AUTO"
     bpy.context.view_layer.objects.active = target
     bpy.ops.object.mode_set(mode="POSE")  # an animator posing the rig: the SMPL armature is still built
+    fits = counted(monkeypatch, addon.retarget, "fit_rig")
+    uprights = counted(monkeypatch, addon.retarget, "check_upright")
+    probes = counted(monkeypatch, addon.armature, "_frozen_bones")
     assert bpy.ops.safemotion.generate() == {"FINISHED"}
+    assert len(fits) == len(uprights) == len(probes) == 1  # the rig is checked once for both takes
+    assert [bool(t.target_action_name) for t in settings.takes] == [True, True]
     take = settings.takes[0]
     assert target.mode == "POSE" and bpy.context.object == target  # the user's mode and active object are kept
     assert take.target == target and target.animation_data.action.name == take.target_action_name
@@ -212,9 +228,14 @@ def test_cancel_drops_the_server_job_and_writes_nothing(addon, scene, tiny_serve
     settings = scene.safemotion
     settings.seconds, settings.variations = 9.8, 16
     job = addon.ops_generate.GenerationJob(bpy.context)
-    job.start(bpy.context)  # submitted; what the modal operator does before its first timer tick
+    job.start(bpy.context)  # what the modal operator's invoke does; its timer ticks then step the job
+    for _ in range(600):
+        if job.step(bpy.context) is False and job.state == job.RUNNING:
+            break
+        time.sleep(0.05)
     assert settings.job_id == job.job_id and addon.ops_generate.running_job(scene) is job
     assert bpy.ops.safemotion.cancel_generation() == {"FINISHED"}  # the panel's Cancel button (Esc does the same)
+    assert job.requests.join(30)  # the cancel request went out from the job's request thread, which then ended
     status = addon.client.BackendClient(tiny_server.url).job(job.job_id)
     assert status["status"] == "cancelled" and status["done"] < 16
     assert job.state == job.CANCELLED and addon.ops_generate.running_job(scene) is None

@@ -143,7 +143,7 @@ def test_imported_neo_rig_is_detected_as_mixamo(karate, clean_scene):
     assert len(names) == 22 and all(name.startswith("Neo_") for name in names)
     assert retarget.detect_preset(names) == "mixamo"
     assert retarget.detect_prefix("mixamo", names) == "Neo_"
-    mapping = armature.target_mapping(rig, "AUTO")
+    mapping = armature.fit_target(rig, "AUTO").mapping
     expected = {role: "Neo_" + bone for role, (bone, *_) in retarget.PRESETS["mixamo"].items()}
     assert mapping == expected and len(mapping) == 22  # every SMPL-22 joint, each on its own Neo_ bone
 

@@ -83,7 +83,7 @@ def test_a_german_named_rig_is_mapped_by_the_name_matcher_and_in_the_editor(addo
     assert bpy.ops.safemotion.mapping_fill(source="AUTO") == {"FINISHED"}
     mapping = editor_module.editor_mapping(editor)
     assert mapping["pelvis"] == names["Hips"] and mapping["left_wrist"] == names["LeftHand"]
-    assert editor_module.mapping_problems(mapping, list(names.values()))[0] == []
+    assert addon.retarget.mapping_problems(mapping, list(names.values())) == []
 
 
 @pytest.mark.parametrize("kind", ["generic"])
@@ -106,15 +106,15 @@ def test_a_rig_no_preset_knows_is_mapped_in_the_editor_and_retargeted(addon, cle
 
     fill_by_hand(editor, names)
     editor.slots["left_wrist"].bone = editor.slots["right_wrist"].bone  # a slip: one bone for two joints
-    errors, missing = editor_module.mapping_problems(editor_module.editor_mapping(editor), list(names.values()))
+    mapping = editor_module.editor_mapping(editor)
+    errors = addon.retarget.mapping_problems(mapping, list(names.values()))
     assert errors == [f"bone {names['RightHand']!r} is chosen for 2 joints (left_wrist, right_wrist): pick one"]
-    assert missing == []
+    assert addon.retarget.missing_roles(mapping) == []
     with pytest.raises(RuntimeError, match="is chosen for 2 joints .*nothing was stored"):
         bpy.ops.safemotion.mapping_use()
     assert editor_module.MAPPING_PROPERTY not in rig.data
     editor.slots["left_wrist"].bone = ""
-    assert editor_module.mapping_problems(editor_module.editor_mapping(editor), list(names.values()))[1] == [
-        "left_wrist"]
+    assert addon.retarget.missing_roles(editor_module.editor_mapping(editor)) == ["left_wrist"]
     calls: list = []
     editor_module.draw_mapping_editor(CheckingLayout(calls), bpy.context)  # real names in the sidebar's editor
     assert [text for kind, text in calls if kind == "prop_search"] == list(editor_module.EDITOR_ROLES)
@@ -159,8 +159,8 @@ def test_presets_round_trip_through_the_user_folder(addon, clean_scene):
     # The preset names German bones: a rig without them refuses it and keeps its rows.
     generic, _ = renamed_demo_rig("Generic", lambda k, name: f"bone_{k:03d}")
     editor.rig = generic
-    with pytest.raises(RuntimeError, match="Preset 'Deutsches Rig' not loaded: it does not fit 'Generic': the rig "
-                                           "has no bones 'Hüfte' \\(pelvis\\), .* and 19 more"):
+    with pytest.raises(RuntimeError, match="Preset 'Deutsches Rig' not loaded: it does not fit 'Generic': the "
+                                           "armature has no bones 'Hüfte' \\(pelvis\\), .* and 19 more"):
         bpy.ops.safemotion.mapping_load_preset(name="Deutsches Rig")
     assert editor_module.editor_mapping(editor) == {}
     with pytest.raises(RuntimeError, match="no preset 'missing'"):

@@ -130,12 +130,18 @@ def test_euler_bones_and_rolled_rest_frames_read_back(ops, clean_scene):
 
 
 @pytest.mark.parametrize("kind", ["mixamo", "rigify"])
-def test_retarget_operator_follows_the_source(ops, clean_scene, kind):
+def test_retarget_operator_follows_the_source(ops, clean_scene, kind, monkeypatch):
     armature, retarget, smpl_math = addon_module("armature"), addon_module("retarget"), addon_module("smpl_math")
     rig, pose, transl, rest = smpl_take(seed=5)
     target = armature.build_demo_rig("Demo", a_pose=True) if kind == "mixamo" else rigify_control_rig()
     select(rig, target)
+    checks: list[str] = []
+    for module, name in ((retarget, "fit_rig"), (retarget, "hip_height"), (armature, "_frozen_bones")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name,
+                            lambda *a, _real=real, _name=name, **k: checks.append(_name) or _real(*a, **k))
     assert bpy.ops.safemotion.retarget_action() == {"FINISHED"}
+    assert sorted(checks) == ["_frozen_bones", "fit_rig", "hip_height"]  # the rig is checked once per retarget
     action = target.animation_data.action
     assert action.name == f"take ({target.name})"
     assert tuple(round(f) for f in action.frame_range) == (1, FRAMES)

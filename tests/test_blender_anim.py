@@ -302,7 +302,7 @@ def test_constraint_driven_bones_are_solved_on_the_evaluated_pose() -> None:
         rig, "root", "BEFORE", "LOCAL", "LOCAL")
     bpy.context.view_layer.update()
     mapping = dict(retarget.preset_mapping("mixamo", [b.name for b in rig.data.bones]), root="root")
-    _, result = armature.retarget_onto(rig, pose, transl, rest, mapping=mapping, fps=FPS)
+    _, result = armature.retarget_onto(rig, pose, transl, rest, fit=armature.check_target(rig, mapping), fps=FPS)
     errors = direction_errors(rig, mapping, source_joints(pose, transl, rest))
     assert errors.max() < 0.01
     _, heads, _ = evaluated_bones(rig, np.arange(1, 21))
@@ -321,7 +321,7 @@ def test_bones_held_by_constraints_are_reported() -> None:
     before = _census()
     with pytest.raises(ValueError, match=r"2 mapped bone\(s\) do not move when keyed.*'mixamorig:LeftForeArm' "
                                          r"\(left_elbow\)"):
-        armature.target_mapping(rig, "AUTO")
+        armature.fit_target(rig, "AUTO")
     pose, transl = synthetic_motion(5, seed=1)
     with pytest.raises(ValueError, match="do not move when keyed"):
         armature.retarget_onto(rig, pose, transl, rest_skeleton(), fps=FPS)
@@ -351,21 +351,21 @@ def test_german_and_generic_bone_names_end_to_end() -> None:
     pose, transl = synthetic_motion(12, seed=9)
     joints = source_joints(pose, transl, rest)
     german = armature.build_armature("Deutsch", _renamed(_german))
-    mapping = armature.target_mapping(german, "AUTO")
+    fit = armature.fit_target(german, "AUTO")
+    mapping = fit.mapping
     assert len(mapping) == 22 and mapping["left_ankle"] == "Fuß.L" and mapping["spine3"] == "Brust"
-    armature.retarget_onto(german, pose, transl, rest, mapping=mapping, fps=FPS)
+    armature.retarget_onto(german, pose, transl, rest, fit=fit, fps=FPS)
     assert direction_errors(german, mapping, joints).max() < 0.01
 
     # Generic names: nothing is guessed; a mapping made bone by bone (as the editor does) drives the rig.
     order = [b.name for b in armature.demo_rig_bones(prefix="")]
     generic = armature.build_armature("Generic", _renamed(lambda n: f"bone_{order.index(n):03d}"))
     with pytest.raises(ValueError, match="map the bones by hand"):
-        armature.target_mapping(generic, "AUTO")
+        armature.fit_target(generic, "AUTO")
     by_hand: dict[str, str] = {}
     for role, bone in retarget.preset_mapping("mixamo", order).items():
         by_hand = retarget.set_mapping_bone(by_hand, role, f"bone_{order.index(bone):03d}")
-    armature.check_target(generic, by_hand)
-    armature.retarget_onto(generic, pose, transl, rest, mapping=by_hand, fps=FPS)
+    armature.retarget_onto(generic, pose, transl, rest, fit=armature.check_target(generic, by_hand), fps=FPS)
     assert direction_errors(generic, by_hand, joints).max() < 0.01
 
 
@@ -377,7 +377,7 @@ def test_rig_facing_the_other_way_faces_the_source() -> None:
                                 b.parent) for b in armature.demo_rig_bones()]
     rig = armature.build_armature("Backwards", turned)
     _, mapping = retarget.auto_mapping([b.name for b in rig.data.bones])
-    armature.retarget_onto(rig, pose, transl, rest, mapping=mapping, fps=FPS)
+    armature.retarget_onto(rig, pose, transl, rest, fit=armature.check_target(rig, mapping), fps=FPS)
     joints = source_joints(pose, transl, rest)
     names, heads, _ = evaluated_bones(rig, np.arange(1, 13))
     across = heads[:, names.index(mapping["left_hip"])] - heads[:, names.index(mapping["right_hip"])]

@@ -63,7 +63,12 @@ def clips(shared_dir, tmp_path_factory) -> dict[str, object]:
     jump = shared_dir / CLIPS["jump"]
     if not archive.is_file() or not jump.is_file():
         pytest.skip(f"shared clips not staged ({archive}, {jump})")
-    folder = tmp_path_factory.mktemp("clips")
+    return load_clips(shared_dir, tmp_path_factory.mktemp("clips"))
+
+
+def load_clips(shared_dir: Path, folder: Path) -> dict[str, object]:
+    """Clip name -> SmplMotion (Y-up, 20 fps, at most MAX_FRAMES), the Bandai clips unpacked into `folder`."""
+    archive, jump = shared_dir / BANDAI, shared_dir / CLIPS["jump"]
     wanted = {CLIPS["walk"], CLIPS["wave"]}
     with tarfile.open(archive, "r|xz") as tar:
         for member in tar:
@@ -216,8 +221,9 @@ RIGS = ("rigify-fk", "rigify-ik", "base_fbx", "ue5", "smpl")
 def test_retarget_acceptance(kind: str, clip: str, clips, shared_dir) -> None:
     motion = clips[clip]
     rig = make_rig(kind, motion, shared_dir)
-    mapping = armature.target_mapping(rig, "AUTO")
-    action, result = armature.retarget_onto(rig, motion.pose, motion.transl, motion.rest_joints, mapping=mapping,
+    fit = armature.fit_target(rig, "AUTO")
+    mapping = fit.mapping
+    action, result = armature.retarget_onto(rig, motion.pose, motion.transl, motion.rest_joints, fit=fit,
                                             fps=FPS, action_name=f"{clip} on {kind}")
     assert rig.animation_data.action == action
     names = [b.name for b in rig.data.bones]
@@ -240,14 +246,14 @@ def test_rigify_deform_preset_is_refused_and_fk_switches_are_keyed(clips) -> Non
     counts = {kind: len(getattr(bpy.data, kind)) for kind in ("objects", "armatures", "actions")}
     with pytest.raises(ValueError, match=r"mapped bone\(s\) do not move when keyed.*'DEF-spine' \(pelvis\).*"
                                          r"'Rigify \(FK controls\)' preset"):
-        armature.target_mapping(rig, "rigify_def")
+        armature.fit_target(rig, "rigify_def")
     assert {kind: len(getattr(bpy.data, kind)) for kind in counts} == counts
     switches = armature.limb_switches(rig)
     assert len(switches) == 4 and all(rig.pose.bones[n][armature.RIGIFY_SWITCH] == 0.0 for n in switches)
-    mapping = armature.target_mapping(rig, "AUTO")
-    assert mapping["pelvis"] == "torso" and mapping["left_elbow"] == "forearm_fk.L"
-    action, _ = armature.retarget_onto(rig, motion.pose[:10], motion.transl[:10], motion.rest_joints,
-                                       mapping=mapping, fps=FPS)
+    fit = armature.fit_target(rig, "AUTO")
+    assert fit.mapping["pelvis"] == "torso" and fit.mapping["left_elbow"] == "forearm_fk.L"
+    action, _ = armature.retarget_onto(rig, motion.pose[:10], motion.transl[:10], motion.rest_joints, fit=fit,
+                                       fps=FPS)
     for name in switches:
         path = f'pose.bones["{name}"]["{armature.RIGIFY_SWITCH}"]'
         assert set(keyframes.read_keys(action, rig, path, 0)[1]) == {1.0}

@@ -320,7 +320,7 @@ def test_transfer_recovers_source_directions_on_mixamo(a_pose: bool) -> None:
     source, joints, *_ = source_and_joints()
     rig = make_rig(mixamo_bones(a_pose), seed=1)
     _, mapping = retarget.auto_mapping(rig.names)
-    result = retarget.retarget(source, rig, mapping)
+    result = retarget.retarget(source, retarget.fit_rig(rig, mapping))
     errors = direction_errors(rig, mapping, result, joints)
     assert errors.shape[1] == 19  # every mapped bone except the toes and the head
     assert errors.max() < 1e-6
@@ -334,7 +334,7 @@ def test_transfer_is_independent_of_object_transform_and_rolls() -> None:
     world[:3, 3] = (3.0, -2.0, 0.5)
     rigs = [make_rig(mixamo_bones(True), seed=s, world=world) for s in (4, 5)]
     mapping = retarget.auto_mapping(rigs[0].names)[1]
-    results = [retarget.retarget(source, rig, mapping) for rig in rigs]
+    results = [retarget.retarget(source, retarget.fit_rig(rig, mapping)) for rig in rigs]
     for rig, result in zip(rigs, results):
         assert direction_errors(rig, mapping, result, joints).max() < 1e-6
     # Different rolls change the local quaternions but not the posed bones.
@@ -354,7 +354,7 @@ def test_smpl_armature_gets_the_smpl_pose_back() -> None:
     matrices[:, :3, :3] = smpl_math.Y_UP_TO_Z_UP  # a bone along +Z with roll 0
     matrices[:, :3, 3] = rest_zup
     rig = retarget.TargetRig(names, parents, matrices, rest_zup + (0, 0, 0.1))
-    result = retarget.retarget(source, rig, {n: n for n in names})
+    result = retarget.retarget(source, retarget.fit_rig(rig, {n: n for n in names}))
     expected = smpl_math.quat_continuous(smpl_math.axis_angle_to_quat(pose))
     for j, name in enumerate(names):
         if j in retarget.DIRECTION_CHILD or j == 0:
@@ -390,7 +390,7 @@ def test_rigify_style_rig_with_root_bone() -> None:
     rig = make_rig(bones, seed=9)
     preset, mapping = retarget.auto_mapping(rig.names)
     assert preset == "rigify_def"
-    result = retarget.retarget(source, rig, mapping)
+    result = retarget.retarget(source, retarget.fit_rig(rig, mapping))
     assert direction_errors(rig, mapping, result, joints).max() < 1e-6
     heads, tails = pose_rig(rig, result)
     hips = rig.names.index("DEF-spine")
@@ -409,7 +409,8 @@ def test_rigify_style_rig_with_root_bone() -> None:
     np.testing.assert_allclose(root_dir[:, 2], 0.0, atol=1e-12)
     assert np.ptp(pelvis_yaw) > 0.3
     # Without the root option the root stays at rest and the hips carry everything.
-    plain = retarget.retarget(source, rig, mapping, retarget.RetargetOptions(use_root_bone=False))
+    plain = retarget.retarget(source, retarget.fit_rig(rig, mapping),
+                              retarget.RetargetOptions(use_root_bone=False))
     assert "root" not in plain.rotations
     np.testing.assert_allclose(pose_rig(rig, plain)[0][:, hips], expected_hips, atol=1e-9)
 
@@ -423,8 +424,8 @@ def test_hip_height_scaling() -> None:
     big_bones = [(n, p, tuple(2 * np.array(h)), tuple(2 * np.array(t))) for n, p, h, t in mixamo_bones(False)]
     big = make_rig(big_bones, seed=1)
     mapping = retarget.auto_mapping(small.names)[1]
-    r_small = retarget.retarget(source, small, mapping)
-    r_big = retarget.retarget(source, big, mapping)
+    r_small = retarget.retarget(source, retarget.fit_rig(small, mapping))
+    r_big = retarget.retarget(source, retarget.fit_rig(big, mapping))
     assert r_big.scale == pytest.approx(2 * r_small.scale)
     # Mixamo hips at 1.0 m above the toes at 0.02 m vs the SMPL pelvis height above its lowest joint.
     rest = source.rest_joints
@@ -433,7 +434,8 @@ def test_hip_height_scaling() -> None:
     travel_small = pose_rig(small, r_small)[0][:, hips] - small.rest[hips, :3, 3]
     travel_big = pose_rig(big, r_big)[0][:, hips] - big.rest[hips, :3, 3]
     np.testing.assert_allclose(travel_big, 2 * travel_small, atol=1e-9)
-    unscaled = retarget.retarget(source, big, mapping, retarget.RetargetOptions(scale_root_motion=False))
+    unscaled = retarget.retarget(source, retarget.fit_rig(big, mapping),
+                                 retarget.RetargetOptions(scale_root_motion=False))
     np.testing.assert_allclose(
         pose_rig(big, unscaled)[0][:, hips] - big.rest[hips, :3, 3], source.pelvis - rest[0], atol=1e-9
     )
@@ -450,7 +452,7 @@ def test_in_place_removes_travel_and_keeps_sway() -> None:
     rig = make_rig(mixamo_bones(False), seed=3)
     mapping = retarget.auto_mapping(rig.names)[1]
     options = retarget.RetargetOptions(in_place=True, scale_root_motion=False, in_place_window=1.0)
-    result = retarget.retarget(source, rig, mapping, options)
+    result = retarget.retarget(source, retarget.fit_rig(rig, mapping), options)
     hips = rig.names.index("mixamorig:Hips")
     travel = pose_rig(rig, result)[0][:, hips] - rig.rest[hips, :3, 3]
     # Forward travel (Blender -Y) is gone exactly; the side sway stays: inside the clip the 21-frame fit of a
@@ -460,7 +462,8 @@ def test_in_place_removes_travel_and_keeps_sway() -> None:
     assert np.abs(travel[10:-10, 0] - sway[10:-10]).max() < 0.002
     assert np.abs(travel[:, 0] - sway).max() < 0.017
     np.testing.assert_allclose(travel[:, 2], transl[:, 1], atol=1e-9)
-    moving = retarget.retarget(source, rig, mapping, retarget.RetargetOptions(scale_root_motion=False))
+    moving = retarget.retarget(source, retarget.fit_rig(rig, mapping),
+                               retarget.RetargetOptions(scale_root_motion=False))
     moved = pose_rig(rig, moving)[0][:, hips] - rig.rest[hips, :3, 3]
     assert moved[-1, 1] == pytest.approx(-1.3 * t[-1])
 
@@ -474,7 +477,7 @@ def test_quaternions_are_continuous() -> None:
     source = retarget.source_from_smpl(pose, np.zeros((frames, 3)), rest)
     rig = make_rig(mixamo_bones(False), seed=6)
     mapping = retarget.auto_mapping(rig.names)[1]
-    result = retarget.retarget(source, rig, mapping)
+    result = retarget.retarget(source, retarget.fit_rig(rig, mapping))
     for name, q in result.rotations.items():
         assert ((q[1:] * q[:-1]).sum(-1) > 0).all(), name
     hips = result.rotations["mixamorig:Hips"]
@@ -521,9 +524,13 @@ def test_generic_names_are_not_guessed() -> None:
 def test_mapping_problems_name_every_bone() -> None:
     problems = retarget.mapping_problems({"left_hip": "bone_001", "right_hip": "bone_001", "spine1": "nope"},
                                          ["bone_001", "bone_002"])
-    assert problems == ["bone 'bone_001' is mapped twice ('left_hip' and 'right_hip')",
-                        "role 'spine1': bone 'nope' is not in the armature",
+    assert problems == ["the armature has no bone 'nope' (spine1)",
+                        "bone 'bone_001' is chosen for 2 joints (left_hip, right_hip): pick one",
                         "no bone is mapped to 'pelvis' (the hips): choose one"]
+    absent = retarget.mapping_problems({role: f"x{k}" for k, role in enumerate(retarget.BODY_ROLES[:5])}, [])
+    assert absent[0] == "the armature has no bones 'x0' (pelvis), 'x1' (left_hip), 'x2' (right_hip) and 2 more"
+    assert retarget.mapping_problems({"tail": "bone_001", "pelvis": "bone_002"}, ["bone_001", "bone_002"]) == [
+        "unknown joint 'tail' (expected an SMPL joint name or 'root')"]
     assert retarget.missing_roles({"pelvis": "a", "head": "b"})[:3] == ["left_hip", "right_hip", "spine1"]
 
 
@@ -535,12 +542,13 @@ def test_rig_lying_down_is_refused() -> None:
     rig = make_rig(turned, seed=4)
     mapping = retarget.auto_mapping(rig.names)[1]
     with pytest.raises(ValueError, match=r"does not stand upright.* 9\d degrees away from Blender's up axis"):
-        retarget.retarget(source, rig, mapping)
+        retarget.fit_rig(rig, mapping)
     # The same rig with its object turned upright stands, and faces the source's way whatever its own facing.
     world = np.eye(4)
     world[:3, :3] = lying
-    result = retarget.retarget(source, make_rig(turned, seed=4, world=world), mapping)
-    assert result.scale == pytest.approx(retarget.retarget(source, make_rig(bones, seed=4), mapping).scale)
+    result = retarget.retarget(source, retarget.fit_rig(make_rig(turned, seed=4, world=world), mapping))
+    upright = retarget.fit_rig(make_rig(bones, seed=4), mapping)
+    assert result.scale == pytest.approx(retarget.retarget(source, upright).scale)
 
 
 def test_hip_height_uses_heads_not_tails() -> None:
@@ -548,8 +556,8 @@ def test_hip_height_uses_heads_not_tails() -> None:
     bones = mixamo_bones(False)
     sunk = [(n, p, h, (t[0], t[1], -0.1) if n.endswith("ToeBase") else t) for n, p, h, t in bones]  # FBX-like tails
     mapping = retarget.auto_mapping([b[0] for b in bones])[1]
-    plain = retarget.retarget(source, make_rig(bones, seed=1), mapping).scale
-    assert retarget.retarget(source, make_rig(sunk, seed=1), mapping).scale == pytest.approx(plain)
+    plain = retarget.retarget(source, retarget.fit_rig(make_rig(bones, seed=1), mapping)).scale
+    assert retarget.retarget(source, retarget.fit_rig(make_rig(sunk, seed=1), mapping)).scale == pytest.approx(plain)
 
 
 def test_correct_bases_reaches_targets_through_a_hidden_parent() -> None:
