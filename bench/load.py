@@ -12,9 +12,10 @@ lost = sent - answered.
     .venv/bin/python bench/load.py --random-preset mini --write     # random weights, mini sizes (speed only)
 
 `--ray` (issue 21) instead serves the model on Ray Serve (safemotion.serve.ray_app, a local Ray on loopback): one
-application with 1 replica and one with 2 (1 torch thread each, both deployed at once, taking turns), 16 clients,
-throughput and p50/p95; then one 32-item batch job per application, counting items lost (not done) and duplicated
-(computed more than once: claim attempts > 1, or more audit rows than items).
+application with 1 replica and one with 2 (1 torch thread each, deployed in turns), 16 clients, throughput,
+p50/p95 and the CPU seconds per request of each group of processes (clients, proxy, ingress, replicas, Ray's own);
+then one 32-item batch job per application, counting items lost (not done) and duplicated (computed more than once:
+claim attempts > 1, or more audit rows than items).
 
     .venv/bin/python bench/load.py --ray --model backend/safemotion/assets/models/safemotion-mini-lcr --write
 """
@@ -22,8 +23,11 @@ throughput and p50/p95; then one 32-item batch job per application, counting ite
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -32,6 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -41,6 +46,8 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Server load (issue 6)"
 RAY_SECTION = "## Ray Serve scale-out (issue 21)"
 RAY_REPLICAS = (1, 2)
+RAY_GROUPS = ("load generator (HTTP clients) + Ray driver", "Serve HTTP proxy", "FastAPI ingress", "model replicas",
+              "Serve controller", "GCS", "raylet", "other Ray processes", "other application")  # CPU table order
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = (16, 1)  # --max-batch of the micro-batching server and of the one-at-a-time server
 PROMPTS = ["a person walks forward", "a person jumps twice", "someone waves with the right hand",
@@ -131,31 +138,41 @@ class Server:
 
 
 def run_level(url: str, clients: int, rounds: int, seconds: float, first_seed: int) -> dict:
-    """`clients` closed-loop clients sending `rounds` requests each: latencies, errors, requests sent, wall time."""
+    """`clients` closed-loop clients sending `rounds` requests each: latencies, errors, requests sent, wall time.
+    Each client is a thread with one keep-alive HTTP/1.1 connection (http.client: a far lighter client than httpx,
+    so the load generator takes less of the CPU it shares with the server); every answer is read whole and parsed."""
     latencies: list[float] = []
     errors: list[str] = []
     sent = [0]
     lock = threading.Lock()
+    where = urlsplit(url)
 
     def client(index: int) -> None:
-        with httpx.Client(base_url=url, timeout=600) as http:
+        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=600)
+        try:
             for k in range(rounds):
                 seed = first_seed + index * rounds + k
-                body = {"prompt": PROMPTS[seed % len(PROMPTS)], "seconds": seconds, "seed": seed}
+                body = json.dumps({"prompt": PROMPTS[seed % len(PROMPTS)], "seconds": seconds, "seed": seed})
                 with lock:
                     sent[0] += 1
                 start = time.perf_counter()
                 try:
-                    response = http.post("/v1/generate", json=body)
-                    problem = None if response.status_code == 200 and len(response.json()["motions"]) == 1 \
-                        else f"HTTP {response.status_code}"
-                except httpx.HTTPError as err:
+                    connection.request("POST", f"{where.path}/v1/generate", body=body,
+                                       headers={"Content-Type": "application/json"})
+                    response = connection.getresponse()
+                    answer = response.read()
+                    problem = None if response.status == 200 and len(json.loads(answer)["motions"]) == 1 \
+                        else f"HTTP {response.status}"
+                except (OSError, http.client.HTTPException, ValueError, KeyError) as err:
                     problem = f"{type(err).__name__}: {err}"
+                    connection.close()  # the next request opens a fresh connection
                 with lock:
                     if problem is None:
                         latencies.append(time.perf_counter() - start)
                     else:
                         errors.append(problem)
+        finally:
+            connection.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     start = time.perf_counter()
@@ -210,40 +227,109 @@ def bench(model: Path, levels: list[int], rounds: dict[int, int], repeats: int, 
             server.stop()
 
 
+def ray_process_group(process, app: str, me: int) -> str:
+    """Which part of the Ray run a psutil `process` is, for the CPU breakdown (`app`: the application under load)."""
+    if process.pid == me:
+        return "load generator (HTTP clients) + Ray driver"
+    title = " ".join(process.cmdline()) or process.name()
+    if match := re.match(r"ray::ServeReplica:([^:]+):(\w+)", title):
+        part = {"SafeMotionModel": "model replicas", "SafeMotionIngress": "FastAPI ingress"}.get(match[2], match[2])
+        return part if match[1] == app else "other application"
+    for key, group in (("ray::ProxyActor", "Serve HTTP proxy"), ("ray::ServeController", "Serve controller"),
+                       ("raylet", "raylet"), ("gcs_server", "GCS")):
+        if key in title:
+            return group
+    return "other Ray processes"
+
+
+def ray_cpu_seconds(app: str) -> dict[int, tuple[str, float]]:
+    """User + system CPU seconds so far of this process and all its descendants (Ray's), with their groups."""
+    import psutil  # Ray ships it (ray/thirdparty_files), importable once ray is imported
+
+    me = psutil.Process()
+    found = {}
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            with process.oneshot():
+                times = process.cpu_times()
+                found[process.pid] = (ray_process_group(process, app, me.pid), times.user + times.system)
+        except psutil.Error:  # it ended meanwhile
+            continue
+    return found
+
+
+def cpu_by_group(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent per group between two ray_cpu_seconds snapshots (a process that started meanwhile counts
+    whole; one that ended meanwhile is missing, which the replicas and proxies of a healthy run never do)."""
+    spent: dict[str, float] = {}
+    for pid, (group, seconds) in after.items():
+        spent[group] = spent.get(group, 0.0) + seconds - before.get(pid, (group, 0.0))[1]
+    return spent
+
+
+def ray_job(url: str, db: str, replicas: int, seconds: float) -> dict:
+    """One 32-item batch job: items done, lost (not done) and duplicated (computed more than once: claim attempts > 1,
+    or more audit rows than items), how many replicas computed items, and the job's time."""
+    from safemotion.serve.store import Store
+
+    items = [{"prompt": PROMPTS[i % len(PROMPTS)], "seconds": seconds, "seed": 500 + i} for i in range(32)]
+    started = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=60) as api:
+        job = api.post("/v1/jobs", json={"items": items}).json()
+        while (status := api.get(f"/v1/jobs/{job['id']}").json())["status"] in ("queued", "running"):
+            time.sleep(0.2)
+    elapsed = time.perf_counter() - started
+    store = Store(db)
+    try:
+        rows = store.job_items(job["id"])
+        audited = [r for r in store.audit_entries(event="job_item", limit=10_000) if r["job_id"] == job["id"]]
+    finally:
+        store.close()
+    return {"replicas": replicas, "items": len(items), "done": status["done"], "lost": len(items) - status["done"],
+            "seconds": elapsed, "duplicated": sum(r["attempts"] > 1 for r in rows) + max(0, len(audited) - len(items)),
+            "workers": len({r["claimed_by"] for r in rows})}
+
+
 def ray_bench(model: Path, clients: int, rounds: int, repeats: int, seconds: float, threads: int,
               work: Path) -> tuple[list[dict], list[dict]]:
-    """Applications of 1 and 2 replicas on one local Ray, taking turns under `clients` closed-loop clients; then a
-    batch job on each. Rows of request numbers and of job numbers."""
+    """Applications of 1 and 2 replicas on one local Ray, taking turns under `clients` closed-loop clients (only the
+    application of the turn is deployed, so the other's idle replicas take no CPU); after its last turn, a batch
+    job on each. Rows of request numbers (with CPU seconds per request by process group) and of job numbers."""
     import ray
     from ray import serve
 
     from safemotion.serve.ray_app import build_app
-    from safemotion.serve.store import Store
 
     port = free_port()
     ray.init(num_cpus=sum(RAY_REPLICAS), include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        urls, dbs = {}, {}
-        for replicas in RAY_REPLICAS:
-            name = f"replicas{replicas}"
-            dbs[replicas] = f"sqlite:///{work / name}.db"
-            serve.run(build_app({"model": str(model), "db_url": dbs[replicas], "replicas": replicas,
-                                 "max_batch": 16, "max_queue": 256, "threads": threads, "device": "cpu",
-                                 "app_name": name}), name=name, route_prefix=f"/{name}")
-            urls[replicas] = f"http://127.0.0.1:{port}/{name}"
-            run_level(urls[replicas], 4, 1, seconds, first_seed=10**6)  # warm-up: first-call costs, every replica
-        totals = {n: {"latencies": [], "errors": [], "sent": 0, "wall": 0.0, "load": []} for n in RAY_REPLICAS}
+        totals = {n: {"latencies": [], "errors": [], "sent": 0, "wall": 0.0, "load": [], "cpu": {}}
+                  for n in RAY_REPLICAS}
+        jobs = []
         for repeat in range(repeats):
             for replicas in RAY_REPLICAS:
-                run = run_level(urls[replicas], clients, rounds, seconds, first_seed=1000 * repeat)
+                name, url = f"replicas{replicas}", f"http://127.0.0.1:{port}/replicas{replicas}"
+                db = f"sqlite:///{work / name}.db"
+                serve.run(build_app({"model": str(model), "db_url": db, "replicas": replicas, "max_batch": 16,
+                                     "max_queue": 256, "threads": threads, "device": "cpu", "app_name": name}),
+                          name=name, route_prefix=f"/{name}")
+                run_level(url, 4, 1, seconds, first_seed=10**6)  # warm-up: first-call costs, every replica
+                before = ray_cpu_seconds(name)
+                run = run_level(url, clients, rounds, seconds, first_seed=1000 * repeat)
                 total = totals[replicas]
+                for group, spent in cpu_by_group(before, ray_cpu_seconds(name)).items():
+                    total["cpu"][group] = total["cpu"].get(group, 0.0) + spent
                 for key in ("latencies", "errors"):
                     total[key] += run[key]
                 total["sent"] += run["sent"]
                 total["wall"] += run["wall"]
                 total["load"].append(os.getloadavg()[0])
+                if repeat == repeats - 1:
+                    jobs.append(ray_job(url, db, replicas, seconds))
+                    print(f"ray job, {replicas} replica(s): {jobs[-1]}", flush=True)
+                serve.delete(name)
         rows = []
         for replicas, total in totals.items():
             ok = len(total["latencies"])
@@ -252,32 +338,34 @@ def ray_bench(model: Path, clients: int, rounds: int, repeats: int, seconds: flo
                          "throughput": ok / total["wall"],
                          "p50": float(np.percentile(total["latencies"], 50)) if ok else float("nan"),
                          "p95": float(np.percentile(total["latencies"], 95)) if ok else float("nan"),
-                         "load": float(np.mean(total["load"])), "error_kinds": sorted(set(total["errors"]))})
+                         "load": float(np.mean(total["load"])), "error_kinds": sorted(set(total["errors"])),
+                         "cpu_per_request": {group: spent / max(ok, 1) for group, spent in total["cpu"].items()},
+                         "cpu_share": {group: spent / total["wall"] for group, spent in total["cpu"].items()}})
             print(f"ray, {replicas} replica(s), {clients} clients: {rows[-1]['throughput']:.2f} req/s, "
-                  f"p50 {rows[-1]['p50']:.2f} s, p95 {rows[-1]['p95']:.2f} s, errors {rows[-1]['errors']}", flush=True)
-        jobs = []
-        for replicas in RAY_REPLICAS:
-            items = [{"prompt": PROMPTS[i % len(PROMPTS)], "seconds": seconds, "seed": 500 + i} for i in range(32)]
-            started = time.perf_counter()
-            with httpx.Client(base_url=urls[replicas], timeout=60) as http:
-                job = http.post("/v1/jobs", json={"items": items}).json()
-                while (status := http.get(f"/v1/jobs/{job['id']}").json())["status"] in ("queued", "running"):
-                    time.sleep(0.2)
-            store = Store(dbs[replicas])
-            try:
-                rows_ = store.job_items(job["id"])
-                audited = [r for r in store.audit_entries(event="job_item", limit=10_000) if r["job_id"] == job["id"]]
-            finally:
-                store.close()
-            jobs.append({"replicas": replicas, "items": len(items), "done": status["done"],
-                         "lost": len(items) - status["done"], "seconds": time.perf_counter() - started,
-                         "duplicated": sum(r["attempts"] > 1 for r in rows_) + max(0, len(audited) - len(items)),
-                         "workers": len({r["claimed_by"] for r in rows_})})
-            print(f"ray job, {replicas} replica(s): {jobs[-1]}", flush=True)
+                  f"p50 {rows[-1]['p50']:.2f} s, p95 {rows[-1]['p95']:.2f} s, errors {rows[-1]['errors']}, "
+                  f"CPU ms per request: " + ", ".join(f"{group} {1000 * spent:.1f}" for group, spent
+                                                      in sorted(rows[-1]["cpu_per_request"].items())), flush=True)
         return rows, jobs
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def cpu_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: CPU milliseconds per answered request and share of one core, per process group (the request
+    path first, then Ray's background) and replica count, with the total outside the model replicas (the overhead
+    per request that a second replica has to share the CPUs with)."""
+    found = {group for r in rows for group in r["cpu_per_request"]}
+    groups = [group for group in RAY_GROUPS if group in found] + sorted(found - set(RAY_GROUPS))
+    lines = ["| process group | " + " | ".join(f"{r['replicas']} replica(s): ms per request, % of one core"
+                                              for r in rows) + " |", "|---|" + "---|" * len(rows)]
+    for group in groups:
+        lines.append(f"| {group} | " + " | ".join(
+            f"{1000 * r['cpu_per_request'].get(group, 0.0):.1f}, {100 * r['cpu_share'].get(group, 0.0):.1f}%"
+            for r in rows) + " |")
+    outside = [sum(v for g, v in r["cpu_per_request"].items() if g != "model replicas") for r in rows]
+    lines.append("| **outside the model replicas** | " + " | ".join(f"**{1000 * o:.1f}**" for o in outside) + " |")
+    return lines
 
 
 def ray_section(rows: list[dict], jobs: list[dict], model_note: str, seconds: float, threads: int,
@@ -289,20 +377,22 @@ def ray_section(rows: list[dict], jobs: list[dict], model_note: str, seconds: fl
     verdict = "met" if ratio >= 1.7 and bad == 0 else "not met in this run"
     lines = [
         RAY_SECTION, "",
-        "`bench/load.py --ray`: a local Ray on loopback with two Serve applications deployed at once (the FastAPI "
-        "ingress + 1 model replica, and + 2 replicas; 1 torch thread and 1 Ray CPU per replica), taking turns so "
-        f"load changes hit both; {rows[0]['clients']} closed-loop HTTP clients, `POST /v1/generate` of one "
-        f"{seconds:g}-second motion per request, SMPL fit and encoding included (in the replicas). Model: "
-        f"{model_note}. CPU: {os.cpu_count()} cores, shared by the replicas with the clients, the ingress, Serve's "
-        "proxy and Ray's own processes (1-minute load average in the table, this run's own processes included). "
-        "Whole run: "
-        f"{elapsed / 60:.1f} min.", "",
+        "`bench/load.py --ray`: a local Ray on loopback; a Serve application of the FastAPI ingress + 1 model "
+        "replica and one of + 2 replicas (1 torch thread and 1 Ray CPU per replica) take turns, only the one "
+        f"whose turn it is deployed; {rows[0]['clients']} closed-loop HTTP clients (threads with keep-alive "
+        f"http.client connections), `POST /v1/generate` of one {seconds:g}-second motion per request, SMPL fit "
+        f"and encoding included (in the replicas). Model: {model_note}. CPU: {os.cpu_count()} cores, shared by "
+        "the replicas with the clients, the ingress, Serve's proxy and Ray's own processes (1-minute load average "
+        f"in the table, this run's own processes included). Whole run: {elapsed / 60:.1f} min.", "",
         "| replicas | clients | requests | throughput (req/s) | p50 latency (s) | p95 latency (s) | errors | lost "
         "| load avg |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['replicas']} | {r['clients']} | {r['requests']} | {r['throughput']:.2f} | {r['p50']:.2f} | "
               f"{r['p95']:.2f} | {r['errors']} | {r['lost']} | {r['load']:.1f} |" for r in rows]
+    lines += ["", "CPU seconds (user + system, psutil) spent during the timed turns by each group of processes, "
+                  "per answered request, and as a share of one core over the turns' wall time:", ""]
+    lines += cpu_table(rows)
     lines += ["", "| replicas | job items | done | lost | duplicated | replicas that computed items | job time (s) |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {j['replicas']} | {j['items']} | {j['done']} | {j['lost']} | {j['duplicated']} | {j['workers']} | "
@@ -324,7 +414,7 @@ def section(rows: list[dict], ceiling: dict, model_note: str, seconds: float, th
     lines = [
         SECTION, "",
         "`bench/load.py`: one real `safemotion serve` process on loopback per mode, the modes taking turns at each "
-        "level (so load changes hit both), closed-loop HTTP clients (threads with httpx) in a separate process, "
+        "level (so load changes hit both), closed-loop HTTP clients (threads with keep-alive http.client connections) in a separate process, "
         f"`POST /v1/generate` of one {seconds:g}-second motion per request "
         "(one variation, policy sanitize, prompts and seeds varying), SMPL fit and base64 encoding included. "
         f"Model: {model_note}. Server: `--threads {threads}` (torch threads of the model worker), default "
