@@ -18,7 +18,9 @@ tokens depend only on its seed, condition and requested length. `greedy` takes t
 
 Skipped steps: a step whose token no sample of the batch keeps (pass 1: every sample is past its requested length or
 its first END; pass 2: every sample is past its length) runs no transformer pass; its draws are still taken. Both masks
-hide a position from every earlier one, so the kept tokens are bit-identical to running every step.
+hide a position from every earlier one, so the kept tokens are those of running every step. Pass 1 runs step k on the
+text and the k ids before it only (the causal mask hides the rest), about a third of the work of full-length passes;
+the prefix depends on k alone, not on the batch.
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ def _autoregressive_pass(model: BammTransformer, ids: Tensor, cond: Tensor, cond
                 for _ in range(k, seq_len):
                     per_sample_uniform(generators, ones, 1)
             break
-        logits = model.forward_with_cond_scale(ids, cond, cond_idx, cond_scale)[:, :, k].float()  # (B, codes+END)
+        # the causal pass: output k sees the text and ids before k only, so the pass runs on that prefix
+        visible = ids[:, :k] if cond_idx is None else ids
+        logits = model.forward_with_cond_scale(visible, cond, cond_idx, cond_scale)[:, :, k].float()  # (B, codes+END)
         logits[:, model.end_id] = torch.where(allow_end, logits[:, model.end_id], float("-inf"))
         if greedy:
             ids[:, k] = logits.argmax(dim=-1)
