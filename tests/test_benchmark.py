@@ -270,7 +270,7 @@ def test_an_lcr_edit_shares_its_models_tokens(dataset, models_root, evaluator_di
 def test_bamm_rows_added_to_a_momask_report(dataset, models_root, bamm_root, evaluator_dir, tmp_path, capsys):
     base = run_benchmark(parse_model_specs(["original", "lcr"], models_root), dataset, evaluator_dir, ADD_SETTINGS,
                          log=lambda _: None)
-    write_report(base, tmp_path / "report")
+    write_report(base, tmp_path / "report", title="Mini benchmark")
     rows = f"bamm={bamm_root / 'bamm'},bamm-lcr={bamm_root / 'bamm-lcr'}"
     code = cli.main(["eval", "--models", rows, "--data", str(dataset), "--evaluator", str(evaluator_dir),
                      "--add-to", str(tmp_path / "report"), "--repeats", "1"])
@@ -290,6 +290,7 @@ def test_bamm_rows_added_to_a_momask_report(dataset, models_root, bamm_root, eva
     (addition,) = merged["additions"]
     assert addition["rows"] == ["bamm", "bamm-lcr"] and addition["repeats"] == 1
     markdown = (tmp_path / "report" / "report.md").read_text()
+    assert markdown.startswith("# Mini benchmark\n")  # the report keeps its title
     assert "- Rows bamm, bamm-lcr added by a later run on the same samples, crops and seeds" in markdown
     assert "**1 repeat(s)**" in markdown and "| bamm-lcr |" in markdown
     original_fid = base["results"]["retain"]["original"]["fid"]

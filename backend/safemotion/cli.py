@@ -306,7 +306,7 @@ def _eval(args: argparse.Namespace) -> int:
         require_report_sets,
         run_benchmark,
     )
-    from safemotion.eval.report import REPORT_JSON, write_report
+    from safemotion.eval.report import REPORT_JSON, report_title, write_report
 
     if args.out is None and args.add_to is None:
         raise ValueError("give --out REPORT_DIR for a new report, or --add-to REPORT_DIR to add rows to one")
@@ -324,7 +324,8 @@ def _eval(args: argparse.Namespace) -> int:
         require_report_sets(base, args.data, settings, str(args.add_to))
     else:
         settings = BenchmarkSettings(sets=tuple(s.strip() for s in args.sets.split(",") if s.strip()),
-                                     repeats=args.repeats or 20, concept=args.concept, rule=args.rule,
+                                     repeats=20 if args.repeats is None else args.repeats, concept=args.concept,
+                                     rule=args.rule,
                                      split=args.split, seed=args.seed, device=args.device,
                                      prompt_variations=args.prompt_variations,
                                      samples_per_repeat=args.samples_per_repeat,
@@ -335,8 +336,7 @@ def _eval(args: argparse.Namespace) -> int:
                            args.clip_vocab)
     if base is not None:
         result = add_rows(base, result, str(args.add_to))
-    out = write_report(result, args.out or args.add_to, title=None if base is None else
-                       f"SafeMotion unlearning benchmark — {args.add_to.name}")
+    out = write_report(result, args.out or args.add_to, title=None if base is None else report_title(args.add_to))
     print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
     return 0
 

@@ -185,6 +185,13 @@ def plot_report(result: dict[str, Any], folder: Path) -> list[str]:
     return written
 
 
+def report_title(folder: str | Path) -> str | None:
+    """The title of a report folder's report.md (its first heading), or None without one."""
+    path = Path(folder) / REPORT_MD
+    first = path.read_text(encoding="utf-8").split("\n", 1)[0] if path.is_file() else ""
+    return first[2:].strip() if first.startswith("# ") else None
+
+
 def write_report(result: dict[str, Any], out_dir: str | Path, title: str | None = None) -> Path:
     """Write report.json, report.md and plots into out_dir (replaced as a whole); returns out_dir."""
     out_dir = Path(out_dir)
