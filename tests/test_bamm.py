@@ -175,6 +175,25 @@ def test_top1_decoding_matches_the_reference_with_an_end_mid_sequence_and_at_the
         assert ours == reference_decode(model, cond[0], None, 4.0, 3.0)
 
 
+def test_steps_no_sample_keeps_run_no_pass_and_change_no_token() -> None:
+    """Requested lengths 3 and 5 of 12 slots: 5 passes each (not 12); the sampled tokens, and the draws left for
+    the residual layers, are those of each sample decoded alone."""
+    model = tiny_transformer()
+    cond = torch.randn(2, TEXT_DIM, generator=torch.Generator().manual_seed(4))
+    calls = []
+    original = model.forward_with_cond_scale
+    model.forward_with_cond_scale = lambda *args: calls.append(1) or original(*args)
+    cfg = SamplingConfig()
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    ids, lengths = decode_bamm(model, cond, torch.tensor([3, 5]), gens, cfg, 12)
+    assert len(calls) == 10 and lengths.tolist() == [3, 5]
+    for row, (seed, length) in enumerate(((1, 3), (2, 5))):
+        alone = torch.Generator().manual_seed(seed)
+        ids_alone, _ = decode_bamm(model, cond[row:row + 1], torch.tensor([length]), [alone], cfg, 12)
+        assert ids[row, :length].tolist() == ids_alone[0].tolist()
+        assert torch.equal(alone.get_state(), gens[row].get_state())  # 2 · 12 draws each, skipped steps included
+
+
 # ---------------------------------------------------------------------------------- generation
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,16 @@ from safemotion.data.captions import caption_line
 from safemotion.data.concept_splits import write_concept_splits
 from safemotion.eval.benchmark import (
     BenchmarkSettings,
+    add_rows,
     parse_model_specs,
     quick_settings,
+    report_settings,
     run_benchmark,
 )
 from safemotion.eval.evaluator import CoEmbedding, EvaluatorConfig, save_evaluator
+from safemotion.eval.report import write_report
 from safemotion.models.config import LengthEstimatorConfig, ModelConfig, TransformerConfig, VQConfig
-from safemotion.models.model_dir import build_models, save_model_dir
+from safemotion.models.model_dir import build_models, load_model_dir, save_model_dir
 from safemotion.unlearn.lcr_pipeline import LCROptions, run_lcr
 
 SAFE = ["a person walks forward", "a person waves the left hand", "someone sits down slowly",
@@ -224,3 +227,95 @@ def test_missing_split_and_bad_model_lists(dataset, models_root, evaluator_dir, 
     code = cli.main(["eval", "--models", "original", "--data", str(dataset), "--evaluator", str(evaluator_dir),
                      "--out", str(tmp_path / "r")])
     assert code == 2 and "has no directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- rows added to a report
+
+ADD_SETTINGS = BenchmarkSettings(repeats=2, max_samples=12, prompt_variations=1, max_prompts=2)
+
+
+@pytest.fixture(scope="module")
+def bamm_root(dataset, models_root, tmp_path_factory):
+    """A BAMM model sharing the original's VQ and length estimator, and its LCR edit (`bamm-lcr`)."""
+    root = tmp_path_factory.mktemp("bamm-models")
+    torch.manual_seed(5)
+    bamm = build_models(dataclasses.replace(tiny_model_config(), generator="bamm"))
+    original = load_model_dir(models_root / "original")
+    bamm.vq.load_state_dict(original.vq.state_dict())
+    bamm.length_estimator.load_state_dict(original.length_estimator.state_dict())
+    bamm.std = original.std
+    with torch.no_grad():  # END likely enough that flag-rate motions end before the 49 slots
+        bamm.mask_transformer.output_process.poseFinal.bias[bamm.mask_transformer.end_id] = 2.0
+    save_model_dir(bamm.eval(), root / "bamm")
+    run_lcr(LCROptions(model=root / "bamm", data=dataset, out=root / "bamm-lcr", k=4, repeats=2, cache_dir=None,
+                       device="cpu", progress=False))
+    return root
+
+
+def test_an_lcr_edit_shares_its_models_tokens(dataset, models_root, evaluator_dir):
+    """original and lcr differ only in the VQ: one sampling per repeat, the same numbers as two separate runs."""
+    specs = parse_model_specs(["original", "lcr", "finetune"], models_root)
+    together = run_benchmark(specs, dataset, evaluator_dir, ADD_SETTINGS, log=lambda _: None)
+    alone = run_benchmark(parse_model_specs(["lcr"], models_root), dataset, evaluator_dir, ADD_SETTINGS,
+                          log=lambda _: None)
+    for set_name in ("forget", "retain"):
+        for metric, entry in alone["results"][set_name]["lcr"].items():
+            if metric != "seconds_per_motion":
+                assert together["results"][set_name]["lcr"][metric]["values"] == entry["values"], metric
+    assert together["flag_rates"]["lcr"] is together["flag_rates"]["original"]  # same tokens, codes and threshold
+    assert together["flag_rates"]["finetune"] is not together["flag_rates"]["original"]
+    assert together["flag_rates"]["lcr"] == alone["flag_rates"]["lcr"]
+
+
+def test_bamm_rows_added_to_a_momask_report(dataset, models_root, bamm_root, evaluator_dir, tmp_path, capsys):
+    base = run_benchmark(parse_model_specs(["original", "lcr"], models_root), dataset, evaluator_dir, ADD_SETTINGS,
+                         log=lambda _: None)
+    write_report(base, tmp_path / "report", title="Mini benchmark")
+    rows = f"bamm={bamm_root / 'bamm'},bamm-lcr={bamm_root / 'bamm-lcr'}"
+    code = cli.main(["eval", "--models", rows, "--data", str(dataset), "--evaluator", str(evaluator_dir),
+                     "--add-to", str(tmp_path / "report"), "--repeats", "1"])
+    assert code == 0, capsys.readouterr().err
+    merged = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [m["name"] for m in merged["models"]] == ["original", "lcr", "bamm", "bamm-lcr"]
+    for set_name in ("forget", "retain"):
+        for name in ("real motions", "original", "lcr"):  # the report's own rows, untouched
+            assert merged["results"][set_name][name] == json.loads(json.dumps(base["results"][set_name][name]))
+        for name in ("bamm", "bamm-lcr"):
+            assert all(len(e["values"]) == 1 for e in merged["results"][set_name][name].values())
+    # bamm-lcr is the same edit of the shared codebook as the MoMask lcr row
+    assert merged["models"][3]["removed_base_codes"] == merged["models"][1]["removed_base_codes"] > 0
+    flags = merged["flag_rates"]
+    assert flags["bamm"]["codes_from"] == "bamm-lcr" and flags["bamm"] == flags["bamm-lcr"]
+    assert flags["original"] == json.loads(json.dumps(base["flag_rates"]["original"]))
+    (addition,) = merged["additions"]
+    assert addition["rows"] == ["bamm", "bamm-lcr"] and addition["repeats"] == 1
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert markdown.startswith("# Mini benchmark\n")  # the report keeps its title
+    assert "- Rows bamm, bamm-lcr added by a later run on the same samples, crops and seeds" in markdown
+    assert "**1 repeat(s)**" in markdown and "| bamm-lcr |" in markdown
+    original_fid = base["results"]["retain"]["original"]["fid"]
+    assert f"| original | {original_fid['mean']:.3f} ± {original_fid['ci95']:.3f} |" in markdown
+
+    again = ["eval", "--models", rows, "--data", str(dataset), "--evaluator", str(evaluator_dir), "--add-to",
+             str(tmp_path / "report")]
+    assert cli.main(again) == 2 and "already has row(s) ['bamm', 'bamm-lcr']" in capsys.readouterr().err
+    assert cli.main(again[:-2] + ["--add-to", str(tmp_path / "report"), "--repeats", "3"]) == 2
+    assert "rows added to it may have as many repeats or fewer" in capsys.readouterr().err
+
+
+def test_added_rows_must_score_the_same_samples(dataset, models_root, evaluator_dir):
+    base = run_benchmark(parse_model_specs(["original"], models_root), dataset, evaluator_dir, ADD_SETTINGS,
+                         log=lambda _: None)
+    other_seed = run_benchmark(parse_model_specs(["finetune"], models_root), dataset, evaluator_dir,
+                               dataclasses.replace(ADD_SETTINGS, seed=1), log=lambda _: None)
+    with pytest.raises(ValueError, match=r"was made with seed = 0, the added run with 1"):
+        add_rows(base, other_seed)
+    same = run_benchmark(parse_model_specs(["finetune"], models_root), dataset, evaluator_dir,
+                         report_settings(base, repeats=1), log=lambda _: None)
+    assert add_rows(base, same)["results"]["retain"]["finetune"] == same["results"]["retain"]["finetune"]
+    tampered = json.loads(json.dumps(same))
+    tampered["results"]["retain"]["real motions"]["fid"]["values"][0] *= 1 + 1e-6  # float rounding: accepted
+    assert "finetune" in add_rows(base, tampered)["results"]["retain"]
+    tampered["results"]["retain"]["real motions"]["fid"]["values"][0] *= 1.001
+    with pytest.raises(ValueError, match=r"retain set's real-motion fid differs .* scored other crops"):
+        add_rows(base, tampered)

@@ -15,6 +15,12 @@ Sampling: plain categorical from the guided softmax at SamplingConfig.temperatur
 MoMask's time_steps, topk_filter_thres and gumbel_sample do not apply. Each step draws one
 uniform number per sample from the sample's own generator, 2·seq_len draws in all whatever the length, so a sample's
 tokens depend only on its seed, condition and requested length. `greedy` takes the argmax instead (top-1 decoding).
+
+Skipped steps: a step whose token no sample of the batch keeps (pass 1: every sample is past its requested length or
+its first END; pass 2: every sample is past its length) runs no transformer pass; its draws are still taken. Both masks
+hide a position from every earlier one, so the kept tokens are those of running every step. Pass 1 runs step k on the
+text and the k ids before it only (the causal mask hides the rest), about a third of the work of full-length passes;
+the prefix depends on k alone, not on the batch.
 """
 
 from __future__ import annotations
@@ -42,12 +48,24 @@ def end_token_lengths(ids: Tensor, end_id: int) -> Tensor:
 
 def _autoregressive_pass(model: BammTransformer, ids: Tensor, cond: Tensor, cond_idx: Tensor | None,
                          cond_scale: float, allow_end: Tensor, generators: list[torch.Generator],
-                         cfg: SamplingConfig, greedy: bool) -> Tensor:
-    """Overwrite slots 0..seq_len-1 of ids (B, seq_len + 1) left to right; allow_end (B,) admits the END class."""
+                         cfg: SamplingConfig, greedy: bool, needed: Tensor) -> Tensor:
+    """Overwrite slots 0..seq_len-1 of ids (B, seq_len + 1) left to right; allow_end (B,) admits the END class.
+
+    needed (B,): slots a sample keeps (those before it); a sample that may end (allow_end) also needs every slot up
+    to its first END. Once no sample needs the next slot, the remaining steps only take their draws.
+    """
     batch, seq_len = ids.shape[0], ids.shape[1] - 1
     ones = torch.ones(batch, dtype=torch.long)
     for k in range(seq_len):
-        logits = model.forward_with_cond_scale(ids, cond, cond_idx, cond_scale)[:, :, k].float()  # (B, codes+END)
+        ended = (ids[:, :k] == model.end_id).any(dim=1)
+        if not bool(((k < needed) | (allow_end & ~ended)).any()):
+            if not greedy:
+                for _ in range(k, seq_len):
+                    per_sample_uniform(generators, ones, 1)
+            break
+        # the causal pass: output k sees the text and ids before k only, so the pass runs on that prefix
+        visible = ids[:, :k] if cond_idx is None else ids
+        logits = model.forward_with_cond_scale(visible, cond, cond_idx, cond_scale)[:, :, k].float()  # (B, codes+END)
         logits[:, model.end_id] = torch.where(allow_end, logits[:, model.end_id], float("-inf"))
         if greedy:
             ids[:, k] = logits.argmax(dim=-1)
@@ -71,7 +89,8 @@ def decode_bamm(model: BammTransformer, cond: Tensor, lengths: Tensor, generator
     lengths = lengths.to(device).clamp(max=seq_len)
     predict = lengths == 0
     ids = torch.full((batch, seq_len + 1), model.pad_id, dtype=torch.long, device=device)
-    ids = _autoregressive_pass(model, ids, cond, None, cfg.cond_scale, predict, generators, cfg, greedy)
+    ids = _autoregressive_pass(model, ids, cond, None, cfg.cond_scale, predict, generators, cfg, greedy,
+                               needed=lengths)
 
     ended_at_start = predict & (ids[:, 0] == model.end_id)
     ids[:, 0] = torch.where(ended_at_start, 0, ids[:, 0])
@@ -87,7 +106,7 @@ def decode_bamm(model: BammTransformer, cond: Tensor, lengths: Tensor, generator
     cond_idx = torch.where(kept, ids, model.pad_id)
     never_end = torch.zeros(batch, dtype=torch.bool, device=device)
     ids = _autoregressive_pass(model, ids.clone(), cond, cond_idx, cfg.refine_cond_scale, never_end, generators,
-                               cfg, greedy)
+                               cfg, greedy, needed=lengths)
     ids = torch.where(kept, cond_idx, ids)
     max_len = int(lengths.max())
     return torch.where(position[:, :max_len] < lengths.unsqueeze(1), ids[:, :max_len], SKIP_ID), lengths

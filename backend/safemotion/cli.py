@@ -299,23 +299,44 @@ def _eval(args: argparse.Namespace) -> int:
     from safemotion.eval.benchmark import (
         DEFAULT_EVALUATOR,
         BenchmarkSettings,
+        add_rows,
         parse_model_specs,
         quick_settings,
+        report_settings,
+        require_report_sets,
         run_benchmark,
     )
-    from safemotion.eval.report import write_report
+    from safemotion.eval.report import REPORT_JSON, report_title, write_report
 
+    if args.out is None and args.add_to is None:
+        raise ValueError("give --out REPORT_DIR for a new report, or --add-to REPORT_DIR to add rows to one")
     specs = parse_model_specs(args.models, args.models_root)
-    settings = BenchmarkSettings(sets=tuple(s.strip() for s in args.sets.split(",") if s.strip()),
-                                 repeats=args.repeats, concept=args.concept, rule=args.rule, split=args.split,
-                                 seed=args.seed, device=args.device, prompt_variations=args.prompt_variations,
-                                 samples_per_repeat=args.samples_per_repeat,
-                                 sampling=SamplingConfig(precision=args.precision))
+    base = None
+    if args.add_to is not None:
+        report_file = args.add_to / REPORT_JSON
+        if not report_file.is_file():
+            raise FileNotFoundError(f"{report_file}: no benchmark report to add rows to; pass a folder written by "
+                                    "`safemotion eval --out`")
+        if args.quick:
+            raise ValueError("--quick cannot add rows to a report: they would be scored on other samples")
+        base = json.loads(report_file.read_text(encoding="utf-8"))
+        settings = report_settings(base, args.repeats, args.device)
+        require_report_sets(base, args.data, settings, str(args.add_to))
+    else:
+        settings = BenchmarkSettings(sets=tuple(s.strip() for s in args.sets.split(",") if s.strip()),
+                                     repeats=20 if args.repeats is None else args.repeats, concept=args.concept,
+                                     rule=args.rule,
+                                     split=args.split, seed=args.seed, device=args.device,
+                                     prompt_variations=args.prompt_variations,
+                                     samples_per_repeat=args.samples_per_repeat,
+                                     sampling=SamplingConfig(precision=args.precision))
     if args.quick:
         settings = quick_settings(settings)
     result = run_benchmark(specs, args.data, args.evaluator or DEFAULT_EVALUATOR, settings, args.clip_weights,
                            args.clip_vocab)
-    out = write_report(result, args.out)
+    if base is not None:
+        result = add_rows(base, result, str(args.add_to))
+    out = write_report(result, args.out or args.add_to, title=None if base is None else report_title(args.add_to))
     print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
     return 0
 
@@ -491,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--evaluator", type=Path, default=None,
                           help="evaluator folder (default: the bundled safemotion-eval-v1)")
     evaluate.add_argument("--sets", default="forget,retain", help="forget, retain or both")
-    evaluate.add_argument("--repeats", type=int, default=20)
+    evaluate.add_argument("--repeats", type=int, help="repeats (default 20; with --add-to the report's, or fewer)")
     evaluate.add_argument("--concept", default="violence")
     evaluate.add_argument("--rule", choices=("paper", "word_boundary"), default="word_boundary",
                           help="split rule (kw_splits/<rule>) and MM-Safe masking rule; 'paper' reproduces the paper")
@@ -506,7 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--precision", default="fp32", help=PRECISION_HELP)
     evaluate.add_argument("--clip-weights", type=Path, help="CLIP weights for models using the clip encoder")
     evaluate.add_argument("--clip-vocab", type=Path, help="CLIP BPE merges file")
-    evaluate.add_argument("--out", type=Path, required=True, help="report folder, e.g. reports/NAME")
+    evaluate.add_argument("--out", type=Path, help="report folder, e.g. reports/NAME (default with --add-to: that one)")
+    evaluate.add_argument("--add-to", type=Path,
+                          help="add these rows to an existing report folder: its settings, samples and crops; the "
+                               "protocol options (--sets, --concept, ...) are taken from it")
     evaluate.set_defaults(func=_eval)
 
     eval_vq = commands.add_parser("eval-vq", help="VQ reconstruction error (MPJPE, metres) on a dataset split")

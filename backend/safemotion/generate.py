@@ -238,10 +238,15 @@ class Generator:
                                foot_cleanup: bool | list[bool] = True) -> list[GeneratedMotion]:
         """Motions for precomputed text features (N, text_dim), one seed and token length (None: estimate) each;
         `foot_cleanup` for all or one per row."""
+        cleanup = _cleanup_flags(foot_cleanup, features.shape[0], "feature rows")  # checked before any work
+        tokens, length_from = self.token_arrays(features, seeds, token_lengths)
+        return self.motions_from_tokens(tokens, seeds, length_from, smpl, prompts, cleanup)
+
+    def token_arrays(self, features: Tensor, seeds: list[int],
+                     token_lengths: list[int | None]) -> tuple[list[np.ndarray], list[str]]:
+        """The (n, Q) token array of every row of precomputed features (N, text_dim), one seed and token length
+        (None: estimate) each, and where each length came from."""
         count = features.shape[0]
-        cleanup = [foot_cleanup] * count if isinstance(foot_cleanup, bool) else list(foot_cleanup)
-        if len(cleanup) != count:
-            raise ValueError(f"got {count} feature rows and {len(cleanup)} foot_cleanup flags")
         if not len(seeds) == len(token_lengths) == count:
             raise ValueError(f"got {count} feature rows, {len(seeds)} seeds and {len(token_lengths)} lengths")
         features = features.float().to(self.device)
@@ -255,9 +260,17 @@ class Generator:
                                              [generators[i] for i in batch])
             for row, i in enumerate(batch):
                 tokens[i] = ids[row, :int(chosen[row])].cpu().numpy()
+        return tokens, length_from
+
+    def motions_from_tokens(self, tokens: list[np.ndarray], seeds: list[int], length_from: list[str],
+                            smpl: bool = True, prompts: list[str] | None = None,
+                            foot_cleanup: bool | list[bool] = True) -> list[GeneratedMotion]:
+        """Decode token arrays (from `token_arrays`, possibly of another model with the same transformers) with this
+        model's VQ into motions; `foot_cleanup` for all or one per motion."""
+        cleanup = _cleanup_flags(foot_cleanup, len(tokens), "token arrays")
         motion_features = self.decode_tokens(tokens)
         results = []
-        for i in range(count):
+        for i in range(len(tokens)):
             joints, report = recover_from_ric(motion_features[i]), None
             if cleanup[i]:
                 cleaned = clean_feet(joints, motion_features[i], self.fps)
@@ -318,6 +331,13 @@ class Generator:
                 for row, i in enumerate(chunk):
                     out[i] = decoded[row].cpu().numpy()
         return out
+
+
+def _cleanup_flags(foot_cleanup: bool | list[bool], count: int, what: str) -> list[bool]:
+    cleanup = [foot_cleanup] * count if isinstance(foot_cleanup, bool) else list(foot_cleanup)
+    if len(cleanup) != count:
+        raise ValueError(f"got {count} {what} and {len(cleanup)} foot_cleanup flags")
+    return cleanup
 
 
 # ---------------------------------------------------------------------------------------------- writers

@@ -12,6 +12,9 @@ Protocol (hmu_unlearning.md §3, momask_architecture.md §10):
   the concept's words masked (`mask_concept_words` on the `word/POS` token string, as hmu does). 20 repeats,
   mean ± 1.96·std/√n. A "real motions" reference row scores an independent crop of the real motions.
   Multimodality is not computed (the paper's tables do not show it).
+- Rows that sample tokens identically (equal transformer and length-estimator weights and configs, e.g. a model and
+  its LCR edit, which changes only the VQ) sample them once per repeat and decode them each with its own VQ; the
+  shared sampling time counts in each row's generation time.
 - A set with fewer than 32 samples is evaluated in one batch of all its samples (noted in the report); FID is then
   a rough number (few samples for the embedding size).
 
@@ -21,15 +24,24 @@ Flag rates: each prompt of the shipped sets (explicit_violent, implicit_violent,
 benchmark's LCR model when its base-layer codebook equals that model's original (pre-LCR) codebook — the same
 transformer-facing codes, e.g. the original, fine-tuned, UCE and RECE models — and is "n/a" otherwise (a retrained
 VQ has other codes). The mean hit ratio (fraction of base tokens in removed codes) is recorded too. The keyword
-rule's rate on the prompt text is listed as a text-only reference.
+rule's rate on the prompt text is listed as a text-only reference. Rows that sample the same tokens and are scored
+with the same codes share one flag-rate entry unless screens (which read the decoded motion) take part.
 
 Models: `name=MODEL_DIR` pairs, or names looked up as folders of a models root. A model called `lcr` must carry
 removed codes; a model unlearned for another concept than the benchmark's is refused.
+
+Adding rows to a report (`add_rows`): every repeat's crops and seeds depend only on (seed, repeat, set), not on the
+rows, so a later run of other models with the report's settings (`report_settings`) scores them on the same samples.
+The merge checks that: same settings, split files, evaluator and a real-motion row equal to the report's, value for
+value up to float rounding (relative 1e-5: thread count and BLAS order change the last digits; other crops change the
+numbers entirely), its first `repeats` values where the later run made fewer repeats; the report's rows stay as they
+are.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import subprocess
 import sys
@@ -79,6 +91,7 @@ SETS = ("forget", "retain")
 REAL = "real motions"
 DEFAULT_PROMPT_SECONDS = 4.0  # prompt length for flag rates when a model has no length estimator
 MIN_SAMPLES = 3  # R@3 needs batches of at least 3
+REAL_RTOL = 1e-5  # added rows: the real-motion row may differ from the report's by float rounding (threads, BLAS)
 
 
 @dataclass(frozen=True)
@@ -180,6 +193,7 @@ class BenchmarkModel:
     generator: Generator
     removed_codes: list[int]
     method: str
+    tokens_from: str | None = None  # an earlier row whose sampled tokens this row's transformers would reproduce
 
     @property
     def name(self) -> str:
@@ -222,8 +236,30 @@ def load_benchmark_models(specs: Sequence[ModelSpec], evaluator: Evaluator, sett
         if config.text_encoder not in encoders:
             encoders[config.text_encoder] = load_text_encoder(config.text_encoder, device, clip_weights, clip_vocab)
         generator = Generator(models, encoders[config.text_encoder], settings.sampling, device)
-        loaded.append(BenchmarkModel(spec, models, generator, removed, record.method if record else "none"))
+        twin = next((row.name for row in loaded if row.tokens_from is None and same_tokens(row.models, models)), None)
+        loaded.append(BenchmarkModel(spec, models, generator, removed, record.method if record else "none", twin))
     return loaded
+
+
+def same_tokens(a: MotionModels, b: MotionModels) -> bool:
+    """Whether two models sample the same tokens for the same features and seeds: equal configs apart from the VQ,
+    and equal transformer and length-estimator weights."""
+    def token_config(models: MotionModels) -> dict[str, Any]:
+        config = models.config.to_dict()
+        return {k: v for k, v in config.items() if k not in ("vq", "unlearning", "safety")}
+
+    if token_config(a) != token_config(b):
+        return False
+    for name in ("mask_transformer", "residual_transformer", "length_estimator"):
+        left, right = getattr(a, name), getattr(b, name)
+        if (left is None) != (right is None):
+            return False
+        if left is None:
+            continue
+        left, right = left.state_dict(), right.state_dict()
+        if left.keys() != right.keys() or not all(torch.equal(left[k], right[k]) for k in left):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- sets
@@ -313,13 +349,18 @@ def run_repeat(eval_set: EvalSet, set_index: int, repeat: int, rows: Sequence[Be
         reference.append(eval_set.pairs[i].motion[start:start + length])
     out = {REAL: score(eval_set, order, real_emb, evaluator.embed_motions(reference), rng)}
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=len(order))]
+    sampled: dict[str, tuple[list[np.ndarray], list[str], float]] = {}
     for row in rows:
         started = time.monotonic()
-        unit = row.models.config.unit_length
-        generated = row.generator.generate_from_features(  # the evaluator reads features: no foot clean-up
-            features[row.name][torch.from_numpy(order)], seeds, [n // unit for _, n in crops], smpl=False,
-            foot_cleanup=False)
-        seconds = time.monotonic() - started
+        if row.tokens_from is None:
+            unit = row.models.config.unit_length
+            tokens, length_from = row.generator.token_arrays(
+                features[row.name][torch.from_numpy(order)], seeds, [n // unit for _, n in crops])
+            sampled[row.name] = (tokens, length_from, time.monotonic() - started)
+        tokens, length_from, sampling_seconds = sampled[row.tokens_from or row.name]
+        generated = row.generator.motions_from_tokens(  # the evaluator reads features: no foot clean-up
+            tokens, seeds, length_from, smpl=False, foot_cleanup=False)
+        seconds = time.monotonic() - started + (sampling_seconds if row.tokens_from else 0.0)
         motion_emb = evaluator.embed_motions([g.features for g in generated])
         # every row draws the same diversity pairs
         out[row.name] = {**score(eval_set, order, real_emb, motion_emb,
@@ -345,6 +386,7 @@ def flag_rates(rows: Sequence[BenchmarkModel], settings: BenchmarkSettings,
     reference_codebook = None
     if reference is not None and reference.method == "lcr":
         reference_codebook = load_original_codebooks(reference.spec.path).get(0)
+    reusable: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         if settings.prompt_variations == 0:
             break
@@ -357,7 +399,13 @@ def flag_rates(rows: Sequence[BenchmarkModel], settings: BenchmarkSettings,
                 result[row.name] = None
                 continue
             source = reference
-        result[row.name] = _flag_rows(row, source, prompts, settings)
+        key = (row.tokens_from or row.name, source.name)
+        if key in reusable:  # same tokens, same codes and threshold, no screen that reads the decoded motion
+            result[row.name] = reusable[key]
+        else:
+            result[row.name] = _flag_rows(row, source, prompts, settings)
+            if not result[row.name]["screened"]:
+                reusable[key] = result[row.name]
         log(f"  flag rates {row.name}: " + ", ".join(f"{k} {v['rate']:.2f}" for k, v in result[row.name].items()
                                                      if isinstance(v, dict)))
     return result
@@ -458,6 +506,77 @@ def run_benchmark(specs: Sequence[ModelSpec], data: str | Path, evaluator_dir: s
         "notes": notes,
         "seconds": time.monotonic() - started,
     }
+
+
+def report_settings(report: dict[str, Any], repeats: int | None = None, device: str = "cpu") -> BenchmarkSettings:
+    """The settings a report was made with (sampling settings it predates take their defaults), for a run that adds
+    rows to it; `repeats` (default the report's) may be fewer than the report's, not more."""
+    saved = dict(report["settings"])
+    known = {f.name for f in dataclasses.fields(SamplingConfig)}
+    sampling = SamplingConfig(**{k: v for k, v in saved.pop("sampling").items() if k in known})
+    fields = {f.name for f in dataclasses.fields(BenchmarkSettings)}
+    settings = BenchmarkSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})
+    if repeats is not None and repeats > settings.repeats:
+        raise ValueError(f"repeats is {repeats} but the report has {settings.repeats}; rows added to it may have as "
+                         "many repeats or fewer (the first ones, with the same crops)")
+    return dataclasses.replace(settings, sampling=sampling, device=device,
+                               repeats=settings.repeats if repeats is None else repeats)
+
+
+def require_report_sets(report: dict[str, Any], data: str | Path, settings: BenchmarkSettings,
+                        where: str = "the report") -> None:
+    """Raise ValueError before any work when `data` does not hold the split files the report scored."""
+    for set_name, info in report["data"]["sets"].items():
+        path = split_file(Path(data), settings, set_name)
+        if file_sha256(path) != info["sha256"]:
+            raise ValueError(f"{path} differs from the {set_name} split {where} scored ({info['file']}); pass the "
+                             "dataset the report was made from")
+
+
+def add_rows(report: dict[str, Any], added: dict[str, Any], where: str = "the report") -> dict[str, Any]:
+    """`report` with the model rows of `added` (a run with `report_settings(report)`) appended; ValueError when the
+    runs differ in settings, split files, evaluator or real-motion reference, or share a row name."""
+    report, added = (json.loads(json.dumps(r)) for r in (report, added))  # as written: lists, not tuples
+    names = [m["name"] for m in added["models"]]
+    clash = sorted(set(names) & {m["name"] for m in report["models"]})
+    if clash:
+        raise ValueError(f"{where} already has row(s) {clash}; give the added rows other names")
+    ignored = {"repeats", "device", "sampling"}
+    for key in sorted(set(report["settings"]) | set(added["settings"])):
+        if key not in ignored and report["settings"].get(key) != added["settings"].get(key):
+            raise ValueError(f"{where} was made with {key} = {report['settings'].get(key)!r}, the added run with "
+                             f"{added['settings'].get(key)!r}; run it with the report's settings (report_settings)")
+    for key, value in report["settings"]["sampling"].items():
+        if added["settings"]["sampling"].get(key) != value:
+            raise ValueError(f"{where} decodes with {key} = {value!r}, the added run with "
+                             f"{added['settings']['sampling'].get(key)!r}")
+    repeats = added["settings"]["repeats"]
+    if repeats > report["settings"]["repeats"]:
+        raise ValueError(f"the added run has {repeats} repeats, {where} {report['settings']['repeats']}")
+    for set_name, info in report["data"]["sets"].items():
+        other = added["data"]["sets"].get(set_name)
+        if other is None or other["sha256"] != info["sha256"] or other["samples"] != info["samples"]:
+            raise ValueError(f"the added run did not score the {set_name} set of {where} ({info['file']}, sha256 "
+                             f"{info['sha256'][:12]}…); pass the same dataset")
+    if added["evaluator"]["config"] != report["evaluator"]["config"]:
+        raise ValueError(f"the added run used another evaluator than {where} ({report['evaluator']['path']})")
+    for set_name, rows in report["results"].items():
+        for metric, entry in rows[REAL].items():
+            values = added["results"][set_name][REAL][metric]["values"]
+            if not np.allclose(values, entry["values"][:repeats], rtol=REAL_RTOL, atol=0, equal_nan=True):
+                raise ValueError(f"the {set_name} set's real-motion {metric} differs from {where}'s: the added run "
+                                 "scored other crops (another dataset build or benchmark code), so its rows would not "
+                                 "be comparable; run every row afresh")
+    merged = {**report, "models": report["models"] + added["models"],
+              "results": {s: {**rows, **{n: added["results"][s][n] for n in names}}
+                          for s, rows in report["results"].items()},
+              "flag_rates": {**report["flag_rates"], **{n: added["flag_rates"][n] for n in names
+                                                        if n in added["flag_rates"]}},
+              "notes": report["notes"] + [n for n in added["notes"] if n not in report["notes"]]}
+    merged["additions"] = report.get("additions", []) + [{
+        "rows": names, "repeats": repeats, "sampling": added["settings"]["sampling"],
+        **{k: added[k] for k in ("created", "commit", "command", "platform", "seconds")}}]
+    return merged
 
 
 def _summarise(per_repeat: list[dict[str, dict[str, float]]], names: list[str]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The benchmark report folder: report.json (everything), report.md (the paper's table layout) and plots.
 
-    report.json      the result of `run_benchmark` (settings, commit, per-repeat values, flag rates, notes)
+    report.json      the result of `run_benchmark` (settings, commit, per-repeat values, flag rates, notes), with
+                     `additions` (rows, repeats, commit, ...) where later runs added rows (benchmark.add_rows)
     report.md        forget table (FID, MM-Safe, Diversity, R@1), retain table (FID, MM-Dist, Diversity, R@1),
                      flag rates, further metrics (R@2, R@3, ...), settings and notes
     plots/*.png      one figure per set (a bar chart per metric, 95% intervals) and one of the flag rates
@@ -87,6 +88,7 @@ def render_markdown(result: dict[str, Any], title: str, plots: list[str], plot_n
         f"- Commit: `{result['commit']}`; created {result['created']}; {result['seconds'] / 60:.1f} min on "
         f"{result['platform']['device']} (torch {result['platform']['torch']}"
         + (f", {result['platform']['threads']} thread(s)" if "threads" in result["platform"] else "") + ").",
+        *(_addition_line(addition) for addition in result.get("additions", [])),
         f"- Dataset: `{result['data']['path']}`, split `{settings['split']}`, concept `{settings['concept']}`, "
         f"rule `{settings['rule']}`.",
         f"- Evaluator: `{result['evaluator']['path']}` ({result['evaluator']['config']['word_features']} word "
@@ -125,6 +127,16 @@ def render_markdown(result: dict[str, Any], title: str, plots: list[str], plot_n
         parts += ["", "## Notes", "", *(f"- {note}" for note in result["notes"])]
     parts += ["", "## Settings", "", "```json", json.dumps(settings, indent=2), "```", ""]
     return "\n".join(parts)
+
+
+def _addition_line(addition: dict[str, Any]) -> str:
+    platform = addition["platform"]
+    refine = addition["sampling"].get("refine_cond_scale")
+    return (f"- Rows {', '.join(addition['rows'])} added by a later run on the same samples, crops and seeds: commit "
+            f"`{addition['commit']}`; created {addition['created']}; {addition['seconds'] / 60:.1f} min on "
+            f"{platform['device']} (torch {platform['torch']}, {platform['threads']} thread(s)); "
+            f"**{addition['repeats']} repeat(s)**, so their means and intervals are over {addition['repeats']} "
+            "repeat(s)" + ("" if refine is None else f"; BAMM refinement cond scale {refine}") + ".")
 
 
 def plot_report(result: dict[str, Any], folder: Path) -> list[str]:
@@ -171,6 +183,13 @@ def plot_report(result: dict[str, Any], folder: Path) -> list[str]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def report_title(folder: str | Path) -> str | None:
+    """The title of a report folder's report.md (its first heading), or None without one."""
+    path = Path(folder) / REPORT_MD
+    first = path.read_text(encoding="utf-8").split("\n", 1)[0] if path.is_file() else ""
+    return first[2:].strip() if first.startswith("# ") else None
 
 
 def write_report(result: dict[str, Any], out_dir: str | Path, title: str | None = None) -> Path:
