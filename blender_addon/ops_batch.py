@@ -37,11 +37,10 @@ from . import armature, batch_prompts, mapping_editor, retarget, safety, scene_g
 from .client import BackendClient, BackendError, cancel_quietly, decode_array, submit_job
 from .preferences import connector
 from .properties import is_armature
-from .request_thread import RequestThread
+from .request_thread import BLOCKING_STEP_S, RequestThread
 
 MAX_JOB_ITEMS = 256  # the server's limit on prompts per job
 POLL_INTERVAL_S = 0.25  # between status polls, and between the modal operator's timer ticks
-BLOCKING_STEP_S = 0.02  # synchronous runs: how often `run` looks for the request thread's answers
 STALL_TIMEOUT_S = 600.0  # a synchronous run gives up when no prompt has progressed for this long
 BATCH_TRACK = "SafeMotion batch"  # the NLA track that holds a batch's takes, one after another
 GAP_FRAMES = 5  # frames left empty after each take's place (the model may round a duration up a little)

@@ -37,11 +37,10 @@ from . import (
 )
 from .client import BackendClient, BackendError, cancel_quietly, decode_array, submit_job
 from .preferences import addon_preferences, allow_granted, connector
-from .request_thread import RequestThread
+from .request_thread import BLOCKING_STEP_S, RequestThread
 from .properties import MAX_SEED
 
 POLL_INTERVAL_S = 0.25  # between job status requests, and between the modal operator's timer ticks
-BLOCKING_STEP_S = 0.02  # background mode: how often `run_blocking` looks for the request thread's answers
 STALL_LIMIT_S = 600.0  # give up when no take finishes for this long
 SMPL_ARMATURE_NAME = "SafeMotion SMPL"
 # The server fits a body (rest skeleton) to each motion; an armature is reused for a body whose joints all lie within
