@@ -50,8 +50,10 @@ def register() -> None:
 
 
 def unregister() -> None:
-    """Undo `register`: cancel generations in flight, stop the bundled server, remove everything registered."""
+    """Undo `register`: cancel generations and edits in flight, stop a running batch (Resume continues it), stop the
+    bundled server, remove everything registered."""
     ops_generate.cancel_all()
+    ops_batch.stop_running()
     scene_guard.clear()
     atexit.unregister(backend_process.stop_server)
     backend_process.stop_server()

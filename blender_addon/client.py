@@ -11,6 +11,7 @@ import base64
 import binascii
 import ipaddress
 import math
+import threading
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -244,6 +245,23 @@ def _root_cause(err: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- arrays
+
+def submit_job(client: BackendClient, payload: dict, cancelled: threading.Event) -> str:
+    """Submit a job (on a request thread); one submitted after `cancelled` was set is dropped on the server again."""
+    job_id = client.submit(payload)
+    if cancelled.is_set():
+        cancel_quietly(client, job_id)
+    return job_id
+
+
+def cancel_quietly(client: BackendClient, job_id: str) -> None:
+    """Cancel a job on the server, best effort (on a request thread: a server that is gone or refuses changes
+    nothing here)."""
+    try:
+        client.cancel(job_id)
+    except BackendError:
+        pass
+
 
 def encode_array(array: np.ndarray, dtype: str = "float32") -> dict:
     """The wire form of an array: {"dtype", "shape", "data": base64 of little-endian bytes}."""

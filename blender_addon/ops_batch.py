@@ -11,8 +11,11 @@ places). Selecting a prompt in the list fits the timeline's preview range to its
 (404: restarted with another database) has its unfinished prompts submitted again; finished prompts are never redone.
 Blocked prompts leave their place empty and are recorded in the safety list.
 
-In the UI a modal timer drives the runner and Esc cancels (server jobs cancelled, applied prompts kept). In background
-mode, or when called from a script, the operators run the same loop synchronously.
+Every server request runs on the runner's `RequestThread` (request_thread.py), which never touches bpy; in the UI a
+modal timer drives the runner, each tick only reading answers and writing the scene, and Esc or Cancel Batch return at
+once (server jobs cancelled from that thread, a submission in flight dropped when it answers, applied prompts kept). A
+file load or disabling the add-on stops the runner without cancelling the jobs the batch records (Resume continues
+them). In background mode, or when called from a script, the operators run the same steps in a loop.
 """
 
 from __future__ import annotations
@@ -20,19 +23,24 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 import bpy
 from bpy.app.handlers import persistent
 from bpy.props import CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
 from . import armature, batch_prompts, mapping_editor, retarget, safety, scene_guard, smpl_math
-from .client import BackendClient, BackendError, decode_array
-from .preferences import client_from_preferences
+from .client import BackendClient, BackendError, cancel_quietly, decode_array, submit_job
+from .preferences import connector
 from .properties import is_armature
+from .request_thread import BLOCKING_STEP_S, RequestThread
 
 MAX_JOB_ITEMS = 256  # the server's limit on prompts per job
-POLL_INTERVAL_S = 0.25
+POLL_INTERVAL_S = 0.25  # between status polls, and between the modal operator's timer ticks
 STALL_TIMEOUT_S = 600.0  # a synchronous run gives up when no prompt has progressed for this long
 BATCH_TRACK = "SafeMotion batch"  # the NLA track that holds a batch's takes, one after another
 GAP_FRAMES = 5  # frames left empty after each take's place (the model may round a duration up a little)
@@ -173,15 +181,25 @@ def reopen_batch(batch: SafeMotionBatch) -> None:
 
 
 class BatchRunner:
-    """Moves a scene's batch forward: submit pending prompts, poll their jobs, apply finished ones."""
+    """Moves a scene's batch forward: submit pending prompts, poll their jobs, apply finished ones.
 
-    def __init__(self, scene: bpy.types.Scene, client: BackendClient):
+    Every server request (reaching the server, submit, status, results, cancel) runs on the runner's `RequestThread`,
+    one at a time; `step` takes in the last answer, queues the next request and applies fetched motions, so it never
+    waits for the server. The preferences are read here: the server is reached (the bundled one started) on that
+    thread."""
+
+    def __init__(self, scene: bpy.types.Scene, context: bpy.types.Context):
         self.scene = scene
-        self.client = client
+        self.stopped = threading.Event()  # set by cancel/stop: no request is queued, no answer is read any more
+        self.connect = connector(context, self.stopped)
+        self.client: BackendClient | None = None
         self._motions: dict[tuple[str, int], dict] = {}  # fetched, not yet applied: (job, index) -> motion
         self._models: dict[str, str] = {}  # job -> model name (for the flagged list)
         self.warnings: list[str] = []  # flagged prompts, to report
         self._fit: retarget.RigFit | None = None  # the target checked once for every prompt this run applies
+        self.requests = RequestThread("SafeMotion batch")
+        self._pending: tuple[Future, Callable[[Any], None]] | None = None  # the request in flight, its reader
+        self._next_poll = 0.0
 
     @property
     def batch(self) -> SafeMotionBatch:
@@ -192,42 +210,66 @@ class BatchRunner:
         return not any(item.state in ("PENDING", "QUEUED") for item in self.batch.items)
 
     def step(self, max_apply: int | None = None) -> int:
-        """Submit, poll, and apply at most `max_apply` finished prompts (all when None); returns how many."""
-        self.submit_pending()
-        self.poll()
-        return self.apply_ready(max_apply)
+        """One timer tick: read the request thread's answer (raising its BackendError), queue the next request, and
+        apply at most `max_apply` fetched prompts (all when None); returns how many were applied. Never waits."""
+        if self.stopped.is_set():
+            return 0
+        if self._pending is not None and self._pending[0].done():
+            future, read = self._pending
+            self._pending = None
+            read(future.result())
+        if self._pending is None:
+            self._queue_next()
+        applied = self.apply_ready(max_apply)
+        if self.finished():
+            self.requests.close()
+        return applied
 
-    def submit_pending(self) -> int:
-        """Send the pending prompts as jobs of at most MAX_JOB_ITEMS prompts; returns how many were sent."""
-        pending = [item for item in self.batch.items if item.state == "PENDING"]
-        for start in range(0, len(pending), MAX_JOB_ITEMS):
-            chunk = pending[start:start + MAX_JOB_ITEMS]
+    def _queue_next(self) -> None:
+        """Queue the next request: reach the server, else send pending prompts, else (every POLL_INTERVAL_S) poll."""
+        if self.client is None:
+            self._pending = (self.requests.call(self.connect), self._connected)
+            return
+        pending = [item for item in self.batch.items if item.state == "PENDING"][:MAX_JOB_ITEMS]
+        if pending:
             # Seconds are rounded: the float32 property holds 9.8 as 9.80000019, which the server would refuse.
             payload = {"policy": self.batch.policy,
                        "items": [{"prompt": item.prompt, "seconds": round(item.seconds, 3), "seed": item.seed,
-                                  "variations": 1} for item in chunk]}
-            job_id = self.client.submit(payload)
-            for index, item in enumerate(chunk):
-                item.state, item.job_id, item.job_index = "QUEUED", job_id, index
-        return len(pending)
-
-    def poll(self) -> None:
-        """Update queued prompts from their jobs; fetch the motions of newly finished ones."""
-        by_job: dict[str, dict[int, SafeMotionBatchItem]] = {}
+                                  "variations": 1} for item in pending]}
+            names = [item.name for item in pending]
+            self._pending = (self.requests.call(submit_job, self.client, payload, self.stopped),
+                             lambda job_id: self._submitted(names, job_id))
+            return
+        queued: dict[str, set[int]] = {}
         for item in self.batch.items:
-            if item.state == "QUEUED":
-                by_job.setdefault(item.job_id, {})[item.job_index] = item
-        for job_id, items in by_job.items():
-            try:
-                status = self.client.job(job_id)
-            except BackendError as err:
-                if err.status != 404:
-                    raise
+            if item.state == "QUEUED" and (item.job_id, item.job_index) not in self._motions:
+                queued.setdefault(item.job_id, set()).add(item.job_index)
+        if queued and time.monotonic() >= self._next_poll:
+            # Results pages hold every item of the job: fetch again only once the last fetch is used up.
+            fetch = {job for job in queued if not any(key[0] == job for key in self._motions)}
+            self._pending = (self.requests.call(_poll_jobs, self.client, queued, fetch), self._polled)
+
+    def _connected(self, client: BackendClient) -> None:
+        self.client = client
+
+    def _submitted(self, names: list[str], job_id: str) -> None:
+        """The prompts `names` went out as job `job_id`."""
+        by_name = {item.name: item for item in self.batch.items}
+        for index, name in enumerate(names):
+            item = by_name[name]
+            item.state, item.job_id, item.job_index = "QUEUED", job_id, index
+
+    def _polled(self, answers: dict[str, tuple[dict | None, dict | None]]) -> None:
+        """Update queued prompts from their jobs' status (None: the server lost the job) and keep fetched motions."""
+        self._next_poll = time.monotonic() + POLL_INTERVAL_S
+        for job_id, (status, results) in answers.items():
+            items = {item.job_index: item for item in self.batch.items
+                     if item.state == "QUEUED" and item.job_id == job_id}
+            if status is None:
                 for item in items.values():  # the server lost the job: send these prompts again
                     item.state, item.job_id, item.message = "PENDING", "", "sent again: the server lost its job"
                 continue
             self._models[job_id] = status.get("model", "")
-            newly_done = False
             for entry in status.get("items", []):
                 item = items.get(entry["index"])
                 if item is None:
@@ -236,13 +278,10 @@ class BatchRunner:
                     item.state, item.message = "FAILED", entry.get("error") or "generation failed"
                 elif entry["status"] == "cancelled":
                     item.state, item.message = "CANCELLED", "cancelled on the server"
-                elif entry["status"] == "done" and (job_id, entry["index"]) not in self._motions:
-                    newly_done = True
-            # Results pages hold every item of the job: fetch again only once the last fetch is used up.
-            if newly_done and not any(key[0] == job_id for key in self._motions):
-                for entry in self.client.results(job_id)["items"]:
-                    if entry["status"] == "done" and entry["index"] in items and entry.get("motions"):
-                        self._motions[(job_id, entry["index"])] = entry["motions"][0]
+            for entry in (results or {}).get("items", []):
+                item = items.get(entry["index"])
+                if entry["status"] == "done" and item is not None and item.state == "QUEUED" and entry.get("motions"):
+                    self._motions[(job_id, entry["index"])] = entry["motions"][0]
 
     def apply_ready(self, max_apply: int | None = None) -> int:
         """Apply fetched motions of still-queued prompts, in batch order; returns how many were applied."""
@@ -262,45 +301,83 @@ class BatchRunner:
             applied += 1
         return applied
 
-    def cancel(self) -> None:
-        """Cancel the server jobs of unfinished prompts and mark those prompts cancelled; applied ones stay."""
-        cancel_batch(self.batch, self.client)
+    def stop(self) -> None:
+        """Stop at once and read no more answers (file load, add-on disabled): jobs the batch records stay on the
+        server for Resume; a submission still in flight is dropped on the server when it answers (nothing records
+        its job)."""
+        self.stopped.set()
+        if self._pending is not None:
+            self._pending[0].cancel()  # a request still queued never runs
+            self._pending = None
+        self.requests.close()
         self._motions.clear()
 
+    def cancel(self) -> int:
+        """Mark unfinished prompts cancelled and cancel their jobs on the server from the request thread (applied
+        prompts stay); returns at once with how many prompts were cancelled."""
+        jobs, cancelled = cancel_batch(self.batch)
+        client = self.client
+        self.requests.call(cancel_jobs, self.connect if client is None else lambda: client, jobs)
+        self.stop()
+        return cancelled
+
     def run(self, stall_timeout: float = STALL_TIMEOUT_S) -> None:
-        """Run until no prompt is pending or queued (synchronous; background mode and scripts)."""
+        """Run until no prompt is pending or queued (background mode and scripts: the same steps in a loop)."""
         last_progress = time.monotonic()
         progress = None
-        while True:
-            self.step()
-            counts = batch_counts(self.batch)
-            if self.finished():
-                return
-            if counts != progress:
-                progress, last_progress = counts, time.monotonic()
-            elif time.monotonic() - last_progress > stall_timeout:
-                raise BackendError(f"the batch made no progress for {stall_timeout:g} s "
-                                   f"({counts['DONE']} of {len(self.batch.items)} prompts done); "
-                                   "check the server, then use Resume Batch")
-            time.sleep(POLL_INTERVAL_S)
+        try:
+            while True:
+                self.step()
+                counts = batch_counts(self.batch)
+                if self.finished():
+                    return
+                if counts != progress:
+                    progress, last_progress = counts, time.monotonic()
+                elif time.monotonic() - last_progress > stall_timeout:
+                    raise BackendError(f"the batch made no progress for {stall_timeout:g} s "
+                                       f"({counts['DONE']} of {len(self.batch.items)} prompts done); "
+                                       "check the server, then use Resume Batch")
+                time.sleep(BLOCKING_STEP_S)
+        except BaseException:
+            self.stop()
+            raise
 
 
-def cancel_batch(batch: SafeMotionBatch, client: BackendClient | None) -> int:
-    """Cancel the jobs of unfinished prompts (when a client is given) and mark them cancelled; returns how many."""
-    jobs = {item.job_id for item in batch.items if item.state == "QUEUED" and item.job_id}
-    if client is not None:
-        for job_id in sorted(jobs):
-            try:
-                client.cancel(job_id)
-            except BackendError as err:
-                if err.status != 404:  # a job the server lost needs no cancelling
-                    raise
+def _poll_jobs(client: BackendClient, queued: dict[str, set[int]],
+               fetch: set[str]) -> dict[str, tuple[dict | None, dict | None]]:
+    """Request thread: each job's status (None when the server lost it: 404) and, for jobs in `fetch` where one of the
+    `queued` prompt indices is newly done, its results."""
+    answers = {}
+    for job_id, indices in queued.items():
+        try:
+            status = client.job(job_id)
+        except BackendError as err:
+            if err.status != 404:
+                raise
+            answers[job_id] = (None, None)
+            continue
+        done = any(entry["status"] == "done" and entry["index"] in indices for entry in status.get("items", []))
+        answers[job_id] = (status, client.results(job_id) if done and job_id in fetch else None)
+    return answers
+
+
+def cancel_jobs(connect: Callable[[], BackendClient], jobs: list[str]) -> None:
+    """Request thread: reach the server and cancel these jobs, best effort."""
+    if jobs:
+        client = connect()
+        for job_id in jobs:
+            cancel_quietly(client, job_id)
+
+
+def cancel_batch(batch: SafeMotionBatch) -> tuple[list[str], int]:
+    """Mark the unfinished prompts cancelled; the server jobs they were queued in (to cancel) and how many."""
+    jobs = sorted({item.job_id for item in batch.items if item.state == "QUEUED" and item.job_id})
     cancelled = 0
     for item in batch.items:
         if item.state in ("PENDING", "QUEUED"):
             item.state, item.message = "CANCELLED", "cancelled by the user"
             cancelled += 1
-    return cancelled
+    return jobs, cancelled
 
 
 # --- applying one motion --------------------------------------------------------------------------------------------
@@ -388,12 +465,19 @@ def running_batch() -> BatchRunner | None:
     return next((w for w in scene_guard.writers() if isinstance(w, BatchRunner)), None)
 
 
+def stop_running() -> None:
+    """Stop the running batch at once (file load, add-on disabled): it writes nothing more, and the jobs its saved
+    state records stay on the server for Resume."""
+    runner = running_batch()
+    if runner is not None:
+        runner.stop()
+        scene_guard.release(runner)
+
+
 @persistent
 def forget_on_load(_filepath) -> None:
     """A file is being loaded: the running batch's scene goes away (its saved state lets Resume continue)."""
-    runner = running_batch()
-    if runner is not None:
-        scene_guard.release(runner)
+    stop_running()
 
 
 def _redraw(context) -> None:
@@ -443,22 +527,26 @@ class _BatchRun:
         """Set up the scene's batch for running (raise ValueError to refuse)."""
         raise NotImplementedError
 
-    def _begin(self, context, submit: bool = True) -> BatchRunner | None:
-        """Prepare the batch and (with `submit`) send its pending prompts; on failure the scene's batch is as it was.
-        The modal run leaves the first submission to its first timer tick (`self._saved` is then the way back)."""
+    def _begin(self, context) -> BatchRunner | None:
+        """Prepare the batch and a runner for it (nothing sent yet); on failure the scene's batch is as it was and
+        `self._saved` is the way back until a prompt has been sent."""
         batch = context.scene.safemotion_batch
         self._saved = _batch_state(batch)
         try:
-            client = client_from_preferences(context)
             self.prepare(context)
-            runner = BatchRunner(context.scene, client)
-            if submit:
-                runner.submit_pending()
+            return BatchRunner(context.scene, context)
         except (ValueError, BackendError) as err:
             _restore_batch_state(batch, self._saved)
             self.report({"ERROR"}, str(err))
             return None
-        return runner
+
+    def _failed(self, runner: BatchRunner, err: Exception) -> None:
+        """Report an error that ended the run; a batch none of whose prompts went out is put back as it was."""
+        if not any(item.job_id for item in runner.batch.items):
+            _restore_batch_state(runner.batch, self._saved)
+            self.report({"ERROR"}, str(err))
+        else:
+            self.report({"ERROR"}, f"{err} ({self._summary(runner.batch)}; Resume Batch continues)")
 
     def _summary(self, batch: SafeMotionBatch) -> str:
         counts = batch_counts(batch)
@@ -473,7 +561,7 @@ class _BatchRun:
         try:
             runner.run()
         except (BackendError, ValueError) as err:
-            self.report({"ERROR"}, f"{err} ({self._summary(runner.batch)}; Resume Batch continues)")
+            self._failed(runner, err)
             return {"CANCELLED"}
         finally:
             self._report_flags(runner)
@@ -488,7 +576,7 @@ class _BatchRun:
     def invoke(self, context, event):
         if bpy.app.background:
             return self.execute(context)
-        runner = self._begin(context, submit=False)
+        runner = self._begin(context)
         if runner is None:
             return {"CANCELLED"}
         self._runner = runner
@@ -501,13 +589,10 @@ class _BatchRun:
 
     def modal(self, context, event):
         runner = self._runner
-        if runner not in scene_guard.writers():  # another file was loaded
+        if runner.stopped.is_set():  # Cancel Batch, another file loaded, the add-on disabled
             return self._stop(context, {"CANCELLED"})
         if event.type == "ESC":
-            try:
-                runner.cancel()
-            except BackendError as err:
-                self.report({"WARNING"}, f"could not cancel the server job: {err}")
+            runner.cancel()
             self.report({"WARNING"}, self._summary(runner.batch))
             return self._stop(context, {"CANCELLED"})
         if event.type != "TIMER":
@@ -515,11 +600,8 @@ class _BatchRun:
         try:
             runner.step(max_apply=1)  # one prompt per tick keeps the interface responsive
         except (BackendError, ValueError) as err:
-            if not any(item.job_id for item in runner.batch.items):  # nothing was sent: the batch goes back
-                _restore_batch_state(runner.batch, self._saved)
-                self.report({"ERROR"}, str(err))
-            else:
-                self.report({"ERROR"}, f"{err} ({self._summary(runner.batch)}; Resume Batch continues)")
+            runner.stop()
+            self._failed(runner, err)
             return self._stop(context, {"CANCELLED"})
         finally:
             self._report_flags(runner)
@@ -537,6 +619,7 @@ class _BatchRun:
 
     def cancel(self, context):
         # Blender ends the modal (e.g. a file is loaded): stop polling; the saved state lets Resume continue.
+        self._runner.stop()
         self._stop(context, None)
 
     def _stop(self, context, result):
@@ -596,15 +679,21 @@ class SAFEMOTION_OT_batch_cancel(bpy.types.Operator):
 
     def execute(self, context):
         batch = context.scene.safemotion_batch
-        try:
-            runner = running_batch()
-            client = runner.client if runner is not None else client_from_preferences(context)
-            cancelled = cancel_batch(batch, client)
-        except BackendError as err:
-            cancelled = cancel_batch(batch, None)
-            self.report({"WARNING"}, f"could not cancel the server job ({err}); {cancelled} prompts marked "
-                                     "cancelled here")
-            return {"FINISHED"}
+        runner = running_batch()
+        if runner is not None and runner.scene == context.scene:
+            cancelled = runner.cancel()
+        else:  # a batch saved in the file: its jobs are cancelled from a request thread of their own
+            try:
+                connect = connector(context, threading.Event())
+            except BackendError as err:
+                _, cancelled = cancel_batch(batch)
+                self.report({"WARNING"}, f"could not cancel the server job ({err}); {cancelled} prompts marked "
+                                         "cancelled here")
+                return {"FINISHED"}
+            jobs, cancelled = cancel_batch(batch)
+            requests = RequestThread("SafeMotion batch cancel")
+            requests.call(cancel_jobs, connect, jobs)
+            requests.close()
         self.report({"INFO"}, f"Cancelled {cancelled} prompts; {batch_counts(batch)['DONE']} applied prompts kept")
         return {"FINISHED"}
 

@@ -1,8 +1,10 @@
 """Edit takes on the server (POST /v1/edit): Regenerate Range, Extend Take and In-between, each writing a NEW take.
 
 The source take is read back from its SMPL armature's action (`ops_motion.read_smpl_take`, one sample per scene frame)
-and sent as joints [T, 22, 3]; the scene's prompt, seed, variations and policy apply as for Generate. The answer is
-written by `ops_generate.apply_motions`, so the new takes get their safety record and flag markers exactly like
+and sent as joints [T, 22, 3]; the scene's prompt, seed, variations and policy apply as for Generate. The edit runs as
+an `ops_generate.EditJob` through Generate's modal operator logic (`JobOperator`): the request goes out on a background
+thread and the timer ticks only write the answer, so the interface never waits for the server (Esc, Cancel, a file
+load or disabling the add-on drop the answer). The answer is written by `ops_generate.apply_motions`, so the new takes get their safety record and flag markers exactly like
 generated ones (and a failure while writing is taken back by `scene_guard.keep_file_on_failure`), and the source
 take's actions are never touched. A new take reuses an SMPL armature only when the server's re-fitted body is the
 armature's own skeleton (`ops_generate.EDIT_REST_MATCH_M`), so outside the edited frames it is the source take. Regenerate Range uses the timeline's preview range
@@ -18,8 +20,7 @@ import bpy
 import numpy as np
 
 from . import keyframes, ops_generate, ops_motion, scene_guard
-from .client import BackendError, encode_array
-from .preferences import client_from_preferences
+from .client import encode_array
 from .properties import MAX_SEED
 
 
@@ -90,20 +91,8 @@ def edit_payload(context: bpy.types.Context, prompt_source: dict, **operation) -
             "policy": settings.policy.lower(), **operation}, seed
 
 
-def run_edit(context: bpy.types.Context, payload: dict, frame_start: int) -> ops_generate.Outcome:
-    """Send the edit, decode every motion first, then write the new takes (nothing is written on an error)."""
-    answer = client_from_preferences(context).edit(payload)
-    motions = [ops_generate.decode_motion(m, f"edit motion {k}") for k, m in enumerate(answer.get("motions", []))]
-    outcome = ops_generate.apply_motions(context, context.scene, motions, frame_start, str(answer.get("model", "")),
-                                         rest_match_m=ops_generate.EDIT_REST_MATCH_M)
-    context.scene.safemotion.status = outcome.summary(payload["prompt"])
-    return outcome
-
-
-class _EditOperator:
+class _EditOperator(ops_generate.JobOperator):
     """An edit of the scene's take number `index` (the active take when not set) into new takes."""
-
-    bl_options = {"REGISTER", "UNDO"}
 
     index: bpy.props.IntProperty(name="Take", min=-1, default=-1, description="-1: the active take")
 
@@ -124,21 +113,11 @@ class _EditOperator:
             raise ValueError(f"There is no take {index + 1}")
         return takes[index]
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        try:
-            outcome = self.run(context)
-        except (ValueError, BackendError) as err:
-            context.scene.safemotion.status = str(err)
-            self.report({"ERROR"}, str(err))
-            return {"CANCELLED"}
-        for warning in outcome.warnings:
-            self.report({"WARNING"}, warning)
-        self.report({"INFO"} if outcome.written else {"WARNING"}, context.scene.safemotion.status)
-        return {"FINISHED"} if outcome.written else {"CANCELLED"}
-
-    def run(self, context: bpy.types.Context) -> ops_generate.Outcome:
-        """Do the edit."""
-        raise NotImplementedError
+    def edit_job(self, context: bpy.types.Context, prompt_source: dict, frame_start: int,
+                 **operation) -> ops_generate.EditJob:
+        """The job of an edit of `prompt_source` (the scene's prompt, seed, variations and policy) whose new takes
+        start at `frame_start`."""
+        return ops_generate.EditJob(context, edit_payload(context, prompt_source, **operation), frame_start)
 
 
 class SAFEMOTION_OT_regenerate_range(_EditOperator, bpy.types.Operator):
@@ -147,13 +126,12 @@ class SAFEMOTION_OT_regenerate_range(_EditOperator, bpy.types.Operator):
     bl_idname = "safemotion.regenerate_range"
     bl_label = "Regenerate Range"
 
-    def run(self, context: bpy.types.Context) -> ops_generate.Outcome:
+    def make_job(self, context: bpy.types.Context) -> ops_generate.EditJob:
         take = self.take(context)
         first, last = regenerate_range(context, take)
         source, fps = take_source(take)
         span = scene_range_to_take(context.scene, take, first, last, fps)
-        payload, _ = edit_payload(context, source, frames=[span])
-        return run_edit(context, payload, take.frame_start)
+        return self.edit_job(context, source, take.frame_start, frames=[span])
 
 
 class SAFEMOTION_OT_extend_take(_EditOperator, bpy.types.Operator):
@@ -166,16 +144,15 @@ class SAFEMOTION_OT_extend_take(_EditOperator, bpy.types.Operator):
     at: bpy.props.EnumProperty(name="Where", items=[("end", "After", "Continue after the take's last frame"),
                                                     ("start", "Before", "Lead into the take's first frame")])
 
-    def run(self, context: bpy.types.Context) -> ops_generate.Outcome:
+    def make_job(self, context: bpy.types.Context) -> ops_generate.EditJob:
         take = self.take(context)
         source, fps = take_source(take)
-        payload, _ = edit_payload(context, source, extend_seconds=round(float(self.seconds), 3), extend_at=self.at)
         start = take.frame_start
         if self.at == "start":  # the new frames come first: the take's own frames stay where they were
             render = context.scene.render
             added = int(np.floor(self.seconds * fps + 1e-6)) // 4 * 4
             start -= round(added * (render.fps / render.fps_base) / fps)
-        return run_edit(context, payload, start)
+        return self.edit_job(context, source, start, extend_seconds=round(float(self.seconds), 3), extend_at=self.at)
 
 
 class SAFEMOTION_OT_inbetween(_EditOperator, bpy.types.Operator):
@@ -189,7 +166,7 @@ class SAFEMOTION_OT_inbetween(_EditOperator, bpy.types.Operator):
     second: bpy.props.IntProperty(name="Second Take", min=-1, default=-1,
                                   description="-1: the selected NLA strips' takes, else the take after the first")
 
-    def run(self, context: bpy.types.Context) -> ops_generate.Outcome:
+    def make_job(self, context: bpy.types.Context) -> ops_generate.EditJob:
         takes = context.scene.safemotion.takes
         pair = nla_pair(context) if self.index < 0 and self.second < 0 else None
         if pair is None:
@@ -202,8 +179,7 @@ class SAFEMOTION_OT_inbetween(_EditOperator, bpy.types.Operator):
         first, second = takes[pair[0]], takes[pair[1]]
         source, _ = take_source(first)
         other, _ = take_source(second)
-        payload, _ = edit_payload(context, source, between=other, seconds=round(float(self.seconds), 3))
-        return run_edit(context, payload, first.frame_start)
+        return self.edit_job(context, source, first.frame_start, between=other, seconds=round(float(self.seconds), 3))
 
 
 def draw_edit(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:

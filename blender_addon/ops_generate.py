@@ -35,19 +35,12 @@ from . import (
     scene_guard,
     smpl_math,
 )
-from .client import BackendClient, BackendError, decode_array
-from .preferences import (
-    BUNDLED_START_TIMEOUT_S,
-    addon_preferences,
-    allow_granted,
-    client_from_preferences,
-    server_config,
-)
-from .request_thread import RequestThread
+from .client import BackendClient, BackendError, cancel_quietly, decode_array, submit_job
+from .preferences import addon_preferences, allow_granted, connector
+from .request_thread import BLOCKING_STEP_S, RequestThread
 from .properties import MAX_SEED
 
 POLL_INTERVAL_S = 0.25  # between job status requests, and between the modal operator's timer ticks
-BLOCKING_STEP_S = 0.02  # background mode: how often `run_blocking` looks for the request thread's answers
 STALL_LIMIT_S = 600.0  # give up when no take finishes for this long
 SMPL_ARMATURE_NAME = "SafeMotion SMPL"
 # The server fits a body (rest skeleton) to each motion; an armature is reused for a body whose joints all lie within
@@ -329,23 +322,20 @@ def apply_take(scene: bpy.types.Scene, take: bpy.types.PropertyGroup) -> None:
 
 # ---------------------------------------------------------------------------------------------- the job
 
-def _submit_job(connect: Callable[[], BackendClient], payload: dict,
-                cancelled: threading.Event) -> tuple[BackendClient, str]:
-    """Request thread: reach the server and submit the job; a job submitted after the user cancelled is dropped on
-    the server again. Touches no bpy data."""
+def _connect_and_submit(connect: Callable[[], BackendClient], payload: dict,
+                        cancelled: threading.Event) -> tuple[BackendClient, str]:
+    """Request thread: reach the server and submit the job (dropped again if the user cancelled meanwhile)."""
     client = connect()
-    job_id = client.submit(payload)
-    if cancelled.is_set():
-        _cancel_on_server(client, job_id)
-    return client, job_id
+    return client, submit_job(client, payload, cancelled)
 
 
-def _cancel_on_server(client: BackendClient, job_id: str) -> None:
-    """Request thread: cancel a job on the server, best effort (a server that is gone or refuses writes nothing)."""
-    try:
-        client.cancel(job_id)
-    except BackendError:
-        pass
+def _connect_and_edit(connect: Callable[[], BackendClient], payload: dict) -> tuple[BackendClient, list[Motion], str]:
+    """Request thread: reach the server and send an edit (POST /v1/edit answers with the motions); the motions
+    decoded (numpy only) and the model's name."""
+    client = connect()
+    answer = client.edit(payload)
+    motions = [decode_motion(m, f"edit motion {k}") for k, m in enumerate(answer.get("motions", []))]
+    return client, motions, str(answer.get("model", ""))
 
 
 def _fetch_motions(client: BackendClient, job_id: str) -> tuple[list[Motion], list[str]]:
@@ -364,17 +354,23 @@ class GenerationJob:
 
     Every request runs on the job's `RequestThread`; `start` and `step` only queue requests and read their answers,
     so they return at once whatever the server does. Only `finish` writes into the scene. The job is recorded with
-    `scene_guard` while it runs (that is how `running_job` finds it)."""
+    `scene_guard` while it runs (that is how `running_job` finds it). `request` and `frame_start` default to the
+    scene's settings (Generate)."""
 
     SUBMITTING, RUNNING, FETCHING, BODY, READY, DONE, CANCELLED = (
         "submitting", "running", "fetching", "body", "ready", "done", "cancelled")
+    NOUN = "Generation"
+    REST_MATCH = REST_MATCH_M  # how close a reused SMPL armature's rest joints must be (apply_motions)
 
-    def __init__(self, context: bpy.types.Context):
+    def __init__(self, context: bpy.types.Context, request: tuple[dict, int] | None = None,
+                 frame_start: int | None = None):
         self.scene = context.scene
         self.settings = self.scene.safemotion
-        self.payload, self.seed = job_request(self.settings)
-        self.prompt = self.payload["items"][0]["prompt"]
-        self.frame_start = self.scene.frame_current if self.settings.start_at_playhead else self.scene.frame_start
+        self.payload, self.seed = request or job_request(self.settings)
+        self.prompt = self.payload["prompt"] if "prompt" in self.payload else self.payload["items"][0]["prompt"]
+        if frame_start is None:
+            frame_start = self.scene.frame_current if self.settings.start_at_playhead else self.scene.frame_start
+        self.frame_start = frame_start
         self.prefs = addon_preferences(context)
         self.client: BackendClient | None = None
         self.job_id = ""
@@ -392,35 +388,33 @@ class GenerationJob:
 
     def start(self, context: bpy.types.Context) -> None:
         """Queue the submission (after starting the bundled server, if that is the backend) and return at once."""
-        connect = self._connector(context)
-        self.requests = RequestThread(f"SafeMotion generation: {self.prompt[:40]}")
-        self._pending = self.requests.call(_submit_job, connect, self.payload, self._cancelled)
+        connect = connector(context, self._cancelled)
+        self.requests = RequestThread(f"SafeMotion {self.NOUN.lower()}: {self.prompt[:40]}")
+        self._pending = self.requests.call(*self._submission(connect))
         self.state = self.SUBMITTING
-        scene_guard.claim(self.scene, self, "A generation")
+        scene_guard.claim(self.scene, self, f"A {self.NOUN.lower()}")
         server = backend_process.current()
         starting = self.prefs.backend_mode == "BUNDLED" and (server is None or not server.running)
         self._set_status("Starting the SafeMotion server (loading the model)…" if starting
                          else "Sending the prompt to the SafeMotion server…")
 
-    def _connector(self, context: bpy.types.Context) -> Callable[[], BackendClient]:
-        """What the request thread calls to reach the server: the preferences are read here, on the main thread."""
-        prefs, cancelled = self.prefs, self._cancelled
-        if prefs.backend_mode != "BUNDLED":
-            client = client_from_preferences(context)
-            return lambda: client
-        config, timeout = server_config(prefs), prefs.timeout
+    def _submission(self, connect: Callable[[], BackendClient]) -> tuple:
+        """The first request-thread call and its arguments: reach the server and submit the job."""
+        return _connect_and_submit, connect, self.payload, self._cancelled
 
-        def connect() -> BackendClient:
-            server = backend_process.ensure_started(config, cancelled)
-            server.wait_ready(BUNDLED_START_TIMEOUT_S, cancelled)
-            return BackendClient(server.url, timeout=timeout)
-        return connect
+    def _submitted(self, answer: tuple[BackendClient, str]) -> None:
+        """Take in the first call's answer: the job runs on the server."""
+        self.client, self.job_id = answer
+        self.settings.job_id = self.job_id
+        self.state = self.RUNNING
+        self.last_answer = self.last_progress = time.monotonic()
+        self._set_status(f"Generating {len(self.payload['items'])} take(s) from seed {self.seed}…")
 
     def step(self, context: bpy.types.Context) -> bool:
         """Read what the request thread has answered and queue the next request; True once the motions are here
         (call `finish` then). Never waits for the server."""
         if self.state == self.CANCELLED:
-            raise BackendError("Generation cancelled; nothing was written")
+            raise BackendError(f"{self.NOUN} cancelled; nothing was written")
         if self.state in (self.READY, self.DONE):
             return True
         pending = self._pending
@@ -428,11 +422,7 @@ class GenerationJob:
             return False
         self._pending = None
         if self.state == self.SUBMITTING:
-            self.client, self.job_id = pending.result()
-            self.settings.job_id = self.job_id
-            self.state = self.RUNNING
-            self.last_answer = self.last_progress = time.monotonic()
-            self._set_status(f"Generating {len(self.payload['items'])} take(s) from seed {self.seed}…")
+            self._submitted(pending.result())
         elif self.state == self.RUNNING:
             if pending is None:
                 if time.monotonic() >= self._next_poll:
@@ -492,7 +482,7 @@ class GenerationJob:
         """Write the takes of the fetched motions (after `step` returned True)."""
         try:
             outcome = apply_motions(context, self.scene, self.motions, self.frame_start, self.model, self.body,
-                                    self.payload["policy"], self.client.base_url)
+                                    self.payload["policy"], self.client.base_url, self.REST_MATCH)
         except ValueError as err:  # the target cannot be mapped, or bad data for Blender
             raise BackendError(f"Nothing written: {err}") from None
         outcome.warnings += self.errors
@@ -508,9 +498,9 @@ class GenerationJob:
         if self._pending is not None:
             self._pending.cancel()  # a request still queued never runs
         if self.job_id and self.requests is not None:
-            self.requests.call(_cancel_on_server, self.client, self.job_id)
+            self.requests.call(cancel_quietly, self.client, self.job_id)
         self.state = self.CANCELLED
-        self._close("Generation cancelled; nothing was written")
+        self._close(f"{self.NOUN} cancelled; nothing was written")
 
     def fail(self, message: str) -> None:
         """End after an error: cancel the job on the server if it runs, write nothing, keep the message."""
@@ -548,6 +538,21 @@ class GenerationJob:
         self.settings.status = text
 
 
+class EditJob(GenerationJob):
+    """One edit of takes (POST /v1/edit answers with the motions at once): sent from the request thread, then written
+    like a generation's takes; a new take reuses only an SMPL armature with its own skeleton (EDIT_REST_MATCH_M)."""
+
+    NOUN = "Edit"
+    REST_MATCH = EDIT_REST_MATCH_M
+
+    def _submission(self, connect: Callable[[], BackendClient]) -> tuple:
+        return _connect_and_edit, connect, self.payload
+
+    def _submitted(self, answer: tuple[BackendClient, list[Motion], str]) -> None:
+        self.client, self.motions, self.model = answer
+        self.state = self.READY
+
+
 def running_job(scene: bpy.types.Scene) -> GenerationJob | None:
     """The generation in flight for this scene, if any."""
     writer = scene_guard.writer_of(scene)
@@ -576,25 +581,24 @@ def _redraw(context: bpy.types.Context) -> None:
                 area.tag_redraw()
 
 
-class SAFEMOTION_OT_generate(bpy.types.Operator):
-    """Generate motion from the prompt on the SafeMotion server (Esc cancels)"""
+class JobOperator:
+    """An operator that runs a `GenerationJob` (or an `EditJob`): a modal timer in invoke (Esc cancels), a blocking
+    loop in execute (background mode, scripts)."""
 
-    bl_idname = "safemotion.generate"
-    bl_label = "Generate"
     bl_options = {"REGISTER", "UNDO"}
 
     _job: GenerationJob | None = None
     _timer = None
 
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return scene_guard.poll_free(cls, context)
+    def make_job(self, context: bpy.types.Context) -> GenerationJob:
+        """The job to run (ValueError or BackendError: refused, with the reason)."""
+        raise NotImplementedError
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         """Blocking run (background mode, scripts)."""
         try:
-            outcome = GenerationJob(context).run_blocking(context)
-        except BackendError as err:
+            outcome = self.make_job(context).run_blocking(context)
+        except (ValueError, BackendError) as err:
             context.scene.safemotion.status = str(err)
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
@@ -604,9 +608,9 @@ class SAFEMOTION_OT_generate(bpy.types.Operator):
         if bpy.app.background:
             return self.execute(context)
         try:
-            self._job = GenerationJob(context)
+            self._job = self.make_job(context)
             self._job.start(context)
-        except BackendError as err:
+        except (ValueError, BackendError) as err:
             if self._job is not None:
                 self._job.fail(str(err))
             context.scene.safemotion.status = str(err)
@@ -622,7 +626,7 @@ class SAFEMOTION_OT_generate(bpy.types.Operator):
         job = self._job
         if event.type == "ESC" and event.value == "PRESS":
             job.cancel()
-            self.report({"INFO"}, "Generation cancelled; nothing was written")
+            self.report({"INFO"}, f"{job.NOUN} cancelled; nothing was written")
             return self._end(context, {"CANCELLED"})
         if job.state == job.CANCELLED:  # the Cancel button or a file load
             return self._end(context, {"CANCELLED"})
@@ -670,8 +674,22 @@ class SAFEMOTION_OT_generate(bpy.types.Operator):
         return {"FINISHED"} if outcome.written else {"CANCELLED"}
 
 
+class SAFEMOTION_OT_generate(JobOperator, bpy.types.Operator):
+    """Generate motion from the prompt on the SafeMotion server (Esc cancels)"""
+
+    bl_idname = "safemotion.generate"
+    bl_label = "Generate"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return scene_guard.poll_free(cls, context)
+
+    def make_job(self, context: bpy.types.Context) -> GenerationJob:
+        return GenerationJob(context)
+
+
 class SAFEMOTION_OT_cancel_generation(bpy.types.Operator):
-    """Cancel the generation in flight: the server drops the job and nothing is written"""
+    """Cancel the generation or edit in flight: the server drops the job and nothing is written"""
 
     bl_idname = "safemotion.cancel_generation"
     bl_label = "Cancel"

@@ -8,6 +8,8 @@ Before any request to a server that is not on this machine, Blender's read-only 
 from __future__ import annotations
 
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import bpy
@@ -79,6 +81,22 @@ def client_from_preferences(context: bpy.types.Context) -> BackendClient:
     client = BackendClient(prefs.server_url, prefs.api_key or None, prefs.timeout)
     check_online_access(client)
     return client
+
+
+def connector(context: bpy.types.Context, cancelled: threading.Event) -> Callable[[], BackendClient]:
+    """What a request thread calls to reach the configured server (the bundled one started and waited for there,
+    unless `cancelled` is set meanwhile); the preferences are read here, on the main thread."""
+    prefs = addon_preferences(context)
+    if prefs.backend_mode != "BUNDLED":
+        client = client_from_preferences(context)
+        return lambda: client
+    config, timeout = server_config(prefs), prefs.timeout
+
+    def connect() -> BackendClient:
+        server = backend_process.ensure_started(config, cancelled)
+        server.wait_ready(BUNDLED_START_TIMEOUT_S, cancelled)
+        return BackendClient(server.url, timeout=timeout)
+    return connect
 
 
 _allow_grants: dict[tuple[str, str], bool] = {}  # (server URL, API key) -> the server grants `allow` to that key

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+BLOCKING_STEP_S = 0.02  # background mode and scripts: how often a blocking loop looks for the thread's answers
+
 
 class RequestThread:
     """A daemon thread that runs queued calls in order; each call's outcome comes back as a Future."""

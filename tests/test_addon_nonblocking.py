@@ -1,10 +1,12 @@
-"""Generate never waits for the server on Blender's main thread (real bpy wheel, real server behind a slow proxy).
+"""Generate, Batch and the edit operators never wait for the server on Blender's main thread (real bpy wheel, real
+server behind a slow proxy).
 
 A tiny stdlib HTTP proxy on loopback holds every request for DELAY_S seconds before passing it to the real
-`safemotion serve`. What the modal operator runs on the main thread (`GenerationJob.start` in invoke, `step` on each
-timer tick) must return within MAIN_THREAD_BOUND_S whatever the server does, and the take must still arrive; cancel
-and disabling the add-on while a request is in flight return at once, write nothing, drop the job on the server, and
-leave no request thread behind once its last request has answered. The bound is a behaviour (no call waits for a
+`safemotion serve`. What the modal operators run on the main thread (`GenerationJob.start` / `EditJob.start` or the
+batch's set-up in invoke, `step` on each timer tick) must return within MAIN_THREAD_BOUND_S whatever the server does,
+and the takes must still arrive; cancel and disabling the add-on while a request is in flight return at once, write
+nothing, drop a submitted job on the server (a running batch keeps the jobs it records, for Resume), and leave no
+request thread behind once its last request has answered. The bound is a behaviour (no call waits for a
 request), not a benchmark: a blocking call would take at least DELAY_S.
 """
 
@@ -174,3 +176,134 @@ def test_disabling_the_add_on_mid_request_returns_at_once_and_leaves_no_writer(a
     finally:
         enable_addon()
         use_server(slow.url)
+
+
+# --- Batch ------------------------------------------------------------------------------------------------------------
+
+def batch_runner(addon, prompts: list[str]):
+    """What Generate Batch's invoke does on the main thread: the batch read and laid out, a runner made and recorded;
+    with the seconds it took."""
+    ops = addon.ops_batch
+    scene = bpy.context.scene
+    begin = time.perf_counter()
+    parsed = addon.batch_prompts.parse_text("\n".join(prompts), "prompts.txt")
+    ops.start_batch(scene, parsed, "prompts.txt")
+    runner = ops.BatchRunner(scene, bpy.context)
+    addon.scene_guard.claim(scene, runner, "A batch")
+    return runner, time.perf_counter() - begin
+
+
+def tick_batch(runner, condition, timeout: float = 60.0) -> list[float]:
+    """Timer ticks of the batch's modal operator (one prompt applied per tick at most) until `condition()`."""
+    durations = []
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, [(i.name, i.state, i.message) for i in runner.batch.items]
+        _, seconds = timed(runner.step, 1)
+        durations.append(seconds)
+        time.sleep(0.05)
+    return durations
+
+
+def test_batch_ticks_return_at_once_and_every_prompt_arrives_in_its_place(addon, slow):
+    began = time.monotonic()
+    runner, start_s = batch_runner(addon, ["a person walks", "a person jumps"])
+    ticks = tick_batch(runner, runner.finished)
+    batch = runner.batch
+    assert [i.state for i in batch.items] == ["DONE", "DONE"] and len({i.job_id for i in batch.items}) == 1
+    strips = batch.smpl_armature.animation_data.nla_tracks[addon.ops_batch.BATCH_TRACK].strips
+    assert [(s.name, s.frame_start) for s in strips] == [(i.name, i.frame_start) for i in batch.items]
+    assert start_s < MAIN_THREAD_BOUND_S and max(ticks) < MAIN_THREAD_BOUND_S, (start_s, sorted(ticks)[-3:])
+    print(f"batch start {start_s:.3f} s, {len(ticks)} ticks (longest {max(ticks):.3f} s)")
+    # Every request waited DELAY_S in the proxy: submit, at least one status poll with its results.
+    assert slow.seen[0] == "POST /v1/jobs" and any(s.endswith("/results") for s in slow.seen)
+    assert time.monotonic() - began >= 3 * DELAY_S
+    assert runner.requests.join(5.0)  # the request thread ended with the batch
+    addon.scene_guard.release(runner)
+
+
+def test_cancel_batch_while_the_submission_is_in_flight_drops_the_job_and_writes_nothing(addon, slow, tiny_server):
+    runner, _ = batch_runner(addon, ["a person walks", "a person jumps"])
+    tick_batch(runner, lambda: "POST /v1/jobs" in slow.seen)
+    assert runner.client is not None and not any(i.job_id for i in runner.batch.items)  # the proxy holds the POST
+    _, seconds = timed(bpy.ops.safemotion.batch_cancel)  # the panel's button (Esc in the modal does the same)
+    assert seconds < MAIN_THREAD_BOUND_S and [i.state for i in runner.batch.items] == ["CANCELLED"] * 2
+    assert runner.step(1) == 0 and runner.requests.join(2 * DELAY_S + 30)  # submitted, then dropped; thread ended
+    deletes = [s for s in slow.seen if s.startswith("DELETE /v1/jobs/")]
+    assert len(deletes) == 1 and server_job(tiny_server, deletes[0].rsplit("/", 1)[1])["status"] in ("cancelled",
+                                                                                                        "done")
+    assert len(bpy.data.objects) == 0 and len(bpy.data.actions) == 0
+    addon.scene_guard.release(runner)
+
+
+def test_disabling_the_add_on_mid_poll_stops_the_batch_which_resume_continues(addon, slow, tiny_server):
+    runner, _ = batch_runner(addon, ["a person walks"])
+    tick_batch(runner, lambda: any(i.state == "QUEUED" for i in runner.batch.items))
+    tick_batch(runner, lambda: any(s.startswith("GET /v1/jobs/") for s in slow.seen))  # a status poll is in flight
+    job_id = runner.batch.items[0].job_id
+    import addon_utils
+
+    try:
+        _, seconds = timed(addon_utils.disable, ADDON_MODULE)
+        assert seconds < MAIN_THREAD_BOUND_S and runner.stopped.is_set()
+        assert runner.requests.join(2 * DELAY_S + 30)  # the poll answered and was not read; the thread ended
+        assert runner.step(1) == 0 and len(bpy.data.actions) == 0  # a later tick writes nothing
+        assert not any(s.startswith("DELETE") for s in slow.seen)  # the job the batch records stays for Resume
+    finally:
+        enable_addon()
+        use_server(slow.url, timeout=30.0)
+    batch = bpy.context.scene.safemotion_batch
+    assert [(i.state, i.job_id) for i in batch.items] == [("QUEUED", job_id)]
+    assert bpy.ops.safemotion.batch_resume() == {"FINISHED"}  # background mode: the same ticks in a loop
+    assert [i.state for i in batch.items] == ["DONE"] and batch.items[0].job_id == job_id
+
+
+# --- Edit operators ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def take(addon, slow, tiny_server):
+    """One take of 1 s generated straight from the server (no proxy); the add-on then talks through the proxy."""
+    use_server(tiny_server.url, timeout=30.0)
+    assert bpy.ops.safemotion.generate() == {"FINISHED"}
+    use_server(slow.url, timeout=30.0)
+    del slow.seen[:]
+    settings = bpy.context.scene.safemotion
+    settings.prompt, settings.skin_body = "a person jumps", False
+    return settings.takes[0]
+
+
+def extend_job(addon, take):
+    """What Extend Take's invoke makes: the edit job of 1 s after the take."""
+    source, _ = addon.ops_edit.take_source(take)
+    payload = addon.ops_edit.edit_payload(bpy.context, source, extend_seconds=1.0, extend_at="end")
+    return addon.ops_generate.EditJob(bpy.context, payload, take.frame_start)
+
+
+def test_an_edit_returns_at_once_on_every_tick_and_its_take_still_arrives(addon, slow, take):
+    settings = bpy.context.scene.safemotion
+    frames = take.frames
+    job, start_s = timed(extend_job, addon, take)
+    _, seconds = timed(job.start, bpy.context)
+    start_s += seconds
+    assert addon.ops_generate.running_job(bpy.context.scene) is job  # the Cancel button and a file load find it
+    ticks = step_until(job, lambda: job.state == job.READY)
+    outcome = job.finish(bpy.context)
+    assert outcome.written == 1 and len(settings.takes) == 2 and settings.takes[1].frames > frames
+    assert start_s < MAIN_THREAD_BOUND_S and max(ticks) < MAIN_THREAD_BOUND_S, (start_s, sorted(ticks)[-3:])
+    print(f"edit start {start_s:.3f} s, {len(ticks)} ticks (longest {max(ticks):.3f} s)")
+    assert slow.seen == ["POST /v1/edit"] and job.requests.join(5.0)
+    assert addon.scene_guard.busy_reason(bpy.context.scene) is None
+
+
+def test_cancelling_an_edit_in_flight_returns_at_once_and_writes_nothing(addon, slow, take):
+    before = addon.scene_guard.Census.take()
+    job = extend_job(addon, take)
+    job.start(bpy.context)
+    step_until(job, lambda: "POST /v1/edit" in slow.seen)
+    _, seconds = timed(bpy.ops.safemotion.cancel_generation)  # the panel's Cancel button
+    assert seconds < MAIN_THREAD_BOUND_S and job.state == job.CANCELLED
+    with pytest.raises(addon.client.BackendError, match="Edit cancelled"):
+        job.step(bpy.context)
+    assert job.requests.join(2 * DELAY_S + 30)  # the edit answered, nobody read it; the thread ended
+    assert before.differences(addon.scene_guard.Census.take()) == []
+    assert bpy.context.scene.safemotion.status == "Edit cancelled; nothing was written"
