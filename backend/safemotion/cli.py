@@ -335,7 +335,11 @@ def _eval(args: argparse.Namespace) -> int:
     result = run_benchmark(specs, args.data, args.evaluator or DEFAULT_EVALUATOR, settings, args.clip_weights,
                            args.clip_vocab)
     if base is not None:
-        result = add_rows(base, result, str(args.add_to))
+        try:
+            result = add_rows(base, result, str(args.add_to))
+        except ValueError as error:
+            kept = write_report(result, args.add_to.with_name(args.add_to.name + "-unmerged"))
+            raise ValueError(f"{error} (this run's own report, not merged: {kept})") from error
     out = write_report(result, args.out or args.add_to, title=None if base is None else report_title(args.add_to))
     print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
     return 0
