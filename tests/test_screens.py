@@ -221,6 +221,20 @@ def test_half_screened_or_uncalibrated_models_refuse_to_run(tmp_path, encoder):
     assert status == 2 and "motion judge file is missing" in stderr
 
 
+def test_freshly_trained_screens_can_be_calibrated(tmp_path, encoder):
+    model = build_tiny_lcr_model(tmp_path / "tiny-lcr")
+    add_tiny_screens(model, encoder, calibrate=False)  # as `unlearn screens` leaves them: no thresholds, no combiner
+    screens = load_screens(model, read_model_config(model), require_calibration=False)
+    assert screens is not None and screens.combiner is None
+    with pytest.raises(ScreeningError, match="no calibrated combiner yet"):
+        screens.decide(0.0, 0.5, 0.1, 0.1)
+    status, stdout, stderr = run_cli("unlearn", "calibrate", "--signals", "--model", str(model), "--variations", "1",
+                                     "--seconds", "1")
+    assert status == 0, stderr
+    assert json.loads(stdout)["written"] and safety_settings(read_model_config(model)).signals_calibrated
+    assert SafeGenerator.from_dir(model) is not None
+
+
 def test_a_judge_or_screen_made_for_other_inputs_is_refused(tmp_path, encoder):
     model = build_tiny_lcr_model(tmp_path / "tiny-lcr")
     add_tiny_screens(model, encoder)
