@@ -25,7 +25,7 @@ from safemotion.unlearn.motion_judge import (
     judge_report,
     window_features,
 )
-from safemotion.unlearn.prompt_screen import PROMPT_SCREEN_FILE, load_concept_text
+from safemotion.unlearn.prompt_screen import PROMPT_SCREEN_FILE, caption_words, concept_lines, load_concept_text
 from safemotion.unlearn.prompt_sets import PROMPT_SETS, load_prompt_set
 from safemotion.unlearn.record import safety_settings
 from safemotion.unlearn.screening import ScreeningError, load_screens
@@ -115,6 +115,17 @@ def test_signal_thresholds_keep_safe_false_alarms_within_the_bound():
     assert 0 < fitted["prompt_threshold"] < 1 and 0 < fitted["combiner"]["threshold"] < 1
     with pytest.raises(ValueError, match="max_fpr is 1.5"):
         fit_signal_thresholds(violent, safe, 0.2, max_fpr=1.5)
+
+
+def test_only_forget_lines_with_a_concept_word_rare_among_retain_lines_stay_positive():
+    assert caption_words("A fighter punches the bag, then kicks.") == {"punch", "bag", "kick"}
+    labels = {"a man punches his opponent in the face": 1, "someone stands in one spot": 1,
+              "a boxer sits down and rests": 1, "a person kicks a rival in the leg": 1,
+              "a person stands up and sits down": 0, "a person rests on a bench": 0, "a child kicks a ball": 0,
+              "a person kicks a ball against the wall": 0}
+    phrases = ("a person punches someone", "a person kicks someone", "he stands over the beaten man")
+    # "stands" and "kicks" are common retain words, so only a line with "punches" marks the concept.
+    assert concept_lines(labels, phrases) == {"a man punches his opponent in the face"}
 
 
 def test_window_features_see_fast_arm_swings():
