@@ -34,7 +34,7 @@ class Screens:
     prompt: PromptScreen
     motion: MotionJudge
     settings: SafetySettings
-    combiner: Combiner  # parsed once from settings.combiner
+    combiner: Combiner | None  # parsed once from settings.combiner; None only before `calibrate --signals`
 
     def prompt_scores(self, encoder: TextEncoder, prompts: Sequence[str]) -> np.ndarray:
         """P(concept) of each request text."""
@@ -54,6 +54,9 @@ class Screens:
 
     def decide(self, hit_ratio: float, hit_threshold: float, prompt: float, motion: float) -> Decision:
         """Every signal and the combined decision of one generated motion."""
+        if self.combiner is None:
+            raise ScreeningError("the screens have no calibrated combiner yet; run `safemotion unlearn calibrate "
+                                 "--signals`")
         return decide(hit_ratio, hit_threshold, prompt, motion, self.settings.prompt_threshold,
                       self.settings.motion_threshold, self.combiner)
 
@@ -88,4 +91,5 @@ def load_screens(model_dir: str | Path, config: ModelConfig, require_calibration
         if concept is not None and screen.concept != concept:
             raise ScreeningError(f"{model_dir}: the {name} was trained for {screen.concept!r}, the model unlearned "
                                  f"{concept!r}; retrain it with `safemotion unlearn screens`")
-    return Screens(prompt, motion, settings, Combiner.from_dict(settings.combiner))
+    combiner = None if settings.combiner is None else Combiner.from_dict(settings.combiner)
+    return Screens(prompt, motion, settings, combiner)
