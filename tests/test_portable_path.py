@@ -21,6 +21,7 @@ def test_paths_are_relative_to_the_repository_or_cut_to_their_last_two_parts(tmp
     assert portable_path("/somewhere/else/models/uce") == "models/uce"
     assert portable_command(["safemotion", "eval", "--models", f"a={REPO_ROOT}/m", "--out", "/x/y/out", "-k", "3"]) \
         == "safemotion eval --models a=m --out y/out -k 3"
+    assert portable_command(["eval", "--models", "a=/x/y/m,b=/x/z/n,lcr"]) == "eval --models a=y/m,b=z/n,lcr"
 
 
 @pytest.mark.parametrize("path", PUBLISHED, ids=lambda p: str(p.relative_to(REPO_ROOT)))

@@ -22,11 +22,11 @@ def portable_path(path: str | os.PathLike) -> str:
 
 
 def portable_command(argv: list[str]) -> str:
-    """A command line with every absolute path in it (also as `name=PATH`) made portable."""
-    def arg(text: str) -> str:
+    """A command line with every absolute path in it (also as `name=PATH`, and in comma-separated lists) made portable."""
+    def item(text: str) -> str:
         name, sep, value = text.rpartition("=")
         if sep and os.path.isabs(value):
             return f"{name}={portable_path(value)}"
         return portable_path(text) if os.path.isabs(text) else text
 
-    return " ".join(arg(a) for a in argv)
+    return " ".join(",".join(item(part) for part in a.split(",")) for a in argv)
