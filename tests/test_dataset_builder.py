@@ -376,7 +376,9 @@ def test_stopped_build_leaves_no_folder_and_no_workers(tmp_path, signum):
     out = tmp_path / "out" / "dataset"
     build = subprocess.Popen([sys.executable, "-m", "safemotion", "data", "build", "--bvh-dir", str(lib),
                               "--captions", str(lib / "captions.csv"), "--out", str(out), "--workers", "2"],
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             # as from a terminal: a test run started in the background inherits SIGINT ignored
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(children(build.pid)) < 2:
         time.sleep(0.2)
