@@ -30,7 +30,7 @@ from safemotion.models.config import BACKBONES
 from safemotion.models.mask_transformer import MaskTransformer
 from safemotion.models.model_dir import parameter_count
 from safemotion.train.presets import mini
-from results_md import machine, write_section
+from results_md import machine, publish
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Backbones (issue 8)"
@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(bench_backbone(backbone, args.repeats, backbone in args.batch32_backbones))
         print(results[-1], flush=True)
     text = report(results, args.repeats, before, machine())
-    print(text)
-    if args.write:
-        write_section(SECTION, text)
+    publish(SECTION, text, write=args.write)
     return 0
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from generate import timed
-from results_md import machine, write_section
+from results_md import machine, publish
 from safemotion.edit import Editor, source_from_features
 from safemotion.generate import DEFAULT_MODEL_DIR, GenerationRequest
 from safemotion.safe_generation import SafeGenerator
@@ -97,9 +97,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     text = table(run(args.repeats), args.repeats, args.threads)
-    print(text)
-    if args.write:
-        write_section(SECTION, text)
+    publish(SECTION, text, write=args.write)
     return 0
 
 

@@ -29,7 +29,7 @@ from safemotion.generate import Generator, bf16_is_native
 from safemotion.models.model_dir import build_models, parameter_count
 from safemotion.motion.smpl import joints_to_smpl
 from safemotion.train.presets import preset
-from results_md import machine, write_section
+from results_md import machine, publish
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Generation (issue 3)"
@@ -215,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(bench_size(size, precision, args.repeats, args.batches, args.budget))
             print(results[-1], flush=True)
     text = report(results, before, machine(), args.threads)
-    print(text)
-    if args.write:
-        write_section(SECTION, text)
+    publish(SECTION, text, write=args.write)
     return 0
 
 

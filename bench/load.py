@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-from results_md import write_section
+from results_md import publish
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Server load (issue 6)"
@@ -485,9 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             clients = args.clients[-1]
             rows, jobs = ray_bench(model, clients, rounds[clients], args.repeats, args.seconds, args.threads, work)
             text = ray_section(rows, jobs, note, args.seconds, args.threads, time.perf_counter() - started)
-            print(text)
-            if args.write:
-                write_section(RAY_SECTION, text)
+            publish(RAY_SECTION, text, write=args.write)
             return 0
         ceiling = model_ceiling(model, args.seconds, args.threads, precision=args.precision)
         print(f"model only ({args.precision}): {ceiling}", flush=True)
@@ -496,9 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         note += f"; transformers in {args.precision}"
         rows = bench(model, args.clients, rounds, args.repeats, args.seconds, args.threads, work, args.precision)
         text = section(rows, ceiling, note, args.seconds, args.threads, time.perf_counter() - started)
-        print(text)
-        if args.write:
-            write_section(SECTION, text)
+        publish(SECTION, text, write=args.write)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

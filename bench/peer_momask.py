@@ -46,7 +46,7 @@ from safemotion.models import LengthEstimator
 from safemotion.models.config import LengthEstimatorConfig, ModelConfig
 from safemotion.models.model_dir import build_models, load_model_dir
 from generate import timed
-from results_md import machine, write_section
+from results_md import machine, publish
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_momask_import import MASK_NAME, MASK_OPT, RES_NAME, RES_OPT, VQ_NAME, VQ_OPT, write_official_layout  # noqa: E402
@@ -322,9 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         stage_times = ({b: stages(generators.get("fp32") or ours(model_dir), features, b, 3) for b in BATCHES}
                        if args.stages else {})
     text = report(identity, runs, stage_times, before, machine(), args)
-    print(text)
-    if args.write:
-        write_section(SECTION, text)
+    publish(SECTION, text, write=args.write)
     return 0
 
 

@@ -25,7 +25,7 @@ def write_section(heading: str, text: str, path: Path = RESULTS) -> None:
     os.replace(tmp, path)
 
 
-def publish(heading: str, text: str, path: Path, write: bool) -> None:
+def publish(heading: str, text: str, path: Path = RESULTS, write: bool = True) -> None:
     """Print a benchmark's section and, when `write`, put it into the results file (see write_section)."""
     print(text)
     if write:

@@ -24,7 +24,7 @@ import torch
 from safemotion.generate import GenerationRequest, Generator
 from safemotion.unlearn.prompt_sets import load_prompt_set
 from safemotion.unlearn.screening import load_screens
-from results_md import machine, write_section
+from results_md import machine, publish
 
 MODEL = Path(__file__).resolve().parents[1] / "backend/safemotion/assets/models/safemotion-mini-lcr"
 SECTION = "## Screening overhead (issue 16)"
@@ -91,9 +91,7 @@ def main() -> int:
     lines += ["", f"Screening adds {stats_ms(total)[0]:.2f} ms (median; p90 {stats_ms(total)[1]:.2f} ms) per request, "
               f"{statistics.median(total) / base:.2%} of the median generation ({base * 1000:.0f} ms); target ≤ 15 ms."]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        write_section(SECTION, text)
+    publish(SECTION, text, write=args.write)
     return 0
 
 

@@ -23,7 +23,7 @@ from safemotion.models.model_dir import load_model_dir
 from safemotion.models.text_encoders import load_text_encoder
 from safemotion.unlearn.cond_edit import CondEditOptions, CondEditSettings, run_cond_edit
 from safemotion.unlearn.lcr_pipeline import LCROptions, run_lcr
-from results_md import machine, write_section
+from results_md import machine, publish
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Unlearning (issue 4)"
@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-unlearn-") as work:
         rows = bench(args, Path(work))
     text = report(args, rows, before, machine())
-    print(text)
-    if args.write:
-        write_section(SECTION, text)
+    publish(SECTION, text, write=args.write)
     return 0
 
 
