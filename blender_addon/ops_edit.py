@@ -1,7 +1,9 @@
 """Edit takes on the server (POST /v1/edit): Regenerate Range, Extend Take and In-between, each writing a NEW take.
 
 The source take is read back from its SMPL armature's action (`ops_motion.read_smpl_take`, one sample per scene frame)
-and sent as joints [T, 22, 3]; the scene's prompt, seed, variations and policy apply as for Generate. The edit runs as
+and sent as joints [T, 22, 3] with the base-layer code ids the server decoded the take from (the take's
+`base_tokens`; the server's review counts a kept token whose carried or re-encoded id is a removed code, so an edit of
+a flagged take stays flagged); the scene's prompt, seed, variations and policy apply as for Generate. The edit runs as
 an `ops_generate.EditJob` through Generate's modal operator logic (`JobOperator`): the request goes out on a background
 thread and the timer ticks only write the answer, so the interface never waits for the server (Esc, Cancel, a file
 load or disabling the add-on drop the answer). The answer is written by `ops_generate.apply_motions`, so the new takes get their safety record and flag markers exactly like
@@ -25,13 +27,17 @@ from .properties import MAX_SEED
 
 
 def take_source(take: bpy.types.PropertyGroup) -> tuple[dict, float]:
-    """The SourcePayload of a take (joints read back from its SMPL action) and its frame rate."""
+    """The SourcePayload of a take (joints read back from its SMPL action, and the base ids the server decoded it
+    from, which the edit's review counts) and its frame rate."""
     action = bpy.data.actions.get(take.action_name)
     if take.armature is None or action is None:
         raise ValueError(f"take '{take.name}': its SMPL armature or action {take.action_name!r} no longer exists")
     motion = ops_motion.read_smpl_take(take.armature, action)
     joints = ops_motion.take_joints(motion)[:, :ops_motion.AUDIT_JOINTS]
-    return {"joints": encode_array(joints), "fps": motion.fps}, motion.fps
+    source = {"joints": encode_array(joints), "fps": motion.fps}
+    if take.base_tokens:
+        source["base_tokens"] = encode_array(np.array([int(i) for i in take.base_tokens.split(",")]), "int64")
+    return source, motion.fps
 
 
 def scene_range_to_take(scene: bpy.types.Scene, take: bpy.types.PropertyGroup, first: float, last: float,

@@ -92,6 +92,7 @@ class Motion:
     names: tuple[str, ...] = ()
     parents: tuple[int, ...] = ()
     foot_cleanup: bool = False  # whether the server pinned the feet and grounded the motion
+    base_tokens: np.ndarray | None = None  # [T / 4] base-layer code ids it was decoded from (column 0 of `tokens`)
 
     @property
     def blocked(self) -> bool:
@@ -114,6 +115,12 @@ def decode_motion(payload: dict, where: str) -> Motion:
     motion.pose = decode_array(smpl.get("pose"), f"{where}.smpl.pose")
     motion.transl = decode_array(smpl.get("transl"), f"{where}.smpl.transl")
     motion.rest_joints = decode_array(skeleton.get("rest_joints"), f"{where}.skeleton.rest_joints")
+    if payload.get("tokens") is not None:
+        tokens = decode_array(payload["tokens"], f"{where}.tokens")
+        if tokens.ndim != 2 or tokens.shape[1] < 1 or tokens.dtype.kind != "i":
+            raise BackendError(f"the server sent malformed tokens ({where}): {tokens.dtype} {list(tokens.shape)}, "
+                               "expected integer ids [tokens, layers]")
+        motion.base_tokens = tokens[:, 0]
     motion.names = tuple(skeleton.get("joint_names", ()))
     motion.parents = tuple(skeleton.get("parents", ()))
     joints = len(motion.names)
@@ -294,6 +301,7 @@ def _write_take(context: bpy.types.Context, scene: bpy.types.Scene, motion: Moti
     take.frames, take.frame_start = len(pose), frame_start
     take.armature, take.action_name = rig, action.name
     take.foot_cleanup = motion.foot_cleanup
+    take.base_tokens = "" if motion.base_tokens is None else ",".join(str(int(i)) for i in motion.base_tokens)
     if fit is not None:
         target_action, _ = armature.retarget_onto(target, pose, transl, motion.rest_joints, fit=fit,
                                                   fps=scene_fps, action_name=f"{target.name} {label}",

@@ -78,6 +78,10 @@ class SafeMotionTake(bpy.types.PropertyGroup):
     foot_cleanup: bpy.props.BoolProperty(name="Feet Cleaned Up",
                                          description="The server pinned this take's planted feet and put it on the "
                                                      "floor")
+    base_tokens: bpy.props.StringProperty(name="Base Codes",
+                                          description="The base-layer code ids the server decoded this take from, "
+                                                      "comma-separated; an edit sends them back so its safety review "
+                                                      "counts the kept tokens' removed codes")
     safety: bpy.props.PointerProperty(type=SafeMotionSafety)
 
 

@@ -4,6 +4,8 @@ stays as it was, and bad input writes nothing."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,25 @@ def test_a_take_reads_back_the_same_while_another_take_is_active_on_its_armature
     assert settings.takes[0].armature.animation_data.action.name == settings.takes[-1].action_name
     np.testing.assert_array_equal(take_pose(addon, settings.takes[0]), before)
     assert np.abs(take_pose(addon, shared[0]) - before).max() > 0.01
+
+
+def test_an_edit_sends_the_takes_ids_and_keeps_their_flags(addon, scene):
+    settings = scene.safemotion
+    source = settings.takes[0]
+    ids = [int(i) for i in source.base_tokens.split(",")]
+    assert len(ids) == FRAMES // 4 and all(0 <= i < 64 for i in ids)  # column 0 of the server's tokens
+    source.base_tokens = ",".join(["0"] * 20)  # code 0 is removed in the tiny model: every kept token carries a hit
+    scene.use_preview_range = True
+    scene.frame_preview_start, scene.frame_preview_end = 11 + 40, 11 + 59  # take frames 40:60, tokens 9-15 redone
+    assert bpy.ops.safemotion.regenerate_range() == {"FINISHED"}
+    new = settings.takes[1]
+    kept = list(range(9)) + list(range(16, 20))
+    assert new.safety.flagged and new.safety.decision == "sanitized"
+    assert set(kept) <= set(json.loads(new.safety.record_json)["hit_tokens"])
+    assert [int(i) for i in new.base_tokens.split(",")[:9] + new.base_tokens.split(",")[16:]] == [0] * 13
+    source.base_tokens = ",".join(["0"] * 19)  # ids of another take: refused, nothing written
+    settings.active_take = 0
+    actions = len(bpy.data.actions)
+    with pytest.raises(RuntimeError, match="19 base_tokens for 80 frames"):
+        bpy.ops.safemotion.regenerate_range()
+    assert len(settings.takes) == 2 and len(bpy.data.actions) == actions

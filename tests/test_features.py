@@ -295,3 +295,21 @@ def test_mirror_consistency_on_sample(sample):
     # Recovering mirrored features gives mirrored joints.
     recovered = F.recover_from_ric(F.extract_features(joints))
     np.testing.assert_allclose(F.recover_from_ric(via_features), F.mirror_joints(recovered), atol=1e-5)
+
+
+def test_ground_first_keeps_the_motions_own_floor_through_the_retarget():
+    clip = walking_clip(frames=40)
+    # a non-rigid skeleton, as a decoder gives: legs 10% shorter than in frame 0 after it, feet on the floor
+    # throughout; the retarget scales the root path by frame 0's leg ratio (1), so the lengthened legs sink
+    varying = clip * 0.9
+    varying[0] = clip[0]
+    lifted = F.extract_features(varying)
+    grounded = F.extract_features(varying, ground_first=True)
+    _, canonical = F.process_joints(varying, ground_first=True)
+    sink = -canonical[..., 1].min()
+    assert sink > 0.05  # the retargeted feet go under the floor...
+    np.testing.assert_allclose(lifted[:, 3] - grounded[:, 3], sink, atol=1e-5)  # ...and the default lifts the root
+    # the take's own floor wherever the take stands; a rigid clip on the floor comes out as by default
+    raised = F.extract_features(moved(varying, yaw_deg=0.0, shift=(0.0, 0.7, 0.0)), ground_first=True)
+    np.testing.assert_allclose(raised, grounded, atol=1e-5)
+    np.testing.assert_allclose(F.extract_features(clip, ground_first=True), F.extract_features(clip), atol=1e-5)

@@ -40,6 +40,16 @@ def test_hits_ratio_and_spans():
     assert "67% of the motion's base tokens (4/6)" in record.reason
 
 
+def test_a_second_reading_of_a_token_adds_hits_and_never_removes_them():
+    tokens = np.array([3, 0, 0, 1, -1])
+    also = np.array([0, 7, -1, 1, 11])  # token 1 re-reads as removed; no reading at 2; padding at 4 stays padding
+    assert hit_token_indices(tokens, REMOVED, also).tolist() == [0, 1]
+    record = assess(tokens, REMOVED, unit_length=4, threshold=0.5, also=also)
+    assert record.hit_tokens == [0, 1] and record.hit_ratio == pytest.approx(2 / 4) and record.flagged
+    with pytest.raises(ValueError, match="4 second-reading ids for 5 base tokens"):
+        hit_token_indices(tokens, REMOVED, also[:4])
+
+
 def test_spans_merge_adjacent_and_duplicate_tokens():
     assert merge_spans([5, 4, 4, 9, 6], unit_length=2) == [(8, 14), (18, 20)]
     assert merge_spans([], 4) == []

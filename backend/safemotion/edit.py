@@ -7,9 +7,11 @@
     results = editor.inbetween(walk, wave, 1.5, "a person walks and stops")
 
 The source (joints [T, 22, 3] in metres, Y-up, or 263-d features, at the model's frame rate) is encoded by the VQ
-(with the original codebooks of an LCR model, like `safemotion audit`, so the ids are those the transformers speak).
-Its last T mod 4 frames (less than one token) are dropped. Each span becomes a token range widened by a margin of
-whole tokens; the base ids inside are masked and decoded by the masked transformer with every other id visible and
+(with the original codebooks of an LCR model, like `safemotion audit`, so the ids are those the transformers speak);
+joints go through extract_features with ground_first (the take's own floor kept through the retarget: of the 212
+removed-code tokens of 8 sword slashes decoded by the mini model, 104 re-encode to removed codes instead of 59). Its
+last T mod 4 frames (less than one token) are dropped. Each span becomes a token range widened by a margin of whole
+tokens; the base ids inside are masked and decoded by the masked transformer with every other id visible and
 classifier-free guidance on the prompt (MoMask's temporal inpainting), the residual layers of those tokens are
 regenerated with the kept layers as history, and the tokens are decoded (under `allow` with the original codebooks).
 An extension or in-between shows the transformer only EditSettings.context_tokens kept tokens next to its new part:
@@ -23,8 +25,13 @@ directions with smoothstep weights, root position and bone lengths interpolated,
 `inbetween` keeps all of `a`, and all of `b` moved rigidly (yaw and translation) so that it continues the transition.
 
 Safety: every base id of the result, kept ones included, goes through SafeGenerator.review, the review generations
-get, so a take that used removed codes stays flagged after an edit and spans are in the result's frames. Seeds and
-variations are those of generation: variation k is decoded from seed + k alone.
+get, so a take that used removed codes stays flagged after an edit and spans are in the result's frames. A take that
+SafeMotion decoded carries the base ids it was decoded from (`SourceMotion.base_tokens`: the .npz of generate and
+edit, the server's `tokens`, the add-on's take record); re-encoding its joints finds only some of them (the decoder's
+motion is not what the VQ would encode it to), so a kept token hits when EITHER its carried id or its re-encoded id is
+a removed code, and the result keeps the carried ids as its kept tokens' base ids (an edit of the edit still sees
+them). Carried ids can only add hits; the transformers see the re-encoded ids, which describe the frames as they are.
+Seeds and variations are those of generation: variation k is decoded from seed + k alone.
 """
 
 from __future__ import annotations
@@ -80,12 +87,15 @@ class EditSettings:
 
 @dataclass(frozen=True)
 class SourceMotion:
-    """A motion to edit: joints [T, 22, 3] (metres, Y-up) and, when known, its 263-d features [T, 263]."""
+    """A motion to edit: joints [T, 22, 3] (metres, Y-up) and, when known, its 263-d features [T, 263] and the
+    base-layer ids [T // unit] SafeMotion decoded it from (checked against the model by check_base_tokens when
+    edited)."""
 
     joints: np.ndarray
     fps: float
     features: np.ndarray | None = None
     name: str = "source"
+    base_tokens: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -93,8 +103,10 @@ class SourceMotion:
         return len(self.joints)
 
 
-def source_from_joints(joints: np.ndarray, fps: float, name: str = "source") -> SourceMotion:
-    """A checked SourceMotion from joint positions [T, 22, 3] in metres, Y-up."""
+def source_from_joints(joints: np.ndarray, fps: float, name: str = "source",
+                       base_tokens: np.ndarray | None = None) -> SourceMotion:
+    """A checked SourceMotion from joint positions [T, 22, 3] in metres, Y-up (and the base ids it was decoded
+    from)."""
     joints = np.asarray(joints)
     if joints.ndim != 3 or joints.shape[1:] != (NUM_JOINTS, 3):
         raise ValueError(f"{name}: joints have shape {list(joints.shape)}; expected [T, {NUM_JOINTS}, 3] (SMPL-22 "
@@ -102,11 +114,14 @@ def source_from_joints(joints: np.ndarray, fps: float, name: str = "source") -> 
     _check_frames(len(joints), name)
     if not np.isfinite(joints).all():
         raise ValueError(f"{name}: joints contain NaN or infinite values")
-    return SourceMotion(joints=joints.astype(np.float32), fps=_check_fps(fps, name), name=name)
+    return SourceMotion(joints=joints.astype(np.float32), fps=_check_fps(fps, name), name=name,
+                        base_tokens=base_tokens)
 
 
-def source_from_features(features: np.ndarray, fps: float, name: str = "source") -> SourceMotion:
-    """A checked SourceMotion from un-normalised 263-d HumanML3D features [T, 263] (joints recovered from them)."""
+def source_from_features(features: np.ndarray, fps: float, name: str = "source",
+                         base_tokens: np.ndarray | None = None) -> SourceMotion:
+    """A checked SourceMotion from un-normalised 263-d HumanML3D features [T, 263] (joints recovered from them; and the
+    base ids it was decoded from)."""
     features = np.asarray(features)
     if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
         raise ValueError(f"{name}: features have shape {list(features.shape)}; expected [T, {FEATURE_DIM}] "
@@ -115,11 +130,13 @@ def source_from_features(features: np.ndarray, fps: float, name: str = "source")
     if not np.isfinite(features).all():
         raise ValueError(f"{name}: features contain NaN or infinite values")
     features = features.astype(np.float32)
-    return SourceMotion(joints=recover_from_ric(features), fps=_check_fps(fps, name), features=features, name=name)
+    return SourceMotion(joints=recover_from_ric(features), fps=_check_fps(fps, name), features=features, name=name,
+                        base_tokens=base_tokens)
 
 
 def load_source(path: str | Path) -> SourceMotion:
-    """A SourceMotion from a SafeMotion .npz (features when present, else joints; `fps`) or a .bvh file."""
+    """A SourceMotion from a SafeMotion .npz (features when present, else joints; `fps`; the base ids of
+    `base_tokens` [n] or `tokens` [n, layers] when present) or a .bvh file."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SOURCE_SUFFIXES:
@@ -134,13 +151,44 @@ def load_source(path: str | Path) -> SourceMotion:
         if "joints" not in data and "features" not in data:
             raise ValueError(f"{path}: no 'joints' [T, 22, 3] or 'features' [T, 263] array")
         fps = float(data["fps"]) if "fps" in data else 20.0
+        ids = _carried_ids(data, path)
         if "features" in data and "joints" in data and len(data["features"]) == len(data["joints"]):
             source = source_from_features(data["features"], fps, str(path))
             return SourceMotion(joints=source_from_joints(data["joints"], fps, str(path)).joints, fps=source.fps,
-                                features=source.features, name=str(path))
+                                features=source.features, name=str(path), base_tokens=ids)
         if "joints" in data:
-            return source_from_joints(data["joints"], fps, str(path))
-        return source_from_features(data["features"], fps, str(path))
+            return source_from_joints(data["joints"], fps, str(path), ids)
+        return source_from_features(data["features"], fps, str(path), ids)
+
+
+def _carried_ids(data: np.lib.npyio.NpzFile, path: Path) -> np.ndarray | None:
+    """The base ids an .npz take carries: `base_tokens` [n], else column 0 of `tokens` [n, layers], else None."""
+    if "base_tokens" in data:
+        return data["base_tokens"]
+    if "tokens" not in data:
+        return None
+    tokens = data["tokens"]
+    if tokens.ndim != 2 or tokens.shape[1] < 1:
+        raise ValueError(f"{path}: 'tokens' has shape {list(tokens.shape)}; expected [tokens, layers] code ids")
+    return tokens[:, 0]
+
+
+def check_base_tokens(ids: np.ndarray, frames: int, unit: int, codes: int, name: str = "source") -> np.ndarray:
+    """The base ids a take carries as int64 [frames // unit]; ValueError naming a wrong shape, type, count or id."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"{name}: base_tokens have shape {list(ids.shape)}; expected [{frames // unit}] base-layer "
+                         "code ids (column 0 of the take's tokens)")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"{name}: base_tokens are {ids.dtype}; expected integer code ids")
+    if len(ids) != frames // unit:
+        raise ValueError(f"{name}: {len(ids)} base_tokens for {frames} frames; a take of {frames} frames has "
+                         f"{frames // unit} tokens of {unit} frames. Send the ids of this very take (column 0 of "
+                         "its `tokens`), or none if the take was changed since it was decoded")
+    bad = np.flatnonzero((ids < 0) | (ids >= codes))
+    if len(bad):
+        raise ValueError(f"{name}: base_tokens[{bad[0]}] is {ids[bad[0]]}; the model's base codes are 0-{codes - 1}")
+    return ids.astype(np.int64)
 
 
 def _check_frames(frames: int, name: str) -> None:
@@ -355,6 +403,7 @@ class _Plan:
 
     tokens: np.ndarray  # (N, Q) ids of the result; rows outside `keep` are placeholders
     keep: np.ndarray  # (N,) bool
+    carried: np.ndarray  # (N,) base ids the kept tokens' source was decoded from; -1 where unknown or new
     kept_joints: np.ndarray  # (4N, 22, 3) world joints of kept frames (anything in region frames)
     window: tuple[int, int]  # tokens given to the transformers and the decoder
     regions: list[tuple[int, int]]  # token ranges to regenerate
@@ -383,12 +432,12 @@ class Editor:
         self._check_source_fps(source)
         n = source.num_frames // self.unit
         spans = check_spans(spans, source.num_frames, n * self.unit, self.unit)
-        tokens = self._encode(source)
+        tokens, carried = self._encode(source)
         regions = token_regions(spans, n, self.unit, self.settings.margin_tokens)
         keep = np.ones(n, dtype=bool)
         for t0, t1 in regions:
             keep[t0:t1] = False
-        plan = _Plan(tokens, keep, source.joints[:n * self.unit], self._window(n, regions), regions,
+        plan = _Plan(tokens, keep, carried, source.joints[:n * self.unit], self._window(n, regions), regions,
                      self._lengths(source.joints))
         return self._run(plan, prompt, seed, variations, policy, smpl)
 
@@ -399,17 +448,19 @@ class Editor:
             raise ValueError(f"at is {at!r}; choose 'end' (after the take) or 'start' (before it)")
         self._check_request(prompt, seed, variations, policy)
         self._check_source_fps(source)
-        tokens = self._encode(source)
+        tokens, carried = self._encode(source)
         n, k = len(tokens), self._new_tokens(seconds)
         context = min(self._context_tokens(), n, self.max_tokens - k)
         frames = source.joints[:n * self.unit]
         empty = np.zeros((k * self.unit, NUM_JOINTS, 3), dtype=frames.dtype)
         filler = np.full((k, tokens.shape[1]), -1, dtype=tokens.dtype)
         if at == "end":
-            plan = _Plan(np.concatenate([tokens, filler]), np.arange(n + k) < n, np.concatenate([frames, empty]),
+            plan = _Plan(np.concatenate([tokens, filler]), np.arange(n + k) < n,
+                         np.concatenate([carried, filler[:, 0]]), np.concatenate([frames, empty]),
                          (n - context, n + k), [(n, n + k)], self._lengths(source.joints))
         else:
-            plan = _Plan(np.concatenate([filler, tokens]), np.arange(n + k) >= k, np.concatenate([empty, frames]),
+            plan = _Plan(np.concatenate([filler, tokens]), np.arange(n + k) >= k,
+                         np.concatenate([filler[:, 0], carried]), np.concatenate([empty, frames]),
                          (0, k + context), [(0, k)], self._lengths(source.joints))
         return self._run(plan, prompt, seed, variations, policy, smpl)
 
@@ -422,7 +473,7 @@ class Editor:
                              f"{b.fps:g} fps); resample one so both are at {self.fps:g} fps")
         self._check_source_fps(a)
         self._check_source_fps(b)
-        first, second = self._encode(a), self._encode(b)
+        (first, carried_a), (second, carried_b) = self._encode(a), self._encode(b)
         na, nb, k = len(first), len(second), self._new_tokens(seconds)
         budget, context = self.max_tokens - k, self._context_tokens()
         ctx_a = min(na, context, max(budget // 2, budget - nb))
@@ -432,7 +483,8 @@ class Editor:
                                  b.joints[:nb * self.unit]])
         keep = np.ones(na + k + nb, dtype=bool)
         keep[na:na + k] = False
-        plan = _Plan(np.concatenate([first, filler, second]), keep, joints, (na - ctx_a, na + k + ctx_b),
+        plan = _Plan(np.concatenate([first, filler, second]), keep,
+                     np.concatenate([carried_a, filler[:, 0], carried_b]), joints, (na - ctx_a, na + k + ctx_b),
                      [(na, na + k)], self._lengths(a.joints), move_after=True)
         return self._run(plan, prompt, seed, variations, policy, smpl)
 
@@ -458,12 +510,17 @@ class Editor:
                              f"{self.max_tokens * self.unit / self.fps:g} s at once, context included)")
         return seconds_to_tokens(seconds, self.fps, self.unit, self.max_tokens)
 
-    def _encode(self, source: SourceMotion) -> np.ndarray:
-        """RVQ ids (n, Q) of the source's whole tokens."""
+    def _encode(self, source: SourceMotion) -> tuple[np.ndarray, np.ndarray]:
+        """RVQ ids (n, Q) of the source's whole tokens, and the base ids (n,) it carries (-1 when it carries none)."""
+        carried = np.full(source.num_frames // self.unit, -1, dtype=np.int64)
+        if source.base_tokens is not None:
+            carried = check_base_tokens(source.base_tokens, source.num_frames, self.unit,
+                                        self.encoder_models.config.vq.nb_code, source.name)
         features = source.features
         if features is None:  # the last frame repeated, so T frames of features cover all T frames of joints
-            features = extract_features(np.concatenate([source.joints, source.joints[-1:]]).astype(np.float64))
-        return encode_features(self.encoder_models, features).astype(np.int64)
+            features = extract_features(np.concatenate([source.joints, source.joints[-1:]]).astype(np.float64),
+                                        ground_first=True)
+        return encode_features(self.encoder_models, features).astype(np.int64), carried
 
     def _window(self, n: int, regions: list[tuple[int, int]]) -> tuple[int, int]:
         """The token window decoded at once: everything when it fits, else the regions with context around them."""
@@ -512,9 +569,12 @@ class Editor:
         motions = []
         unit = self.unit
         frame_regions = [(t0 * unit, t1 * unit) for t0, t1 in plan.regions]
+        carried = plan.keep & (plan.carried >= 0)
+        reencoded = np.where(plan.keep, plan.tokens[:, 0], -1)  # the kept tokens' second reading for the review
         for k in range(variations):
             tokens = plan.tokens.copy()
             tokens[w0:w1] = ids[k]
+            tokens[carried, 0] = plan.carried[carried]
             full = np.zeros(plan.kept_joints.shape, dtype=np.float64)
             full[w0 * unit:w1 * unit] = with_bone_lengths(recover_from_ric(decoded[k]).astype(np.float64),
                                                           plan.lengths)
@@ -526,4 +586,4 @@ class Editor:
                 features=extract_features(np.concatenate([out, out[-1:]]).astype(np.float64)), joints=out,
                 smpl=joints_to_smpl(out, fps=self.fps) if smpl else None, length_from="request",
                 sampling=generator.sampling))
-        return self.safe.review(motions, policy, prompt_score, edit=True)
+        return self.safe.review(motions, policy, prompt_score, edit=True, also_tokens=[reencoded] * variations)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from torch import Tensor
 
 from safemotion.decoding import SamplingConfig
@@ -107,14 +108,16 @@ class SafeGenerator:
         return results
 
     def review(self, motions: list[GeneratedMotion], policy: str, prompt_score: float | None,
-               edit: bool = False) -> list[Generated]:
+               edit: bool = False, also_tokens: list[np.ndarray] | None = None) -> list[Generated]:
         """The safety review of generated or edited (`edit`) motions of one prompt under `policy`: every motion with
-        its record (all signals of a screened model, whose `prompt_score` the caller has computed)."""
+        its record (all signals of a screened model, whose `prompt_score` the caller has computed); `also_tokens`:
+        each motion's second reading of its base ids (flagging.hit_token_indices)."""
         scores = {}
         if self.screens is not None and motions:
             scores = {"screens": self.screens, "prompt_scores": [prompt_score] * len(motions),
                       "motion_scores": self.screens.motion_scores([m.joints for m in motions])}
-        records = review(self.generator.models, [m.base_tokens for m in motions], policy, edit=edit, **scores)
+        records = review(self.generator.models, [m.base_tokens for m in motions], policy, edit=edit,
+                         also_tokens=also_tokens, **scores)
         return [Generated(m, None if records is None else r, m.prompt, m.seed, m.variation)
                 for m, r in zip(motions, records or [None] * len(motions))]
 

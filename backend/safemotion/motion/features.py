@@ -147,11 +147,13 @@ def uniform_skeleton(joints: np.ndarray, target_offsets: np.ndarray | None = Non
 # --- canonical frame ----------------------------------------------------------------------------------------------
 
 
-def canonicalize(joints: np.ndarray) -> np.ndarray:
-    """Put joints [T, 22, 3] on the floor (min y = 0), frame-0 root XZ at the origin, frame 0 facing +Z."""
+def canonicalize(joints: np.ndarray, ground: bool = True) -> np.ndarray:
+    """Put joints [T, 22, 3] on the floor (min y = 0; `ground` False: heights kept), frame-0 root XZ at the origin,
+    frame 0 facing +Z."""
     joints = _check_joints(joints, 1, "canonicalize")
     joints = joints.copy()
-    joints[..., 1] -= joints[..., 1].min()
+    if ground:
+        joints[..., 1] -= joints[..., 1].min()
     joints -= joints[0, 0] * np.array([1.0, 0.0, 1.0])
     r_hip, l_hip, sdr_r, sdr_l = skeleton.FACE_JOINTS
     across = (joints[0, r_hip] - joints[0, l_hip]) + (joints[0, sdr_r] - joints[0, sdr_l])
@@ -170,11 +172,20 @@ def foot_contacts(joints: np.ndarray, feet_thre: float = skeleton.FEET_THRESHOLD
 
 
 def process_joints(
-    joints: np.ndarray, feet_thre: float = skeleton.FEET_THRESHOLD, target_offsets: np.ndarray | None = None
+    joints: np.ndarray, feet_thre: float = skeleton.FEET_THRESHOLD, target_offsets: np.ndarray | None = None,
+    ground_first: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """HumanML3D `process_file`: (features [T-1, 263] float32, canonical uniform-skeleton joints [T, 22, 3])."""
+    """HumanML3D `process_file`: (features [T-1, 263] float32, canonical uniform-skeleton joints [T, 22, 3]).
+
+    HumanML3D puts the retargeted motion's lowest joint on the floor. `ground_first` puts the motion's own lowest joint
+    there before the retarget and keeps that floor after it: the retarget scales the root path by frame 0's leg ratio,
+    so a motion whose bones vary (a decoded take) can come out with its feet under the floor, and lifting it by that
+    depth changes every height feature.
+    """
     joints = _check_joints(joints, 2, "process_joints")
-    positions = canonicalize(uniform_skeleton(joints, target_offsets))
+    if ground_first:
+        joints = joints - np.array([0.0, joints[..., 1].min(), 0.0])
+    positions = canonicalize(uniform_skeleton(joints, target_offsets), ground=not ground_first)
     contacts = foot_contacts(positions, feet_thre)
 
     quats = inverse_kinematics(positions, smooth_forward=True)
@@ -194,9 +205,11 @@ def process_joints(
     return features.astype(np.float32), positions
 
 
-def extract_features(joints: np.ndarray, feet_thre: float = skeleton.FEET_THRESHOLD) -> np.ndarray:
-    """263-d HumanML3D features [T-1, 263] (float32) from joint positions [T, 22, 3] in the HumanML3D frame."""
-    return process_joints(joints, feet_thre)[0]
+def extract_features(joints: np.ndarray, feet_thre: float = skeleton.FEET_THRESHOLD,
+                     ground_first: bool = False) -> np.ndarray:
+    """263-d HumanML3D features [T-1, 263] (float32) from joint positions [T, 22, 3] in the HumanML3D frame
+    (`ground_first`: see process_joints)."""
+    return process_joints(joints, feet_thre, ground_first=ground_first)[0]
 
 
 # --- recovery -----------------------------------------------------------------------------------------------------

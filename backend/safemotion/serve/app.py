@@ -29,7 +29,7 @@ import re
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -50,7 +50,13 @@ from safemotion.serve import schemas
 from safemotion.serve.auth import AuthError, Caller, authenticate
 from safemotion.serve.batcher import DeadlineExceeded, QueueFull
 from safemotion.serve.encoding import ArrayError, decode_array, encode_array
-from safemotion.edit import FPS_TOLERANCE, SourceMotion, source_from_features, source_from_joints
+from safemotion.edit import (
+    FPS_TOLERANCE,
+    SourceMotion,
+    check_base_tokens,
+    source_from_features,
+    source_from_joints,
+)
 from safemotion.motion.features import FEATURE_DIM
 from safemotion.serve.engine import Engine, LocalEngine
 from safemotion.serve.jobs import safety_fields
@@ -298,9 +304,9 @@ async def edit(body: schemas.EditRequest, request: Request, state: StateDep, cal
         raise FieldError("body", f"give exactly one of frames, extend_seconds or between (got {operations or 'none'})")
     if body.between is not None and body.seconds is None:
         raise FieldError("seconds", "an in-between needs `seconds`, the length of the transition")
-    fps = state.engine.info["fps"]
-    source = edit_source_of(body.source, "source", fps)
-    second = None if body.between is None else edit_source_of(body.between, "between", fps)
+    info = state.engine.info
+    source = edit_source_of(body.source, "source", info)
+    second = None if body.between is None else edit_source_of(body.between, "between", info)
     await run_in_threadpool(state.check_policy, caller, body.policy, [body.prompt], request_id(request))
     operation = {"frames": "edit", "extend_seconds": "extend", "between": "inbetween"}[operations[0]]
     task = EditTask(operation, source, body.prompt, body.seed, body.variations, body.policy,
@@ -427,21 +433,35 @@ def checked_array(payload: schemas.ArrayPayload, field: str, frame_shape: tuple[
     return array
 
 
-def edit_source_of(payload: schemas.SourcePayload, field: str, fps: float) -> SourceMotion:
-    """The take of an edit request: exactly one of joints [T, 22, 3] or features [T, 263], checked, at `fps`."""
+def edit_source_of(payload: schemas.SourcePayload, field: str, info: dict[str, Any]) -> SourceMotion:
+    """The take of an edit request: exactly one of joints [T, 22, 3] or features [T, 263], checked, at the served
+    model's frame rate (`info`: GET /v1/models' description), with its base ids checked against the model."""
     if (payload.joints is None) == (payload.features is None):
         raise FieldError(field, "give exactly one of `joints` [T, 22, 3] or `features` [T, 263]")
+    fps = info["fps"]
     if abs(payload.fps - fps) > FPS_TOLERANCE:
         raise FieldError(f"{field}.fps", f"the take is at {payload.fps:g} fps but the model works at {fps:g} fps; "
                                          f"resample it to {fps:g} fps")
     try:
         if payload.joints is not None:
-            return source_from_joints(checked_array(payload.joints, f"{field}.joints", (NUM_JOINTS, 3),
-                                                    "joint positions"), payload.fps, field)
-        return source_from_features(checked_array(payload.features, f"{field}.features", (FEATURE_DIM,),
-                                                  "features"), payload.fps, field)
+            source = source_from_joints(checked_array(payload.joints, f"{field}.joints", (NUM_JOINTS, 3),
+                                                      "joint positions"), payload.fps, field)
+        else:
+            source = source_from_features(checked_array(payload.features, f"{field}.features", (FEATURE_DIM,),
+                                                        "features"), payload.fps, field)
     except ValueError as err:
         raise FieldError(field, str(err)) from None
+    if payload.base_tokens is None:
+        return source
+    try:
+        ids = decode_array(payload.base_tokens.model_dump(), f"{field}.base_tokens")
+    except ArrayError as err:
+        raise FieldError(err.field, err.reason) from None
+    try:
+        ids = check_base_tokens(ids, source.num_frames, info["unit_length"], info["codebook_size"], field)
+    except ValueError as err:
+        raise FieldError(f"{field}.base_tokens", str(err).removeprefix(f"{field}: ")) from None
+    return replace(source, base_tokens=ids)
 
 
 def epoch(moment: datetime | None) -> float | None:

@@ -109,7 +109,8 @@ class ModelService:
         return {
             "name": self.name, "text_encoder": config.text_encoder, "precision": self.generator.sampling.precision,
             "fps": float(config.fps),
-            "unit_length": config.unit_length, "seconds_range": [SECONDS_RANGE[0], max_seconds],
+            "unit_length": config.unit_length, "codebook_size": config.vq.nb_code,
+            "seconds_range": [SECONDS_RANGE[0], max_seconds],
             "variations_range": list(VARIATIONS_RANGE),
             "length_estimator": self.generator.chooses_length,
             "unlearning": None if record is None else {

@@ -95,10 +95,14 @@ class AuditRequest(Strict):
 
 
 class SourcePayload(Strict):
-    """A take to edit: `joints` [T, 22, 3] (metres, Y-up) or `features` [T, 263] (HumanML3D, not normalised)."""
+    """A take to edit: `joints` [T, 22, 3] (metres, Y-up) or `features` [T, 263] (HumanML3D, not normalised), and for a
+    take this server decoded, the base-layer ids it was decoded from."""
 
     joints: ArrayPayload | None = None
     features: ArrayPayload | None = None
+    base_tokens: ArrayPayload | None = Field(
+        None, description="integer ids [T / unit_length] (column 0 of the take's `tokens`): a kept token whose id here "
+                          "or whose re-encoded id is a removed code counts as a hit, so an edit keeps the take's flags")
     fps: float = Field(20.0, ge=AUDIT_FPS_RANGE[0], le=AUDIT_FPS_RANGE[1],
                        description="must be the model's frame rate (GET /v1/models)")
 
@@ -291,6 +295,7 @@ class ModelInfo(BaseModel):
     precision: str = Field(description="of the token transformers: fp32, bf16 or int8")
     fps: float
     unit_length: int
+    codebook_size: int = Field(description="base-layer code ids are 0 to codebook_size - 1")
     seconds_range: list[float]
     variations_range: list[int]
     length_estimator: bool = Field(description="whether seconds may be left out (a length estimator, or a generator "

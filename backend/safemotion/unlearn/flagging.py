@@ -76,16 +76,27 @@ class SafetyRecord:
         return data
 
 
-def hit_token_indices(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int]) -> np.ndarray:
-    """Indices t of valid (≥ 0) base tokens whose id is a removed code."""
+def hit_token_indices(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int],
+                      also: np.ndarray | None = None) -> np.ndarray:
+    """Indices t of valid (≥ 0) base tokens whose id, or the id also[t] (a second reading of the same token, −1 for
+    none), is a removed code."""
     ids = np.asarray(base_tokens, dtype=np.int64).reshape(-1)
-    return np.flatnonzero(np.isin(ids, np.fromiter(removed_codes, dtype=np.int64)) & (ids >= 0))
+    removed = np.fromiter(removed_codes, dtype=np.int64)
+    hits = np.isin(ids, removed)
+    if also is not None:
+        other = np.asarray(also, dtype=np.int64).reshape(-1)
+        if other.shape != ids.shape:
+            raise ValueError(f"{len(other)} second-reading ids for {len(ids)} base tokens; give one per token")
+        hits |= np.isin(other, removed) & (other >= 0)
+    return np.flatnonzero(hits & (ids >= 0))
 
 
-def hit_ratio(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int]) -> float:
-    """Share of a motion's valid (≥ 0) base tokens whose id is a removed code (0 without valid tokens)."""
+def hit_ratio(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int],
+              also: np.ndarray | None = None) -> float:
+    """Share of a motion's valid (≥ 0) base tokens that hit a removed code (hit_token_indices; 0 without valid
+    tokens)."""
     valid = int((np.asarray(base_tokens) >= 0).sum())
-    return len(hit_token_indices(base_tokens, removed_codes)) / valid if valid else 0.0
+    return len(hit_token_indices(base_tokens, removed_codes, also)) / valid if valid else 0.0
 
 
 def merge_spans(token_indices: Iterable[int], unit_length: int) -> list[tuple[int, int]]:
@@ -104,16 +115,17 @@ def merge_spans(token_indices: Iterable[int], unit_length: int) -> list[tuple[in
 
 def assess(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int], unit_length: int, threshold: float,
            policy: str = DEFAULT_POLICY, concept: str = "violence", calibrated: bool = True,
-           screening: Decision | None = None) -> SafetyRecord:
-    """Hits, ratio, flag, spans and the policy's decision for one motion's base tokens (negative ids = padding);
-    with `screening` (a screened model's decision over all signals) that decision sets the flag."""
+           screening: Decision | None = None, also: np.ndarray | None = None) -> SafetyRecord:
+    """Hits, ratio, flag, spans and the policy's decision for one motion's base tokens (negative ids = padding; a
+    token also hits when its id in `also` is removed, see hit_token_indices); with `screening` (a screened model's
+    decision over all signals) that decision sets the flag."""
     check_policy(policy)
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     ids = np.asarray(base_tokens, dtype=np.int64).reshape(-1)
     num_tokens = int((ids >= 0).sum())
-    hits = hit_token_indices(ids, removed_codes)
-    ratio = hit_ratio(ids, removed_codes)
+    hits = hit_token_indices(ids, removed_codes, also)
+    ratio = hit_ratio(ids, removed_codes, also)
     if screening is None:
         flagged = num_tokens > 0 and ratio >= threshold
         decision, reason = _decide(policy, flagged, ratio, len(hits), num_tokens, threshold, concept)
@@ -161,10 +173,12 @@ def _decide(policy: str, flagged: bool, ratio: float, hits: int, tokens: int, th
 
 def review(models: MotionModels, base_tokens: Sequence[np.ndarray], policy: str = DEFAULT_POLICY,
            screens: Screens | None = None, prompt_scores: Sequence[float] | None = None,
-           motion_scores: Sequence[float] | None = None, edit: bool = False) -> list[SafetyRecord] | None:
+           motion_scores: Sequence[float] | None = None, edit: bool = False,
+           also_tokens: Sequence[np.ndarray | None] | None = None) -> list[SafetyRecord] | None:
     """One SafetyRecord per motion from its base-layer ids (and, with `screens`, its prompt and motion scores), or
     None when the model has no removed base codes. For an `edit` of an existing take the code-hit signal also flags
-    on its own (decision.with_code_hits_deciding).
+    on its own (decision.with_code_hits_deciding), and `also_tokens` gives each motion's second reading of its kept
+    tokens (see hit_token_indices).
 
     Under ``allow`` the generator decodes every motion with `original_codebook_models`; under ``block`` it drops the
     motions whose decision is "blocked".
@@ -177,16 +191,17 @@ def review(models: MotionModels, base_tokens: Sequence[np.ndarray], policy: str 
     safety = safety_settings(models.config)
     records = []
     for i, tokens in enumerate(base_tokens):
+        also = None if also_tokens is None else also_tokens[i]
         screening = None
         if screens is not None:
             if prompt_scores is None or motion_scores is None:
                 raise ValueError("a screened model needs each motion's prompt and motion score")
-            screening = screens.decide(hit_ratio(tokens, removed), safety.threshold, float(prompt_scores[i]),
+            screening = screens.decide(hit_ratio(tokens, removed, also), safety.threshold, float(prompt_scores[i]),
                                        float(motion_scores[i]))
             if edit:
                 screening = with_code_hits_deciding(screening)
         records.append(assess(tokens, removed, models.config.unit_length, safety.threshold, policy, record.concept,
-                              safety.calibrated, screening))
+                              safety.calibrated, screening, also))
     return records
 
 
