@@ -407,6 +407,30 @@ def test_native_scan_softplus_and_reverse_match_the_loop(length, delta_softplus,
 
 
 @native
+@pytest.mark.parametrize("reverse", [False, True])
+def test_native_scan_with_the_low_rank_delta_projection_matches_the_loop(reverse):
+    # delta_proj: raw Δ = low @ W.T + b inside the kernel; low is a strided view, as a split of Mamba's x_proj output.
+    u, _, A, B, C, D = scan_inputs(2, 35, 6, 3, seed=21 + reverse)
+    g = torch.Generator().manual_seed(22)
+    projected = torch.randn(2, 35, 9, generator=g, requires_grad=True)
+    low = projected[..., 2:5]
+    W = (torch.randn(6, 3, generator=g) * 0.5).requires_grad_()
+    bias = (torch.randn(6, generator=g) - 2.0).requires_grad_()
+    flip = (lambda t: t.flip(1)) if reverse else (lambda t: t)
+    delta = F.softplus(low @ W.T + bias)
+    ref = flip(selective_scan_sequential(flip(u), flip(delta), A, flip(B), flip(C), D))
+    out = selective_scan_native(u, low, A, B, C, D, delta_softplus=True, reverse=reverse, delta_proj=(W, bias))
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5), (out - ref).abs().max()
+    weight = torch.randn_like(ref)
+    leaves = [u, projected, W, bias, A, B, C, D]
+    for name, a, b in zip("u projected W bias A B C D".split(), torch.autograd.grad((out * weight).sum(), leaves),
+                          torch.autograd.grad((ref * weight).sum(), leaves)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (name, (a - b).abs().max())
+    with pytest.raises(ValueError, match="delta_proj"):
+        selective_scan_native(u, low, A, B, C, D, delta_proj=(W[:, :2], bias))
+
+
+@native
 def test_native_scan_is_exact_enough_at_extreme_delta_and_a():
     # Δ from 1e-6 (state carried over all 200 steps) to 30 (forgets at once), A from -1e-3 to -1000: exp(Δ A) spans
     # 1 - 1e-9 .. far below float32's range. Gradients reach 1e4 and cancel, so the float32 loop itself is off the

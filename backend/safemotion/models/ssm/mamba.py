@@ -122,19 +122,21 @@ class SelectiveSSM(nn.Module):
         return selective_scan_sequential(u, delta, A, B, C, self.D)
 
     def _forward_native(self, u: Tensor, padding_mask: Tensor | None, reverse: bool) -> Tensor:
-        """The same function through the fused C kernels: conv + SiLU in one pass, softplus inside the scan, the
-        reverse direction read in place (no flipped copies), masking only when a row has padding."""
+        """The same function through the fused C kernels: conv + SiLU in one pass, dt_proj and softplus inside the scan,
+        the reverse direction read in place (no flipped copies), masking only when a row has padding."""
         if padding_mask is not None and not bool(padding_mask.any()):
             padding_mask = None
         if padding_mask is not None:
             u = u.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         u = causal_conv_silu_native(u, self.conv.weight, self.conv.bias, reverse)
         dt_low, B, C = self.x_proj(u).split([self.config.rank, self.config.d_state, self.config.d_state], dim=-1)
-        delta = self.dt_proj(dt_low)
-        if padding_mask is not None:  # padded steps need Δ = 0 exactly: softplus first, then mask
-            delta = F.softplus(delta).masked_fill(padding_mask.unsqueeze(-1), 0.0)
         A = -torch.exp(self.A_log)
-        return selective_scan_native(u, delta, A, B, C, self.D, delta_softplus=padding_mask is None, reverse=reverse)
+        if padding_mask is None:  # dt_proj and softplus inside the scan
+            dt_proj = (self.dt_proj.weight, self.dt_proj.bias)
+            return selective_scan_native(u, dt_low, A, B, C, self.D, delta_softplus=True, reverse=reverse, delta_proj=dt_proj)
+        # Padded steps need Δ = 0 exactly: softplus first, then mask.
+        delta = F.softplus(self.dt_proj(dt_low)).masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        return selective_scan_native(u, delta, A, B, C, self.D, reverse=reverse)
 
 
 class Mamba(nn.Module):

@@ -85,8 +85,26 @@ static inline float exp2_poly(float x) {
    reads time t = s, or t = length - 1 - s with REVERSE. */
 static inline long time_of(long s, long length, int flags) { return flags & REVERSE ? length - 1 - s : s; }
 
-/* One step's Δ: softplus(raw) (torch's: raw above 20 passes unchanged) with SOFTPLUS, else raw. */
-static void step_delta(cfptr raw, fptr dt, long d, int flags) {
+/* Where raw Δ comes from: `raw` (batch, length, d), or, when `low` is set, a Linear of rank `rank` (mamba's dt_proj):
+   raw = bias + W low, low (batch, length, rank) rows low_stride floats apart, W given transposed as Wt (rank, d). */
+typedef struct {
+    const float *raw, *low, *Wt, *bias;
+    long rank, low_stride;
+} delta_source;
+
+/* One step's raw Δ (into raw) and Δ: softplus(raw) (torch's: raw above 20 passes unchanged) with SOFTPLUS, else raw. */
+static void step_delta(const delta_source *src, long row, fptr raw, fptr dt, long d, int flags) {
+    if (src->low) {
+        cfptr low = src->low + row * src->low_stride;
+        memcpy(raw, src->bias, sizeof(float) * d);
+        for (long r = 0; r < src->rank; ++r) {
+            float l = low[r];
+            cfptr w = src->Wt + r * d;
+            for (long i = 0; i < d; ++i) raw[i] += w[i] * l;
+        }
+    } else {
+        memcpy(raw, src->raw + row * d, sizeof(float) * d);
+    }
     if (flags & SOFTPLUS) {
         for (long i = 0; i < d; ++i) dt[i] = raw[i] > 20.0f ? raw[i] : log1pf(exp2_poly(raw[i] * LOG2E));
     } else {
@@ -132,29 +150,33 @@ static void recompute(cfptr u_t, cfptr dt_t, cfptr At, cfptr B_t, cfptr h_prev, 
 }
 
 /* ckpt: (batch, ceil(length / CHUNK), n, d), the state entering every CHUNK-th step (for the backward), or NULL.
-   work: 2*d*n + 2*d floats (two state buffers used in turn, scratch). */
-void scan_forward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, fptr y, fptr ckpt, fptr work,
+   work: 2*d*n + 3*d floats (two state buffers used in turn, scratch). */
+void scan_forward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr C, cfptr D, fptr y, fptr ckpt, fptr work,
                   long batch, long length, long d, long n, int flags) {
     long dn = d * n, chunks = (length + CHUNK - 1) / CHUNK;
-    fptr dt = work + 2 * dn, dx = dt + d;
+    fptr dt = work + 2 * dn, dx = dt + d, raw = dx + d;
     for (long b = 0; b < batch; ++b) {
         memset(work, 0, sizeof(float) * 2 * dn);
         for (long s = 0; s < length; ++s) {
             long row = b * length + time_of(s, length, flags);
             float *h = work + (s & 1) * dn, *h_prev = work + ((s + 1) & 1) * dn;
             if (ckpt && s % CHUNK == 0) memcpy(ckpt + (b * chunks + s / CHUNK) * dn, h_prev, sizeof(float) * dn);
-            step_delta(delta + row * d, dt, d, flags);
+            step_delta(delta, row, raw, dt, d, flags);
             advance(u + row * d, dt, At, B + row * n, C + row * n, D, h_prev, h, y + row * d, dx, d, n);
         }
     }
 }
 
 /* Adjoint sweep g_s = C_s dy_s + exp(dt_{s+1} A) g_{s+1}, chunk by chunk from the end: each chunk's states, decays
-   and Δ are recomputed from its checkpoint into cache-sized buffers first. work: (2*CHUNK + 3)*d*n + (CHUNK + 3)*d
-   floats; gAt (n, d) and gD (d) are float64 and accumulated into. gdelta is the gradient of the raw delta input. */
-void scan_backward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, cfptr grad_y, cfptr ckpt, fptr gu,
-                   fptr gdelta, double *restrict gAt, fptr gB, fptr gC, double *restrict gD, fptr work,
-                   long batch, long length, long d, long n, int flags) {
+   and Δ are recomputed from its checkpoint into cache-sized buffers first. work: (2*CHUNK + 3)*d*n
+   + (2*CHUNK + 4 + rank)*d floats; gAt (n, d), gD (d) and, with a low-rank source, gWt (rank, d) and gbias (d) are
+   float64 and accumulated into. The raw Δ's gradient goes to gdelta (batch, length, d), or, with a low-rank source,
+   to glow (batch, length, rank), gWt and gbias. */
+void scan_backward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr C, cfptr D, cfptr grad_y, cfptr ckpt,
+                   fptr gu, fptr gdelta, fptr glow, double *restrict gWt, double *restrict gbias, double *restrict gAt,
+                   fptr gB, fptr gC, double *restrict gD, fptr work, long batch, long length, long d, long n,
+                   int flags) {
+    long rank = delta->low ? delta->rank : 0;
     long dn = d * n, chunks = (length + CHUNK - 1) / CHUNK;
     fptr g = work;
     fptr gA_row = work + dn; /* this batch row's sum over time, added to the float64 gAt once per row */
@@ -162,17 +184,21 @@ void scan_backward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, cf
     fptr states = work + 3 * dn;
     fptr decays = states + CHUNK * dn;
     fptr dts = decays + CHUNK * dn;
-    fptr dx = dts + CHUNK * d;
+    fptr raws = dts + CHUNK * d;
+    fptr dx = raws + CHUNK * d;
     fptr g_dt = dx + d;
     fptr g_write = g_dt + d;
+    fptr gbias_row = g_write + d; /* low-rank source: this batch row's sums, then added to the float64 totals */
+    fptr gW_row = gbias_row + d;
     for (long b = 0; b < batch; ++b) {
         memset(g, 0, sizeof(float) * 3 * dn);
+        memset(gbias_row, 0, sizeof(float) * (rank + 1) * d);
         for (long c = chunks - 1; c >= 0; --c) {
             long s0 = c * CHUNK, s1 = s0 + CHUNK < length ? s0 + CHUNK : length;
             cfptr h_start = ckpt + (b * chunks + c) * dn;
             for (long s = s0; s < s1; ++s) {
                 long j = s - s0, row = b * length + time_of(s, length, flags);
-                step_delta(delta + row * d, dts + j * d, d, flags);
+                step_delta(delta, row, raws + j * d, dts + j * d, d, flags);
                 recompute(u + row * d, dts + j * d, At, B + row * n, j ? states + (j - 1) * dn : h_start,
                           states + j * dn, decays + j * dn, dx, d, n);
             }
@@ -213,18 +239,37 @@ void scan_backward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, cf
                     gC[row * n + k] = sum_c;
                     gB[row * n + k] = sum_b;
                 }
-                cfptr raw = delta + row * d;
+                cfptr raw = raws + j * d;
                 for (long i = 0; i < d; ++i) {
                     float g_delta = g_dt[i] * LN2 + u_t[i] * g_write[i]; /* g_dt summed ga At = ga A log2(e) */
                     if ((flags & SOFTPLUS) && raw[i] <= 20.0f) g_delta /= 1.0f + exp2_poly(-raw[i] * LOG2E);
-                    gdelta[row * d + i] = g_delta;
+                    g_dt[i] = g_delta; /* now the raw Δ's gradient */
                     gu[row * d + i] = dt_t[i] * g_write[i] + (D ? D[i] * gy[i] : 0.0f);
                     if (gD) gD[i] += (double)gy[i] * u_t[i];
+                }
+                if (delta->low) {
+                    cfptr low = delta->low + row * delta->low_stride;
+                    for (long i = 0; i < d; ++i) gbias_row[i] += g_dt[i];
+                    for (long r = 0; r < rank; ++r) {
+                        float l = low[r], sum = 0.0f;
+                        cfptr w = delta->Wt + r * d;
+                        fptr gw = gW_row + r * d;
+#pragma omp simd reduction(+ : sum)
+                        for (long i = 0; i < d; ++i) {
+                            sum += g_dt[i] * w[i];
+                            gw[i] += g_dt[i] * l;
+                        }
+                        glow[row * rank + r] = sum;
+                    }
+                } else {
+                    memcpy(gdelta + row * d, g_dt, sizeof(float) * d);
                 }
             }
             memcpy(decay_after, decays, sizeof(float) * dn);
         }
         for (long j = 0; j < dn; ++j) gAt[j] += gA_row[j];
+        for (long i = 0; i < rank * d; ++i) gWt[i] += gW_row[i];
+        for (long i = 0; rank && i < d; ++i) gbias[i] += gbias_row[i];
     }
 }
 
@@ -300,6 +345,13 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("SAFEMOTION_CACHE", Path.home() / ".cache" / "safemotion")) / "native"
 
 
+class _DeltaSource(ctypes.Structure):
+    """The kernel's delta_source: raw Δ values, or the input, transposed weight and bias of a low-rank Linear."""
+
+    _fields_ = [("raw", ctypes.c_void_p), ("low", ctypes.c_void_p), ("Wt", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("rank", ctypes.c_long), ("low_stride", ctypes.c_long)]
+
+
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
     """The compiled kernel, building it on first use; None (logged once) when no C compiler works here."""
@@ -324,9 +376,9 @@ def _library() -> ctypes.CDLL | None:
             log.warning("native selective scan unavailable (%s %s); using the PyTorch loop", error, detail.decode()[-500:])
             return None
     library = ctypes.CDLL(str(target))
-    pointer, size, flag = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    library.scan_forward.argtypes = [pointer] * 9 + [size] * 4 + [flag]
-    library.scan_backward.argtypes = [pointer] * 15 + [size] * 4 + [flag]
+    pointer, size, flag, source = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.POINTER(_DeltaSource)
+    library.scan_forward.argtypes = [pointer, source] + [pointer] * 7 + [size] * 4 + [flag]
+    library.scan_backward.argtypes = [pointer, source] + [pointer] * 16 + [size] * 4 + [flag]
     library.conv_silu_forward.argtypes = [pointer, size, pointer, pointer, pointer] + [size] * 4 + [flag]
     library.conv_silu_backward.argtypes = [pointer, size] + [pointer] * 7 + [size] * 4 + [flag]
     return library
@@ -358,15 +410,30 @@ def _require_native(where: str, *tensors: Tensor | None) -> None:
 
 
 def selective_scan_native(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
-                          delta_softplus: bool = False, reverse: bool = False) -> Tensor:
+                          delta_softplus: bool = False, reverse: bool = False,
+                          delta_proj: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Fused C scan with the contract of `selective_scan_sequential`; float32 CPU inputs only (see native_scan_supports).
 
     delta_softplus: delta holds raw values and Δ = softplus(delta) is taken inside (as mamba_ssm's kernel).
     reverse: scan from the last step to the first (= the sequential scan of the time-reversed inputs, reversed back).
+    delta_proj: (weight (d, rank), bias (d,)) of a Linear (Mamba's dt_proj); delta is then that Linear's input
+    (batch, length, rank) and raw Δ = delta @ weight.T + bias is formed inside the kernel, step by step.
     """
-    check_scan_shapes(u, delta, A, B, C, D)
-    _require_native("selective_scan_native", u, delta, A, B, C, D)
-    return _NativeScan.apply(u, delta, A, B, C, D, (_SOFTPLUS if delta_softplus else 0) | (_REVERSE if reverse else 0))
+    if delta_proj is None:
+        check_scan_shapes(u, delta, A, B, C, D)
+        weight = bias = None
+    else:
+        check_scan_shapes(u, u, A, B, C, D)
+        weight, bias = delta_proj
+        rank = weight.shape[-1]
+        if delta.shape != (*u.shape[:2], rank) or weight.shape != (u.shape[2], rank) or bias.shape != (u.shape[2],):
+            raise ValueError(
+                f"selective_scan_native: with delta_proj, delta must be (batch, length, rank), weight (d, rank) and bias "
+                f"(d,) for u {tuple(u.shape)}; got {tuple(delta.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}"
+            )
+    _require_native("selective_scan_native", u, delta, A, B, C, D, weight, bias)
+    flags = (_SOFTPLUS if delta_softplus else 0) | (_REVERSE if reverse else 0)
+    return _NativeScan.apply(u, delta, A, B, C, D, weight, bias, flags)
 
 
 def causal_conv_silu_native(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool = False) -> Tensor:
@@ -384,40 +451,56 @@ def _ptr(tensor: Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+def _delta_source(delta: Tensor, stride: int, W_t: Tensor | None, bias: Tensor | None) -> _DeltaSource:
+    if W_t is None:
+        return _DeltaSource(delta.data_ptr(), None, None, None, 0, 0)
+    return _DeltaSource(None, delta.data_ptr(), W_t.data_ptr(), bias.data_ptr(), W_t.shape[0], stride)
+
+
 class _NativeScan(torch.autograd.Function):
     """Forward and adjoint sweeps of the C kernel; saves the inputs and every 16th state (the backward recomputes the
     states and decays in between, one cache-sized chunk at a time)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, flags):  # type: ignore[override]
-        u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+    def forward(ctx, u, delta, A, B, C, D, weight, bias, flags):  # type: ignore[override]
+        u, B, C = (t.contiguous() for t in (u, B, C))
+        delta, stride = (delta.contiguous(), 0) if weight is None else _rows(delta)
+        W_t = None if weight is None else weight.t().contiguous()
+        bias = None if bias is None else bias.contiguous()
         A_t = (A * _LOG2E).t().contiguous()
         D = None if D is None else D.contiguous()
         batch, length, d = u.shape
         n = A.shape[1]
         y = u.new_empty(batch, length, d)
-        needs_grad = any(ctx.needs_input_grad[:6])
-        ckpt = u.new_empty(batch, -(-length // _CHUNK), n, d) if needs_grad else None
-        work = u.new_empty(2 * d * n + 2 * d)
-        _library().scan_forward(*map(_ptr, (u, delta, A_t, B, C, D, y, ckpt, work)), batch, length, d, n, flags)
-        ctx.save_for_backward(u, delta, A_t, B, C, D, ckpt)
-        ctx.flags = flags
+        ckpt = u.new_empty(batch, -(-length // _CHUNK), n, d) if any(ctx.needs_input_grad) else None
+        work = u.new_empty(2 * d * n + 3 * d)
+        source = _delta_source(delta, stride, W_t, bias)
+        _library().scan_forward(_ptr(u), ctypes.byref(source), *map(_ptr, (A_t, B, C, D, y, ckpt, work)),
+                                batch, length, d, n, flags)
+        ctx.save_for_backward(u, delta, A_t, B, C, D, ckpt, W_t, bias)
+        ctx.flags, ctx.stride = flags, stride
         return y
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
-        u, delta, A_t, B, C, D, ckpt = ctx.saved_tensors
+        u, delta, A_t, B, C, D, ckpt, W_t, bias = ctx.saved_tensors
         grad_y = grad_y.contiguous()
         batch, length, d = u.shape
         n = A_t.shape[0]
-        gu, gdelta = torch.empty_like(u), torch.empty_like(delta)
-        gB, gC = torch.empty_like(B), torch.empty_like(C)
+        rank = 0 if W_t is None else W_t.shape[0]
+        gu, gB, gC = torch.empty_like(u), torch.empty_like(B), torch.empty_like(C)
+        gdelta = u.new_empty(batch, length, rank or d)
         gA_t = torch.zeros(n, d, dtype=torch.float64)
         gD = None if D is None else torch.zeros(d, dtype=torch.float64)
-        work = u.new_empty((2 * _CHUNK + 3) * d * n + (_CHUNK + 3) * d)
-        pointers = (u, delta, A_t, B, C, D, grad_y, ckpt, gu, gdelta, gA_t, gB, gC, gD, work)
-        _library().scan_backward(*map(_ptr, pointers), batch, length, d, n, ctx.flags)
-        return gu, gdelta, gA_t.t().to(u.dtype), gB, gC, None if gD is None else gD.to(D.dtype), None
+        gW_t = None if W_t is None else torch.zeros(rank, d, dtype=torch.float64)
+        gbias = None if W_t is None else torch.zeros(d, dtype=torch.float64)
+        work = u.new_empty((2 * _CHUNK + 3) * d * n + (2 * _CHUNK + 4 + rank) * d)
+        source = _delta_source(delta, ctx.stride, W_t, bias)
+        raw_grad, low_grad = (gdelta, None) if W_t is None else (None, gdelta)
+        pointers = (A_t, B, C, D, grad_y, ckpt, gu, raw_grad, low_grad, gW_t, gbias, gA_t, gB, gC, gD, work)
+        _library().scan_backward(_ptr(u), ctypes.byref(source), *map(_ptr, pointers), batch, length, d, n, ctx.flags)
+        return (gu, gdelta, gA_t.t().to(u.dtype), gB, gC, None if gD is None else gD.to(D.dtype),
+                None if gW_t is None else gW_t.t().to(u.dtype), None if gbias is None else gbias.to(u.dtype), None)
 
 
 def _rows(x: Tensor) -> tuple[Tensor, int]:
