@@ -1,10 +1,12 @@
 """Selective-scan implementations timed per training step of bench/listops.py's classifiers (interleaved, one process).
 
 For each model (bidirectional Mamba, bidirectional SeRpEnt; ListOps recipe widths for --params) and each scan
-(`sequential` PyTorch loop = the old default, `native` fused C kernel, `chunked` parallel scan), one training step =
+(`sequential` PyTorch path with the autograd loop = the old default, `native` fused C kernels, `chunked` parallel
+scan), one training step =
 forward + cross-entropy + backward + AdamW step on a random batch of ListOps token ids (batch × length, no padding).
 The variants run interleaved (round-robin, after one warm-up step each) from identical weights, so machine load hits
-them alike; prints medians, p90s and the speed-up of each variant over `sequential`, and the load average. Then the
+them alike; prints medians, p90s and the speed-up of each variant over `sequential`, by wall clock and by the process's
+CPU time (the steadier figure on a shared machine), and the load average. Then the
 scan alone (forward + backward of one direction at the Mamba model's shapes: batch × length × d_inner, state 16),
 timed the same way, to separate the scan from the rest of the step.
 
