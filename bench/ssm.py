@@ -4,6 +4,7 @@ one recipe per task, 3 seeds; writes a report (markdown + JSON + plot) to --out.
     .venv/bin/python bench/ssm.py --scale cpu --out reports/ssm     # hours on a small CPU
     .venv/bin/python bench/ssm.py --scale gpu --out reports/ssm     # CUDA only
     .venv/bin/python bench/ssm.py --scale smoke --out /tmp/ssm      # minutes: checks the pipeline, numbers mean nothing
+    .venv/bin/python bench/ssm.py --scale cpu --task pathfinder     # one task (listops | pathfinder | lm | all)
 
 Models are bench/listops.py's: embedding → N pre-norm residual blocks (Transformer layer, bidirectional Mamba or
 bidirectional SeRpEnt; causal versions for language modelling) → LayerNorm → mean pooling + class head, or per-token
@@ -213,9 +214,13 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
-def plot(results: list[dict], path: Path) -> None:
-    """Test metric against steps, one panel per task, mean over seeds per model."""
-    import matplotlib
+def plot(results: list[dict], path: Path) -> bool:
+    """Test metric against steps, one panel per task, mean over seeds per model; False (nothing drawn) without
+    matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -237,15 +242,17 @@ def plot(results: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def write_report(out: Path, payload: dict) -> None:
-    """report.md, report.json and plots/curves.png, put in place as one folder (no half-written report)."""
+    """report.md, report.json and plots/curves.png (or, without matplotlib, only the curves in report.json), put in
+    place as one folder (no half-written report)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "plots").mkdir()
-        plot(payload["results"], tmp / "plots" / "curves.png")
+        plotted = plot(payload["results"], tmp / "plots" / "curves.png")
         (tmp / "report.json").write_text(json.dumps(payload, indent=2))
         lines = [f"# SSM comparison ({payload['scale']} scale)", "",
                  f"`{payload['command']}` — {payload['machine']}, torch {payload['torch']}, scan {payload['scan']}.",
@@ -259,7 +266,10 @@ def write_report(out: Path, payload: dict) -> None:
         lines += [f"- {task}: {json.dumps(settings)}" for task, settings in payload["settings"].items()]
         if "majority" in payload:
             lines += ["", "Majority-class test accuracy: " + ", ".join(f"{t} {v:.3f}" for t, v in payload["majority"].items())]
-        lines += ["", "![curves](plots/curves.png)", ""]
+        if plotted:
+            lines += ["", "![curves](plots/curves.png)", ""]
+        else:
+            lines += ["", "matplotlib is not installed: no plot; the curves (step, metric) are in report.json's results.", ""]
         (tmp / "report.md").write_text("\n".join(lines))
         tmp.chmod(0o755)
         replace_dir(tmp, out)
@@ -271,7 +281,7 @@ def write_report(out: Path, payload: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), required=True)
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--task", nargs="+", choices=(*TASKS, "all"), default=["all"], help="one or more tasks, or all")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="override every task's step count")
@@ -284,10 +294,11 @@ def main() -> None:
     device = "cuda" if args.scale == "gpu" else "cpu"
     torch.set_num_threads(args.threads)
     scan = "auto"  # chunked on CUDA, the native C kernel on CPU (or the PyTorch loop where it cannot be built)
+    tasks = TASKS if "all" in args.task else tuple(t for t in TASKS if t in args.task)
     settings = {t: SCALES[args.scale][t] if args.steps is None else replace(SCALES[args.scale][t], steps=args.steps)
-                for t in args.tasks}
+                for t in tasks}
     results, majority, corpus = [], {}, None
-    for task in args.tasks:
+    for task in tasks:
         start = time.perf_counter()
         data = task_data(task, settings[task], args.seeds[0])
         print(f"{task}: data ready in {time.perf_counter() - start:.1f} s", flush=True)

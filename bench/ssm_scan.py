@@ -1,10 +1,12 @@
 """Selective-scan implementations timed per training step of bench/listops.py's classifiers (interleaved, one process).
 
 For each model (bidirectional Mamba, bidirectional SeRpEnt; ListOps recipe widths for --params) and each scan
-(`sequential` PyTorch loop = the old default, `native` fused C kernel, `chunked` parallel scan), one training step =
+(`sequential` PyTorch path with the autograd loop = the old default, `native` fused C kernels, `chunked` parallel
+scan), one training step =
 forward + cross-entropy + backward + AdamW step on a random batch of ListOps token ids (batch × length, no padding).
 The variants run interleaved (round-robin, after one warm-up step each) from identical weights, so machine load hits
-them alike; prints medians, p90s and the speed-up of each variant over `sequential`, and the load average. Then the
+them alike; prints medians, p90s and the speed-up of each variant over `sequential`, by wall clock and by the process's
+CPU time (the steadier figure on a shared machine), and the load average. Then the
 scan alone (forward + backward of one direction at the Mamba model's shapes: batch × length × d_inner, state 16),
 timed the same way, to separate the scan from the rest of the step.
 
@@ -36,22 +38,25 @@ SCANS = ("sequential", "native", "chunked")
 SCAN_FUNCTIONS = {"sequential": selective_scan_sequential, "native": selective_scan_native, "chunked": selective_scan_chunked}
 
 
-def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, targets: torch.Tensor) -> float:
-    """Seconds for one forward + backward + optimizer step."""
-    start = time.perf_counter()
+def timed(call) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of call() (on a shared machine the CPU time is the steadier measure)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    call()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, targets: torch.Tensor) -> None:
+    """One forward + backward + optimizer step."""
     loss = F.cross_entropy(model(ids), targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return time.perf_counter() - start
 
 
-def scan_step(scan: str, inputs: list[torch.Tensor], weight: torch.Tensor) -> float:
-    """Seconds for one forward + backward of the scan alone."""
-    start = time.perf_counter()
+def scan_step(scan: str, inputs: list[torch.Tensor], weight: torch.Tensor) -> None:
+    """One forward + backward of the scan alone."""
     y = SCAN_FUNCTIONS[scan](*inputs)
     torch.autograd.grad((y * weight).sum(), inputs)
-    return time.perf_counter() - start
 
 
 def scan_inputs(batch: int, length: int, channels: int, state: int) -> list[torch.Tensor]:
@@ -65,24 +70,32 @@ def scan_inputs(batch: int, length: int, channels: int, state: int) -> list[torc
     return [t.requires_grad_() for t in (u, delta, A, B, C, D)]
 
 
-def interleaved(variants: dict, repeats: int, label: str) -> dict[str, list[float]]:
-    """Run each variant's callable round-robin, repeats + 1 times; the first round is a warm-up and not kept."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
+def interleaved(variants: dict, repeats: int, label: str) -> dict[str, list[tuple[float, float]]]:
+    """Time each variant's callable round-robin, repeats + 1 times (wall, CPU); the first round is a warm-up, not kept."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for repeat in range(repeats + 1):
         for name, call in variants.items():
-            seconds = call()
+            wall, cpu = timed(call)
             if repeat:
-                times[name].append(seconds)
-            print(f"{label} {name} round {repeat}: {seconds:.3f} s", flush=True)
+                times[name].append((wall, cpu))
+            print(f"{label} {name} round {repeat}: {wall:.3f} s wall, {cpu:.3f} s CPU", flush=True)
     return times
 
 
-def rows(label: str, width: int, params: int, times: dict[str, list[float]], baseline: str) -> list[dict]:
-    """Median, p90 and speed-up against the baseline variant, one row per variant."""
-    base = float(np.median(times[baseline]))
-    return [{"model": label, "width": width, "params": params, "scan": scan, "median_s": float(np.median(t)),
-             "p90_s": float(np.percentile(t, 90)), "times_s": t, "speedup": base / float(np.median(t))}
-            for scan, t in times.items()]
+def rows(label: str, width: int, params: int, times: dict[str, list[tuple[float, float]]], baseline: str) -> list[dict]:
+    """Median, p90 and speed-up against the baseline variant (wall clock and CPU time), one row per variant."""
+    def stats(samples: list[tuple[float, float]], column: int) -> tuple[float, float]:
+        values = [s[column] for s in samples]
+        return float(np.median(values)), float(np.percentile(values, 90))
+
+    base_wall, base_cpu = stats(times[baseline], 0)[0], stats(times[baseline], 1)[0]
+    out = []
+    for scan, samples in times.items():
+        (median, p90), (cpu_median, cpu_p90) = stats(samples, 0), stats(samples, 1)
+        out.append({"model": label, "width": width, "params": params, "scan": scan, "median_s": median, "p90_s": p90,
+                    "cpu_median_s": cpu_median, "cpu_p90_s": cpu_p90, "times_s": [s[0] for s in samples],
+                    "cpu_times_s": [s[1] for s in samples], "speedup": base_wall / median, "cpu_speedup": base_cpu / cpu_median})
+    return out
 
 
 def main() -> None:
@@ -128,11 +141,12 @@ def main() -> None:
                           "machine": f"{platform.machine()} {os.cpu_count()} cores", "loadavg_start": load_start,
                           "loadavg_end": load_end, "results": results})
     print(f"load average start {load_start}, end {load_end}")
-    print(f"| model | width | params | scan | median s | p90 s | speed-up vs {args.scans[0]} |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| model | width | params | scan | median s | p90 s | speed-up vs {args.scans[0]} | CPU median s | CPU p90 s | "
+          "CPU speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} | {r['width']} | {r['params']:,} | {r['scan']} | {r['median_s']:.3f} | {r['p90_s']:.3f} | "
-              f"{r['speedup']:.1f}× |")
+              f"{r['speedup']:.1f}× | {r['cpu_median_s']:.3f} | {r['cpu_p90_s']:.3f} | {r['cpu_speedup']:.1f}× |")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from safemotion.models.ssm import (
     selective_scan_native,
     selective_scan_sequential,
 )
+from safemotion.models.ssm.scan_native import causal_conv_silu_native
 from safemotion.models.ssm.serpent import clock_steps, slot_count
 
 # Fig. 2 of the SeRpEnt paper: "After work I got to the movie theater and there I saw Sarah".
@@ -343,16 +344,20 @@ native = pytest.mark.skipif(not native_scan_available(), reason="no C compiler f
 def test_native_scan_matches_sequential_loop_values_and_gradients(length, with_d):
     u, delta, A, B, C, D = scan_inputs(3, length, 5, 4, seed=length * 7 + with_d)
     inputs = (u, delta, A, B, C, D if with_d else None)
-    y_ref = selective_scan_sequential(*inputs)
     y_native = selective_scan_native(*inputs)
     assert y_native.shape == (3, length, 5)
-    assert torch.allclose(y_native, y_ref, atol=1e-5, rtol=1e-5), (y_native - y_ref).abs().max()
-    weight = torch.randn_like(y_ref)
+    _assert_scans_equal(inputs, selective_scan_sequential(*inputs), y_native)
+
+
+def _assert_scans_equal(inputs, ref, native, tol=1e-5):
+    """Two scans agree to tol (abs and rel) in value and in the gradients of every input that is not None."""
+    assert torch.allclose(native, ref, atol=tol, rtol=tol), (native - ref).abs().max()
+    weight = torch.randn_like(ref)
     leaves = [t for t in inputs if t is not None]
-    g_ref = torch.autograd.grad((y_ref * weight).sum(), leaves)
-    g_native = torch.autograd.grad((y_native * weight).sum(), leaves)
+    g_ref = torch.autograd.grad((ref * weight).sum(), leaves)
+    g_native = torch.autograd.grad((native * weight).sum(), leaves)
     for name, a, b in zip("u delta A B C D".split(), g_native, g_ref):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (name, (a - b).abs().max())
+        assert torch.allclose(a, b, atol=tol, rtol=tol), (name, (a - b).abs().max())
 
 
 @native
@@ -377,6 +382,112 @@ def test_mamba_auto_scan_uses_native_kernel_on_cpu_and_matches_the_loop():
     (g_loop,) = torch.autograd.grad(y_loop.square().sum(), x)
     (g_auto,) = torch.autograd.grad(y_auto.square().sum(), x)
     assert torch.allclose(g_auto, g_loop, atol=1e-5)
+
+
+@native
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 40])
+@pytest.mark.parametrize("delta_softplus", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_native_scan_softplus_and_reverse_match_the_loop(length, delta_softplus, reverse):
+    # Lengths around the kernel's 16-step checkpoint interval; reverse = the loop on flipped inputs, flipped back.
+    u, raw, A, B, C, D = scan_inputs(2, length, 6, 3, seed=length + 2 * delta_softplus + reverse)
+    raw_leaf = raw.detach().sub(1.0).requires_grad_()  # raw Δ before softplus, some of it negative
+    flip = (lambda t: t.flip(1)) if reverse else (lambda t: t)
+    ref = flip(selective_scan_sequential(flip(u), flip(F.softplus(raw_leaf)), A, flip(B), flip(C), D))
+    delta_in = raw_leaf if delta_softplus else F.softplus(raw_leaf)
+    out = selective_scan_native(u, delta_in, A, B, C, D, delta_softplus=delta_softplus, reverse=reverse)
+    _assert_scans_equal((u, raw_leaf, A, B, C, D), ref, out)
+
+
+@native
+@pytest.mark.parametrize("reverse", [False, True])
+def test_native_scan_with_the_low_rank_delta_projection_matches_the_loop(reverse):
+    # delta_proj: raw Δ = low @ W.T + b inside the kernel; low is a strided view, as a split of Mamba's x_proj output.
+    u, _, A, B, C, D = scan_inputs(2, 35, 6, 3, seed=21 + reverse)
+    g = torch.Generator().manual_seed(22)
+    projected = torch.randn(2, 35, 9, generator=g, requires_grad=True)
+    low = projected[..., 2:5]
+    W = (torch.randn(6, 3, generator=g) * 0.5).requires_grad_()
+    bias = (torch.randn(6, generator=g) - 2.0).requires_grad_()
+    flip = (lambda t: t.flip(1)) if reverse else (lambda t: t)
+    delta = F.softplus(low @ W.T + bias)
+    ref = flip(selective_scan_sequential(flip(u), flip(delta), A, flip(B), flip(C), D))
+    out = selective_scan_native(u, low, A, B, C, D, delta_softplus=True, reverse=reverse, delta_proj=(W, bias))
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5), (out - ref).abs().max()
+    weight = torch.randn_like(ref)
+    leaves = [u, projected, W, bias, A, B, C, D]
+    for name, a, b in zip("u projected W bias A B C D".split(), torch.autograd.grad((out * weight).sum(), leaves),
+                          torch.autograd.grad((ref * weight).sum(), leaves)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (name, (a - b).abs().max())
+    with pytest.raises(ValueError, match="delta_proj"):
+        selective_scan_native(u, low, A, B, C, D, delta_proj=(W[:, :2], bias))
+
+
+@native
+def test_native_scan_is_exact_enough_at_extreme_delta_and_a():
+    # Δ from 1e-6 (state carried over all 200 steps) to 30 (forgets at once), A from -1e-3 to -1000: exp(Δ A) spans
+    # 1 - 1e-9 .. far below float32's range. Gradients reach 1e4 and cancel, so the float32 loop itself is off the
+    # float64 loop by 1e-3 there: the native gradients must be as close to float64 as the loop's (and within 1e-5 of
+    # the largest entry), the values within 1e-5.
+    u, _, _, B, C, D = scan_inputs(2, 200, 8, 4, seed=11)
+    g = torch.Generator().manual_seed(12)
+    delta = torch.exp(torch.empty(2, 200, 8).uniform_(math.log(1e-6), math.log(30.0), generator=g)).requires_grad_()
+    A = -torch.exp(torch.empty(8, 4).uniform_(math.log(1e-3), math.log(1e3), generator=g)).requires_grad_()
+    inputs = (u, delta, A, B, C, D)
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    weight = torch.randn(2, 200, 8)
+    outputs = {"loop": selective_scan_sequential(*inputs), "native": selective_scan_native(*inputs)}
+    y64 = selective_scan_sequential(*inputs64)
+    assert torch.isfinite(outputs["native"]).all()
+    assert torch.allclose(outputs["native"], outputs["loop"], atol=1e-5, rtol=1e-5)
+    g64 = torch.autograd.grad((y64 * weight.double()).sum(), inputs64)
+    grads = {name: torch.autograd.grad((y * weight).sum(), inputs) for name, y in outputs.items()}
+    for name, native_g, loop_g, exact in zip("u delta A B C D".split(), grads["native"], grads["loop"], g64):
+        loop_error = (loop_g.double() - exact).abs().max()
+        assert (native_g.double() - exact).abs().max() <= 2 * loop_error + 1e-6 * exact.abs().max(), name
+        assert (native_g - loop_g).abs().max() <= 1e-5 * loop_g.abs().max(), name
+    # Raw Δ far outside softplus's range (-60: Δ ~ 1e-26; 40: Δ = 40).
+    raw = torch.cat([torch.full((1, 200, 8), -60.0), torch.full((1, 200, 8), 40.0)]).requires_grad_()
+    ref = selective_scan_sequential(u.detach(), F.softplus(raw), A.detach(), B.detach(), C.detach(), D.detach())
+    out = selective_scan_native(u.detach(), raw, A.detach(), B.detach(), C.detach(), D.detach(), delta_softplus=True)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    (g_ref,), (g_out,) = (torch.autograd.grad((y * weight).sum(), raw) for y in (ref, out))
+    assert torch.allclose(g_out, g_ref, atol=1e-5, rtol=1e-5)
+
+
+@native
+@pytest.mark.parametrize("length", [1, 2, 5, 20])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_native_conv_silu_matches_the_torch_conv(length, reverse):
+    torch.manual_seed(length)
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
+    full = torch.randn(2, length, 12, requires_grad=True)
+    x = full[..., :6]  # a strided view, as Mamba's chunk of in_proj
+    flip = (lambda t: t.flip(1)) if reverse else (lambda t: t)
+    ref = flip(F.silu(conv(flip(x).transpose(1, 2))[..., :length].transpose(1, 2)))
+    out = causal_conv_silu_native(x, conv.weight, conv.bias, reverse=reverse)
+    assert torch.allclose(out, ref, atol=1e-6), (out - ref).abs().max()
+    weight = torch.randn_like(ref)
+    leaves = [full, conv.weight, conv.bias]
+    for a, b in zip(torch.autograd.grad((out * weight).sum(), leaves), torch.autograd.grad((ref * weight).sum(), leaves)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+    with pytest.raises(ValueError, match="weight"):
+        causal_conv_silu_native(x, conv.weight[:3], conv.bias)
+
+
+@native
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_mamba_native_path_matches_the_loop_without_padding(bidirectional):
+    # No mask and an all-False mask take the fused path (softplus inside the scan); gradients of every parameter match.
+    torch.manual_seed(5)
+    loop, fast = _twin(MambaConfig(d_model=8, bidirectional=bidirectional, scan="sequential"), scan="native")
+    x = torch.randn(2, 21, 8)
+    for mask in (None, torch.zeros(2, 21, dtype=torch.bool)):
+        y_loop, y_fast = loop(x, mask), fast(x, mask)
+        assert torch.allclose(y_fast, y_loop, atol=1e-5)
+        grads = [torch.autograd.grad(y.square().sum(), list(m.parameters())) for y, m in ((y_loop, loop), (y_fast, fast))]
+        for (name, _), a, b in zip(loop.named_parameters(), grads[1], grads[0]):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (name, (a - b).abs().max())
 
 
 def test_mamba_falls_back_to_the_loop_when_the_native_kernel_cannot_be_built(tmp_path, monkeypatch):

@@ -1,8 +1,11 @@
-"""bench/ssm.py at a tiny size: causal LM models do not look ahead, runs give sane metrics, the report is written."""
+"""bench/ssm.py at a tiny size: causal LM models do not look ahead, runs give sane metrics, the report is written, the
+command runs end to end."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -49,3 +52,26 @@ def test_tiny_runs_and_report(tmp_path):
     assert json.loads((tmp_path / "ssm" / "report.json").read_text())["summary"][0]["seeds"] == 1
     assert (tmp_path / "ssm" / "plots" / "curves.png").stat().st_size > 1000
     assert [p.name for p in tmp_path.iterdir()] == ["ssm"]  # no temporary folder left behind
+
+
+def _bench_command(*args: str, out: Path) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(root / "bench" / "ssm.py"), *args, "--out", str(out)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_command_runs_every_task_and_model_at_smoke_size(tmp_path):
+    done = _bench_command("--scale", "smoke", "--task", "all", "--seeds", "0", "--steps", "1", out=tmp_path / "ssm")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "ssm" / "report.json").read_text())
+    assert {(r["task"], r["model"]) for r in report["summary"]} == {(t, m) for t in ssm.TASKS for m in ssm.MODELS}
+    assert report["lm_corpus"] and set(report["majority"]) == {"listops", "pathfinder"}
+    assert "| lm | serpent |" in (tmp_path / "ssm" / "report.md").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_gpu_scale_without_cuda_is_a_clear_error(tmp_path):
+    done = _bench_command("--scale", "gpu", "--task", "listops", out=tmp_path / "ssm")
+    assert done.returncode == 2 and "--scale gpu needs CUDA" in done.stderr
+    assert not (tmp_path / "ssm").exists()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from safemotion.models.ssm.scan import selective_scan_chunked, selective_scan_sequential
-from safemotion.models.ssm.scan_native import native_scan_supports, selective_scan_native
+from safemotion.models.ssm.scan_native import causal_conv_silu_native, native_scan_supports, selective_scan_native
 
 SCANS = ("auto", "chunked", "native", "sequential")
 
@@ -97,8 +97,17 @@ class SelectiveSSM(nn.Module):
         dt = torch.exp(log_dt).clamp(min=c.dt_init_floor)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def forward(self, u: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """(batch, length, d_inner) -> (batch, length, d_inner), causal along the length."""
+    def forward(self, u: Tensor, padding_mask: Tensor | None = None, reverse: bool = False) -> Tensor:
+        """(batch, length, d_inner) -> (batch, length, d_inner), causal along the length (anti-causal if reverse: the
+        SSM reads the sequence from its end, as if run on u.flip(1) with the result flipped back)."""
+        scan = self.config.scan
+        if scan == "auto":
+            scan = "chunked" if u.is_cuda else "native" if native_scan_supports(u, self.A_log) else "sequential"
+        if scan == "native":
+            return self._forward_native(u, padding_mask, reverse)
+        if reverse:
+            flipped_mask = None if padding_mask is None else padding_mask.flip(1)
+            return self.forward(u.flip(1), flipped_mask).flip(1)
         length = u.shape[1]
         if padding_mask is not None:
             u = u.masked_fill(padding_mask.unsqueeze(-1), 0.0)
@@ -108,14 +117,26 @@ class SelectiveSSM(nn.Module):
         if padding_mask is not None:
             delta = delta.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         A = -torch.exp(self.A_log)
-        scan = self.config.scan
-        if scan == "auto":
-            scan = "chunked" if u.is_cuda else "native" if native_scan_supports(u, A) else "sequential"
         if scan == "chunked":
             return selective_scan_chunked(u, delta, A, B, C, self.D, self.config.chunk_size)
-        if scan == "native":
-            return selective_scan_native(u, delta, A, B, C, self.D)
         return selective_scan_sequential(u, delta, A, B, C, self.D)
+
+    def _forward_native(self, u: Tensor, padding_mask: Tensor | None, reverse: bool) -> Tensor:
+        """The same function through the fused C kernels: conv + SiLU in one pass, dt_proj and softplus inside the scan,
+        the reverse direction read in place (no flipped copies), masking only when a row has padding."""
+        if padding_mask is not None and not bool(padding_mask.any()):
+            padding_mask = None
+        if padding_mask is not None:
+            u = u.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        u = causal_conv_silu_native(u, self.conv.weight, self.conv.bias, reverse)
+        dt_low, B, C = self.x_proj(u).split([self.config.rank, self.config.d_state, self.config.d_state], dim=-1)
+        A = -torch.exp(self.A_log)
+        if padding_mask is None:  # dt_proj and softplus inside the scan
+            dt_proj = (self.dt_proj.weight, self.dt_proj.bias)
+            return selective_scan_native(u, dt_low, A, B, C, self.D, delta_softplus=True, reverse=reverse, delta_proj=dt_proj)
+        # Padded steps need Δ = 0 exactly: softplus first, then mask.
+        delta = F.softplus(self.dt_proj(dt_low)).masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        return selective_scan_native(u, delta, A, B, C, self.D, reverse=reverse)
 
 
 class Mamba(nn.Module):
@@ -135,8 +156,7 @@ class Mamba(nn.Module):
         u, z = self.in_proj(x).chunk(2, dim=-1)
         y = self.forward_ssm(u, padding_mask)
         if self.backward_ssm is not None:
-            flipped_mask = None if padding_mask is None else padding_mask.flip(1)
-            y = y + self.backward_ssm(u.flip(1), flipped_mask).flip(1)
+            y = y + self.backward_ssm(u, padding_mask, reverse=True)
         out = self.out_proj(y * F.silu(z))
         if padding_mask is not None:
             out = out.masked_fill(padding_mask.unsqueeze(-1), 0.0)

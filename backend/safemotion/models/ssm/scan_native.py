@@ -1,12 +1,18 @@
-"""A fused CPU selective scan: a small C kernel (built with the system C compiler on first use) behind an autograd Function.
+"""Fused CPU kernels of Mamba's selective SSM: small C kernels (built with the system C compiler on first use) behind
+autograd Functions: the selective scan and the depthwise causal conv + SiLU before it.
 
-Same contract and numbers as `selective_scan_sequential` (float32, to round-off), but fused: for every (batch, step)
-the state of all channels (n × d floats, channels innermost so the loops vectorise over d) stays in cache and
-exp(Δ A), Δ B u and <C, h> are computed in registers (expf vectorised). Nothing of shape (batch, length, channels,
-state) is kept between the passes: as in the mamba CUDA kernel, the backward pass recomputes one batch row's states
-and decays Ā (2 × length × d × n floats, within L3) and then runs the adjoint recurrence g_t = C_t ∂y_t + Ā_{t+1} g_{t+1} in reverse,
-accumulating every input's gradient in the same sweep (the sums over batch and time for A and D are float64 across
-batch rows).
+The scan has the contract and numbers of `selective_scan_sequential` (float32, to round-off), but fused: for every
+(batch, step) the state of all channels (n × d floats, channels innermost so the loops vectorise over d) stays in
+cache and exp(Δ A) (an inline polynomial 2^x, vectorised), Δ B u and <C, h> are computed in registers. Options as
+mamba_ssm's kernel: Δ = softplus(raw Δ) inside the kernel, and `reverse` (scan from the end, for the second direction
+of a bidirectional Mamba, without flipped copies). Nothing of shape (batch, length, channels, state) is kept between
+the passes: the forward keeps every 16th state; the backward, chunk by chunk from the end, recomputes 16 steps'
+states and decays Ā from the checkpoint (2 × 16 × d × n floats, within L2) and runs the adjoint recurrence
+g_t = C_t ∂y_t + Ā_{t+1} g_{t+1} over them, accumulating every input's gradient in the same sweep (the sums over batch
+and time for A and D are float64 across batch rows).
+
+The conv kernel reads the (batch, length, d) rows of in_proj's output in place (no transposes) and recomputes its
+pre-activation in the backward; it is the causal conv of `SelectiveSSM`, or its mirror image with `reverse`.
 
 Why not pure PyTorch: on a CPU every PyTorch op is one pass through memory. The autograd loop runs ~25 small ops per
 step; the vectorised forms (`selective_scan_chunked`, or a time-major in-place loop with an analytic backward, tried
@@ -15,7 +21,7 @@ through memory ~15 times. Fusing is what gives the speed (bench/ssm_scan.py, ben
 
 The shared library is compiled once per kernel source and machine into $SAFEMOTION_CACHE (default
 ~/.cache/safemotion)/native, written atomically (temp file + rename). Without a working C compiler and glibc's libmvec
-(gcc or clang on glibc Linux) `native_scan_available` is False and callers fall back to the PyTorch loop.
+(gcc or clang on glibc Linux) `native_scan_available` is False and callers fall back to the PyTorch path.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -45,13 +52,69 @@ _SOURCE = r"""
 typedef float *restrict fptr;
 typedef const float *restrict cfptr;
 
-/* Layouts: u, delta, y: (batch, length, d); B, C: (batch, length, n); At = A transposed: (n, d); D: (d) or NULL.
-   States are (n, d) so that the inner loops run over the d channels (long, contiguous, vectorised). */
+/* Steps between the states the forward pass keeps for the backward: its recompute buffers (2 CHUNK n d floats)
+   stay in L2. */
+#define CHUNK 16
+enum { SOFTPLUS = 1, REVERSE = 2 };
 
-/* One step of every channel: h = exp(dt A) h_prev + dt u B; y_t = <C, h> + D u; decay (n, d) = exp(dt A) unless NULL.
-   dx: d floats of scratch. */
+/* 2^x in float32 to 1e-7 (relative): x = k + f with k = rint(x), |f| <= 1/2; 2^f by a degree-6 polynomial fitted on
+   Chebyshev nodes (exactly 1 at f = 0, so a zero step keeps the state exactly), 2^k through the exponent bits. Inline
+   so that gcc vectorises it; x is clamped to [-126, 127] (results under 1.2e-38 do not matter next to 1e-5). */
+static inline float exp2_poly(float x) {
+    x = fminf(fmaxf(x, -126.0f), 127.0f);
+    float k = rintf(x), f = x - k;
+    float p = 1.5461447765e-4f;
+    p = fmaf(p, f, 1.3390866807e-3f);
+    p = fmaf(p, f, 9.6180569381e-3f);
+    p = fmaf(p, f, 5.5503569543e-2f);
+    p = fmaf(p, f, 2.4022650719e-1f);
+    p = fmaf(p, f, 6.9314718246e-1f);
+    p = fmaf(p, f, 1.0f);
+    int bits = ((int)k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+#define LOG2E 1.44269504088896341f
+#define LN2 0.693147180559945309f
+
+/* Layouts: u, delta, y: (batch, length, d); B, C: (batch, length, n); At = A log2(e) transposed: (n, d), so that
+   exp(dt A) = 2^(dt At); D: (d) or NULL.
+   States are (n, d) so that the inner loops run over the d channels (long, contiguous, vectorised). Step s of a row
+   reads time t = s, or t = length - 1 - s with REVERSE. */
+static inline long time_of(long s, long length, int flags) { return flags & REVERSE ? length - 1 - s : s; }
+
+/* Where raw Δ comes from: `raw` (batch, length, d), or, when `low` is set, a Linear of rank `rank` (mamba's dt_proj):
+   raw = bias + W low, low (batch, length, rank) rows low_stride floats apart, W given transposed as Wt (rank, d). */
+typedef struct {
+    const float *raw, *low, *Wt, *bias;
+    long rank, low_stride;
+} delta_source;
+
+/* One step's raw Δ (into raw) and Δ: softplus(raw) (torch's: raw above 20 passes unchanged) with SOFTPLUS, else raw. */
+static void step_delta(const delta_source *src, long row, fptr raw, fptr dt, long d, int flags) {
+    if (src->low) {
+        cfptr low = src->low + row * src->low_stride;
+        memcpy(raw, src->bias, sizeof(float) * d);
+        for (long r = 0; r < src->rank; ++r) {
+            float l = low[r];
+            cfptr w = src->Wt + r * d;
+            for (long i = 0; i < d; ++i) raw[i] += w[i] * l;
+        }
+    } else {
+        memcpy(raw, src->raw + row * d, sizeof(float) * d);
+    }
+    if (flags & SOFTPLUS) {
+        for (long i = 0; i < d; ++i) dt[i] = raw[i] > 20.0f ? raw[i] : log1pf(exp2_poly(raw[i] * LOG2E));
+    } else {
+        memcpy(dt, raw, sizeof(float) * d);
+    }
+}
+
+/* One step of every channel: h = exp(dt A) h_prev + dt u B and y_t = <C, h> + D u. dx: d floats of scratch. */
 static void advance(cfptr u_t, cfptr dt_t, cfptr At, cfptr B_t, cfptr C_t, cfptr D, cfptr h_prev, fptr h, fptr y_t,
-                    fptr decay, fptr dx, long d, long n) {
+                    fptr dx, long d, long n) {
     for (long i = 0; i < d; ++i) {
         dx[i] = dt_t[i] * u_t[i];
         y_t[i] = D ? D[i] * u_t[i] : 0.0f;
@@ -61,112 +124,217 @@ static void advance(cfptr u_t, cfptr dt_t, cfptr At, cfptr B_t, cfptr C_t, cfptr
         cfptr A_k = At + k * d;
         cfptr p_k = h_prev + k * d;
         fptr h_k = h + k * d;
-        if (decay) {
-            fptr e_k = decay + k * d;
-            for (long i = 0; i < d; ++i) {
-                float a = expf(dt_t[i] * A_k[i]), v = a * p_k[i] + dx[i] * b;
-                e_k[i] = a;
-                h_k[i] = v;
-                y_t[i] += v * c;
-            }
-        } else {
-            for (long i = 0; i < d; ++i) {
-                float v = expf(dt_t[i] * A_k[i]) * p_k[i] + dx[i] * b;
-                h_k[i] = v;
-                y_t[i] += v * c;
-            }
+        for (long i = 0; i < d; ++i) {
+            float v = exp2_poly(dt_t[i] * A_k[i]) * p_k[i] + dx[i] * b;
+            h_k[i] = v;
+            y_t[i] += v * c;
         }
     }
 }
 
-/* work: 2*d*n + d floats (two state buffers used in turn, scratch). */
-void scan_forward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, fptr y, fptr work,
-                  long batch, long length, long d, long n) {
+/* The backward's recompute of one step: the state h and the decays exp(dt A), both (n, d); no output. */
+static void recompute(cfptr u_t, cfptr dt_t, cfptr At, cfptr B_t, cfptr h_prev, fptr h, fptr decay, fptr dx, long d,
+                      long n) {
+    for (long i = 0; i < d; ++i) dx[i] = dt_t[i] * u_t[i];
+    for (long k = 0; k < n; ++k) {
+        float b = B_t[k];
+        cfptr A_k = At + k * d;
+        cfptr p_k = h_prev + k * d;
+        fptr h_k = h + k * d, e_k = decay + k * d;
+        for (long i = 0; i < d; ++i) {
+            float a = exp2_poly(dt_t[i] * A_k[i]);
+            e_k[i] = a;
+            h_k[i] = a * p_k[i] + dx[i] * b;
+        }
+    }
+}
+
+/* ckpt: (batch, ceil(length / CHUNK), n, d), the state entering every CHUNK-th step (for the backward), or NULL.
+   work: 2*d*n + 3*d floats (two state buffers used in turn, scratch). */
+void scan_forward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr C, cfptr D, fptr y, fptr ckpt, fptr work,
+                  long batch, long length, long d, long n, int flags) {
+    long dn = d * n, chunks = (length + CHUNK - 1) / CHUNK;
+    fptr dt = work + 2 * dn, dx = dt + d, raw = dx + d;
     for (long b = 0; b < batch; ++b) {
-        memset(work, 0, sizeof(float) * 2 * d * n);
-        for (long t = 0; t < length; ++t) {
-            long row = b * length + t;
-            float *h = work + (t & 1) * d * n, *h_prev = work + ((t + 1) & 1) * d * n;
-            advance(u + row * d, delta + row * d, At, B + row * n, C + row * n, D, h_prev, h, y + row * d, NULL,
-                    work + 2 * d * n, d, n);
+        memset(work, 0, sizeof(float) * 2 * dn);
+        for (long s = 0; s < length; ++s) {
+            long row = b * length + time_of(s, length, flags);
+            float *h = work + (s & 1) * dn, *h_prev = work + ((s + 1) & 1) * dn;
+            if (ckpt && s % CHUNK == 0) memcpy(ckpt + (b * chunks + s / CHUNK) * dn, h_prev, sizeof(float) * dn);
+            step_delta(delta, row, raw, dt, d, flags);
+            advance(u + row * d, dt, At, B + row * n, C + row * n, D, h_prev, h, y + row * d, dx, d, n);
         }
     }
 }
 
-/* Adjoint sweep g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}, after recomputing one batch row's states and decays (not
-   stored by the forward pass). work: (2*length + 3)*d*n + 4*d floats; gAt (n, d) and gD (d) are float64 and
-   accumulated into. */
-void scan_backward(cfptr u, cfptr delta, cfptr At, cfptr B, cfptr C, cfptr D, cfptr grad_y, fptr gu, fptr gdelta,
-                   double *restrict gAt, fptr gB, fptr gC, double *restrict gD, fptr work,
-                   long batch, long length, long d, long n) {
-    long dn = d * n;
+/* Adjoint sweep g_s = C_s dy_s + exp(dt_{s+1} A) g_{s+1}, chunk by chunk from the end: each chunk's states, decays
+   and Δ are recomputed from its checkpoint into cache-sized buffers first. work: (2*CHUNK + 3)*d*n
+   + (2*CHUNK + 4 + rank)*d floats; gAt (n, d), gD (d) and, with a low-rank source, gWt (rank, d) and gbias (d) are
+   float64 and accumulated into. The raw Δ's gradient goes to gdelta (batch, length, d), or, with a low-rank source,
+   to glow (batch, length, rank), gWt and gbias. */
+void scan_backward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr C, cfptr D, cfptr grad_y, cfptr ckpt,
+                   fptr gu, fptr gdelta, fptr glow, double *restrict gWt, double *restrict gbias, double *restrict gAt,
+                   fptr gB, fptr gC, double *restrict gD, fptr work, long batch, long length, long d, long n,
+                   int flags) {
+    long rank = delta->low ? delta->rank : 0;
+    long dn = d * n, chunks = (length + CHUNK - 1) / CHUNK;
     fptr g = work;
-    fptr zeros = work + dn;
-    fptr gA_row = work + 2 * dn; /* this batch row's sum over time, added to the float64 gAt once per row */
-    fptr dx = work + 3 * dn;
+    fptr gA_row = work + dn; /* this batch row's sum over time, added to the float64 gAt once per row */
+    fptr decay_after = work + 2 * dn; /* decay of the step after the current chunk (zero after the last step) */
+    fptr states = work + 3 * dn;
+    fptr decays = states + CHUNK * dn;
+    fptr dts = decays + CHUNK * dn;
+    fptr raws = dts + CHUNK * d;
+    fptr dx = raws + CHUNK * d;
     fptr g_dt = dx + d;
     fptr g_write = g_dt + d;
-    fptr scratch = g_write + d;
-    fptr states = scratch + d;
-    fptr decays = states + length * dn;
-    memset(zeros, 0, sizeof(float) * dn);
+    fptr gbias_row = g_write + d; /* low-rank source: this batch row's sums, then added to the float64 totals */
+    fptr gW_row = gbias_row + d;
     for (long b = 0; b < batch; ++b) {
-        for (long t = 0; t < length; ++t) {
-            long row = b * length + t;
-            advance(u + row * d, delta + row * d, At, B + row * n, C + row * n, D,
-                    t > 0 ? states + (t - 1) * dn : zeros, states + t * dn, scratch, decays + t * dn, dx, d, n);
-        }
-        memset(g, 0, sizeof(float) * dn);
-        memset(gA_row, 0, sizeof(float) * dn);
-        for (long t = length - 1; t >= 0; --t) {
-            long row = b * length + t;
-            cfptr u_t = u + row * d;
-            cfptr dt_t = delta + row * d;
-            cfptr gy = grad_y + row * d;
-            const float *h = states + t * dn;
-            const float *h_prev = t > 0 ? h - dn : zeros;
-            const float *decay = decays + t * dn;
-            const float *decay_next = t + 1 < length ? decay + dn : zeros;
-            for (long i = 0; i < d; ++i) {
-                dx[i] = dt_t[i] * u_t[i];
-                g_dt[i] = 0.0f;
-                g_write[i] = 0.0f;
+        memset(g, 0, sizeof(float) * 3 * dn);
+        memset(gbias_row, 0, sizeof(float) * (rank + 1) * d);
+        for (long c = chunks - 1; c >= 0; --c) {
+            long s0 = c * CHUNK, s1 = s0 + CHUNK < length ? s0 + CHUNK : length;
+            cfptr h_start = ckpt + (b * chunks + c) * dn;
+            for (long s = s0; s < s1; ++s) {
+                long j = s - s0, row = b * length + time_of(s, length, flags);
+                step_delta(delta, row, raws + j * d, dts + j * d, d, flags);
+                recompute(u + row * d, dts + j * d, At, B + row * n, j ? states + (j - 1) * dn : h_start,
+                          states + j * dn, decays + j * dn, dx, d, n);
             }
-            for (long k = 0; k < n; ++k) {
-                float bk = B[row * n + k], ck = C[row * n + k], sum_c = 0.0f, sum_b = 0.0f;
-                cfptr A_k = At + k * d;
-                cfptr h_k = h + k * d;
-                cfptr p_k = h_prev + k * d;
-                fptr g_k = g + k * d;
-                cfptr a_k = decay + k * d;
-                cfptr a_next_k = decay_next + k * d;
-                fptr gA_k = gA_row + k * d;
-#pragma omp simd reduction(+ : sum_c, sum_b)
+            for (long s = s1 - 1; s >= s0; --s) {
+                long j = s - s0, row = b * length + time_of(s, length, flags);
+                cfptr u_t = u + row * d;
+                cfptr dt_t = dts + j * d;
+                cfptr gy = grad_y + row * d;
+                const float *h = states + j * dn;
+                const float *h_prev = j ? h - dn : h_start;
+                const float *decay = decays + j * dn;
+                const float *decay_next = s + 1 < s1 ? decay + dn : decay_after;
                 for (long i = 0; i < d; ++i) {
-                    float gk = gy[i] * ck + a_next_k[i] * g_k[i];
-                    float ga = gk * p_k[i] * a_k[i];
-                    g_k[i] = gk;
-                    sum_c += gy[i] * h_k[i];
-                    sum_b += gk * dx[i];
-                    g_write[i] += gk * bk;
-                    g_dt[i] += ga * A_k[i];
-                    gA_k[i] += ga * dt_t[i];
+                    dx[i] = dt_t[i] * u_t[i];
+                    g_dt[i] = 0.0f;
+                    g_write[i] = 0.0f;
                 }
-                gC[row * n + k] = sum_c;
-                gB[row * n + k] = sum_b;
+                for (long k = 0; k < n; ++k) {
+                    float bk = B[row * n + k], ck = C[row * n + k], sum_c = 0.0f, sum_b = 0.0f;
+                    cfptr A_k = At + k * d;
+                    cfptr h_k = h + k * d;
+                    cfptr p_k = h_prev + k * d;
+                    fptr g_k = g + k * d;
+                    cfptr a_k = decay + k * d;
+                    cfptr a_next_k = decay_next + k * d;
+                    fptr gA_k = gA_row + k * d;
+#pragma omp simd reduction(+ : sum_c, sum_b)
+                    for (long i = 0; i < d; ++i) {
+                        float gk = gy[i] * ck + a_next_k[i] * g_k[i];
+                        float ga = gk * p_k[i] * a_k[i];
+                        g_k[i] = gk;
+                        sum_c += gy[i] * h_k[i];
+                        sum_b += gk * dx[i];
+                        g_write[i] += gk * bk;
+                        g_dt[i] += ga * A_k[i];
+                        gA_k[i] += ga * dt_t[i];
+                    }
+                    gC[row * n + k] = sum_c;
+                    gB[row * n + k] = sum_b;
+                }
+                cfptr raw = raws + j * d;
+                for (long i = 0; i < d; ++i) {
+                    float g_delta = g_dt[i] * LN2 + u_t[i] * g_write[i]; /* g_dt summed ga At = ga A log2(e) */
+                    if ((flags & SOFTPLUS) && raw[i] <= 20.0f) g_delta /= 1.0f + exp2_poly(-raw[i] * LOG2E);
+                    g_dt[i] = g_delta; /* now the raw Δ's gradient */
+                    gu[row * d + i] = dt_t[i] * g_write[i] + (D ? D[i] * gy[i] : 0.0f);
+                    if (gD) gD[i] += (double)gy[i] * u_t[i];
+                }
+                if (delta->low) {
+                    cfptr low = delta->low + row * delta->low_stride;
+                    for (long i = 0; i < d; ++i) gbias_row[i] += g_dt[i];
+                    for (long r = 0; r < rank; ++r) {
+                        float l = low[r], sum = 0.0f;
+                        cfptr w = delta->Wt + r * d;
+                        fptr gw = gW_row + r * d;
+#pragma omp simd reduction(+ : sum)
+                        for (long i = 0; i < d; ++i) {
+                            sum += g_dt[i] * w[i];
+                            gw[i] += g_dt[i] * l;
+                        }
+                        glow[row * rank + r] = sum;
+                    }
+                } else {
+                    memcpy(gdelta + row * d, g_dt, sizeof(float) * d);
+                }
             }
-            for (long i = 0; i < d; ++i) {
-                gdelta[row * d + i] = g_dt[i] + u_t[i] * g_write[i];
-                gu[row * d + i] = dt_t[i] * g_write[i] + (D ? D[i] * gy[i] : 0.0f);
-                if (gD) gD[i] += (double)gy[i] * u_t[i];
-            }
+            memcpy(decay_after, decays, sizeof(float) * dn);
         }
         for (long j = 0; j < dn; ++j) gAt[j] += gA_row[j];
+        for (long i = 0; i < rank * d; ++i) gWt[i] += gW_row[i];
+        for (long i = 0; rank && i < d; ++i) gbias[i] += gbias_row[i];
+    }
+}
+
+/* Depthwise conv along time + SiLU, (batch, length, d) layout, x rows x_stride floats apart: pre-activation
+   c_t = bias + sum_j w_j x_{t-(K-1)+j} (causal), or x_{t+(K-1)-j} with REVERSE (the causal conv of the reversed
+   sequence, reversed back); out = c sigmoid(c). wt: weights transposed to (K, d). */
+static void conv_pre(cfptr x, long x_stride, cfptr wt, cfptr bias, fptr c, long b, long t, long length, long d, long K,
+                     int flags) {
+    memcpy(c, bias, sizeof(float) * d);
+    for (long j = 0; j < K; ++j) {
+        long src = flags & REVERSE ? t + (K - 1) - j : t - (K - 1) + j;
+        if (src < 0 || src >= length) continue;
+        cfptr xs = x + (b * length + src) * x_stride;
+        cfptr w = wt + j * d;
+        for (long i = 0; i < d; ++i) c[i] += w[i] * xs[i];
+    }
+}
+
+void conv_silu_forward(cfptr x, long x_stride, cfptr wt, cfptr bias, fptr out, long batch, long length, long d, long K,
+                       int flags) {
+    for (long b = 0; b < batch; ++b) {
+        for (long t = 0; t < length; ++t) {
+            fptr o = out + (b * length + t) * d;
+            conv_pre(x, x_stride, wt, bias, o, b, t, length, d, K, flags);
+            for (long i = 0; i < d; ++i) o[i] = o[i] / (1.0f + exp2_poly(-o[i] * LOG2E));
+        }
+    }
+}
+
+/* gx (batch, length, d) is overwritten; gwt (K, d) and gbias (d) are float64 and accumulated into.
+   work: (K + 3) * d floats. */
+void conv_silu_backward(cfptr x, long x_stride, cfptr wt, cfptr bias, cfptr gout, fptr gx, double *restrict gwt,
+                        double *restrict gbias, fptr work, long batch, long length, long d, long K, int flags) {
+    fptr pre = work, gc = work + d, gb_row = work + 2 * d, gw_row = work + 3 * d;
+    memset(gx, 0, sizeof(float) * batch * length * d);
+    for (long b = 0; b < batch; ++b) {
+        memset(gb_row, 0, sizeof(float) * (K + 1) * d);
+        for (long t = 0; t < length; ++t) {
+            conv_pre(x, x_stride, wt, bias, pre, b, t, length, d, K, flags);
+            cfptr go = gout + (b * length + t) * d;
+            for (long i = 0; i < d; ++i) {
+                float s = 1.0f / (1.0f + exp2_poly(-pre[i] * LOG2E));
+                gc[i] = go[i] * s * (1.0f + pre[i] * (1.0f - s));
+                gb_row[i] += gc[i];
+            }
+            for (long j = 0; j < K; ++j) {
+                long src = flags & REVERSE ? t + (K - 1) - j : t - (K - 1) + j;
+                if (src < 0 || src >= length) continue;
+                cfptr xs = x + (b * length + src) * x_stride;
+                cfptr w = wt + j * d;
+                fptr gxs = gx + (b * length + src) * d;
+                fptr gw = gw_row + j * d;
+                for (long i = 0; i < d; ++i) {
+                    gxs[i] += w[i] * gc[i];
+                    gw[i] += gc[i] * xs[i];
+                }
+            }
+        }
+        for (long i = 0; i < d; ++i) gbias[i] += gb_row[i];
+        for (long j = 0; j < K * d; ++j) gwt[j] += gw_row[j];
     }
 }
 """
 
-# -ffast-math lets gcc vectorise expf (glibc's libmvec, linked below); -fopenmp-simd honours the one `omp simd`.
+# -ffast-math lets gcc vectorise log1pf (glibc's libmvec, linked below); -fopenmp-simd honours the one `omp simd`.
 # Compiling and linking in two steps keeps crtfastmath.o (which would switch the whole process to
 # flush-denormals-to-zero) out of the shared library.
 _COMPILE_FLAGS = ("-O3", "-ffast-math", "-fopenmp-simd", "-march=native", "-fPIC")
@@ -175,6 +343,13 @@ _LINK_FLAGS = ("-lmvec", "-lm")
 
 def _cache_dir() -> Path:
     return Path(os.environ.get("SAFEMOTION_CACHE", Path.home() / ".cache" / "safemotion")) / "native"
+
+
+class _DeltaSource(ctypes.Structure):
+    """The kernel's delta_source: raw Δ values, or the input, transposed weight and bias of a low-rank Linear."""
+
+    _fields_ = [("raw", ctypes.c_void_p), ("low", ctypes.c_void_p), ("Wt", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("rank", ctypes.c_long), ("low_stride", ctypes.c_long)]
 
 
 @lru_cache(maxsize=1)
@@ -201,10 +376,18 @@ def _library() -> ctypes.CDLL | None:
             log.warning("native selective scan unavailable (%s %s); using the PyTorch loop", error, detail.decode()[-500:])
             return None
     library = ctypes.CDLL(str(target))
-    pointer, size = ctypes.c_void_p, ctypes.c_long
-    library.scan_forward.argtypes = [pointer] * 8 + [size] * 4
-    library.scan_backward.argtypes = [pointer] * 14 + [size] * 4
+    pointer, size, flag, source = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.POINTER(_DeltaSource)
+    library.scan_forward.argtypes = [pointer, source] + [pointer] * 7 + [size] * 4 + [flag]
+    library.scan_backward.argtypes = [pointer, source] + [pointer] * 16 + [size] * 4 + [flag]
+    library.conv_silu_forward.argtypes = [pointer, size, pointer, pointer, pointer] + [size] * 4 + [flag]
+    library.conv_silu_backward.argtypes = [pointer, size] + [pointer] * 7 + [size] * 4 + [flag]
     return library
+
+
+# Flags of the C kernels.
+_SOFTPLUS, _REVERSE = 1, 2
+_CHUNK = 16  # the kernel's CHUNK: steps between the states kept for the backward
+_LOG2E = 1.0 / math.log(2.0)
 
 
 def native_scan_available() -> bool:
@@ -218,49 +401,143 @@ def native_scan_supports(*tensors: Tensor | None) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in present) and native_scan_available()
 
 
-def selective_scan_native(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Tensor:
-    """Fused C scan with the contract of `selective_scan_sequential`; float32 CPU inputs only (see native_scan_supports)."""
-    check_scan_shapes(u, delta, A, B, C, D)
-    if not native_scan_supports(u, delta, A, B, C, D):
+def _require_native(where: str, *tensors: Tensor | None) -> None:
+    if not native_scan_supports(*tensors):
         raise ValueError(
-            "selective_scan_native: needs float32 CPU tensors and a C compiler; got "
-            f"{sorted({(t.dtype, t.device.type) for t in (u, delta, A, B, C, D) if t is not None})} "
-            "(use selective_scan_sequential instead)"
+            f"{where}: needs float32 CPU tensors and a C compiler; got "
+            f"{sorted({(t.dtype, t.device.type) for t in tensors if t is not None})} (use the PyTorch path instead)"
         )
-    return _NativeScan.apply(u, delta, A, B, C, D)
+
+
+def selective_scan_native(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                          delta_softplus: bool = False, reverse: bool = False,
+                          delta_proj: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Fused C scan with the contract of `selective_scan_sequential`; float32 CPU inputs only (see native_scan_supports).
+
+    delta_softplus: delta holds raw values and Δ = softplus(delta) is taken inside (as mamba_ssm's kernel).
+    reverse: scan from the last step to the first (= the sequential scan of the time-reversed inputs, reversed back).
+    delta_proj: (weight (d, rank), bias (d,)) of a Linear (Mamba's dt_proj); delta is then that Linear's input
+    (batch, length, rank) and raw Δ = delta @ weight.T + bias is formed inside the kernel, step by step.
+    """
+    if delta_proj is None:
+        check_scan_shapes(u, delta, A, B, C, D)
+        weight = bias = None
+    else:
+        check_scan_shapes(u, u, A, B, C, D)
+        weight, bias = delta_proj
+        rank = weight.shape[-1]
+        if delta.shape != (*u.shape[:2], rank) or weight.shape != (u.shape[2], rank) or bias.shape != (u.shape[2],):
+            raise ValueError(
+                f"selective_scan_native: with delta_proj, delta must be (batch, length, rank), weight (d, rank) and bias "
+                f"(d,) for u {tuple(u.shape)}; got {tuple(delta.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}"
+            )
+    _require_native("selective_scan_native", u, delta, A, B, C, D, weight, bias)
+    flags = (_SOFTPLUS if delta_softplus else 0) | (_REVERSE if reverse else 0)
+    return _NativeScan.apply(u, delta, A, B, C, D, weight, bias, flags)
+
+
+def causal_conv_silu_native(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool = False) -> Tensor:
+    """SiLU(depthwise causal conv along time) of x (batch, length, d) with an nn.Conv1d's weight (d, 1, K) and bias (d,);
+    equals F.silu(conv(x.transpose(1, 2))[..., :length].transpose(1, 2)) for that conv with padding K - 1.
+    reverse: anti-causal (the causal conv of the time-reversed x, reversed back)."""
+    if x.dim() != 3 or weight.dim() != 3 or weight.shape[:2] != (x.shape[2], 1) or bias.shape != (x.shape[2],):
+        raise ValueError(f"causal_conv_silu_native: need x (batch, length, d), weight (d, 1, K), bias (d,); got "
+                         f"{tuple(x.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}")
+    _require_native("causal_conv_silu_native", x, weight, bias)
+    return _NativeConvSilu.apply(x, weight, bias, _REVERSE if reverse else 0)
 
 
 def _ptr(tensor: Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+def _delta_source(delta: Tensor, stride: int, W_t: Tensor | None, bias: Tensor | None) -> _DeltaSource:
+    if W_t is None:
+        return _DeltaSource(delta.data_ptr(), None, None, None, 0, 0)
+    return _DeltaSource(None, delta.data_ptr(), W_t.data_ptr(), bias.data_ptr(), W_t.shape[0], stride)
+
+
 class _NativeScan(torch.autograd.Function):
-    """Forward and adjoint sweeps of the C kernel; saves only the inputs (the backward recomputes states and decays)."""
+    """Forward and adjoint sweeps of the C kernel; saves the inputs and every 16th state (the backward recomputes the
+    states and decays in between, one cache-sized chunk at a time)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D):  # type: ignore[override]
-        u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
-        A_t = A.t().contiguous()
+    def forward(ctx, u, delta, A, B, C, D, weight, bias, flags):  # type: ignore[override]
+        u, B, C = (t.contiguous() for t in (u, B, C))
+        delta, stride = (delta.contiguous(), 0) if weight is None else _rows(delta)
+        W_t = None if weight is None else weight.t().contiguous()
+        bias = None if bias is None else bias.contiguous()
+        A_t = (A * _LOG2E).t().contiguous()
         D = None if D is None else D.contiguous()
         batch, length, d = u.shape
         n = A.shape[1]
         y = u.new_empty(batch, length, d)
-        work = u.new_empty(2 * d * n + d)
-        _library().scan_forward(*map(_ptr, (u, delta, A_t, B, C, D, y, work)), batch, length, d, n)
-        ctx.save_for_backward(u, delta, A_t, B, C, D)
+        ckpt = u.new_empty(batch, -(-length // _CHUNK), n, d) if any(ctx.needs_input_grad) else None
+        work = u.new_empty(2 * d * n + 3 * d)
+        source = _delta_source(delta, stride, W_t, bias)
+        _library().scan_forward(_ptr(u), ctypes.byref(source), *map(_ptr, (A_t, B, C, D, y, ckpt, work)),
+                                batch, length, d, n, flags)
+        ctx.save_for_backward(u, delta, A_t, B, C, D, ckpt, W_t, bias)
+        ctx.flags, ctx.stride = flags, stride
         return y
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
-        u, delta, A_t, B, C, D = ctx.saved_tensors
+        u, delta, A_t, B, C, D, ckpt, W_t, bias = ctx.saved_tensors
         grad_y = grad_y.contiguous()
         batch, length, d = u.shape
         n = A_t.shape[0]
-        gu, gdelta = torch.empty_like(u), torch.empty_like(delta)
-        gB, gC = torch.empty_like(B), torch.empty_like(C)
+        rank = 0 if W_t is None else W_t.shape[0]
+        gu, gB, gC = torch.empty_like(u), torch.empty_like(B), torch.empty_like(C)
+        gdelta = u.new_empty(batch, length, rank or d)
         gA_t = torch.zeros(n, d, dtype=torch.float64)
         gD = None if D is None else torch.zeros(d, dtype=torch.float64)
-        work = u.new_empty((2 * length + 3) * d * n + 4 * d)
-        pointers = (u, delta, A_t, B, C, D, grad_y, gu, gdelta, gA_t, gB, gC, gD, work)
-        _library().scan_backward(*map(_ptr, pointers), batch, length, d, n)
-        return gu, gdelta, gA_t.t().to(A_t.dtype), gB, gC, None if gD is None else gD.to(D.dtype)
+        gW_t = None if W_t is None else torch.zeros(rank, d, dtype=torch.float64)
+        gbias = None if W_t is None else torch.zeros(d, dtype=torch.float64)
+        work = u.new_empty((2 * _CHUNK + 3) * d * n + (2 * _CHUNK + 4 + rank) * d)
+        source = _delta_source(delta, ctx.stride, W_t, bias)
+        raw_grad, low_grad = (gdelta, None) if W_t is None else (None, gdelta)
+        pointers = (A_t, B, C, D, grad_y, ckpt, gu, raw_grad, low_grad, gW_t, gbias, gA_t, gB, gC, gD, work)
+        _library().scan_backward(_ptr(u), ctypes.byref(source), *map(_ptr, pointers), batch, length, d, n, ctx.flags)
+        return (gu, gdelta, gA_t.t().to(u.dtype), gB, gC, None if gD is None else gD.to(D.dtype),
+                None if gW_t is None else gW_t.t().to(u.dtype), None if gbias is None else gbias.to(u.dtype), None)
+
+
+def _rows(x: Tensor) -> tuple[Tensor, int]:
+    """x itself when its (batch, length) rows are evenly spaced with contiguous channels (as a chunk of a Linear's
+    output), else a contiguous copy; and the row stride in floats."""
+    batch, length, _ = x.shape
+    if x.stride(2) != 1 or (batch > 1 and x.stride(0) != length * x.stride(1)):
+        x = x.contiguous()
+    return x, x.stride(1)
+
+
+class _NativeConvSilu(torch.autograd.Function):
+    """Depthwise conv + SiLU in one pass each way; saves the input (the backward recomputes the pre-activation)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, flags):  # type: ignore[override]
+        x, stride = _rows(x)
+        batch, length, d = x.shape
+        wt = weight.reshape(d, -1).t().contiguous()
+        bias = bias.contiguous()
+        out = x.new_empty(batch, length, d)
+        _library().conv_silu_forward(*map(_ptr, (x,)), stride, *map(_ptr, (wt, bias, out)), batch, length, d,
+                                     wt.shape[0], flags)
+        ctx.save_for_backward(x, wt, bias)
+        ctx.stride, ctx.flags = stride, flags
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, wt, bias = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        batch, length, d = x.shape
+        K = wt.shape[0]
+        gx = x.new_empty(batch, length, d)
+        gwt = torch.zeros(K, d, dtype=torch.float64)
+        gbias = torch.zeros(d, dtype=torch.float64)
+        work = x.new_empty((K + 3) * d)
+        pointers = (wt, bias, grad_out, gx, gwt, gbias, work)
+        _library().conv_silu_backward(_ptr(x), ctx.stride, *map(_ptr, pointers), batch, length, d, K, ctx.flags)
+        return gx, gwt.t().reshape(d, 1, K).to(wt.dtype), gbias.to(bias.dtype), None
