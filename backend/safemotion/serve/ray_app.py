@@ -54,7 +54,7 @@ class ReplicaEngine:
         self.store = store
         self.batches = 0
         self.motions = 0
-        self.waiting = 0  # generation requests not yet in a running batch
+        self.waiting = 0  # generation requests waiting for the model to be free
 
     async def start(self) -> None:
         """Load the model on its thread, set Serve's batch limits, start the job runner."""
@@ -80,7 +80,6 @@ class ReplicaEngine:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _generate_batch(self, tasks: list[GenerationTask]) -> list[Any]:
         self.model_free.clear()
-        self.waiting -= len(tasks)
         self.batches += 1
         self.motions += sum(task.request.variations for task in tasks)
         try:
@@ -91,7 +90,10 @@ class ReplicaEngine:
     async def _generated(self, task: GenerationTask) -> Any:
         """The task's list of Generated, through the gate and Serve's batch queue."""
         self.waiting += 1
-        await self.model_free.wait()
+        try:
+            await self.model_free.wait()
+        finally:
+            self.waiting -= 1  # also when the request's deadline passed at the gate
         return await self._generate_batch(task)
 
     def _submit(self, task: GenerationTask, size: int) -> Future:
