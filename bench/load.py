@@ -390,9 +390,10 @@ def cpu_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def ray_section(rows: list[dict], jobs: list[dict], model_note: str, seconds: float, threads: int,
-                elapsed: float) -> str:
-    """The markdown section of the Ray Serve rows."""
+def ray_section(rows: list[dict], jobs: list[dict], ceilings: dict[int, dict], model_note: str, seconds: float,
+                threads: int, elapsed: float) -> str:
+    """The markdown section of the Ray Serve rows; `ceilings`: model_ceiling at the largest batch each replica count
+    can form from the clients."""
     by_replicas = {r["replicas"]: r for r in rows}
     ratio = by_replicas[2]["throughput"] / by_replicas[1]["throughput"] if by_replicas[1]["throughput"] else 0.0
     bad = sum(r["errors"] + r["lost"] for r in rows) + sum(j["lost"] + j["duplicated"] for j in jobs)
@@ -423,6 +424,13 @@ def ray_section(rows: list[dict], jobs: list[dict], model_note: str, seconds: fl
     lines += ["", f"2 replicas ÷ 1 replica throughput: {ratio:.2f}×. Errors + lost + duplicated: {bad}. Target "
                   f"(≥ 1.7×, nothing lost or duplicated): {verdict}. Replica kills are covered by "
                   "tests/test_server_ray.py (0 lost, 0 repeated)."]
+    one, two = (ceilings[n] for n in RAY_REPLICAS)
+    lines += ["", f"Batching sets a bound of its own: the model alone (text → joints, the bench's process, {threads} "
+                  f"torch thread(s), best of 3) takes {one['single']:.3f} s per motion at batch 1, {one['batched']:.3f} "
+                  f"s at batch {one['batch']} (the largest batch {rows[0]['clients']} clients give one replica) and "
+                  f"{two['batched']:.3f} s at batch {two['batch']} (two replicas, half the clients each): two "
+                  f"replicas spend {two['batched'] / one['batched']:.2f}× the model time per motion of one, before "
+                  "any overhead, while one replica's model thread leaves the other core to everything else."]
     return "\n".join(lines) + "\n"
 
 
@@ -506,8 +514,10 @@ def main(argv: list[str] | None = None) -> int:
         rounds = dict(zip(args.clients, args.rounds))
         if args.ray:
             clients = args.clients[-1]
+            ceilings = {n: model_ceiling(model, args.seconds, args.threads, batch=clients // n) for n in RAY_REPLICAS}
+            print(f"model only: {ceilings}", flush=True)
             rows, jobs = ray_bench(model, clients, rounds[clients], args.repeats, args.seconds, args.threads, work)
-            text = ray_section(rows, jobs, note, args.seconds, args.threads, time.perf_counter() - started)
+            text = ray_section(rows, jobs, ceilings, note, args.seconds, args.threads, time.perf_counter() - started)
             publish(RAY_SECTION, text, write=args.write)
             return 0
         ceiling = model_ceiling(model, args.seconds, args.threads, precision=args.precision)
