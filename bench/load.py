@@ -12,10 +12,10 @@ lost = sent - answered.
     .venv/bin/python bench/load.py --random-preset mini --write     # random weights, mini sizes (speed only)
 
 `--ray` (issue 21) instead serves the model on Ray Serve (safemotion.serve.ray_app, a local Ray on loopback): one
-application with 1 replica and one with 2 (1 torch thread each, deployed in turns), 16 clients, throughput,
-p50/p95 and the CPU seconds per request of each group of processes (clients, proxy, ingress, replicas, Ray's own);
-then one 32-item batch job per application, counting items lost (not done) and duplicated (computed more than once:
-claim attempts > 1, or more audit rows than items).
+application with 1 replica and one with 2 (1 torch thread each, deployed in turns; each replica is its own FastAPI
+ingress), 16 clients, throughput, p50/p95, requests per model batch and the CPU seconds per request of each group of
+processes (clients, proxy, replicas, Ray's own); then one 32-item batch job per application, counting items lost (not
+done) and duplicated (computed more than once: claim attempts > 1, or more audit rows than items).
 
     .venv/bin/python bench/load.py --ray --model backend/safemotion/assets/models/safemotion-mini-lcr --write
 """
@@ -46,8 +46,9 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Server load (issue 6)"
 RAY_SECTION = "## Ray Serve scale-out (issue 21)"
 RAY_REPLICAS = (1, 2)
-RAY_GROUPS = ("load generator (HTTP clients) + Ray driver", "Serve HTTP proxy", "FastAPI ingress", "model replicas",
-              "Serve controller", "GCS", "raylet", "other Ray processes", "other application")  # CPU table order
+REPLICA_GROUP = "model replicas (FastAPI app + model)"
+RAY_GROUPS = ("load generator (HTTP clients) + Ray driver", "Serve HTTP proxy", REPLICA_GROUP, "Serve controller",
+              "GCS", "raylet", "other Ray processes", "other application")  # CPU table order
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = (16, 1)  # --max-batch of the micro-batching server and of the one-at-a-time server
 PROMPTS = ["a person walks forward", "a person jumps twice", "someone waves with the right hand",
@@ -229,11 +230,13 @@ def bench(model: Path, levels: list[int], rounds: dict[int, int], repeats: int, 
 
 def ray_process_group(process, app: str, me: int) -> str:
     """Which part of the Ray run a psutil `process` is, for the CPU breakdown (`app`: the application under load)."""
+    from safemotion.serve.ray_app import MODEL_DEPLOYMENT
+
     if process.pid == me:
         return "load generator (HTTP clients) + Ray driver"
     title = " ".join(process.cmdline()) or process.name()
     if match := re.match(r"ray::ServeReplica:([^:]+):(\w+)", title):
-        part = {"SafeMotionModel": "model replicas", "SafeMotionIngress": "FastAPI ingress"}.get(match[2], match[2])
+        part = REPLICA_GROUP if match[2] == MODEL_DEPLOYMENT else match[2]
         return part if match[1] == app else "other application"
     for key, group in (("ray::ProxyActor", "Serve HTTP proxy"), ("ray::ServeController", "Serve controller"),
                        ("raylet", "raylet"), ("gcs_server", "GCS")):
@@ -267,6 +270,18 @@ def cpu_by_group(before: dict[int, tuple[str, float]], after: dict[int, tuple[st
     return spent
 
 
+def replica_batches(handle, replicas: int) -> dict[str, tuple[int, int]]:
+    """(batches, motions) formed so far by each replica of a deployment, by actor name."""
+    found: dict[str, tuple[int, int]] = {}
+    deadline = time.monotonic() + 60
+    while len(found) < replicas and time.monotonic() < deadline:
+        me = handle.whoami.remote().result()
+        found[me["actor"]] = (me["batches"], me["motions"])
+    if len(found) < replicas:
+        raise RuntimeError(f"only {len(found)} of {replicas} replicas answered within 60 s")
+    return found
+
+
 def ray_job(url: str, db: str, replicas: int, seconds: float) -> dict:
     """One 32-item batch job: items done, lost (not done) and duplicated (computed more than once: claim attempts > 1,
     or more audit rows than items), how many replicas computed items, and the job's time."""
@@ -298,29 +313,34 @@ def ray_bench(model: Path, clients: int, rounds: int, repeats: int, seconds: flo
     import ray
     from ray import serve
 
-    from safemotion.serve.ray_app import build_app
+    from safemotion.serve.ray_app import MODEL_DEPLOYMENT, build_app
 
     port = free_port()
     ray.init(num_cpus=sum(RAY_REPLICAS), include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        totals = {n: {"latencies": [], "errors": [], "sent": 0, "wall": 0.0, "load": [], "cpu": {}}
-                  for n in RAY_REPLICAS}
+        totals = {n: {"latencies": [], "errors": [], "sent": 0, "wall": 0.0, "load": [], "cpu": {}, "batches": 0,
+                      "motions": 0} for n in RAY_REPLICAS}
         jobs = []
         for repeat in range(repeats):
             for replicas in RAY_REPLICAS:
                 name, url = f"replicas{replicas}", f"http://127.0.0.1:{port}/replicas{replicas}"
                 db = f"sqlite:///{work / name}.db"
                 serve.run(build_app({"model": str(model), "db_url": db, "replicas": replicas, "max_batch": 16,
-                                     "max_queue": 256, "threads": threads, "device": "cpu", "app_name": name}),
+                                     "max_queue": 256, "threads": threads, "device": "cpu"}),
                           name=name, route_prefix=f"/{name}")
+                handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=name)
                 run_level(url, 4, 1, seconds, first_seed=10**6)  # warm-up: first-call costs, every replica
+                batched = replica_batches(handle, replicas)
                 before = ray_cpu_seconds(name)
                 run = run_level(url, clients, rounds, seconds, first_seed=1000 * repeat)
                 total = totals[replicas]
                 for group, spent in cpu_by_group(before, ray_cpu_seconds(name)).items():
                     total["cpu"][group] = total["cpu"].get(group, 0.0) + spent
+                for actor, (batches, motions) in replica_batches(handle, replicas).items():
+                    total["batches"] += batches - batched[actor][0]
+                    total["motions"] += motions - batched[actor][1]
                 for key in ("latencies", "errors"):
                     total[key] += run[key]
                 total["sent"] += run["sent"]
@@ -339,10 +359,12 @@ def ray_bench(model: Path, clients: int, rounds: int, repeats: int, seconds: flo
                          "p50": float(np.percentile(total["latencies"], 50)) if ok else float("nan"),
                          "p95": float(np.percentile(total["latencies"], 95)) if ok else float("nan"),
                          "load": float(np.mean(total["load"])), "error_kinds": sorted(set(total["errors"])),
+                         "mean_batch": total["motions"] / total["batches"] if total["batches"] else float("nan"),
                          "cpu_per_request": {group: spent / max(ok, 1) for group, spent in total["cpu"].items()},
                          "cpu_share": {group: spent / total["wall"] for group, spent in total["cpu"].items()}})
             print(f"ray, {replicas} replica(s), {clients} clients: {rows[-1]['throughput']:.2f} req/s, "
                   f"p50 {rows[-1]['p50']:.2f} s, p95 {rows[-1]['p95']:.2f} s, errors {rows[-1]['errors']}, "
+                  f"mean batch {rows[-1]['mean_batch']:.1f} motions, "
                   f"CPU ms per request: " + ", ".join(f"{group} {1000 * spent:.1f}" for group, spent
                                                       in sorted(rows[-1]["cpu_per_request"].items())), flush=True)
         return rows, jobs
@@ -363,33 +385,35 @@ def cpu_table(rows: list[dict]) -> list[str]:
         lines.append(f"| {group} | " + " | ".join(
             f"{1000 * r['cpu_per_request'].get(group, 0.0):.1f}, {100 * r['cpu_share'].get(group, 0.0):.1f}%"
             for r in rows) + " |")
-    outside = [sum(v for g, v in r["cpu_per_request"].items() if g != "model replicas") for r in rows]
+    outside = [sum(v for g, v in r["cpu_per_request"].items() if g != REPLICA_GROUP) for r in rows]
     lines.append("| **outside the model replicas** | " + " | ".join(f"**{1000 * o:.1f}**" for o in outside) + " |")
     return lines
 
 
-def ray_section(rows: list[dict], jobs: list[dict], model_note: str, seconds: float, threads: int,
-                elapsed: float) -> str:
-    """The markdown section of the Ray Serve rows."""
+def ray_section(rows: list[dict], jobs: list[dict], ceilings: dict[int, dict], model_note: str, seconds: float,
+                threads: int, elapsed: float) -> str:
+    """The markdown section of the Ray Serve rows; `ceilings`: model_ceiling at the largest batch each replica count
+    can form from the clients."""
     by_replicas = {r["replicas"]: r for r in rows}
     ratio = by_replicas[2]["throughput"] / by_replicas[1]["throughput"] if by_replicas[1]["throughput"] else 0.0
     bad = sum(r["errors"] + r["lost"] for r in rows) + sum(j["lost"] + j["duplicated"] for j in jobs)
     verdict = "met" if ratio >= 1.7 and bad == 0 else "not met in this run"
     lines = [
         RAY_SECTION, "",
-        "`bench/load.py --ray`: a local Ray on loopback; a Serve application of the FastAPI ingress + 1 model "
-        "replica and one of + 2 replicas (1 torch thread and 1 Ray CPU per replica) take turns, only the one "
-        f"whose turn it is deployed; {rows[0]['clients']} closed-loop HTTP clients (threads with keep-alive "
+        "`bench/load.py --ray`: a local Ray on loopback; a Serve application of 1 model replica and one of 2 "
+        "(each replica is its own FastAPI ingress; 1 torch thread and 1 Ray CPU per replica) take turns, only the "
+        f"one whose turn it is deployed; {rows[0]['clients']} closed-loop HTTP clients (threads with keep-alive "
         f"http.client connections), `POST /v1/generate` of one {seconds:g}-second motion per request, SMPL fit "
         f"and encoding included (in the replicas). Model: {model_note}. CPU: {os.cpu_count()} cores, shared by "
-        "the replicas with the clients, the ingress, Serve's proxy and Ray's own processes (1-minute load average "
-        f"in the table, this run's own processes included). Whole run: {elapsed / 60:.1f} min.", "",
+        "the replicas with the clients, Serve's proxy and Ray's own processes (1-minute load average in the "
+        f"table, this run's own processes included). Whole run: {elapsed / 60:.1f} min.", "",
         "| replicas | clients | requests | throughput (req/s) | p50 latency (s) | p95 latency (s) | errors | lost "
-        "| load avg |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| mean batch (motions) | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['replicas']} | {r['clients']} | {r['requests']} | {r['throughput']:.2f} | {r['p50']:.2f} | "
-              f"{r['p95']:.2f} | {r['errors']} | {r['lost']} | {r['load']:.1f} |" for r in rows]
+              f"{r['p95']:.2f} | {r['errors']} | {r['lost']} | {r['mean_batch']:.1f} | {r['load']:.1f} |"
+              for r in rows]
     lines += ["", "CPU seconds (user + system, psutil) spent during the timed turns by each group of processes, "
                   "per answered request, and as a share of one core over the turns' wall time:", ""]
     lines += cpu_table(rows)
@@ -400,6 +424,13 @@ def ray_section(rows: list[dict], jobs: list[dict], model_note: str, seconds: fl
     lines += ["", f"2 replicas ÷ 1 replica throughput: {ratio:.2f}×. Errors + lost + duplicated: {bad}. Target "
                   f"(≥ 1.7×, nothing lost or duplicated): {verdict}. Replica kills are covered by "
                   "tests/test_server_ray.py (0 lost, 0 repeated)."]
+    one, two = (ceilings[n] for n in RAY_REPLICAS)
+    lines += ["", f"Batching sets a bound of its own: the model alone (text → joints, the bench's process, {threads} "
+                  f"torch thread(s), best of 3) takes {one['single']:.3f} s per motion at batch 1, {one['batched']:.3f} "
+                  f"s at batch {one['batch']} (the largest batch {rows[0]['clients']} clients give one replica) and "
+                  f"{two['batched']:.3f} s at batch {two['batch']} (two replicas, half the clients each): two "
+                  f"replicas spend {two['batched'] / one['batched']:.2f}× the model time per motion of one, before "
+                  "any overhead, while one replica's model thread leaves the other core to everything else."]
     return "\n".join(lines) + "\n"
 
 
@@ -483,8 +514,10 @@ def main(argv: list[str] | None = None) -> int:
         rounds = dict(zip(args.clients, args.rounds))
         if args.ray:
             clients = args.clients[-1]
+            ceilings = {n: model_ceiling(model, args.seconds, args.threads, batch=clients // n) for n in RAY_REPLICAS}
+            print(f"model only: {ceilings}", flush=True)
             rows, jobs = ray_bench(model, clients, rounds[clients], args.repeats, args.seconds, args.threads, work)
-            text = ray_section(rows, jobs, note, args.seconds, args.threads, time.perf_counter() - started)
+            text = ray_section(rows, jobs, ceilings, note, args.seconds, args.threads, time.perf_counter() - started)
             publish(RAY_SECTION, text, write=args.write)
             return 0
         ceiling = model_ceiling(model, args.seconds, args.threads, precision=args.precision)

@@ -1,8 +1,8 @@
-"""Scale-out on Ray Serve (safemotion.serve.ray_app): a real local Ray instance on loopback (2 CPUs, started once for
-this module), the Serve application of the KubeRay path (FastAPI ingress + 2 replicas of the tiny model) and a
-throwaway PostgreSQL database shared by the ingress and both replicas. Generation, audits, jobs spread over the
-replicas, cancellation, a replica killed (by its actor) mid-job that loses and repeats nothing, and the API contract
-fuzz of the single-process server, run against the Ray ingress."""
+"""Scale-out on Ray Serve (safemotion.serve.ray_app): a real local Ray instance on loopback (started once for this
+module), the Serve application of the KubeRay path (2 replicas of the tiny model, each its own FastAPI ingress) and a
+throwaway PostgreSQL database shared by both replicas. Generation, audits, requests that arrive during a batch
+batching together, jobs spread over the replicas, cancellation, a replica killed (by its actor) mid-job that loses
+and repeats nothing, and the API contract fuzz of the single-process server, run against the replicas."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 from server_support import all_results, build_tiny_lcr_model, free_port, run_cli, wait_for_job
 from test_server_fuzz import OPERATIONS, VALID_BODIES, fuzz_operation, walking_joints
 
+from safemotion.generate import GenerationRequest
 from safemotion.serve import schemas
 from safemotion.serve.encoding import encode_array
+from safemotion.serve.model_service import GenerationTask
 from safemotion.serve.store import Store
 
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'safemotion[ray]')")
@@ -24,6 +26,7 @@ pytest_plugins = ["postgres_support"]  # the postgres_cluster fixture
 
 REPLICAS = 2
 SLOW_ITEMS = 16  # 9.8 s motions: long enough to kill a replica in the middle
+MAX_BATCH = 4
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +42,16 @@ def ray_server(tmp_path_factory, postgres_cluster):
         status, out, err = run_cli("keys", "add", "--role", role, "--name", name, "--db", db)
         assert status == 0, err
         keys[name] = out.strip().splitlines()[-1]
-    ray.init(num_cpus=REPLICAS, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=REPLICAS + 1, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"model": str(model), "db_url": db, "replicas": REPLICAS, "max_batch": 4,
-                             "threads": 1, "device": "cpu", "claim_lease_s": 3.0}),
-                  name=APP_NAME, route_prefix="/")
+        settings = {"model": str(model), "db_url": db, "replicas": REPLICAS, "max_batch": MAX_BATCH, "threads": 1,
+                    "device": "cpu", "claim_lease_s": 3.0}
+        serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
         handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=APP_NAME)
-        yield {"url": f"http://127.0.0.1:{port}", "keys": keys, "db": db, "handle": handle}
+        yield {"url": f"http://127.0.0.1:{port}", "keys": keys, "db": db, "handle": handle, "settings": settings}
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -60,12 +63,14 @@ def client(ray_server, user: str) -> httpx.Client:
 
 
 def replicas(ray_server) -> dict[str, dict]:
-    """Every running replica's actor name, process id and claim worker id, by actor name."""
+    """Every running replica's actor name, process id and claim worker id, by actor name (a replacement replica
+    loads the model first: allow a loaded machine 3 minutes)."""
     found: dict[str, dict] = {}
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while len(found) < REPLICAS and time.monotonic() < deadline:
         me = ray_server["handle"].whoami.remote().result()
         found[me["actor"]] = me
+        time.sleep(0.05)  # not a busy loop while a replacement starts
     assert len(found) == REPLICAS, found
     return found
 
@@ -94,6 +99,57 @@ def test_generate_and_audit_through_the_ingress(ray_server):
     refused = alice.post("/v1/audit", json={"joints": encode_array(walking_joints(4000)), "fps": 10})
     assert refused.status_code == 422 and "at most 200 s" in refused.json()["detail"][0]["reason"]
     assert alice.post("/v1/generate", json={"prompt": "\u200b\u200b"}).status_code == 422
+
+
+def test_requests_arriving_during_a_batch_wait_and_batch_together(ray_server):
+    """A replica forms its next batch only when its model is free: 8 requests sent 20 ms apart while a long batch
+    runs enter Serve's batch queue together when it ends, so they make 2 batches of MAX_BATCH (Serve alone would
+    have formed one batch per arrival: its window is 10 ms)."""
+    from safemotion.serve.ray_app import MODEL_DEPLOYMENT, build_app
+
+    serve.run(build_app({**ray_server["settings"], "replicas": 1}), name="one-replica", route_prefix=None)
+    try:
+        handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name="one-replica")
+        start = handle.whoami.remote().result()
+
+        def task(prompt: str, seconds: float, seed: int, variations: int = 1) -> GenerationTask:
+            return GenerationTask(GenerationRequest(prompt, seconds, seed, variations), "sanitize")
+
+        slow = handle.generate.remote(task("a person runs in a circle", 9.8, 0, variations=16), 300)
+        deadline = time.monotonic() + 60
+        while not handle.whoami.remote().result()["busy"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        quick = []
+        for i in range(8):
+            quick.append(handle.generate.remote(task("a person waves", 2.0, 10 + i), 300))
+            time.sleep(0.02)
+        assert handle.whoami.remote().result()["busy"], "the long batch ended before the requests arrived"
+        assert len(slow.result()) == 16 and [r.result()[0]["seed"] for r in quick] == list(range(10, 18))
+        end = handle.whoami.remote().result()
+        assert end["motions"] - start["motions"] == 16 + 8
+        assert end["batches"] - start["batches"] == 1 + 8 // MAX_BATCH
+    finally:
+        serve.delete("one-replica")
+
+
+def test_api_served_outside_ray_calls_the_replicas(ray_server):
+    """`safemotion serve --engine ray`: the app in this process (RayEngine) works on the replicas through their
+    handle, with the replicas' refusals as the usual 422."""
+    from fastapi.testclient import TestClient
+
+    from safemotion.serve.app import create_app
+    from safemotion.serve.ray_app import RayEngine
+    from safemotion.serve.settings import ServerSettings
+
+    app = create_app(ServerSettings(**ray_server["settings"], engine="ray"),
+                     lambda settings, store: RayEngine(settings, store, ray_server["handle"]))
+    with TestClient(app, headers={"Authorization": f"Bearer {ray_server['keys']['alice']}"}) as api:
+        assert api.get("/v1/models").json()["models"][0]["name"] == "tiny-lcr"
+        response = api.post("/v1/generate", json={"prompt": "a person walks", "seconds": 2.0, "seed": 3})
+        assert response.status_code == 200 and response.json()["motions"][0]["seed"] == 3
+        take = {"joints": encode_array(walking_joints(60)), "fps": 20}
+        refused = api.post("/v1/edit", json={"source": take, "frames": [[60, 100]], "prompt": "a person jumps"})
+        assert refused.status_code == 422 and "outside the take" in refused.json()["detail"][0]["reason"]
 
 
 def test_job_items_spread_over_replicas_once_each(ray_server):

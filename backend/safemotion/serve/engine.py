@@ -1,6 +1,7 @@
-"""Where the model runs for the HTTP app: `LocalEngine` (this process: ModelService + MicroBatcher + JobRunner) or,
-with `safemotion serve --engine ray`, safemotion.serve.ray_app.RayEngine (Ray Serve replicas). The app only needs
-what `Engine` lists, so both serve the same API."""
+"""Where the model runs for the HTTP app: `LocalEngine` (this process: ModelService + MicroBatcher + JobRunner), or
+on Ray Serve (safemotion.serve.ray_app): `ReplicaEngine` inside each replica, which is its own ingress, or `RayEngine`
+calling the replicas from `safemotion serve --engine ray`. The app only needs what `Engine` lists, so all serve the
+same API."""
 
 from __future__ import annotations
 
