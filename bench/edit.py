@@ -85,7 +85,9 @@ def table(rows: list[dict], repeats: int, threads: int) -> str:
               "context, not skipped work) and adds the VQ encoding of the source, the placement and cross-fade of the "
               "seams and the features of the result: it costs about what generating its length costs. An extension's "
               "or in-between's window is only its new tokens and 8 kept tokens on each side (18 and 23 tokens here), "
-              "so these cost less than generating their whole length."]
+              "so these cost less than generating their whole length. A seam whose velocity jump exceeds "
+              "EditSettings.seam_limit is decoded again at its boundary token (up to 8 seeded tries): the jump edits "
+              "that need it take two to several times as long, hence the regenerate row's p90."]
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,7 @@ from safemotion.edit import (
     source_from_features,
     source_from_joints,
 )
-from safemotion.eval.edit_checks import seam_jumps, velocity_jumps
+from safemotion.motion.seams import region_seam_jumps, seam_jumps, velocity_jumps
 from safemotion.generate import DEFAULT_MODEL_DIR, GenerationRequest, save_bvh, save_npz
 from safemotion.safe_generation import SafeGenerator
 
@@ -182,6 +182,25 @@ def test_seam_jump_measure():
     joints[15:, :, 0] = 0.2  # a 20 cm teleport at frame 15
     assert seam_jumps(joints, [(15, 20)], blend=4) == [pytest.approx(0.2), 0.0]
     assert seam_jumps(joints, [(0, 5)], blend=4) == [0.0]  # a region at the start has one seam
+    assert region_seam_jumps(joints, (15, 30), blend=4) == (pytest.approx(0.2), None)  # ... and one at the end
+
+
+def test_a_seam_over_the_limit_resamples_only_its_regions_boundary_tokens(editor, walk):
+    def jump_edit(settings):
+        return Editor(editor.safe, settings).edit(walk, [SPAN], "a person jumps", seed=1, smpl=False)[0].motion
+
+    once = jump_edit(EditSettings(seam_retries=0))
+    retried = jump_edit(EditSettings(seam_limit=1e-6, seam_retries=2))  # every seam is over this limit
+    unit, blend = editor.unit, editor.settings.blend_frames
+    t0, t1 = SPAN[0] // unit - 1, SPAN[1] // unit + 1  # the region: the span and a margin token each side
+    differs = np.flatnonzero((once.tokens != retried.tokens).any(axis=1))
+    assert len(differs) and set(differs) <= {t0, t1 - 1}
+    region = (t0 * unit, t1 * unit)
+    assert max(seam_jumps(retried.joints, [region], blend)) <= max(seam_jumps(once.joints, [region], blend))
+    np.testing.assert_array_equal(retried.joints[:region[0] - blend], walk.joints[:region[0] - blend])
+    np.testing.assert_array_equal(retried.joints[region[1] + blend:], walk.joints[region[1] + blend:len(once.joints)])
+    again = jump_edit(EditSettings(seam_limit=1e-6, seam_retries=2))  # the tries are seeded: the same result
+    np.testing.assert_array_equal(again.joints, retried.joints)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -216,6 +235,10 @@ def test_bad_sources_name_the_problem(editor, walk, tmp_path):
         editor.extend(walk, 1.0, "a person waves", at="middle")
     with pytest.raises(ValueError, match="margin_tokens is 9"):
         EditSettings(margin_tokens=9).validate()
+    with pytest.raises(ValueError, match="seam_limit is -0.1"):
+        EditSettings(seam_limit=-0.1).validate()
+    with pytest.raises(ValueError, match="seam_retries is 9"):
+        EditSettings(seam_retries=9).validate()
 
 
 def test_cli_edits_files_and_writes_nothing_on_bad_input(editor, walk, tmp_path):

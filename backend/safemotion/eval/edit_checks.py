@@ -1,8 +1,9 @@
 """Checks of edited takes (issue 18): seam continuity against real clips, and the adherence of edits on a real model.
 
-Seam continuity: the joint-velocity jump at frame t is max_j ‖(x[t+1] − x[t]) − (x[t] − x[t−1])‖ (metres per frame,
-per frame); a seam's jump is the largest one over the frames whose stencil touches its blend window or the region
-boundary. The bound is the 95th percentile of the same quantity over every frame of the real clips of a dataset split.
+Seam continuity (safemotion.motion.seams): the joint-velocity jump at frame t is max_j ‖(x[t+1] − x[t]) − (x[t] −
+x[t−1])‖ (metres per frame, per frame); a seam's jump is the largest one over the frames whose stencil touches its
+blend window or the region boundary. The bound is the 95th percentile of the same quantity over every frame of the
+real clips of a dataset split.
 
     bound = velocity_jump_bound(Path("datasets/safemotion-v1"), "test")
     results = run_edit_suite(Editor(SafeGenerator.from_dir()), seeds=range(10), bound=bound)
@@ -18,6 +19,7 @@ import numpy as np
 from safemotion.edit import Editor, SourceMotion, source_from_features, token_regions
 from safemotion.eval.adherence import UP, CheckResult, J, speed
 from safemotion.generate import GenerationRequest
+from safemotion.motion.seams import seam_jumps, velocity_jumps
 
 WALK = "a person walks forward"
 JUMP_PROMPT = "a person jumps"
@@ -31,12 +33,6 @@ MIN_WALK_SPEED_MPS = 0.5  # "walking outside the span": the pelvis keeps moving 
 MIN_SIT_DROP_M = 0.15  # "ends lower than it started": pelvis at the end at least this much below its start
 
 
-def velocity_jumps(joints: np.ndarray) -> np.ndarray:
-    """(T − 2,) joint-velocity jump at frames 1..T−2: the largest change of a joint's per-frame velocity, metres."""
-    accel = joints[2:] - 2 * joints[1:-1] + joints[:-2]
-    return np.linalg.norm(accel, axis=-1).max(axis=-1)
-
-
 def velocity_jump_bound(data: Path, split: str = "test", percentile: float = 95.0) -> tuple[float, int, int]:
     """(percentile of the velocity jumps over every frame of the split's real clips, clips, frames)."""
     names = (Path(data) / f"{split}.txt").read_text().split()
@@ -46,21 +42,6 @@ def velocity_jump_bound(data: Path, split: str = "test", percentile: float = 95.
         raise ValueError(f"{data}: no clip of the {split} split found under new_joints/")
     values = np.concatenate(jumps)
     return float(np.percentile(values, percentile)), len(jumps), int(values.size)
-
-
-def seam_jumps(joints: np.ndarray, regions: list[tuple[int, int]], blend: int) -> list[float]:
-    """The largest velocity jump at each seam of every region [f0, f1) (frames): at the frames whose stencil crosses
-    a switch of what the frames are made of (kept → cross-faded at f0 − blend, cross-faded → generated at f0, and
-    back at f1 and f1 + blend). A region at the start or end of the take has one seam."""
-    jumps = velocity_jumps(joints.astype(np.float64))  # jumps[i] is at frame i + 1
-    frames = len(joints)
-    switches = [(f0 - blend, f0) for f0, _ in regions if f0 > 0] + [(f1, f1 + blend) for _, f1 in regions
-                                                                     if f1 < frames]
-    out = []
-    for pair in switches:
-        at = [t for s in pair for t in (s - 1, s) if 1 <= t <= frames - 2]
-        out.append(float(jumps[np.array(at) - 1].max()))
-    return out
 
 
 def window_jumps(joints: np.ndarray, regions: list[tuple[int, int]], blend: int) -> list[float]:
