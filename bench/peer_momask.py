@@ -16,6 +16,8 @@ import is satisfied by an empty module and its `encode_text` is replaced by the 
    drift in the machine's load falls on both. Per path: median, min and max wall time, CPU seconds of this process,
    the share of the CPUs other processes used meanwhile, and the ratio to the official code (of medians, and the
    median of the per-round ratios).
+4. `--stages`: our fp32 path stage by stage at batch 1 and 32 (fastest of 3, wall and CPU seconds), the masked
+   steps both as shipped and as the loop before the exact cuts (guided logits of every row), in the same process.
 
     .venv/bin/python bench/peer_momask.py --peer /path/to/momask-codes --write
 

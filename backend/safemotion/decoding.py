@@ -113,9 +113,10 @@ def decode_base(model: MaskTransformer, cond: Tensor, lengths: Tensor, generator
     """Iterative masked decoding of base-layer ids (B, max(lengths)); padding positions are −1.
 
     Each step re-masks the lowest-confidence round(cos(πt/2)·m) positions among the latest predictions (at least
-    one), where m is the number of positions to decode, predicts them with guided logits, and scores the new ids by
-    the unfiltered softmax. `kept` (B, max(lengths)), for temporal inpainting: ids ≥ 0 are kept as given, visible to
-    every step and never re-masked; −1 marks the positions to decode (None: decode every position, generation).
+    one), where m is the number of positions to decode, predicts them with guided logits (computed at those
+    positions only, `MaskTransformer.masked_logits`), and scores the new ids by the unfiltered softmax. `kept`
+    (B, max(lengths)), for temporal inpainting: ids ≥ 0 are kept as given, visible to every step and never
+    re-masked; −1 marks the positions to decode (None: decode every position, generation).
     """
     device = cond.device
     cond = cond.to(model.cond_emb.weight.dtype)
