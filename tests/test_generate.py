@@ -242,6 +242,18 @@ def test_base_decoding_reads_only_masked_rows_and_draws_the_same_tokens(models, 
     assert torch.equal(ours, reference)
 
 
+def test_the_shipped_model_draws_the_same_tokens_as_with_every_rows_logits():
+    """The exact cuts keep the committed safemotion-mini's fp32 tokens: real MiniLM features, temperature 1."""
+    generator = Generator.from_dir(generate_module.DEFAULT_MODEL_DIR, device="cpu")
+    cond = generator.encode_prompts(["a person walks forward", "a person waves", "a person jumps"] * 2)
+    lengths = torch.tensor([49, 20, 49, 33, 20, 1])
+    cfg = generator.sampling
+    ours = decode_base(generator.models.mask_transformer, cond, lengths, generators(*range(6)), cfg)
+    reference = full_logits_base_decoding(generator.models.mask_transformer, cond, lengths, generators(*range(6)),
+                                          cfg)
+    assert torch.equal(ours, reference)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_masked_logits_are_the_full_guided_logits_at_mask_positions(models, precision):
     mask_model = models.mask_transformer
