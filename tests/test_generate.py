@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -13,9 +14,11 @@ import torch
 from safemotion import cli
 from safemotion.data.bvh import read_bvh
 from safemotion.decoding import (
+    KEPT_SCORE,
     SamplingConfig,
     decode_base,
     decode_residual,
+    per_sample_uniform,
     sample_ids,
     sample_token_lengths,
     top_k_filter,
@@ -194,6 +197,88 @@ def test_base_decoding_matches_the_reference_loop_at_zero_temperature(models, gu
     with torch.inference_mode():
         reference = reference_base_decoding(models.mask_transformer, cond, lengths, 6, 3.0)
     assert torch.equal(ours, reference)
+
+
+@torch.inference_mode()
+def full_logits_base_decoding(model, cond, lengths, generators, cfg, kept=None):
+    """decode_base before it computed only masked rows: guided logits of every position (forward_with_cond_scale,
+    one doubled batch), sampled at every position, read at the masked ones."""
+    max_len = int(lengths.max())
+    padding = ~lengths_to_mask(lengths, max_len)
+    fixed = padding if kept is None else padding | (kept >= 0)
+    ids = torch.where(padding, model.pad_id, model.mask_id)
+    if kept is not None:
+        ids = torch.where(fixed & ~padding, kept, ids)
+    scores = torch.where(fixed, KEPT_SCORE, 0.0)
+    to_decode = (~fixed).sum(dim=1)
+    classes = model.config.num_tokens
+    for t in torch.linspace(0, 1, cfg.time_steps):
+        num_masked = torch.round(cosine_schedule(t) * to_decode).clamp(min=1)
+        is_mask = (scores.argsort(dim=1, stable=True).argsort(dim=1) < num_masked.unsqueeze(-1)) & ~fixed
+        ids = torch.where(is_mask, model.mask_id, ids)
+        logits = model.forward_with_cond_scale(ids, cond, padding, cfg.cond_scale).permute(0, 2, 1)
+        noise = per_sample_uniform(generators, lengths, max_len, classes if cfg.gumbel_sample else 0)
+        predicted = sample_ids(top_k_filter(logits, cfg.topk_filter_thres), noise, cfg.temperature,
+                               cfg.gumbel_sample)
+        ids = torch.where(is_mask, predicted, ids)
+        confidence = logits.softmax(dim=-1).gather(-1, predicted.unsqueeze(-1)).squeeze(-1)
+        scores = confidence.masked_fill(~is_mask, KEPT_SCORE)
+    return torch.where(padding, -1, ids)
+
+
+@pytest.mark.parametrize("gumbel, edit", [(False, False), (True, False), (False, True)])
+def test_base_decoding_reads_only_masked_rows_and_draws_the_same_tokens(models, gumbel, edit):
+    """Both cuts (last layer and head at [MASK] rows only, one unconditional pass per distinct row) change no
+    token at temperature 1: repeated lengths share the step-0 unconditional pass, padding and kept ids included."""
+    lengths = torch.tensor([7, 12, 7, 3, 12, 7])
+    cond = conditions(6, seed=3)
+    kept = None
+    if edit:
+        kept = torch.full((6, 12), -1)
+        kept[:, 2:5] = torch.randint(0, NUM_TOKENS, (6, 3), generator=torch.Generator().manual_seed(4))
+    cfg = SamplingConfig(time_steps=6, cond_scale=4.0, gumbel_sample=gumbel)
+    ours = decode_base(models.mask_transformer, cond, lengths, generators(*range(6)), cfg, kept)
+    reference = full_logits_base_decoding(models.mask_transformer, cond, lengths, generators(*range(6)), cfg, kept)
+    assert torch.equal(ours, reference)
+
+
+def test_the_shipped_model_draws_the_same_tokens_as_with_every_rows_logits():
+    """The exact cuts keep the committed safemotion-mini's fp32 tokens: real MiniLM features, temperature 1."""
+    generator = Generator.from_dir(generate_module.DEFAULT_MODEL_DIR, device="cpu")
+    cond = generator.encode_prompts(["a person walks forward", "a person waves", "a person jumps"] * 2)
+    lengths = torch.tensor([49, 20, 49, 33, 20, 1])
+    cfg = generator.sampling
+    ours = decode_base(generator.models.mask_transformer, cond, lengths, generators(*range(6)), cfg)
+    reference = full_logits_base_decoding(generator.models.mask_transformer, cond, lengths, generators(*range(6)),
+                                          cfg)
+    assert torch.equal(ours, reference)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_masked_logits_are_the_full_guided_logits_at_mask_positions(models, precision):
+    mask_model = models.mask_transformer
+    if precision == "int8":
+        mask_model = copy.deepcopy(mask_model)
+        mask_model.quantize_int8()
+    lengths = torch.tensor([9, 9, 5, 9])
+    padding = ~lengths_to_mask(lengths, 9)
+    ids = torch.randint(0, NUM_TOKENS, (4, 9), generator=torch.Generator().manual_seed(2))
+    ids[:, ::2] = mask_model.mask_id
+    ids[1] = ids[0]  # a repeated row: one unconditional pass serves both
+    ids = torch.where(padding, mask_model.pad_id, ids)
+    cond = conditions(4, seed=9)
+    with torch.inference_mode():
+        full = mask_model.forward_with_cond_scale(ids, cond, padding, cond_scale=4.0).permute(0, 2, 1)
+        rows = mask_model.masked_logits(ids, cond, padding, cond_scale=4.0)
+        step0 = torch.where(padding, mask_model.pad_id, mask_model.mask_id)
+        first = mask_model.masked_logits(step0, cond, padding, cond_scale=4.0)
+        first_full = mask_model.forward_with_cond_scale(step0, cond, padding, cond_scale=4.0).permute(0, 2, 1)
+    is_mask = ids == mask_model.mask_id
+    assert rows.shape == (int(is_mask.sum()), NUM_TOKENS)
+    # int8 quantizes activations per tensor, so fewer rows change its rounding a little
+    tolerance = 1e-5 if precision == "fp32" else 0.1
+    torch.testing.assert_close(rows, full[is_mask], atol=tolerance, rtol=0)
+    torch.testing.assert_close(first, first_full[~padding], atol=tolerance, rtol=0)
 
 
 def test_guidance_in_one_batch_equals_two_separate_passes(models):

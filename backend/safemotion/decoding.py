@@ -113,9 +113,10 @@ def decode_base(model: MaskTransformer, cond: Tensor, lengths: Tensor, generator
     """Iterative masked decoding of base-layer ids (B, max(lengths)); padding positions are −1.
 
     Each step re-masks the lowest-confidence round(cos(πt/2)·m) positions among the latest predictions (at least
-    one), where m is the number of positions to decode, predicts them with guided logits, and scores the new ids by
-    the unfiltered softmax. `kept` (B, max(lengths)), for temporal inpainting: ids ≥ 0 are kept as given, visible to
-    every step and never re-masked; −1 marks the positions to decode (None: decode every position, generation).
+    one), where m is the number of positions to decode, predicts them with guided logits (computed at those
+    positions only, `MaskTransformer.masked_logits`), and scores the new ids by the unfiltered softmax. `kept`
+    (B, max(lengths)), for temporal inpainting: ids ≥ 0 are kept as given, visible to every step and never
+    re-masked; −1 marks the positions to decode (None: decode every position, generation).
     """
     device = cond.device
     cond = cond.to(model.cond_emb.weight.dtype)
@@ -135,13 +136,15 @@ def decode_base(model: MaskTransformer, cond: Tensor, lengths: Tensor, generator
         is_mask = (ranks < num_masked.unsqueeze(-1)) & ~fixed
         ids = torch.where(is_mask, model.mask_id, ids)
 
-        logits = model.forward_with_cond_scale(ids, cond, padding, cond_scale=cfg.cond_scale).float().permute(0, 2, 1)
+        # Only the masked positions' logits are read (the others keep their ids and score KEPT_SCORE), so the model
+        # computes and we sample just those rows (N, classes); every sample still draws noise for its whole length.
+        logits = model.masked_logits(ids, cond, padding, cfg.cond_scale).float()
         noise = per_sample_uniform(generators, lengths, max_len, classes if cfg.gumbel_sample else 0, device)
-        predicted = sample_ids(top_k_filter(logits, cfg.topk_filter_thres), noise, cfg.temperature,
+        predicted = sample_ids(top_k_filter(logits, cfg.topk_filter_thres), noise[is_mask], cfg.temperature,
                                cfg.gumbel_sample)
-        ids = torch.where(is_mask, predicted, ids)
+        ids = ids.masked_scatter(is_mask, predicted)
         confidence = logits.softmax(dim=-1).gather(-1, predicted.unsqueeze(-1)).squeeze(-1)
-        scores = confidence.masked_fill(~is_mask, KEPT_SCORE)
+        scores = torch.full_like(scores, KEPT_SCORE).masked_scatter(is_mask, confidence)
     return torch.where(padding, SKIP_ID, ids)
 
 

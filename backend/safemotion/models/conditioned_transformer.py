@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from safemotion.models.config import BACKBONES, TransformerConfig
-from safemotion.models.encoder_inference import Int8Linears, encoder_forward
+from safemotion.models.encoder_inference import Int8Linears, encoder_forward, fused_encoder_rows
 from safemotion.models.ssm import Mamba, MambaConfig, SeRpEnt, SeRpEntConfig
 
 PE_MAX_LEN = 5000  # rows of the sinusoidal table; part of the released state dicts
@@ -151,7 +151,11 @@ class OutputProcess(nn.Module):
         self.poseFinal = nn.Linear(latent_dim, out_dim)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.poseFinal(self.LayerNorm(F.gelu(self.dense(h)))).transpose(1, 2)
+        return self.head(h).transpose(1, 2)
+
+    def head(self, h: Tensor) -> Tensor:
+        """(..., latent) → (..., out_dim), position by position."""
+        return self.poseFinal(self.LayerNorm(F.gelu(self.dense(h))))
 
 
 def init_weights(module: nn.Module) -> None:
@@ -226,11 +230,13 @@ class TextConditionedTransformer(nn.Module):
         self.apply(lambda module: None if id(module) in mixers else init_weights(module))
 
     def run(self, x: Tensor, cond: Tensor, extra_prefix: list[Tensor], padding_mask: Tensor,
-            force_mask: bool = False, keep_mask: Tensor | None = None) -> Tensor:
-        """x (B, n, code_dim), cond (B, text_dim), extra prefix tokens (B, latent) each → head output (B, out, n).
+            force_mask: bool = False, keep_mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+        """x (B, n, code_dim), cond (B, text_dim), extra prefix tokens (B, latent) each → head output (B, out, n),
+        or with `rows` (B, n) bool the head output at those motion positions only, (N, out) in row-major order.
 
         The condition and prefix tokens come first and get no positional encoding. keep_mask (B, n): motion
         positions an SSM backbone must never merge away (the prefix is always kept); the transformer ignores it.
+        At inference the transformer backbone runs its last layer's feed-forward (and the head) only at `rows`.
         """
         cond = self.cond_emb(self.mask_cond(cond, force_mask))
         motion = self.position_enc(self.input_process(x))
@@ -238,6 +244,8 @@ class TextConditionedTransformer(nn.Module):
         seq = torch.cat([prefix, motion], dim=1)
         num_prefix = prefix.shape[1]
         mask = F.pad(padding_mask, (num_prefix, 0), value=False)
+        selected = None if rows is None else F.pad(rows, (num_prefix, 0), value=False)
+        inference = not self.training and not torch.is_grad_enabled()
         if isinstance(self.seqTransEncoder, SSMEncoder):
             keep = torch.zeros_like(padding_mask) if keep_mask is None else keep_mask
             keep = F.pad(keep, (num_prefix, 0), value=True)
@@ -245,11 +253,15 @@ class TextConditionedTransformer(nn.Module):
         else:
             # Without padding, no mask lets PyTorch use fused attention instead of its slower masked softmax.
             mask = mask if mask.any() else None
-            if self.int8_linears is None or self.training or torch.is_grad_enabled():
-                out = self.seqTransEncoder(seq, src_key_padding_mask=mask)
+            if inference and self.int8_linears is not None:
+                out = encoder_forward(self.seqTransEncoder, seq, mask, self.int8_linears, selected)
+            elif inference and selected is not None:
+                out = fused_encoder_rows(self.seqTransEncoder, seq, mask, selected)
             else:
-                out = encoder_forward(self.seqTransEncoder, seq, mask, self.int8_linears)
-        return self.output_process(out[:, num_prefix:])
+                out = self.seqTransEncoder(seq, src_key_padding_mask=mask)
+        if selected is None:
+            return self.output_process(out[:, num_prefix:])
+        return self.output_process.head(out if out.dim() == 2 else out[selected])  # 2-d: already at the rows
 
 
 def with_unconditional(cond: Tensor) -> Tensor:
@@ -259,5 +271,9 @@ def with_unconditional(cond: Tensor) -> Tensor:
 
 def guide(logits: Tensor, cond_scale: float) -> Tensor:
     """Combine a doubled batch [conditional; unconditional]: uncond + cond_scale · (cond − uncond)."""
-    conditional, unconditional = logits.chunk(2)
+    return guided(*logits.chunk(2), cond_scale)
+
+
+def guided(conditional: Tensor, unconditional: Tensor, cond_scale: float) -> Tensor:
+    """Classifier-free guidance: uncond + cond_scale · (cond − uncond)."""
     return unconditional + (conditional - unconditional) * cond_scale

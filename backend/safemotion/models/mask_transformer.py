@@ -16,6 +16,7 @@ from safemotion.models.conditioned_transformer import (
     classification_result,
     cosine_schedule,
     guide,
+    guided,
     lengths_to_mask,
     with_unconditional,
 )
@@ -35,9 +36,12 @@ class MaskTransformer(TextConditionedTransformer):
         self.token_emb = nn.Embedding(cfg.num_tokens + 2, cfg.code_dim)
         self.init_parameters()
 
-    def trans_forward(self, ids: Tensor, cond: Tensor, padding_mask: Tensor, force_mask: bool = False) -> Tensor:
-        """ids (B, n), cond (B, text_dim), padding_mask (B, n) True = pad → logits (B, num_tokens, n)."""
-        return self.run(self.token_emb(ids), cond, [], padding_mask, force_mask, keep_mask=ids == self.mask_id)
+    def trans_forward(self, ids: Tensor, cond: Tensor, padding_mask: Tensor, force_mask: bool = False,
+                      rows: Tensor | None = None) -> Tensor:
+        """ids (B, n), cond (B, text_dim), padding_mask (B, n) True = pad → logits (B, num_tokens, n), or (N,
+        num_tokens) at the positions `rows` (B, n) only, row-major."""
+        return self.run(self.token_emb(ids), cond, [], padding_mask, force_mask, keep_mask=ids == self.mask_id,
+                        rows=rows)
 
     def forward_with_cond_scale(self, ids: Tensor, cond: Tensor, padding_mask: Tensor, cond_scale: float = 3.0,
                                 force_mask: bool = False) -> Tensor:
@@ -48,6 +52,28 @@ class MaskTransformer(TextConditionedTransformer):
             return self.trans_forward(ids, cond, padding_mask)
         logits = self.trans_forward(ids.repeat(2, 1), with_unconditional(cond), padding_mask.repeat(2, 1))
         return guide(logits, cond_scale)
+
+    def masked_logits(self, ids: Tensor, cond: Tensor, padding_mask: Tensor, cond_scale: float) -> Tensor:
+        """Guided logits (N, num_tokens) at the [MASK] positions of ids (B, n), row-major: those of
+        `forward_with_cond_scale` there, for less work (decoding reads no others).
+
+        The last layer's feed-forward and the head run only at [MASK] positions. The unconditional pass sees no text,
+        so it runs once per distinct (ids, padding) row: at the first step of generation, once per length.
+        """
+        rows = ids == self.mask_id
+        if cond_scale == 1:
+            return self.trans_forward(ids, cond, padding_mask, rows=rows)
+        n = ids.shape[1]
+        distinct, inverse = torch.unique(torch.cat([ids, padding_mask.long()], dim=1), dim=0, return_inverse=True)
+        ids_u, padding_u = distinct[:, :n], distinct[:, n:].bool()
+        rows_u = ids_u == self.mask_id
+        zeros = cond.new_zeros(len(ids_u), cond.shape[1])
+        logits = self.trans_forward(torch.cat([ids, ids_u]), torch.cat([cond, zeros]),
+                                    torch.cat([padding_mask, padding_u]), rows=torch.cat([rows, rows_u]))
+        conditional, unconditional_u = logits[:int(rows.sum())], logits[int(rows.sum()):]
+        slot = torch.full(ids_u.shape, -1, dtype=torch.long, device=ids.device)  # distinct row's mask → its logit row
+        slot[rows_u] = torch.arange(len(unconditional_u), device=ids.device)
+        return guided(conditional, unconditional_u[slot[inverse][rows]], cond_scale)
 
     def forward(self, ids: Tensor, cond: Tensor, m_lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Training step on base ids (B, n) with token lengths m_lens → (CE loss, predicted ids (B, n), accuracy).
