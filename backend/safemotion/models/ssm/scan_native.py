@@ -1,5 +1,5 @@
 """Fused CPU kernels of Mamba's selective SSM: small C kernels (built with the system C compiler on first use) behind
-autograd Functions: the selective scan and the depthwise causal conv + SiLU before it.
+autograd Functions: the selective scan, the depthwise causal conv + SiLU before it, and SeRpEnt's gated row gather.
 
 The scan has the contract and numbers of `selective_scan_sequential` (float32, to round-off), but fused: for every
 (batch, step) the state of all channels (n × d floats, channels innermost so the loops vectorise over d) stays in
@@ -13,6 +13,10 @@ and time for A and D are float64 across batch rows).
 
 The conv kernel reads the (batch, length, d) rows of in_proj's output in place (no transposes) and recomputes its
 pre-activation in the backward; it is the causal conv of `SelectiveSSM`, or its mirror image with `reverse`.
+
+The row-gather kernel is SeRpEnt's resampling glue (`serpent.ResamplingBranch`): window members gathered, multiplied
+by their time gate and masked in one pass, and the restore to full length; the backward scatters into x in one pass.
+In PyTorch these were gather (expanded index), mul, where and, back, scatter_add: ≈ 16 % of a SeRpEnt training step.
 
 Why not pure PyTorch: on a CPU every PyTorch op is one pass through memory. The autograd loop runs ~25 small ops per
 step; the vectorised forms (`selective_scan_chunked`, or a time-major in-place loop with an analytic backward, tried
@@ -332,6 +336,58 @@ void conv_silu_backward(cfptr x, long x_stride, cfptr wt, cfptr bias, cfptr gout
         for (long j = 0; j < K * d; ++j) gwt[j] += gw_row[j];
     }
 }
+
+/* SeRpEnt's row gathers (window members, restore): out[b, r] = (1 + gate[b, r]) x[b, index[b, r]], or the row itself
+   without gate (NULL); index < 0 gives a zero row. x (batch, length, d), index (batch, count), gate and out
+   (batch, count, d). */
+void gather_rows_forward(cfptr x, const long *restrict index, cfptr gate, fptr out, long batch, long length, long count,
+                         long d) {
+    for (long b = 0; b < batch; ++b) {
+        for (long r = 0; r < count; ++r) {
+            long row = b * count + r, j = index[row];
+            fptr o = out + row * d;
+            if (j < 0) {
+                memset(o, 0, sizeof(float) * d);
+                continue;
+            }
+            cfptr xs = x + (b * length + j) * d;
+            if (!gate) {
+                memcpy(o, xs, sizeof(float) * d);
+                continue;
+            }
+            cfptr g = gate + row * d;
+            for (long i = 0; i < d; ++i) o[i] = (1.0f + g[i]) * xs[i];
+        }
+    }
+}
+
+/* gx (batch, length, d) is overwritten: the sum of (1 + gate) grad_out over the rows that read each x row, in row
+   order; ggate (batch, count, d), with a gate: grad_out x[index] (zero for index < 0). */
+void gather_rows_backward(cfptr x, const long *restrict index, cfptr gate, cfptr gout, fptr gx, fptr ggate, long batch,
+                          long length, long count, long d) {
+    memset(gx, 0, sizeof(float) * batch * length * d);
+    for (long b = 0; b < batch; ++b) {
+        for (long r = 0; r < count; ++r) {
+            long row = b * count + r, j = index[row];
+            cfptr go = gout + row * d;
+            if (j < 0) {
+                if (gate) memset(ggate + row * d, 0, sizeof(float) * d);
+                continue;
+            }
+            fptr gxs = gx + (b * length + j) * d;
+            if (!gate) {
+                for (long i = 0; i < d; ++i) gxs[i] += go[i];
+                continue;
+            }
+            cfptr xs = x + (b * length + j) * d, g = gate + row * d;
+            fptr gg = ggate + row * d;
+            for (long i = 0; i < d; ++i) {
+                gxs[i] += (1.0f + g[i]) * go[i];
+                gg[i] = go[i] * xs[i];
+            }
+        }
+    }
+}
 """
 
 # -ffast-math lets gcc vectorise log1pf (glibc's libmvec, linked below); -fopenmp-simd honours the one `omp simd`.
@@ -381,6 +437,8 @@ def _library() -> ctypes.CDLL | None:
     library.scan_backward.argtypes = [pointer, source] + [pointer] * 16 + [size] * 4 + [flag]
     library.conv_silu_forward.argtypes = [pointer, size, pointer, pointer, pointer] + [size] * 4 + [flag]
     library.conv_silu_backward.argtypes = [pointer, size] + [pointer] * 7 + [size] * 4 + [flag]
+    library.gather_rows_forward.argtypes = [pointer] * 4 + [size] * 4
+    library.gather_rows_backward.argtypes = [pointer] * 6 + [size] * 4
     return library
 
 
@@ -541,3 +599,44 @@ class _NativeConvSilu(torch.autograd.Function):
         pointers = (wt, bias, grad_out, gx, gwt, gbias, work)
         _library().conv_silu_backward(_ptr(x), ctx.stride, *map(_ptr, pointers), batch, length, d, K, ctx.flags)
         return gx, gwt.t().reshape(d, 1, K).to(wt.dtype), gbias.to(bias.dtype), None
+
+
+def gather_rows_native(x: Tensor, index: Tensor, gate: Tensor | None = None) -> Tensor:
+    """Rows of x (batch, length, d) picked per batch row by index (batch, count), int64 in [-1, length): (1 + gate) ⊙ x[b,
+    index] with gate (batch, count, d), or the rows themselves; index −1 gives a zero row. Equals
+    where(index ≥ 0, (1 + gate) * x.gather(1, index.clamp(0)), 0) in value and gradients (float32 CPU only)."""
+    batch, length, d = x.shape
+    count = index.shape[1] if index.dim() == 2 else -1
+    if index.shape != (batch, count) or index.dtype != torch.int64 or (gate is not None and gate.shape != (batch, count, d)):
+        raise ValueError(f"gather_rows_native: need x (batch, length, d), int64 index (batch, count) and gate (batch, count, "
+                         f"d) or None; got {tuple(x.shape)}, {index.dtype} {tuple(index.shape)}, "
+                         f"{None if gate is None else tuple(gate.shape)}")
+    if index.numel() and not -1 <= int(index.min()) <= int(index.max()) < length:
+        raise ValueError(f"gather_rows_native: index must lie in [-1, {length}), got [{int(index.min())}, {int(index.max())}]")
+    _require_native("gather_rows_native", x, gate)
+    return _NativeGatherRows.apply(x, index, gate)
+
+
+class _NativeGatherRows(torch.autograd.Function):
+    """Gather (and gate) in one pass; the backward scatters into x and forms the gate's gradient in one pass."""
+
+    @staticmethod
+    def forward(ctx, x, index, gate):  # type: ignore[override]
+        x, index = x.contiguous(), index.contiguous()
+        gate = None if gate is None else gate.contiguous()
+        batch, length, d = x.shape
+        out = x.new_empty(batch, index.shape[1], d)
+        _library().gather_rows_forward(*map(_ptr, (x, index, gate, out)), batch, length, index.shape[1], d)
+        ctx.save_for_backward(x if gate is not None else None, index, gate)
+        ctx.length = length
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, index, gate = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        batch, count, d = grad_out.shape
+        gx = grad_out.new_empty(batch, ctx.length, d)
+        ggate = None if gate is None else torch.empty_like(gate)
+        _library().gather_rows_backward(*map(_ptr, (x, index, gate, grad_out, gx, ggate)), batch, ctx.length, count, d)
+        return gx, None, ggate
