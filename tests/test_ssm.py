@@ -514,17 +514,16 @@ def test_native_gather_rows_matches_torch_gather_values_and_gradients(with_gate)
     x = torch.randn(2, 7, 5, generator=g, requires_grad=True)
     index = torch.randint(-1, 7, (2, 11), generator=g)  # repeats (gradients add up) and -1 (zero rows)
     index[0, :3] = torch.tensor([-1, 4, 4])
-    gate = torch.randn(2, 11, 5, generator=g, requires_grad=True) if with_gate else None
+    gate = [torch.randn(shape, generator=g, requires_grad=True) for shape in ((2, 11, 3), (5, 3), (5,))]
     rows = x.gather(1, index.clamp(min=0).unsqueeze(-1).expand(-1, -1, 5))
-    ref = torch.where((index >= 0).unsqueeze(-1), rows if gate is None else (1.0 + gate) * rows, 0.0)
-    out = gather_rows_native(x, index, gate)
+    ref = torch.where((index >= 0).unsqueeze(-1), (1.0 + F.linear(*gate)) * rows if with_gate else rows, 0.0)
+    out = gather_rows_native(x, index, tuple(gate) if with_gate else None)
     assert torch.equal(out[0, 0], torch.zeros(5))
-    leaves = [x] if gate is None else [x, gate]
-    _assert_tensors_and_gradients_equal(leaves, ref, out)
+    _assert_tensors_and_gradients_equal([x, *gate] if with_gate else [x], ref, out)
     with pytest.raises(ValueError, match="int64 index"):
-        gather_rows_native(x, index.int(), gate)
+        gather_rows_native(x, index.int())
     with pytest.raises(ValueError, match=r"index must lie in \[-1, 7\)"):
-        gather_rows_native(x, index + 7, gate)
+        gather_rows_native(x, index + 7)
 
 
 def _assert_tensors_and_gradients_equal(leaves, ref, fast, tol=1e-5):

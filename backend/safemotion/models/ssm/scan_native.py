@@ -337,11 +337,21 @@ void conv_silu_backward(cfptr x, long x_stride, cfptr wt, cfptr bias, cfptr gout
     }
 }
 
-/* SeRpEnt's row gathers (window members, restore): out[b, r] = (1 + gate[b, r]) x[b, index[b, r]], or the row itself
-   without gate (NULL); index < 0 gives a zero row. x (batch, length, d), index (batch, count), gate and out
-   (batch, count, d). */
-void gather_rows_forward(cfptr x, const long *restrict index, cfptr gate, fptr out, long batch, long length, long count,
-                         long d) {
+/* SeRpEnt's row gathers (window members, restore): out[b, r] = gate[b, r] x[b, index[b, r]] with the time gate
+   gate = 1 + bias + W basis[b, r] (Wt: W transposed, (m, d); basis (batch, count, m)), or the row itself without basis
+   (NULL); index < 0 gives a zero row. x (batch, length, d), index (batch, count), out (batch, count, d).
+   work: d floats. */
+static void time_gate(cfptr phi, cfptr Wt, cfptr bias, fptr gate, long d, long m) {
+    for (long i = 0; i < d; ++i) gate[i] = 1.0f + bias[i];
+    for (long q = 0; q < m; ++q) {
+        float f = phi[q];
+        cfptr w = Wt + q * d;
+        for (long i = 0; i < d; ++i) gate[i] += w[i] * f;
+    }
+}
+
+void gather_rows_forward(cfptr x, const long *restrict index, cfptr basis, cfptr Wt, cfptr bias, fptr out, fptr work,
+                         long batch, long length, long count, long d, long m) {
     for (long b = 0; b < batch; ++b) {
         for (long r = 0; r < count; ++r) {
             long row = b * count + r, j = index[row];
@@ -351,41 +361,60 @@ void gather_rows_forward(cfptr x, const long *restrict index, cfptr gate, fptr o
                 continue;
             }
             cfptr xs = x + (b * length + j) * d;
-            if (!gate) {
+            if (!basis) {
                 memcpy(o, xs, sizeof(float) * d);
                 continue;
             }
-            cfptr g = gate + row * d;
-            for (long i = 0; i < d; ++i) o[i] = (1.0f + g[i]) * xs[i];
+            time_gate(basis + row * m, Wt, bias, work, d, m);
+            for (long i = 0; i < d; ++i) o[i] = work[i] * xs[i];
         }
     }
 }
 
-/* gx (batch, length, d) is overwritten: the sum of (1 + gate) grad_out over the rows that read each x row, in row
-   order; ggate (batch, count, d), with a gate: grad_out x[index] (zero for index < 0). */
-void gather_rows_backward(cfptr x, const long *restrict index, cfptr gate, cfptr gout, fptr gx, fptr ggate, long batch,
-                          long length, long count, long d) {
+/* gx (batch, length, d) is overwritten: the sum of gate grad_out over the rows that read each x row, in row order.
+   With a basis: gbasis (batch, count, m) is overwritten (zero for index < 0); gWt (m, d) and gbias (d) are float64
+   and accumulated into. work: (m + 2) d floats. */
+void gather_rows_backward(cfptr x, const long *restrict index, cfptr basis, cfptr Wt, cfptr bias, cfptr gout, fptr gx,
+                          fptr gbasis, double *restrict gWt, double *restrict gbias, fptr work, long batch, long length,
+                          long count, long d, long m) {
+    fptr gate = work, gb_row = work + d, gw_row = work + 2 * d;
     memset(gx, 0, sizeof(float) * batch * length * d);
     for (long b = 0; b < batch; ++b) {
+        if (basis) memset(gb_row, 0, sizeof(float) * (m + 1) * d);
         for (long r = 0; r < count; ++r) {
             long row = b * count + r, j = index[row];
-            cfptr go = gout + row * d;
             if (j < 0) {
-                if (gate) memset(ggate + row * d, 0, sizeof(float) * d);
+                if (basis) memset(gbasis + row * m, 0, sizeof(float) * m);
                 continue;
             }
+            cfptr go = gout + row * d;
             fptr gxs = gx + (b * length + j) * d;
-            if (!gate) {
+            if (!basis) {
                 for (long i = 0; i < d; ++i) gxs[i] += go[i];
                 continue;
             }
-            cfptr xs = x + (b * length + j) * d, g = gate + row * d;
-            fptr gg = ggate + row * d;
+            cfptr xs = x + (b * length + j) * d, phi = basis + row * m;
+            time_gate(phi, Wt, bias, gate, d, m);
             for (long i = 0; i < d; ++i) {
-                gxs[i] += (1.0f + g[i]) * go[i];
-                gg[i] = go[i] * xs[i];
+                gxs[i] += gate[i] * go[i];
+                gb_row[i] += go[i] * xs[i];
+            }
+            for (long q = 0; q < m; ++q) {
+                float f = phi[q], sum = 0.0f;
+                cfptr w = Wt + q * d;
+                fptr gw = gw_row + q * d;
+#pragma omp simd reduction(+ : sum)
+                for (long i = 0; i < d; ++i) {
+                    float t = go[i] * xs[i];
+                    sum += t * w[i];
+                    gw[i] += t * f;
+                }
+                gbasis[row * m + q] = sum;
             }
         }
+        if (!basis) continue;
+        for (long i = 0; i < d; ++i) gbias[i] += gb_row[i];
+        for (long i = 0; i < m * d; ++i) gWt[i] += gw_row[i];
     }
 }
 """
@@ -437,8 +466,8 @@ def _library() -> ctypes.CDLL | None:
     library.scan_backward.argtypes = [pointer, source] + [pointer] * 16 + [size] * 4 + [flag]
     library.conv_silu_forward.argtypes = [pointer, size, pointer, pointer, pointer] + [size] * 4 + [flag]
     library.conv_silu_backward.argtypes = [pointer, size] + [pointer] * 7 + [size] * 4 + [flag]
-    library.gather_rows_forward.argtypes = [pointer] * 4 + [size] * 4
-    library.gather_rows_backward.argtypes = [pointer] * 6 + [size] * 4
+    library.gather_rows_forward.argtypes = [pointer] * 7 + [size] * 5
+    library.gather_rows_backward.argtypes = [pointer] * 11 + [size] * 5
     return library
 
 
@@ -601,42 +630,59 @@ class _NativeConvSilu(torch.autograd.Function):
         return gx, gwt.t().reshape(d, 1, K).to(wt.dtype), gbias.to(bias.dtype), None
 
 
-def gather_rows_native(x: Tensor, index: Tensor, gate: Tensor | None = None) -> Tensor:
-    """Rows of x (batch, length, d) picked per batch row by index (batch, count), int64 in [-1, length): (1 + gate) ⊙ x[b,
-    index] with gate (batch, count, d), or the rows themselves; index −1 gives a zero row. Equals
-    where(index ≥ 0, (1 + gate) * x.gather(1, index.clamp(0)), 0) in value and gradients (float32 CPU only)."""
+def gather_rows_native(x: Tensor, index: Tensor, gate: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    """Rows of x (batch, length, d) picked per batch row by index (batch, count), int64 in [-1, length), times the time
+    gate 1 + Linear(basis) given as gate = (basis (batch, count, m), weight (d, m), bias (d,)), or the rows themselves;
+    index −1 gives a zero row. Equals where(index ≥ 0, (1 + F.linear(basis, weight, bias)) * x.gather(1, index), 0)
+    in value and gradients, without forming the (batch, count, d) gate (float32 CPU only)."""
     batch, length, d = x.shape
     count = index.shape[1] if index.dim() == 2 else -1
-    if index.shape != (batch, count) or index.dtype != torch.int64 or (gate is not None and gate.shape != (batch, count, d)):
-        raise ValueError(f"gather_rows_native: need x (batch, length, d), int64 index (batch, count) and gate (batch, count, "
-                         f"d) or None; got {tuple(x.shape)}, {index.dtype} {tuple(index.shape)}, "
-                         f"{None if gate is None else tuple(gate.shape)}")
+    basis, weight, bias = gate if gate is not None else (None, None, None)
+    m = 0 if basis is None else basis.shape[-1]
+    shapes_ok = index.shape == (batch, count) and (basis is None or (
+        basis.shape == (batch, count, m) and weight.shape == (d, m) and bias.shape == (d,)))
+    if not shapes_ok or index.dtype != torch.int64:
+        raise ValueError(f"gather_rows_native: need x (batch, length, d), int64 index (batch, count) and gate (basis "
+                         f"(batch, count, m), weight (d, m), bias (d,)) or None; got {tuple(x.shape)}, {index.dtype} "
+                         f"{tuple(index.shape)}, {None if gate is None else [tuple(t.shape) for t in gate]}")
     if index.numel() and not -1 <= int(index.min()) <= int(index.max()) < length:
         raise ValueError(f"gather_rows_native: index must lie in [-1, {length}), got [{int(index.min())}, {int(index.max())}]")
-    _require_native("gather_rows_native", x, gate)
-    return _NativeGatherRows.apply(x, index, gate)
+    _require_native("gather_rows_native", x, basis, weight, bias)
+    return _NativeGatherRows.apply(x, index, basis, weight, bias)
 
 
 class _NativeGatherRows(torch.autograd.Function):
-    """Gather (and gate) in one pass; the backward scatters into x and forms the gate's gradient in one pass."""
+    """Gather, time gate and mask in one pass; the backward recomputes the gate, scatters into x and forms the gradients
+    of the basis, weight and bias in one pass."""
 
     @staticmethod
-    def forward(ctx, x, index, gate):  # type: ignore[override]
+    def forward(ctx, x, index, basis, weight, bias):  # type: ignore[override]
         x, index = x.contiguous(), index.contiguous()
-        gate = None if gate is None else gate.contiguous()
         batch, length, d = x.shape
-        out = x.new_empty(batch, index.shape[1], d)
-        _library().gather_rows_forward(*map(_ptr, (x, index, gate, out)), batch, length, index.shape[1], d)
-        ctx.save_for_backward(x if gate is not None else None, index, gate)
-        ctx.length = length
+        count = index.shape[1]
+        m = 0 if basis is None else basis.shape[-1]
+        if basis is not None:
+            basis, weight, bias = basis.contiguous(), weight.t().contiguous(), bias.contiguous()
+        out = x.new_empty(batch, count, d)
+        work = x.new_empty(d)
+        _library().gather_rows_forward(*map(_ptr, (x, index, basis, weight, bias, out, work)), batch, length, count, d, m)
+        ctx.save_for_backward(x, index, basis, weight, bias)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, index, gate = ctx.saved_tensors
+        x, index, basis, W_t, bias = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        batch, count, d = grad_out.shape
-        gx = grad_out.new_empty(batch, ctx.length, d)
-        ggate = None if gate is None else torch.empty_like(gate)
-        _library().gather_rows_backward(*map(_ptr, (x, index, gate, grad_out, gx, ggate)), batch, ctx.length, count, d)
-        return gx, None, ggate
+        batch, length, d = x.shape
+        count = index.shape[1]
+        m = 0 if basis is None else basis.shape[-1]
+        gx = torch.empty_like(x)
+        gbasis = None if basis is None else torch.empty_like(basis)
+        gW_t = None if basis is None else torch.zeros(m, d, dtype=torch.float64)
+        gbias = None if basis is None else torch.zeros(d, dtype=torch.float64)
+        work = x.new_empty((m + 2) * d)
+        pointers = (x, index, basis, W_t, bias, grad_out, gx, gbasis, gW_t, gbias, work)
+        _library().gather_rows_backward(*map(_ptr, pointers), batch, length, count, d, m)
+        if basis is None:
+            return gx, None, None, None, None
+        return gx, None, gbasis, gW_t.t().to(x.dtype), gbias.to(x.dtype)

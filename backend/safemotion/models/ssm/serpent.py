@@ -222,15 +222,15 @@ class ResamplingBranch(nn.Module):
         member_time = plan.clock.gather(1, flat).view(batch, n_slots, k)
         dt = plan.time.unsqueeze(-1) - member_time
         basis = torch.exp(-0.5 * ((dt.unsqueeze(-1) - self.centres) / self.width) ** 2)
-        gate = self.time_gate(basis)
         # Native: one C pass each for gather → time gate → mask and for the restore (one each back); index −1 = zero row.
         native = self.config.scan == "native" or (self.config.scan == "auto" and native_scan_supports(x))
         if native:
             members = torch.where(plan.window_valid, plan.window_index, -1).flatten(1)
-            gated = gather_rows_native(x, members, gate.flatten(1, 2))
+            gate = (basis.flatten(1, 2), self.time_gate.weight, self.time_gate.bias)
+            gated = gather_rows_native(x, members, gate)
         else:
             members = x.gather(1, flat.unsqueeze(-1).expand(-1, -1, d)).view(batch, n_slots, k, d)
-            gated = torch.where(plan.window_valid.unsqueeze(-1), (1.0 + gate) * members, 0.0)
+            gated = torch.where(plan.window_valid.unsqueeze(-1), (1.0 + self.time_gate(basis)) * members, 0.0)
         mixed = self.ssm(self.aggregate(gated.view(batch, n_slots, k * d)), padding_mask=~plan.valid)
         if native:
             return gather_rows_native(mixed, torch.where(plan.restore_valid, plan.restore_index, -1))
