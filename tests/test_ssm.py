@@ -20,7 +20,7 @@ from safemotion.models.ssm import (
     selective_scan_native,
     selective_scan_sequential,
 )
-from safemotion.models.ssm.scan_native import causal_conv_silu_native, gather_rows_native
+from safemotion.models.ssm.scan_native import TimeGate, causal_conv_silu_native, gather_rows_native
 from safemotion.models.ssm.serpent import clock_steps, slot_count
 
 # Fig. 2 of the SeRpEnt paper: "After work I got to the movie theater and there I saw Sarah".
@@ -514,12 +514,14 @@ def test_native_gather_rows_matches_torch_gather_values_and_gradients(with_gate)
     x = torch.randn(2, 7, 5, generator=g, requires_grad=True)
     index = torch.randint(-1, 7, (2, 11), generator=g)  # repeats (gradients add up) and -1 (zero rows)
     index[0, :3] = torch.tensor([-1, 4, 4])
-    gate = [torch.randn(shape, generator=g, requires_grad=True) for shape in ((2, 11, 3), (5, 3), (5,))]
+    dt, weight, bias = [torch.randn(shape, generator=g, requires_grad=True) for shape in ((2, 11), (5, 3), (5,))]
+    centres, width = torch.tensor([-1.0, 0.0, 2.0]), 0.7
+    basis = torch.exp(-0.5 * ((dt.unsqueeze(-1) - centres) / width) ** 2)
     rows = x.gather(1, index.clamp(min=0).unsqueeze(-1).expand(-1, -1, 5))
-    ref = torch.where((index >= 0).unsqueeze(-1), (1.0 + F.linear(*gate)) * rows if with_gate else rows, 0.0)
-    out = gather_rows_native(x, index, tuple(gate) if with_gate else None)
+    ref = torch.where((index >= 0).unsqueeze(-1), (1.0 + F.linear(basis, weight, bias)) * rows if with_gate else rows, 0.0)
+    out = gather_rows_native(x, index, TimeGate(dt, centres, width, weight, bias) if with_gate else None)
     assert torch.equal(out[0, 0], torch.zeros(5))
-    _assert_tensors_and_gradients_equal([x, *gate] if with_gate else [x], ref, out)
+    _assert_tensors_and_gradients_equal([x, dt, weight, bias] if with_gate else [x], ref, out)
     with pytest.raises(ValueError, match="int64 index"):
         gather_rows_native(x, index.int())
     with pytest.raises(ValueError, match=r"index must lie in \[-1, 7\)"):

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from safemotion.models.ssm.mamba import SCANS, Mamba, MambaConfig, check_sequence_input
-from safemotion.models.ssm.scan_native import gather_rows_native, native_scan_supports
+from safemotion.models.ssm.scan_native import TimeGate, gather_rows_native, native_scan_supports
 
 CAUSAL_STEP_RANGE = (0.5, 1.5)  # causal Δ_l = κ·(0.5 + a_l) lies in κ·[0.5, 1.5]
 
@@ -221,21 +221,23 @@ class ResamplingBranch(nn.Module):
         flat = plan.window_index.flatten(1)
         member_time = plan.clock.gather(1, flat).view(batch, n_slots, k)
         dt = plan.time.unsqueeze(-1) - member_time
-        basis = torch.exp(-0.5 * ((dt.unsqueeze(-1) - self.centres) / self.width) ** 2)
         # Native: one C pass each for gather → time gate → mask and for the restore (one each back); index −1 = zero row.
         native = self.config.scan == "native" or (self.config.scan == "auto" and native_scan_supports(x))
         if native:
             members = torch.where(plan.window_valid, plan.window_index, -1).flatten(1)
-            gate = (basis.flatten(1, 2), self.time_gate.weight, self.time_gate.bias)
+            gate = TimeGate(dt.flatten(1), self.centres, self.width, self.time_gate.weight, self.time_gate.bias)
             gated = gather_rows_native(x, members, gate)
         else:
+            basis = torch.exp(-0.5 * ((dt.unsqueeze(-1) - self.centres) / self.width) ** 2)
             members = x.gather(1, flat.unsqueeze(-1).expand(-1, -1, d)).view(batch, n_slots, k, d)
-            gated = torch.where(plan.window_valid.unsqueeze(-1), (1.0 + self.time_gate(basis)) * members, 0.0)
+            gated = (1.0 + self.time_gate(basis)) * members
+            gated = torch.where(plan.window_valid.unsqueeze(-1), gated, torch.zeros_like(gated))
         mixed = self.ssm(self.aggregate(gated.view(batch, n_slots, k * d)), padding_mask=~plan.valid)
         if native:
             return gather_rows_native(mixed, torch.where(plan.restore_valid, plan.restore_index, -1))
         restored = mixed.gather(1, plan.restore_index.unsqueeze(-1).expand(-1, -1, d))
-        return torch.where(plan.restore_valid.unsqueeze(-1), restored, 0.0)
+        return torch.where(plan.restore_valid.unsqueeze(-1), restored, torch.zeros_like(restored))
+
 
 class SeRpEnt(nn.Module):
     """SeRpEnt mixer (B, L, D) -> (B, L, D): x + Linear(concat of the restored κ-branches)."""
