@@ -490,7 +490,7 @@ def test_mamba_native_path_matches_the_loop_without_padding(bidirectional):
             assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (name, (a - b).abs().max())
 
 
-def test_mamba_falls_back_to_the_loop_when_the_native_kernel_cannot_be_built(tmp_path, monkeypatch):
+def test_mamba_and_serpent_fall_back_to_the_loop_when_the_native_kernel_cannot_be_built(tmp_path, monkeypatch):
     from safemotion.models.ssm import scan_native
 
     monkeypatch.setenv("CC", "/bin/false")  # a "compiler" that always fails
@@ -503,6 +503,10 @@ def test_mamba_falls_back_to_the_loop_when_the_native_kernel_cannot_be_built(tmp
         loop, auto = _twin(MambaConfig(d_model=8, scan="sequential"), scan="auto")
         x = torch.randn(1, 6, 8)
         assert torch.equal(auto(x), loop(x))
+        serpent_loop = SeRpEnt(SeRpEntConfig(d_model=8, scan="sequential"))
+        serpent_auto = SeRpEnt(SeRpEntConfig(d_model=8, scan="auto"))
+        serpent_auto.load_state_dict(serpent_loop.state_dict())
+        assert torch.equal(serpent_auto(x), serpent_loop(x))
     finally:
         scan_native._library.cache_clear()
 
