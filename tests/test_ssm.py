@@ -20,7 +20,7 @@ from safemotion.models.ssm import (
     selective_scan_native,
     selective_scan_sequential,
 )
-from safemotion.models.ssm.scan_native import causal_conv_silu_native
+from safemotion.models.ssm.scan_native import TimeGate, causal_conv_silu_native, gather_rows_native
 from safemotion.models.ssm.serpent import clock_steps, slot_count
 
 # Fig. 2 of the SeRpEnt paper: "After work I got to the movie theater and there I saw Sarah".
@@ -490,7 +490,7 @@ def test_mamba_native_path_matches_the_loop_without_padding(bidirectional):
             assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (name, (a - b).abs().max())
 
 
-def test_mamba_falls_back_to_the_loop_when_the_native_kernel_cannot_be_built(tmp_path, monkeypatch):
+def test_mamba_and_serpent_fall_back_to_the_loop_when_the_native_kernel_cannot_be_built(tmp_path, monkeypatch):
     from safemotion.models.ssm import scan_native
 
     monkeypatch.setenv("CC", "/bin/false")  # a "compiler" that always fails
@@ -503,5 +503,64 @@ def test_mamba_falls_back_to_the_loop_when_the_native_kernel_cannot_be_built(tmp
         loop, auto = _twin(MambaConfig(d_model=8, scan="sequential"), scan="auto")
         x = torch.randn(1, 6, 8)
         assert torch.equal(auto(x), loop(x))
+        serpent_loop = SeRpEnt(SeRpEntConfig(d_model=8, scan="sequential"))
+        serpent_auto = SeRpEnt(SeRpEntConfig(d_model=8, scan="auto"))
+        serpent_auto.load_state_dict(serpent_loop.state_dict())
+        assert torch.equal(serpent_auto(x), serpent_loop(x))
     finally:
         scan_native._library.cache_clear()
+
+
+@native
+@pytest.mark.parametrize("with_gate", [True, False])
+def test_native_gather_rows_matches_torch_gather_values_and_gradients(with_gate):
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 7, 5, generator=g, requires_grad=True)
+    index = torch.randint(-1, 7, (2, 11), generator=g)  # repeats (gradients add up) and -1 (zero rows)
+    index[0, :3] = torch.tensor([-1, 4, 4])
+    dt, weight, bias = [torch.randn(shape, generator=g, requires_grad=True) for shape in ((2, 11), (5, 3), (5,))]
+    centres, width = torch.tensor([-1.0, 0.0, 2.0]), 0.7
+    basis = torch.exp(-0.5 * ((dt.unsqueeze(-1) - centres) / width) ** 2)
+    rows = x.gather(1, index.clamp(min=0).unsqueeze(-1).expand(-1, -1, 5))
+    ref = torch.where((index >= 0).unsqueeze(-1), (1.0 + F.linear(basis, weight, bias)) * rows if with_gate else rows, 0.0)
+    out = gather_rows_native(x, index, TimeGate(dt, centres, width, weight, bias) if with_gate else None)
+    assert torch.equal(out[0, 0], torch.zeros(5))
+    _assert_tensors_and_gradients_equal([x, dt, weight, bias] if with_gate else [x], ref, out)
+    with pytest.raises(ValueError, match="int64 index"):
+        gather_rows_native(x, index.int())
+    with pytest.raises(ValueError, match=r"index must lie in \[-1, 7\)"):
+        gather_rows_native(x, index + 7)
+
+
+def _assert_tensors_and_gradients_equal(leaves, ref, fast, tol=1e-5):
+    """Two outputs agree to tol (abs and rel) in value and in the gradients of every leaf for one random cotangent."""
+    assert torch.allclose(fast, ref, atol=tol, rtol=tol), (fast - ref).abs().max()
+    weight = torch.randn_like(ref)
+    for i, (a, b) in enumerate(zip(torch.autograd.grad((fast * weight).sum(), leaves),
+                                   torch.autograd.grad((ref * weight).sum(), leaves))):
+        assert torch.allclose(a, b, atol=tol, rtol=tol), (i, (a - b).abs().max())
+
+
+@native
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("kept", [False, True])
+def test_serpent_native_path_matches_the_loop_values_and_gradients(bidirectional, padded, kept):
+    # The native path (C scans, fused gather/gate/restore) against the PyTorch loop path, every parameter's gradient.
+    torch.manual_seed(13)
+    config = SeRpEntConfig(d_model=6, bidirectional=bidirectional, scan="sequential")
+    loop, fast = SeRpEnt(config), SeRpEnt(SeRpEntConfig(**{**config.__dict__, "scan": "native"}))
+    fast.load_state_dict(loop.state_dict())
+    x = torch.randn(3, 23, 6, requires_grad=True)
+    mask = torch.zeros(3, 23, dtype=torch.bool)
+    if padded:
+        mask[0, 17:] = True
+        mask[2, :5] = True
+    keep = (torch.rand(3, 23) < 0.2) if kept else None
+    ref, out = loop(x, mask if padded else None, keep), fast(x, mask if padded else None, keep)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5), (out - ref).abs().max()
+    weight = torch.randn_like(ref)
+    grads = [torch.autograd.grad((y * weight).sum(), [x, *model.parameters()]) for y, model in ((ref, loop), (out, fast))]
+    names = ["x", *(name for name, _ in fast.named_parameters())]
+    for name, a, b in zip(names, grads[1], grads[0]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (name, (a - b).abs().max())

@@ -1,5 +1,5 @@
 """Fused CPU kernels of Mamba's selective SSM: small C kernels (built with the system C compiler on first use) behind
-autograd Functions: the selective scan and the depthwise causal conv + SiLU before it.
+autograd Functions: the selective scan, the depthwise causal conv + SiLU before it, and SeRpEnt's gated row gather.
 
 The scan has the contract and numbers of `selective_scan_sequential` (float32, to round-off), but fused: for every
 (batch, step) the state of all channels (n × d floats, channels innermost so the loops vectorise over d) stays in
@@ -13,6 +13,10 @@ and time for A and D are float64 across batch rows).
 
 The conv kernel reads the (batch, length, d) rows of in_proj's output in place (no transposes) and recomputes its
 pre-activation in the backward; it is the causal conv of `SelectiveSSM`, or its mirror image with `reverse`.
+
+The row-gather kernel is SeRpEnt's resampling glue (`serpent.ResamplingBranch`): window members gathered, multiplied
+by their time gate and masked in one pass, and the restore to full length; the backward scatters into x in one pass.
+In PyTorch these were gather (expanded index), mul, where and, back, scatter_add: ≈ 16 % of a SeRpEnt training step.
 
 Why not pure PyTorch: on a CPU every PyTorch op is one pass through memory. The autograd loop runs ~25 small ops per
 step; the vectorised forms (`selective_scan_chunked`, or a time-major in-place loop with an analytic backward, tried
@@ -35,6 +39,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -332,6 +337,99 @@ void conv_silu_backward(cfptr x, long x_stride, cfptr wt, cfptr bias, cfptr gout
         for (long j = 0; j < K * d; ++j) gwt[j] += gw_row[j];
     }
 }
+
+/* SeRpEnt's row gathers (window members, restore): out[b, r] = gate[b, r] x[b, index[b, r]] with the time gate
+   gate = 1 + bias + W phi, phi_q = exp(-(dt[b, r] - centres_q)^2 / (2 width^2)), q < m (Wt: W transposed, (m, d);
+   dt (batch, count)), or the row itself without dt (NULL); index < 0 gives a zero row. x (batch, length, d), index
+   (batch, count), out (batch, count, d). work: d + m floats. */
+static void rbf(float dt, cfptr centres, float inv_width, fptr phi, long m) {
+    for (long q = 0; q < m; ++q) {
+        float z = (dt - centres[q]) * inv_width;
+        phi[q] = exp2_poly(-0.5f * LOG2E * z * z);
+    }
+}
+
+static void time_gate(cfptr phi, cfptr Wt, cfptr bias, fptr gate, long d, long m) {
+    for (long i = 0; i < d; ++i) gate[i] = 1.0f + bias[i];
+    for (long q = 0; q < m; ++q) {
+        float f = phi[q];
+        cfptr w = Wt + q * d;
+        for (long i = 0; i < d; ++i) gate[i] += w[i] * f;
+    }
+}
+
+void gather_rows_forward(cfptr x, const long *restrict index, cfptr dt, cfptr centres, float inv_width, cfptr Wt,
+                         cfptr bias, fptr out, fptr work, long batch, long length, long count, long d, long m) {
+    for (long b = 0; b < batch; ++b) {
+        for (long r = 0; r < count; ++r) {
+            long row = b * count + r, j = index[row];
+            fptr o = out + row * d;
+            if (j < 0) {
+                memset(o, 0, sizeof(float) * d);
+                continue;
+            }
+            cfptr xs = x + (b * length + j) * d;
+            if (!dt) {
+                memcpy(o, xs, sizeof(float) * d);
+                continue;
+            }
+            rbf(dt[row], centres, inv_width, work + d, m);
+            time_gate(work + d, Wt, bias, work, d, m);
+            for (long i = 0; i < d; ++i) o[i] = work[i] * xs[i];
+        }
+    }
+}
+
+/* gx (batch, length, d) is overwritten: the sum of gate grad_out over the rows that read each x row, in row order.
+   With dt: gdt (batch, count) is overwritten (zero for index < 0); gWt (m, d) and gbias (d) are float64 and
+   accumulated into. work: (m + 2) d + m floats. */
+void gather_rows_backward(cfptr x, const long *restrict index, cfptr dt, cfptr centres, float inv_width, cfptr Wt,
+                          cfptr bias, cfptr gout, fptr gx, fptr gdt, double *restrict gWt, double *restrict gbias,
+                          fptr work, long batch, long length, long count, long d, long m) {
+    fptr gate = work, gb_row = work + d, gw_row = work + 2 * d, phi = gw_row + m * d;
+    memset(gx, 0, sizeof(float) * batch * length * d);
+    for (long b = 0; b < batch; ++b) {
+        if (dt) memset(gb_row, 0, sizeof(float) * (m + 1) * d);
+        for (long r = 0; r < count; ++r) {
+            long row = b * count + r, j = index[row];
+            if (j < 0) {
+                if (dt) gdt[row] = 0.0f;
+                continue;
+            }
+            cfptr go = gout + row * d;
+            fptr gxs = gx + (b * length + j) * d;
+            if (!dt) {
+                for (long i = 0; i < d; ++i) gxs[i] += go[i];
+                continue;
+            }
+            cfptr xs = x + (b * length + j) * d;
+            rbf(dt[row], centres, inv_width, phi, m);
+            time_gate(phi, Wt, bias, gate, d, m);
+            float g_dt = 0.0f;
+            for (long i = 0; i < d; ++i) {
+                gxs[i] += gate[i] * go[i];
+                gb_row[i] += go[i] * xs[i];
+            }
+            for (long q = 0; q < m; ++q) {
+                float f = phi[q], sum = 0.0f;
+                cfptr w = Wt + q * d;
+                fptr gw = gw_row + q * d;
+#pragma omp simd reduction(+ : sum)
+                for (long i = 0; i < d; ++i) {
+                    float t = go[i] * xs[i];
+                    sum += t * w[i];
+                    gw[i] += t * f;
+                }
+                /* d phi_q / d dt = -phi_q (dt - centre_q) / width^2 */
+                g_dt -= sum * f * (dt[row] - centres[q]) * inv_width * inv_width;
+            }
+            gdt[row] = g_dt;
+        }
+        if (!dt) continue;
+        for (long i = 0; i < d; ++i) gbias[i] += gb_row[i];
+        for (long i = 0; i < m * d; ++i) gWt[i] += gw_row[i];
+    }
+}
 """
 
 # -ffast-math lets gcc vectorise log1pf (glibc's libmvec, linked below); -fopenmp-simd honours the one `omp simd`.
@@ -381,6 +479,9 @@ def _library() -> ctypes.CDLL | None:
     library.scan_backward.argtypes = [pointer, source] + [pointer] * 16 + [size] * 4 + [flag]
     library.conv_silu_forward.argtypes = [pointer, size, pointer, pointer, pointer] + [size] * 4 + [flag]
     library.conv_silu_backward.argtypes = [pointer, size] + [pointer] * 7 + [size] * 4 + [flag]
+    real = ctypes.c_float
+    library.gather_rows_forward.argtypes = [pointer] * 4 + [real] + [pointer] * 4 + [size] * 5
+    library.gather_rows_backward.argtypes = [pointer] * 4 + [real] + [pointer] * 8 + [size] * 5
     return library
 
 
@@ -541,3 +642,79 @@ class _NativeConvSilu(torch.autograd.Function):
         pointers = (wt, bias, grad_out, gx, gwt, gbias, work)
         _library().conv_silu_backward(_ptr(x), ctx.stride, *map(_ptr, pointers), batch, length, d, K, ctx.flags)
         return gx, gwt.t().reshape(d, 1, K).to(wt.dtype), gbias.to(bias.dtype), None
+
+
+def gather_rows_native(x: Tensor, index: Tensor, gate: TimeGate | None = None) -> Tensor:
+    """Rows of x (batch, length, d) picked per batch row by index (batch, count), int64 in [-1, length), times the time
+    gate 1 + Linear(φ(dt)) of `gate`, or the rows themselves; index −1 gives a zero row. Equals
+    where(index ≥ 0, (1 + F.linear(φ(dt), weight, bias)) * x.gather(1, index), 0) in value and gradients (of x, dt,
+    weight, bias), without forming φ or the (batch, count, d) gate (float32 CPU only)."""
+    batch, length, d = x.shape
+    count = index.shape[1] if index.dim() == 2 else -1
+    shapes_ok = index.shape == (batch, count) and (gate is None or (
+        gate.dt.shape == (batch, count) and gate.weight.shape == (d, *gate.centres.shape) and gate.bias.shape == (d,)))
+    if not shapes_ok or index.dtype != torch.int64:
+        raise ValueError(f"gather_rows_native: need x (batch, length, d), int64 index (batch, count) and a TimeGate with "
+                         f"dt (batch, count), centres (m,), weight (d, m), bias (d,), or None; got {tuple(x.shape)}, "
+                         f"{index.dtype} {tuple(index.shape)}, {gate and [tuple(t.shape) for t in gate.tensors()]}")
+    if index.numel() and not -1 <= int(index.min()) <= int(index.max()) < length:
+        raise ValueError(f"gather_rows_native: index must lie in [-1, {length}), got [{int(index.min())}, {int(index.max())}]")
+    tensors = (None,) * 4 if gate is None else gate.tensors()
+    _require_native("gather_rows_native", x, *tensors)
+    return _NativeGatherRows.apply(x, index, *tensors, 0.0 if gate is None else 1.0 / gate.width)
+
+
+@dataclass(frozen=True)
+class TimeGate:
+    """SeRpEnt's time gate 1 + W φ(dt) + b with Gaussian RBFs φ_q(dt) = exp(−(dt − centres_q)² / (2 width²))."""
+
+    dt: Tensor  # (batch, count) time difference of each gathered row to its slot
+    centres: Tensor  # (m,)
+    width: float
+    weight: Tensor  # (d, m)
+    bias: Tensor  # (d,)
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """dt, centres, weight, bias."""
+        return self.dt, self.centres, self.weight, self.bias
+
+
+class _NativeGatherRows(torch.autograd.Function):
+    """Gather, time gate and mask in one pass; the backward recomputes the gate, scatters into x and forms the gradients
+    of dt, weight and bias in one pass."""
+
+    @staticmethod
+    def forward(ctx, x, index, dt, centres, weight, bias, inv_width):  # type: ignore[override]
+        x, index = x.contiguous(), index.contiguous()
+        batch, length, d = x.shape
+        count = index.shape[1]
+        m = 0 if dt is None else centres.shape[0]
+        if dt is not None:
+            dt, centres, weight, bias = dt.contiguous(), centres.contiguous(), weight.t().contiguous(), bias.contiguous()
+        out = x.new_empty(batch, count, d)
+        work = x.new_empty(d + m)
+        pointers = (x, index, dt, centres)
+        _library().gather_rows_forward(*map(_ptr, pointers), inv_width, *map(_ptr, (weight, bias, out, work)),
+                                       batch, length, count, d, m)
+        ctx.save_for_backward(x, index, dt, centres, weight, bias)
+        ctx.inv_width = inv_width
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, index, dt, centres, W_t, bias = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        batch, length, d = x.shape
+        count = index.shape[1]
+        m = 0 if dt is None else centres.shape[0]
+        gx = torch.empty_like(x)
+        gdt = None if dt is None else torch.empty_like(dt)
+        gW_t = None if dt is None else torch.zeros(m, d, dtype=torch.float64)
+        gbias = None if dt is None else torch.zeros(d, dtype=torch.float64)
+        work = x.new_empty((m + 2) * d + m)
+        after = (W_t, bias, grad_out, gx, gdt, gW_t, gbias, work)
+        _library().gather_rows_backward(*map(_ptr, (x, index, dt, centres)), ctx.inv_width, *map(_ptr, after),
+                                        batch, length, count, d, m)
+        if dt is None:
+            return gx, None, None, None, None, None, None
+        return gx, None, gdt, None, gW_t.t().to(x.dtype), gbias.to(x.dtype), None

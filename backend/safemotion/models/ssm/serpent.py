@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from safemotion.models.ssm.mamba import SCANS, Mamba, MambaConfig, check_sequence_input
+from safemotion.models.ssm.scan_native import TimeGate, gather_rows_native, native_scan_supports
 
 CAUSAL_STEP_RANGE = (0.5, 1.5)  # causal Δ_l = κ·(0.5 + a_l) lies in κ·[0.5, 1.5]
 
@@ -146,19 +147,18 @@ def plan_resampling(
         valid = index < length
     time = grid
 
-    if keep_mask is not None:
-        keep = keep_mask & real
-        n_keep = int(keep.sum(dim=1).max())
-        if n_keep:
-            kept = torch.where(keep, positions, length).sort(dim=1).values[:, :n_keep]
-            kept_valid = kept < length
-            index = torch.cat([index, kept], dim=1)
-            time = torch.cat([time, clock.gather(1, kept.clamp(max=length - 1))], dim=1)
-            valid = torch.cat([valid, kept_valid], dim=1)
+    n_keep = 0 if keep_mask is None else int((keep_mask & real).sum(dim=1).max())
+    if n_keep:
+        kept = torch.where(keep_mask & real, positions, length).sort(dim=1).values[:, :n_keep]
+        kept_valid = kept < length
+        index = torch.cat([index, kept], dim=1)
+        time = torch.cat([time, clock.gather(1, kept.clamp(max=length - 1))], dim=1)
+        valid = torch.cat([valid, kept_valid], dim=1)
 
     index = torch.where(valid, index, length)
-    order = torch.where(valid, time.detach(), math.inf).sort(dim=1, stable=True).indices
-    index, time, valid = index.gather(1, order), time.gather(1, order), valid.gather(1, order)
+    if n_keep:  # without kept slots the grid slots are already in time order, the valid ones first
+        order = torch.where(valid, time.detach(), math.inf).sort(dim=1, stable=True).indices
+        index, time, valid = index.gather(1, order), time.gather(1, order), valid.gather(1, order)
 
     if bidirectional:
         offsets = torch.arange(-((window - 1) // 2), window // 2 + 1, device=device)
@@ -219,14 +219,22 @@ class ResamplingBranch(nn.Module):
         plan = plan_resampling(steps, self.kappa, self.config.window, self.config.bidirectional, padding_mask, keep_mask)
         n_slots, k = plan.window_index.shape[1:]
         flat = plan.window_index.flatten(1)
-        members = x.gather(1, flat.unsqueeze(-1).expand(-1, -1, d)).view(batch, n_slots, k, d)
         member_time = plan.clock.gather(1, flat).view(batch, n_slots, k)
         dt = plan.time.unsqueeze(-1) - member_time
-        basis = torch.exp(-0.5 * ((dt.unsqueeze(-1) - self.centres) / self.width) ** 2)
-        gated = (1.0 + self.time_gate(basis)) * members
-        gated = torch.where(plan.window_valid.unsqueeze(-1), gated, torch.zeros_like(gated))
-        compressed = self.aggregate(gated.flatten(2))
-        mixed = self.ssm(compressed, padding_mask=~plan.valid)
+        # Native: one C pass each for gather → time gate → mask and for the restore (one each back); index −1 = zero row.
+        native = self.config.scan == "native" or (self.config.scan == "auto" and native_scan_supports(x))
+        if native:
+            members = torch.where(plan.window_valid, plan.window_index, -1).flatten(1)
+            gate = TimeGate(dt.flatten(1), self.centres, self.width, self.time_gate.weight, self.time_gate.bias)
+            gated = gather_rows_native(x, members, gate)
+        else:
+            basis = torch.exp(-0.5 * ((dt.unsqueeze(-1) - self.centres) / self.width) ** 2)
+            members = x.gather(1, flat.unsqueeze(-1).expand(-1, -1, d)).view(batch, n_slots, k, d)
+            gated = (1.0 + self.time_gate(basis)) * members
+            gated = torch.where(plan.window_valid.unsqueeze(-1), gated, torch.zeros_like(gated))
+        mixed = self.ssm(self.aggregate(gated.view(batch, n_slots, k * d)), padding_mask=~plan.valid)
+        if native:
+            return gather_rows_native(mixed, torch.where(plan.restore_valid, plan.restore_index, -1))
         restored = mixed.gather(1, plan.restore_index.unsqueeze(-1).expand(-1, -1, d))
         return torch.where(plan.restore_valid.unsqueeze(-1), restored, torch.zeros_like(restored))
 
