@@ -27,7 +27,6 @@ import http.client
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import subprocess
@@ -40,15 +39,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-from results_md import publish
+from results_md import RESULTS, publish
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Server load (issue 6)"
 RAY_SECTION = "## Ray Serve scale-out (issue 21)"
 RAY_REPLICAS = (1, 2)
 REPLICA_GROUP = "model replicas (FastAPI app + model)"
 RAY_GROUPS = ("load generator (HTTP clients) + Ray driver", "Serve HTTP proxy", REPLICA_GROUP, "Serve controller",
-              "GCS", "raylet", "other Ray processes", "other application")  # CPU table order
+              "GCS", "raylet", "other Ray processes")  # CPU table order
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = (16, 1)  # --max-batch of the micro-batching server and of the one-at-a-time server
 PROMPTS = ["a person walks forward", "a person jumps twice", "someone waves with the right hand",
@@ -228,24 +226,20 @@ def bench(model: Path, levels: list[int], rounds: dict[int, int], repeats: int, 
             server.stop()
 
 
-def ray_process_group(process, app: str, me: int) -> str:
-    """Which part of the Ray run a psutil `process` is, for the CPU breakdown (`app`: the application under load)."""
-    from safemotion.serve.ray_app import MODEL_DEPLOYMENT
-
+def ray_process_group(process, me: int) -> str:
+    """Which part of the Ray run a psutil `process` is, for the CPU breakdown (only the application under load is
+    deployed while a turn is timed, and its one deployment is the model replicas)."""
     if process.pid == me:
         return "load generator (HTTP clients) + Ray driver"
     title = " ".join(process.cmdline()) or process.name()
-    if match := re.match(r"ray::ServeReplica:([^:]+):(\w+)", title):
-        part = REPLICA_GROUP if match[2] == MODEL_DEPLOYMENT else match[2]
-        return part if match[1] == app else "other application"
-    for key, group in (("ray::ProxyActor", "Serve HTTP proxy"), ("ray::ServeController", "Serve controller"),
-                       ("raylet", "raylet"), ("gcs_server", "GCS")):
+    for key, group in (("ray::ServeReplica:", REPLICA_GROUP), ("ray::ProxyActor", "Serve HTTP proxy"),
+                       ("ray::ServeController", "Serve controller"), ("raylet", "raylet"), ("gcs_server", "GCS")):
         if key in title:
             return group
     return "other Ray processes"
 
 
-def ray_cpu_seconds(app: str) -> dict[int, tuple[str, float]]:
+def ray_cpu_seconds() -> dict[int, tuple[str, float]]:
     """User + system CPU seconds so far of this process and all its descendants (Ray's), with their groups."""
     import psutil  # Ray ships it (ray/thirdparty_files), importable once ray is imported
 
@@ -255,7 +249,7 @@ def ray_cpu_seconds(app: str) -> dict[int, tuple[str, float]]:
         try:
             with process.oneshot():
                 times = process.cpu_times()
-                found[process.pid] = (ray_process_group(process, app, me.pid), times.user + times.system)
+                found[process.pid] = (ray_process_group(process, me.pid), times.user + times.system)
         except psutil.Error:  # it ended meanwhile
             continue
     return found
@@ -277,6 +271,7 @@ def replica_batches(handle, replicas: int) -> dict[str, tuple[int, int]]:
     while len(found) < replicas and time.monotonic() < deadline:
         me = handle.whoami.remote().result()
         found[me["actor"]] = (me["batches"], me["motions"])
+        time.sleep(0.05)  # Serve routes at random: give the other replicas a turn without busy-looping
     if len(found) < replicas:
         raise RuntimeError(f"only {len(found)} of {replicas} replicas answered within 60 s")
     return found
@@ -333,10 +328,10 @@ def ray_bench(model: Path, clients: int, rounds: int, repeats: int, seconds: flo
                 handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=name)
                 run_level(url, 4, 1, seconds, first_seed=10**6)  # warm-up: first-call costs, every replica
                 batched = replica_batches(handle, replicas)
-                before = ray_cpu_seconds(name)
+                before = ray_cpu_seconds()
                 run = run_level(url, clients, rounds, seconds, first_seed=1000 * repeat)
                 total = totals[replicas]
-                for group, spent in cpu_by_group(before, ray_cpu_seconds(name)).items():
+                for group, spent in cpu_by_group(before, ray_cpu_seconds()).items():
                     total["cpu"][group] = total["cpu"].get(group, 0.0) + spent
                 for actor, (batches, motions) in replica_batches(handle, replicas).items():
                     total["batches"] += batches - batched[actor][0]
