@@ -419,10 +419,7 @@ def audit_joints_of(payload: schemas.ArrayPayload) -> np.ndarray:
 
 def checked_array(payload: schemas.ArrayPayload, field: str, frame_shape: tuple[int, ...], what: str) -> np.ndarray:
     """A decoded [T, *frame_shape] array of 2-4000 frames with finite values within ±1000; FieldError otherwise."""
-    try:
-        array = decode_array(payload.model_dump(), field)
-    except ArrayError as err:
-        raise FieldError(err.field, err.reason) from None
+    array = decoded(payload, field)
     expected = "[T, " + ", ".join(str(n) for n in frame_shape) + "]"
     if array.ndim != 1 + len(frame_shape) or array.shape[1:] != frame_shape:
         raise FieldError(f"{field}.shape", f"expected {expected}, got {list(array.shape)}")
@@ -431,6 +428,14 @@ def checked_array(payload: schemas.ArrayPayload, field: str, frame_shape: tuple[
     if not np.isfinite(array).all() or np.abs(array).max() > MAX_AUDIT_COORDINATE:
         raise FieldError(f"{field}.data", f"{what} must be finite and within ±{MAX_AUDIT_COORDINATE:g}")
     return array
+
+
+def decoded(payload: schemas.ArrayPayload, field: str) -> np.ndarray:
+    """The array of a request's base64 payload; FieldError naming the field when it cannot be decoded."""
+    try:
+        return decode_array(payload.model_dump(), field)
+    except ArrayError as err:
+        raise FieldError(err.field, err.reason) from None
 
 
 def edit_source_of(payload: schemas.SourcePayload, field: str, info: dict[str, Any]) -> SourceMotion:
@@ -454,11 +459,7 @@ def edit_source_of(payload: schemas.SourcePayload, field: str, info: dict[str, A
     if payload.base_tokens is None:
         return source
     try:
-        ids = decode_array(payload.base_tokens.model_dump(), f"{field}.base_tokens")
-    except ArrayError as err:
-        raise FieldError(err.field, err.reason) from None
-    try:
-        ids = check_base_tokens(ids, source.num_frames, info["unit_length"], info["codebook_size"], field)
+        ids = check_base_tokens(decoded(payload.base_tokens, f"{field}.base_tokens"), source.num_frames, info["unit_length"], info["codebook_size"], field)
     except ValueError as err:
         raise FieldError(f"{field}.base_tokens", str(err).removeprefix(f"{field}: ")) from None
     return replace(source, base_tokens=ids)

@@ -125,7 +125,7 @@ def assess(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int]
     ids = np.asarray(base_tokens, dtype=np.int64).reshape(-1)
     num_tokens = int((ids >= 0).sum())
     hits = hit_token_indices(ids, removed_codes, also)
-    ratio = hit_ratio(ids, removed_codes, also)
+    ratio = len(hits) / num_tokens if num_tokens else 0.0  # hit_ratio, from the hits already found
     if screening is None:
         flagged = num_tokens > 0 and ratio >= threshold
         decision, reason = _decide(policy, flagged, ratio, len(hits), num_tokens, threshold, concept)

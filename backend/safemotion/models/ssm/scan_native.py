@@ -50,6 +50,9 @@ from safemotion.models.ssm.scan import check_scan_shapes
 
 log = logging.getLogger(__name__)
 
+_SOFTPLUS, _REVERSE = 1, 2  # the kernel's flag bits
+_CHUNK = 16  # the kernel's CHUNK: steps between the states kept for the backward (sizes the buffers passed to C)
+
 _SOURCE = r"""
 #include <math.h>
 #include <string.h>
@@ -59,8 +62,8 @@ typedef const float *restrict cfptr;
 
 /* Steps between the states the forward pass keeps for the backward: its recompute buffers (2 CHUNK n d floats)
    stay in L2. */
-#define CHUNK 16
-enum { SOFTPLUS = 1, REVERSE = 2 };
+#define CHUNK @CHUNK@
+enum { SOFTPLUS = @SOFTPLUS@, REVERSE = @REVERSE@ };
 
 /* 2^x in float32 to 1e-7 (relative): x = k + f with k = rint(x), |f| <= 1/2; 2^f by a degree-6 polynomial fitted on
    Chebyshev nodes (exactly 1 at f = 0, so a zero step keeps the state exactly), 2^k through the exponent bits. Inline
@@ -431,6 +434,8 @@ void gather_rows_backward(cfptr x, const long *restrict index, cfptr dt, cfptr c
     }
 }
 """
+_SOURCE = (_SOURCE.replace("@CHUNK@", str(_CHUNK)).replace("@SOFTPLUS@", str(_SOFTPLUS))
+           .replace("@REVERSE@", str(_REVERSE)))  # one definition of each, shared with the C
 
 # -ffast-math lets gcc vectorise log1pf (glibc's libmvec, linked below); -fopenmp-simd honours the one `omp simd`.
 # Compiling and linking in two steps keeps crtfastmath.o (which would switch the whole process to
@@ -486,8 +491,6 @@ def _library() -> ctypes.CDLL | None:
 
 
 # Flags of the C kernels.
-_SOFTPLUS, _REVERSE = 1, 2
-_CHUNK = 16  # the kernel's CHUNK: steps between the states kept for the backward
 _LOG2E = 1.0 / math.log(2.0)
 
 
