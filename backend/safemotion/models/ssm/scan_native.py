@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 _SOFTPLUS, _REVERSE = 1, 2  # the kernel's flag bits
 _CHUNK = 16  # the kernel's CHUNK: steps between the states kept for the backward (sizes the buffers passed to C)
+_LANES = 8  # the kernel's LANES: state rows are padded to a multiple of this many floats (8 = one AVX2 register)
 
 _SOURCE = r"""
 #include <math.h>
@@ -63,6 +64,7 @@ typedef const float *restrict cfptr;
 /* Steps between the states the forward pass keeps for the backward: its recompute buffers (2 CHUNK n d floats)
    stay in L2. */
 #define CHUNK @CHUNK@
+#define LANES @LANES@
 enum { SOFTPLUS = @SOFTPLUS@, REVERSE = @REVERSE@ };
 
 /* 2^x in float32 to 1e-7 (relative): x = k + f with k = rint(x), |f| <= 1/2; 2^f by a degree-6 polynomial fitted on
@@ -120,64 +122,72 @@ static void step_delta(const delta_source *src, long row, fptr raw, fptr dt, lon
     }
 }
 
-/* One step of every channel: h = exp(dt A) h_prev + dt u B and y_t = <C, h> + D u. dx: d floats of scratch. */
-static void advance(cfptr u_t, cfptr dt_t, cfptr At, cfptr B_t, cfptr C_t, cfptr D, cfptr h_prev, fptr h, fptr y_t,
-                    fptr dx, long d, long n) {
-    for (long i = 0; i < d; ++i) {
-        dx[i] = dt_t[i] * u_t[i];
-        y_t[i] = D ? D[i] * u_t[i] : 0.0f;
-    }
-    for (long k = 0; k < n; ++k) {
-        float b = B_t[k], c = C_t[k];
-        cfptr A_k = At + k * d;
-        cfptr p_k = h_prev + k * d;
-        fptr h_k = h + k * d;
-        for (long i = 0; i < d; ++i) {
-            float v = exp2_poly(dt_t[i] * A_k[i]) * p_k[i] + dx[i] * b;
-            h_k[i] = v;
-            y_t[i] += v * c;
-        }
-    }
+/* The state, decay and At rows are dp = d rounded up to LANES (the vector width) floats long and zero past d, as are
+   the per-step rows (dt, dx, gy) the loops over them read, so those loops run over whole vectors with no scalar
+   remainder (at d = 60, SeRpEnt's branch width, the 4-channel scalar tail cost about as much as the 7 vector steps)
+   and the padded channels stay exactly 0. */
+long padded(long d) { return (d + LANES - 1) / LANES * LANES; }
+
+/* Floats between two (n, dp) state-sized work buffers: 2 LANES more than their size, so that no two of them start a
+   multiple of 4 KiB apart (at dp n = 1024 the loads of one and the stores of the next alias in the L1 and the forward
+   ran 1.7x slower). */
+static inline long state_stride(long d, long n) { return padded(d) * n + 2 * LANES; }
+
+/* Floats of the work buffer scan_forward (backward = 0) or scan_backward (1) needs. */
+long scan_work_floats(long d, long n, long rank, int backward) {
+    long dp = padded(d), ds = state_stride(d, n);
+    return backward ? (2 * CHUNK + 3) * ds + (2 * CHUNK + 5 + rank) * dp : 2 * ds + 4 * dp;
 }
 
-/* The backward's recompute of one step: the state h and the decays exp(dt A), both (n, d); no output. */
-static void recompute(cfptr u_t, cfptr dt_t, cfptr At, cfptr B_t, cfptr h_prev, fptr h, fptr decay, fptr dx, long d,
-                      long n) {
-    for (long i = 0; i < d; ++i) dx[i] = dt_t[i] * u_t[i];
+/* One step of every channel: h = exp(dt A) h_prev + dx B (dx = dt u); with `output` (the forward), y_t += <C, h>;
+   else (the backward's recompute) the decays exp(dt A) are stored in decay. Always inlined with a constant `output`,
+   so each caller gets its own branch-free loop. */
+static inline __attribute__((always_inline)) void advance(cfptr dx, cfptr dt_t, cfptr At, cfptr B_t, cfptr C_t,
+                                                          cfptr h_prev, fptr h, fptr y_t, fptr decay, long dp, long n,
+                                                          const int output) {
     for (long k = 0; k < n; ++k) {
-        float b = B_t[k];
-        cfptr A_k = At + k * d;
-        cfptr p_k = h_prev + k * d;
-        fptr h_k = h + k * d, e_k = decay + k * d;
-        for (long i = 0; i < d; ++i) {
+        float b = B_t[k], c = output ? C_t[k] : 0.0f;
+        cfptr A_k = At + k * dp;
+        cfptr p_k = h_prev + k * dp;
+        fptr h_k = h + k * dp;
+        for (long i = 0; i < dp; ++i) {
             float a = exp2_poly(dt_t[i] * A_k[i]);
-            e_k[i] = a;
-            h_k[i] = a * p_k[i] + dx[i] * b;
+            float v = a * p_k[i] + dx[i] * b;
+            h_k[i] = v;
+            if (output) y_t[i] += v * c;
+            else decay[k * dp + i] = a;
         }
     }
 }
 
-/* ckpt: (batch, ceil(length / CHUNK), n, d), the state entering every CHUNK-th step (for the backward), or NULL.
-   work: 2*d*n + 3*d floats (two state buffers used in turn, scratch). */
+/* ckpt: (batch, ceil(length / CHUNK), n, dp), the state entering every CHUNK-th step (for the backward), or NULL.
+   At: (n, dp). work: scan_work_floats(d, n, 0, 0) floats (two state buffers used in turn, scratch). */
 void scan_forward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr C, cfptr D, fptr y, fptr ckpt, fptr work,
                   long batch, long length, long d, long n, int flags) {
-    long dn = d * n, chunks = (length + CHUNK - 1) / CHUNK;
-    fptr dt = work + 2 * dn, dx = dt + d, raw = dx + d;
+    long dp = padded(d), dn = dp * n, ds = state_stride(d, n), chunks = (length + CHUNK - 1) / CHUNK;
+    fptr dt = work + 2 * ds, dx = dt + dp, raw = dx + dp, y_t = raw + dp;
+    memset(dt, 0, sizeof(float) * 4 * dp);
     for (long b = 0; b < batch; ++b) {
-        memset(work, 0, sizeof(float) * 2 * dn);
+        memset(work, 0, sizeof(float) * 2 * ds);
         for (long s = 0; s < length; ++s) {
             long row = b * length + time_of(s, length, flags);
-            float *h = work + (s & 1) * dn, *h_prev = work + ((s + 1) & 1) * dn;
+            float *h = work + (s & 1) * ds, *h_prev = work + ((s + 1) & 1) * ds;
+            cfptr u_t = u + row * d;
             if (ckpt && s % CHUNK == 0) memcpy(ckpt + (b * chunks + s / CHUNK) * dn, h_prev, sizeof(float) * dn);
             step_delta(delta, row, raw, dt, d, flags);
-            advance(u + row * d, dt, At, B + row * n, C + row * n, D, h_prev, h, y + row * d, dx, d, n);
+            for (long i = 0; i < d; ++i) {
+                dx[i] = dt[i] * u_t[i];
+                y_t[i] = D ? D[i] * u_t[i] : 0.0f;
+            }
+            advance(dx, dt, At, B + row * n, C + row * n, h_prev, h, y_t, NULL, dp, n, 1);
+            memcpy(y + row * d, y_t, sizeof(float) * d);
         }
     }
 }
 
 /* Adjoint sweep g_s = C_s dy_s + exp(dt_{s+1} A) g_{s+1}, chunk by chunk from the end: each chunk's states, decays
-   and Δ are recomputed from its checkpoint into cache-sized buffers first. work: (2*CHUNK + 3)*d*n
-   + (2*CHUNK + 4 + rank)*d floats; gAt (n, d), gD (d) and, with a low-rank source, gWt (rank, d) and gbias (d) are
+   and Δ are recomputed from its checkpoint into cache-sized buffers first. work: scan_work_floats(d, n, rank, 1)
+   floats; gAt (n, d), gD (d) and, with a low-rank source, gWt (rank, d) and gbias (d) are
    float64 and accumulated into. The raw Δ's gradient goes to gdelta (batch, length, d), or, with a low-rank source,
    to glow (batch, length, rank), gWt and gbias. */
 void scan_backward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr C, cfptr D, cfptr grad_y, cfptr ckpt,
@@ -185,56 +195,58 @@ void scan_backward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr 
                    fptr gB, fptr gC, double *restrict gD, fptr work, long batch, long length, long d, long n,
                    int flags) {
     long rank = delta->low ? delta->rank : 0;
-    long dn = d * n, chunks = (length + CHUNK - 1) / CHUNK;
+    long dp = padded(d), dn = dp * n, ds = state_stride(d, n), chunks = (length + CHUNK - 1) / CHUNK;
     fptr g = work;
-    fptr gA_row = work + dn; /* this batch row's sum over time, added to the float64 gAt once per row */
-    fptr decay_after = work + 2 * dn; /* decay of the step after the current chunk (zero after the last step) */
-    fptr states = work + 3 * dn;
-    fptr decays = states + CHUNK * dn;
-    fptr dts = decays + CHUNK * dn;
-    fptr raws = dts + CHUNK * d;
-    fptr dx = raws + CHUNK * d;
-    fptr g_dt = dx + d;
-    fptr g_write = g_dt + d;
-    fptr gbias_row = g_write + d; /* low-rank source: this batch row's sums, then added to the float64 totals */
-    fptr gW_row = gbias_row + d;
+    fptr gA_row = work + ds; /* this batch row's sum over time, added to the float64 gAt once per row */
+    fptr decay_after = work + 2 * ds; /* decay of the step after the current chunk (zero after the last step) */
+    fptr states = work + 3 * ds;
+    fptr decays = states + CHUNK * ds;
+    fptr dts = decays + CHUNK * ds;
+    fptr raws = dts + CHUNK * dp;
+    fptr dx = raws + CHUNK * dp;
+    fptr gy = dx + dp;
+    fptr g_dt = gy + dp;
+    fptr g_write = g_dt + dp;
+    fptr gbias_row = g_write + dp; /* low-rank source: this batch row's sums, then added to the float64 totals */
+    fptr gW_row = gbias_row + dp;
+    memset(dts, 0, sizeof(float) * (2 * CHUNK + 2) * dp); /* dts, raws, dx, gy: written up to d only from here on */
     for (long b = 0; b < batch; ++b) {
-        memset(g, 0, sizeof(float) * 3 * dn);
-        memset(gbias_row, 0, sizeof(float) * (rank + 1) * d);
+        memset(g, 0, sizeof(float) * 3 * ds);
+        memset(gbias_row, 0, sizeof(float) * (rank + 1) * dp);
         for (long c = chunks - 1; c >= 0; --c) {
             long s0 = c * CHUNK, s1 = s0 + CHUNK < length ? s0 + CHUNK : length;
             cfptr h_start = ckpt + (b * chunks + c) * dn;
             for (long s = s0; s < s1; ++s) {
                 long j = s - s0, row = b * length + time_of(s, length, flags);
-                step_delta(delta, row, raws + j * d, dts + j * d, d, flags);
-                recompute(u + row * d, dts + j * d, At, B + row * n, j ? states + (j - 1) * dn : h_start,
-                          states + j * dn, decays + j * dn, dx, d, n);
+                cfptr u_t = u + row * d;
+                fptr dt_t = dts + j * dp;
+                step_delta(delta, row, raws + j * dp, dt_t, d, flags);
+                for (long i = 0; i < d; ++i) dx[i] = dt_t[i] * u_t[i];
+                advance(dx, dt_t, At, B + row * n, NULL, j ? states + (j - 1) * ds : h_start, states + j * ds, NULL,
+                        decays + j * ds, dp, n, 0);
             }
             for (long s = s1 - 1; s >= s0; --s) {
                 long j = s - s0, row = b * length + time_of(s, length, flags);
                 cfptr u_t = u + row * d;
-                cfptr dt_t = dts + j * d;
-                cfptr gy = grad_y + row * d;
-                const float *h = states + j * dn;
-                const float *h_prev = j ? h - dn : h_start;
-                const float *decay = decays + j * dn;
-                const float *decay_next = s + 1 < s1 ? decay + dn : decay_after;
-                for (long i = 0; i < d; ++i) {
-                    dx[i] = dt_t[i] * u_t[i];
-                    g_dt[i] = 0.0f;
-                    g_write[i] = 0.0f;
-                }
+                cfptr dt_t = dts + j * dp;
+                const float *h = states + j * ds;
+                const float *h_prev = j ? h - ds : h_start;
+                const float *decay = decays + j * ds;
+                const float *decay_next = s + 1 < s1 ? decay + ds : decay_after;
+                memcpy(gy, grad_y + row * d, sizeof(float) * d);
+                for (long i = 0; i < d; ++i) dx[i] = dt_t[i] * u_t[i];
+                memset(g_dt, 0, sizeof(float) * 2 * dp);
                 for (long k = 0; k < n; ++k) {
                     float bk = B[row * n + k], ck = C[row * n + k], sum_c = 0.0f, sum_b = 0.0f;
-                    cfptr A_k = At + k * d;
-                    cfptr h_k = h + k * d;
-                    cfptr p_k = h_prev + k * d;
-                    fptr g_k = g + k * d;
-                    cfptr a_k = decay + k * d;
-                    cfptr a_next_k = decay_next + k * d;
-                    fptr gA_k = gA_row + k * d;
+                    cfptr A_k = At + k * dp;
+                    cfptr h_k = h + k * dp;
+                    cfptr p_k = h_prev + k * dp;
+                    fptr g_k = g + k * dp;
+                    cfptr a_k = decay + k * dp;
+                    cfptr a_next_k = decay_next + k * dp;
+                    fptr gA_k = gA_row + k * dp;
 #pragma omp simd reduction(+ : sum_c, sum_b)
-                    for (long i = 0; i < d; ++i) {
+                    for (long i = 0; i < dp; ++i) {
                         float gk = gy[i] * ck + a_next_k[i] * g_k[i];
                         float ga = gk * p_k[i] * a_k[i];
                         g_k[i] = gk;
@@ -247,7 +259,7 @@ void scan_backward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr 
                     gC[row * n + k] = sum_c;
                     gB[row * n + k] = sum_b;
                 }
-                cfptr raw = raws + j * d;
+                cfptr raw = raws + j * dp;
                 for (long i = 0; i < d; ++i) {
                     float g_delta = g_dt[i] * LN2 + u_t[i] * g_write[i]; /* g_dt summed ga At = ga A log2(e) */
                     if ((flags & SOFTPLUS) && raw[i] <= 20.0f) g_delta /= 1.0f + exp2_poly(-raw[i] * LOG2E);
@@ -261,7 +273,7 @@ void scan_backward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr 
                     for (long r = 0; r < rank; ++r) {
                         float l = low[r], sum = 0.0f;
                         cfptr w = delta->Wt + r * d;
-                        fptr gw = gW_row + r * d;
+                        fptr gw = gW_row + r * dp;
 #pragma omp simd reduction(+ : sum)
                         for (long i = 0; i < d; ++i) {
                             sum += g_dt[i] * w[i];
@@ -275,8 +287,10 @@ void scan_backward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr 
             }
             memcpy(decay_after, decays, sizeof(float) * dn);
         }
-        for (long j = 0; j < dn; ++j) gAt[j] += gA_row[j];
-        for (long i = 0; i < rank * d; ++i) gWt[i] += gW_row[i];
+        for (long k = 0; k < n; ++k)
+            for (long i = 0; i < d; ++i) gAt[k * d + i] += gA_row[k * dp + i];
+        for (long r = 0; r < rank; ++r)
+            for (long i = 0; i < d; ++i) gWt[r * d + i] += gW_row[r * dp + i];
         for (long i = 0; rank && i < d; ++i) gbias[i] += gbias_row[i];
     }
 }
@@ -434,7 +448,7 @@ void gather_rows_backward(cfptr x, const long *restrict index, cfptr dt, cfptr c
     }
 }
 """
-_SOURCE = (_SOURCE.replace("@CHUNK@", str(_CHUNK)).replace("@SOFTPLUS@", str(_SOFTPLUS))
+_SOURCE = (_SOURCE.replace("@CHUNK@", str(_CHUNK)).replace("@LANES@", str(_LANES)).replace("@SOFTPLUS@", str(_SOFTPLUS))
            .replace("@REVERSE@", str(_REVERSE)))  # one definition of each, shared with the C
 
 # -ffast-math lets gcc vectorise log1pf (glibc's libmvec, linked below); -fopenmp-simd honours the one `omp simd`.
@@ -482,6 +496,8 @@ def _library() -> ctypes.CDLL | None:
     pointer, size, flag, source = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.POINTER(_DeltaSource)
     library.scan_forward.argtypes = [pointer, source] + [pointer] * 7 + [size] * 4 + [flag]
     library.scan_backward.argtypes = [pointer, source] + [pointer] * 16 + [size] * 4 + [flag]
+    library.padded.argtypes, library.padded.restype = [size], size
+    library.scan_work_floats.argtypes, library.scan_work_floats.restype = [size, size, size, flag], size
     library.conv_silu_forward.argtypes = [pointer, size, pointer, pointer, pointer] + [size] * 4 + [flag]
     library.conv_silu_backward.argtypes = [pointer, size] + [pointer] * 7 + [size] * 4 + [flag]
     real = ctypes.c_float
@@ -571,13 +587,14 @@ class _NativeScan(torch.autograd.Function):
         delta, stride = (delta.contiguous(), 0) if weight is None else _rows(delta)
         W_t = None if weight is None else weight.t().contiguous()
         bias = None if bias is None else bias.contiguous()
-        A_t = (A * _LOG2E).t().contiguous()
         D = None if D is None else D.contiguous()
         batch, length, d = u.shape
-        n = A.shape[1]
+        n, dp = A.shape[1], _library().padded(d)
+        A_t = u.new_zeros(n, dp)
+        A_t[:, :d] = (A * _LOG2E).t()
         y = u.new_empty(batch, length, d)
-        ckpt = u.new_empty(batch, -(-length // _CHUNK), n, d) if any(ctx.needs_input_grad) else None
-        work = u.new_empty(2 * d * n + 3 * d)
+        ckpt = u.new_empty(batch, -(-length // _CHUNK), n, dp) if any(ctx.needs_input_grad) else None
+        work = u.new_empty(_library().scan_work_floats(d, n, 0, 0))
         source = _delta_source(delta, stride, W_t, bias)
         _library().scan_forward(_ptr(u), ctypes.byref(source), *map(_ptr, (A_t, B, C, D, y, ckpt, work)),
                                 batch, length, d, n, flags)
@@ -598,7 +615,7 @@ class _NativeScan(torch.autograd.Function):
         gD = None if D is None else torch.zeros(d, dtype=torch.float64)
         gW_t = None if W_t is None else torch.zeros(rank, d, dtype=torch.float64)
         gbias = None if W_t is None else torch.zeros(d, dtype=torch.float64)
-        work = u.new_empty((2 * _CHUNK + 3) * d * n + (2 * _CHUNK + 4 + rank) * d)
+        work = u.new_empty(_library().scan_work_floats(d, n, rank, 1))
         source = _delta_source(delta, ctx.stride, W_t, bias)
         raw_grad, low_grad = (gdelta, None) if W_t is None else (None, gdelta)
         pointers = (A_t, B, C, D, grad_y, ckpt, gu, raw_grad, low_grad, gW_t, gbias, gA_t, gB, gC, gD, work)
