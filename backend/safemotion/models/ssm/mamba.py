@@ -24,6 +24,16 @@ from safemotion.models.ssm.scan_native import causal_conv_silu_native, native_sc
 SCANS = ("auto", "chunked", "native", "sequential")
 
 
+def resolve_scan(scan: str, *tensors: Tensor) -> str:
+    """The scan that the setting `scan` (one of SCANS) runs on these tensors: "auto" is chunked on CUDA, native where
+    the C kernels take them (float32 CPU, a compiler), else sequential; the other settings are taken as they are."""
+    if scan != "auto":
+        return scan
+    if any(t.is_cuda for t in tensors):
+        return "chunked"
+    return "native" if native_scan_supports(*tensors) else "sequential"
+
+
 @dataclass(frozen=True)
 class MambaConfig:
     """Sizes and initialisation of one Mamba mixer (defaults follow `mamba_ssm`)."""
@@ -100,9 +110,7 @@ class SelectiveSSM(nn.Module):
     def forward(self, u: Tensor, padding_mask: Tensor | None = None, reverse: bool = False) -> Tensor:
         """(batch, length, d_inner) -> (batch, length, d_inner), causal along the length (anti-causal if reverse: the
         SSM reads the sequence from its end, as if run on u.flip(1) with the result flipped back)."""
-        scan = self.config.scan
-        if scan == "auto":
-            scan = "chunked" if u.is_cuda else "native" if native_scan_supports(u, self.A_log) else "sequential"
+        scan = resolve_scan(self.config.scan, u, self.A_log)
         if scan == "native":
             return self._forward_native(u, padding_mask, reverse)
         if reverse:
