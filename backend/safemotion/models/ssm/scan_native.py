@@ -356,9 +356,10 @@ void conv_silu_backward(cfptr x, long x_stride, cfptr wt, cfptr bias, cfptr gout
 }
 
 /* SeRpEnt's row gathers (window members, restore): out[b, r] = gate[b, r] x[b, index[b, r]] with the time gate
-   gate = 1 + bias + W phi, phi_q = exp(-(dt[b, r] - centres_q)^2 / (2 width^2)), q < m (Wt: W transposed, (m, d);
-   dt (batch, count)), or the row itself without dt (NULL); index < 0 gives a zero row. x (batch, length, d), index
-   (batch, count), out (batch, count, d). work: d + m floats. */
+   gate = 1 + bias + W phi, phi_q = exp(-(dt[b, r] - centres_q)^2 / (2 width^2)), q < m (Wt: W transposed and bias,
+   rows padded(d) floats long and zero past d; dt (batch, count)), or the row itself without dt (NULL); index -1 gives
+   a zero row. x (batch, length, d), index (batch, count), out (batch, count, d). Returns 0, or 1 + the first entry
+   of index outside [-1, length) (then out is incomplete). work: gather_work_floats(d, m, 0) floats. */
 static void rbf(float dt, cfptr centres, float inv_width, fptr phi, long m) {
     for (long q = 0; q < m; ++q) {
         float z = (dt - centres[q]) * inv_width;
@@ -366,21 +367,29 @@ static void rbf(float dt, cfptr centres, float inv_width, fptr phi, long m) {
     }
 }
 
-static void time_gate(cfptr phi, cfptr Wt, cfptr bias, fptr gate, long d, long m) {
-    for (long i = 0; i < d; ++i) gate[i] = 1.0f + bias[i];
+static void time_gate(cfptr phi, cfptr Wt, cfptr bias, fptr gate, long dp, long m) {
+    for (long i = 0; i < dp; ++i) gate[i] = 1.0f + bias[i];
     for (long q = 0; q < m; ++q) {
         float f = phi[q];
-        cfptr w = Wt + q * d;
-        for (long i = 0; i < d; ++i) gate[i] += w[i] * f;
+        cfptr w = Wt + q * dp;
+        for (long i = 0; i < dp; ++i) gate[i] += w[i] * f;
     }
 }
 
-void gather_rows_forward(cfptr x, const long *restrict index, cfptr dt, cfptr centres, float inv_width, cfptr Wt,
+/* Floats of the work buffer gather_rows_forward (backward = 0) or gather_rows_backward (1) needs. */
+long gather_work_floats(long d, long m, int backward) {
+    long dp = padded(d);
+    return backward ? (m + 4) * dp + m : dp + m;
+}
+
+long gather_rows_forward(cfptr x, const long *restrict index, cfptr dt, cfptr centres, float inv_width, cfptr Wt,
                          cfptr bias, fptr out, fptr work, long batch, long length, long count, long d, long m) {
+    long dp = padded(d);
     for (long b = 0; b < batch; ++b) {
         for (long r = 0; r < count; ++r) {
             long row = b * count + r, j = index[row];
             fptr o = out + row * d;
+            if (j < -1 || j >= length) return row + 1;
             if (j < 0) {
                 memset(o, 0, sizeof(float) * d);
                 continue;
@@ -390,52 +399,57 @@ void gather_rows_forward(cfptr x, const long *restrict index, cfptr dt, cfptr ce
                 memcpy(o, xs, sizeof(float) * d);
                 continue;
             }
-            rbf(dt[row], centres, inv_width, work + d, m);
-            time_gate(work + d, Wt, bias, work, d, m);
+            rbf(dt[row], centres, inv_width, work + dp, m);
+            time_gate(work + dp, Wt, bias, work, dp, m);
             for (long i = 0; i < d; ++i) o[i] = work[i] * xs[i];
         }
     }
+    return 0;
 }
 
 /* gx (batch, length, d) is overwritten: the sum of gate grad_out over the rows that read each x row, in row order.
-   With dt: gdt (batch, count) is overwritten (zero for index < 0); gWt (m, d) and gbias (d) are float64 and
-   accumulated into. work: (m + 2) d + m floats. */
+   With dt: gdt (batch, count) is overwritten (zero for index -1); gWt (m, d) and gbias (d) are float64 and
+   accumulated into. index as checked by gather_rows_forward. work: gather_work_floats(d, m, 1) floats. */
 void gather_rows_backward(cfptr x, const long *restrict index, cfptr dt, cfptr centres, float inv_width, cfptr Wt,
                           cfptr bias, cfptr gout, fptr gx, fptr gdt, double *restrict gWt, double *restrict gbias,
                           fptr work, long batch, long length, long count, long d, long m) {
-    fptr gate = work, gb_row = work + d, gw_row = work + 2 * d, phi = gw_row + m * d;
+    long dp = padded(d);
+    /* go, xs: this row's grad_out and x, copied into zero-tailed rows so that the loops over W run over whole vectors */
+    fptr gate = work, go = gate + dp, xs = go + dp, gb_row = xs + dp, gw_row = gb_row + dp, phi = gw_row + m * dp;
+    memset(go, 0, sizeof(float) * 2 * dp);
     memset(gx, 0, sizeof(float) * batch * length * d);
     for (long b = 0; b < batch; ++b) {
-        if (dt) memset(gb_row, 0, sizeof(float) * (m + 1) * d);
+        if (dt) memset(gb_row, 0, sizeof(float) * (m + 1) * dp);
         for (long r = 0; r < count; ++r) {
             long row = b * count + r, j = index[row];
             if (j < 0) {
                 if (dt) gdt[row] = 0.0f;
                 continue;
             }
-            cfptr go = gout + row * d;
             fptr gxs = gx + (b * length + j) * d;
             if (!dt) {
-                for (long i = 0; i < d; ++i) gxs[i] += go[i];
+                cfptr g_out = gout + row * d;
+                for (long i = 0; i < d; ++i) gxs[i] += g_out[i];
                 continue;
             }
-            cfptr xs = x + (b * length + j) * d;
+            memcpy(go, gout + row * d, sizeof(float) * d);
+            memcpy(xs, x + (b * length + j) * d, sizeof(float) * d);
             rbf(dt[row], centres, inv_width, phi, m);
-            time_gate(phi, Wt, bias, gate, d, m);
+            time_gate(phi, Wt, bias, gate, dp, m);
             float g_dt = 0.0f;
-            for (long i = 0; i < d; ++i) {
-                gxs[i] += gate[i] * go[i];
-                gb_row[i] += go[i] * xs[i];
+            for (long i = 0; i < d; ++i) gxs[i] += gate[i] * go[i];
+            for (long i = 0; i < dp; ++i) {
+                xs[i] *= go[i]; /* now go x, the gate's gradient */
+                gb_row[i] += xs[i];
             }
             for (long q = 0; q < m; ++q) {
                 float f = phi[q], sum = 0.0f;
-                cfptr w = Wt + q * d;
-                fptr gw = gw_row + q * d;
+                cfptr w = Wt + q * dp;
+                fptr gw = gw_row + q * dp;
 #pragma omp simd reduction(+ : sum)
-                for (long i = 0; i < d; ++i) {
-                    float t = go[i] * xs[i];
-                    sum += t * w[i];
-                    gw[i] += t * f;
+                for (long i = 0; i < dp; ++i) {
+                    sum += xs[i] * w[i];
+                    gw[i] += xs[i] * f;
                 }
                 /* d phi_q / d dt = -phi_q (dt - centre_q) / width^2 */
                 g_dt -= sum * f * (dt[row] - centres[q]) * inv_width * inv_width;
@@ -444,7 +458,8 @@ void gather_rows_backward(cfptr x, const long *restrict index, cfptr dt, cfptr c
         }
         if (!dt) continue;
         for (long i = 0; i < d; ++i) gbias[i] += gb_row[i];
-        for (long i = 0; i < m * d; ++i) gWt[i] += gw_row[i];
+        for (long q = 0; q < m; ++q)
+            for (long i = 0; i < d; ++i) gWt[q * d + i] += gw_row[q * dp + i];
     }
 }
 """
@@ -502,6 +517,8 @@ def _library() -> ctypes.CDLL | None:
     library.conv_silu_backward.argtypes = [pointer, size] + [pointer] * 7 + [size] * 4 + [flag]
     real = ctypes.c_float
     library.gather_rows_forward.argtypes = [pointer] * 4 + [real] + [pointer] * 4 + [size] * 5
+    library.gather_rows_forward.restype = size
+    library.gather_work_floats.argtypes, library.gather_work_floats.restype = [size, size, flag], size
     library.gather_rows_backward.argtypes = [pointer] * 4 + [real] + [pointer] * 8 + [size] * 5
     return library
 
@@ -665,7 +682,8 @@ class _NativeConvSilu(torch.autograd.Function):
 
 
 def gather_rows_native(x: Tensor, index: Tensor, gate: TimeGate | None = None) -> Tensor:
-    """Rows of x (batch, length, d) picked per batch row by index (batch, count), int64 in [-1, length), times the time
+    """Rows of x (batch, length, d) picked per batch row by index (batch, count), int64 in [-1, length) (checked in the
+    kernel's pass), times the time
     gate 1 + Linear(φ(dt)) of `gate`, or the rows themselves; index −1 gives a zero row. Equals
     where(index ≥ 0, (1 + F.linear(φ(dt), weight, bias)) * x.gather(1, index), 0) in value and gradients (of x, dt,
     weight, bias), without forming φ or the (batch, count, d) gate (float32 CPU only)."""
@@ -677,8 +695,6 @@ def gather_rows_native(x: Tensor, index: Tensor, gate: TimeGate | None = None) -
         raise ValueError(f"gather_rows_native: need x (batch, length, d), int64 index (batch, count) and a TimeGate with "
                          f"dt (batch, count), centres (m,), weight (d, m), bias (d,), or None; got {tuple(x.shape)}, "
                          f"{index.dtype} {tuple(index.shape)}, {gate and [tuple(t.shape) for t in gate.tensors()]}")
-    if index.numel() and not -1 <= int(index.min()) <= int(index.max()) < length:
-        raise ValueError(f"gather_rows_native: index must lie in [-1, {length}), got [{int(index.min())}, {int(index.max())}]")
     tensors = (None,) * 4 if gate is None else gate.tensors()
     _require_native("gather_rows_native", x, *tensors)
     return _NativeGatherRows.apply(x, index, *tensors, 0.0 if gate is None else 1.0 / gate.width)
@@ -709,13 +725,20 @@ class _NativeGatherRows(torch.autograd.Function):
         batch, length, d = x.shape
         count = index.shape[1]
         m = 0 if dt is None else centres.shape[0]
-        if dt is not None:
-            dt, centres, weight, bias = dt.contiguous(), centres.contiguous(), weight.t().contiguous(), bias.contiguous()
+        library = _library()
+        if dt is not None:  # the kernel's W and bias rows are padded(d) floats, zero past d
+            dp = library.padded(d)
+            W_t, bias_p = x.new_zeros(m, dp), x.new_zeros(dp)
+            W_t[:, :d], bias_p[:d] = weight.t(), bias
+            dt, centres, weight, bias = dt.contiguous(), centres.contiguous(), W_t, bias_p
         out = x.new_empty(batch, count, d)
-        work = x.new_empty(d + m)
+        work = x.new_empty(library.gather_work_floats(d, m, 0))
         pointers = (x, index, dt, centres)
-        _library().gather_rows_forward(*map(_ptr, pointers), inv_width, *map(_ptr, (weight, bias, out, work)),
-                                       batch, length, count, d, m)
+        bad = library.gather_rows_forward(*map(_ptr, pointers), inv_width, *map(_ptr, (weight, bias, out, work)),
+                                          batch, length, count, d, m)
+        if bad:
+            raise ValueError(f"gather_rows_native: index must lie in [-1, {length}), got {int(index.view(-1)[bad - 1])} "
+                             f"at (row, entry) {divmod(bad - 1, count)}")
         ctx.save_for_backward(x, index, dt, centres, weight, bias)
         ctx.inv_width = inv_width
         return out
@@ -731,7 +754,7 @@ class _NativeGatherRows(torch.autograd.Function):
         gdt = None if dt is None else torch.empty_like(dt)
         gW_t = None if dt is None else torch.zeros(m, d, dtype=torch.float64)
         gbias = None if dt is None else torch.zeros(d, dtype=torch.float64)
-        work = x.new_empty((m + 2) * d + m)
+        work = x.new_empty(_library().gather_work_floats(d, m, 1))
         after = (W_t, bias, grad_out, gx, gdt, gW_t, gbias, work)
         _library().gather_rows_backward(*map(_ptr, (x, index, dt, centres)), ctx.inv_width, *map(_ptr, after),
                                         batch, length, count, d, m)
