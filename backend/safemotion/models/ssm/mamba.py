@@ -72,6 +72,13 @@ class MambaConfig:
         return self.dt_rank if self.dt_rank is not None else math.ceil(self.d_model / 16)
 
 
+def drop_empty_mask(padding_mask: Tensor | None, scan: str, x: Tensor) -> Tensor | None:
+    """None for a mask without padding on the native path (which then skips every masking op), else the mask."""
+    if padding_mask is None or resolve_scan(scan, x) != "native" or bool(padding_mask.any()):
+        return padding_mask
+    return None
+
+
 def check_sequence_input(x: Tensor, d_model: int, padding_mask: Tensor | None, where: str) -> None:
     """Raise a clear error unless x is (batch, length, d_model) and padding_mask is a matching bool (batch, length)."""
     if x.dim() != 3 or x.shape[-1] != d_model:
@@ -131,9 +138,7 @@ class SelectiveSSM(nn.Module):
 
     def _forward_native(self, u: Tensor, padding_mask: Tensor | None, reverse: bool) -> Tensor:
         """The same function through the fused C kernels: conv + SiLU in one pass, dt_proj and softplus inside the scan,
-        the reverse direction read in place (no flipped copies), masking only when a row has padding."""
-        if padding_mask is not None and not bool(padding_mask.any()):
-            padding_mask = None
+        the reverse direction read in place (no flipped copies)."""
         if padding_mask is not None:
             u = u.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         u = causal_conv_silu_native(u, self.conv.weight, self.conv.bias, reverse)
@@ -161,6 +166,7 @@ class Mamba(nn.Module):
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Mix along the length; padding_mask (batch, length) is True at padded positions, whose outputs are 0."""
         check_sequence_input(x, self.config.d_model, padding_mask, "Mamba")
+        padding_mask = drop_empty_mask(padding_mask, self.config.scan, x)
         u, z = self.in_proj(x).chunk(2, dim=-1)
         y = self.forward_ssm(u, padding_mask)
         if self.backward_ssm is not None:

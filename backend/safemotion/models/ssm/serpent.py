@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from safemotion.models.ssm.mamba import SCANS, Mamba, MambaConfig, check_sequence_input, resolve_scan
+from safemotion.models.ssm.mamba import SCANS, Mamba, MambaConfig, check_sequence_input, drop_empty_mask, resolve_scan
 from safemotion.models.ssm.scan_native import TimeGate, gather_rows_native
 
 CAUSAL_STEP_RANGE = (0.5, 1.5)  # causal Δ_l = κ·(0.5 + a_l) lies in κ·[0.5, 1.5]
@@ -272,6 +272,7 @@ class SeRpEnt(nn.Module):
             raise ValueError(
                 f"SeRpEnt: keep_mask must be bool of shape {tuple(x.shape[:2])}, got {keep_mask.dtype} {tuple(keep_mask.shape)}"
             )
+        padding_mask = drop_empty_mask(padding_mask, self.config.scan, x)
         information = self.information(x)
         if resolve_scan(self.config.scan, x) == "native":
             # merge(cat(restored)) = Σ_b restore_b(mixed_b) W_b^T + bias with W_b^T applied to the compressed rows:
