@@ -20,7 +20,7 @@ from safemotion.models.ssm import (
     selective_scan_native,
     selective_scan_sequential,
 )
-from safemotion.models.ssm.scan_native import TimeGate, causal_conv_silu_native, gather_rows_native
+from safemotion.models.ssm.scan_native import TimeGate, causal_conv_silu_native, gate_silu_native, gather_rows_native
 from safemotion.models.ssm.serpent import clock_steps, slot_count
 
 # Fig. 2 of the SeRpEnt paper: "After work I got to the movie theater and there I saw Sarah".
@@ -472,6 +472,20 @@ def test_native_conv_silu_matches_the_torch_conv(length, reverse):
                                       grad_atol=1e-5, grad_rtol=1e-5)
     with pytest.raises(ValueError, match="weight"):
         causal_conv_silu_native(x, conv.weight[:3], conv.bias)
+
+
+@native
+@pytest.mark.parametrize("two_directions", [False, True])
+def test_native_gate_matches_torch_silu_gate(two_directions):
+    g = torch.Generator().manual_seed(31)
+    y1, y2 = (torch.randn(2, 9, 13, generator=g, requires_grad=True) for _ in range(2))
+    projected = (torch.randn(2, 9, 26, generator=g) * 4).requires_grad_()  # z from -12 to 12, a strided chunk
+    z = projected[..., 13:]
+    ref = ((y1 + y2) if two_directions else y1) * F.silu(z)
+    out = gate_silu_native(y1, y2 if two_directions else None, z)
+    assert_values_and_gradients_match(ref, out, [y1, y2 if two_directions else None, projected], names=["y1", "y2", "z"])
+    with pytest.raises(ValueError, match="share one"):
+        gate_silu_native(y1, None, z[:, :4])
 
 
 @native

@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from safemotion.models.ssm.scan import selective_scan_chunked, selective_scan_sequential
-from safemotion.models.ssm.scan_native import causal_conv_silu_native, native_scan_supports, selective_scan_native
+from safemotion.models.ssm.scan_native import (
+    causal_conv_silu_native,
+    gate_silu_native,
+    native_scan_supports,
+    selective_scan_native,
+)
 
 SCANS = ("auto", "chunked", "native", "sequential")
 
@@ -169,9 +174,12 @@ class Mamba(nn.Module):
         padding_mask = drop_empty_mask(padding_mask, self.config.scan, x)
         u, z = self.in_proj(x).chunk(2, dim=-1)
         y = self.forward_ssm(u, padding_mask)
-        if self.backward_ssm is not None:
-            y = y + self.backward_ssm(u, padding_mask, reverse=True)
-        out = self.out_proj(y * F.silu(z))
+        y_back = None if self.backward_ssm is None else self.backward_ssm(u, padding_mask, reverse=True)
+        if resolve_scan(self.config.scan, x) == "native":
+            gated = gate_silu_native(y, y_back, z)  # the sum of the directions and the gate in one pass
+        else:
+            gated = (y if y_back is None else y + y_back) * F.silu(z)
+        out = self.out_proj(gated)
         if padding_mask is not None:
             out = out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         return out

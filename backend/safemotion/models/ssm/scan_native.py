@@ -355,6 +355,31 @@ void conv_silu_backward(cfptr x, long x_stride, cfptr wt, cfptr bias, cfptr gout
     }
 }
 
+/* Mamba's gate: out = (y1 + y2) silu(z), y2 (the second direction) or NULL; y1, y2, out (rows, d); z rows z_stride
+   floats apart (its half of in_proj's output, read in place). The backward writes gy (the gradient of y1 and of y2)
+   and gz (rows, d). */
+static inline float sigmoid(float z) { return 1.0f / (1.0f + exp2_poly(-z * LOG2E)); }
+
+void gate_silu_forward(cfptr y1, cfptr y2, cfptr z, long z_stride, fptr out, long rows, long d) {
+    for (long r = 0; r < rows; ++r) {
+        cfptr zr = z + r * z_stride;
+        long o = r * d;
+        for (long i = 0; i < d; ++i) out[o + i] = (y1[o + i] + (y2 ? y2[o + i] : 0.0f)) * zr[i] * sigmoid(zr[i]);
+    }
+}
+
+void gate_silu_backward(cfptr y1, cfptr y2, cfptr z, long z_stride, cfptr gout, fptr gy, fptr gz, long rows, long d) {
+    for (long r = 0; r < rows; ++r) {
+        cfptr zr = z + r * z_stride;
+        long o = r * d;
+        for (long i = 0; i < d; ++i) {
+            float s = sigmoid(zr[i]), y = y1[o + i] + (y2 ? y2[o + i] : 0.0f);
+            gy[o + i] = gout[o + i] * zr[i] * s;
+            gz[o + i] = gout[o + i] * y * s * (1.0f + zr[i] * (1.0f - s));
+        }
+    }
+}
+
 /* SeRpEnt's row gathers (window members, restore): out[b, r] = gate[b, r] x[b, index[b, r]] with the time gate
    gate = 1 + bias + W phi, phi_q = exp(-(dt[b, r] - centres_q)^2 / (2 width^2)), q < m (Wt: W transposed and bias,
    rows padded(d) floats long and zero past d; dt (batch, count)), or the row itself without dt (NULL); index -1 gives
@@ -516,6 +541,8 @@ def _library() -> ctypes.CDLL | None:
     library.conv_silu_forward.argtypes = [pointer, size, pointer, pointer, pointer] + [size] * 4 + [flag]
     library.conv_silu_backward.argtypes = [pointer, size] + [pointer] * 7 + [size] * 4 + [flag]
     real = ctypes.c_float
+    library.gate_silu_forward.argtypes = [pointer] * 3 + [size, pointer] + [size] * 2
+    library.gate_silu_backward.argtypes = [pointer] * 3 + [size] + [pointer] * 3 + [size] * 2
     library.gather_rows_forward.argtypes = [pointer] * 4 + [real] + [pointer] * 4 + [size] * 5
     library.gather_rows_forward.restype = size
     library.gather_work_floats.argtypes, library.gather_work_floats.restype = [size, size, flag], size
@@ -679,6 +706,40 @@ class _NativeConvSilu(torch.autograd.Function):
         pointers = (wt, bias, grad_out, gx, gwt, gbias, work)
         _library().conv_silu_backward(_ptr(x), ctx.stride, *map(_ptr, pointers), batch, length, d, K, ctx.flags)
         return gx, gwt.t().reshape(d, 1, K).to(wt.dtype), gbias.to(bias.dtype), None
+
+
+def gate_silu_native(y1: Tensor, y2: Tensor | None, z: Tensor) -> Tensor:
+    """Mamba's gate (y1 + y2) * F.silu(z) in one pass each way, all (batch, length, d); y2 may be None; z may be a
+    chunk of a wider tensor (read in place)."""
+    if y1.dim() != 3 or z.shape != y1.shape or (y2 is not None and y2.shape != y1.shape):
+        raise ValueError(f"gate_silu_native: y1, y2 and z must share one (batch, length, d) shape; got {tuple(y1.shape)}, "
+                         f"{None if y2 is None else tuple(y2.shape)}, {tuple(z.shape)}")
+    _require_native("gate_silu_native", y1, y2, z)
+    return _NativeGateSilu.apply(y1, y2, z)
+
+
+class _NativeGateSilu(torch.autograd.Function):
+    """(y1 + y2) silu(z); saves the inputs (the backward recomputes the sigmoid)."""
+
+    @staticmethod
+    def forward(ctx, y1, y2, z):  # type: ignore[override]
+        y1, y2 = y1.contiguous(), None if y2 is None else y2.contiguous()
+        z, stride = _rows(z)
+        out = torch.empty_like(y1)
+        rows, d = y1.shape[0] * y1.shape[1], y1.shape[2]
+        _library().gate_silu_forward(_ptr(y1), _ptr(y2), _ptr(z), stride, _ptr(out), rows, d)
+        ctx.save_for_backward(y1, y2, z)
+        ctx.stride = stride
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        y1, y2, z = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        gy, gz = torch.empty_like(y1), torch.empty_like(y1)
+        rows, d = y1.shape[0] * y1.shape[1], y1.shape[2]
+        _library().gate_silu_backward(*map(_ptr, (y1, y2, z)), ctx.stride, *map(_ptr, (grad_out, gy, gz)), rows, d)
+        return gy, None if y2 is None else gy, gz
 
 
 def gather_rows_native(x: Tensor, index: Tensor, gate: TimeGate | None = None) -> Tensor:
