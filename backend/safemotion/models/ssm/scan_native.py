@@ -1,9 +1,10 @@
 """Fused CPU kernels of Mamba's selective SSM: small C kernels (built with the system C compiler on first use) behind
-autograd Functions: the selective scan, the depthwise causal conv + SiLU before it, and SeRpEnt's gated row gather.
+autograd Functions: the selective scan, the depthwise causal conv + SiLU before it, the SiLU gate after it, and
+SeRpEnt's gated row gather.
 
 The scan has the contract and numbers of `selective_scan_sequential` (float32, to round-off), but fused: for every
-(batch, step) the state of all channels (n × d floats, channels innermost so the loops vectorise over d) stays in
-cache and exp(Δ A) (an inline polynomial 2^x, vectorised), Δ B u and <C, h> are computed in registers. Options as
+(batch, step) the state of all channels (n rows of d floats, each padded to whole 8-float vectors, channels innermost
+so the loops vectorise over d with no scalar remainder) stays in cache and exp(Δ A) (an inline polynomial 2^x, vectorised), Δ B u and <C, h> are computed in registers. Options as
 mamba_ssm's kernel: Δ = softplus(raw Δ) inside the kernel, and `reverse` (scan from the end, for the second direction
 of a bidirectional Mamba, without flipped copies). Nothing of shape (batch, length, channels, state) is kept between
 the passes: the forward keeps every 16th state; the backward, chunk by chunk from the end, recomputes 16 steps'
@@ -12,7 +13,8 @@ g_t = C_t ∂y_t + Ā_{t+1} g_{t+1} over them, accumulating every input's gradie
 and time for A and D are float64 across batch rows).
 
 The conv kernel reads the (batch, length, d) rows of in_proj's output in place (no transposes) and recomputes its
-pre-activation in the backward; it is the causal conv of `SelectiveSSM`, or its mirror image with `reverse`.
+pre-activation in the backward; it is the causal conv of `SelectiveSSM`, or its mirror image with `reverse`. The gate
+kernel forms Mamba's (y_forward + y_backward) · SiLU(z) in one pass, reading z in place from in_proj's output.
 
 The row-gather kernel is SeRpEnt's resampling glue (`serpent.ResamplingBranch`): window members gathered, multiplied
 by their time gate and masked in one pass, and the restore to full length; the backward scatters into x in one pass.
