@@ -20,7 +20,7 @@ from safemotion.models.ssm import (
     selective_scan_native,
     selective_scan_sequential,
 )
-from safemotion.models.ssm.scan_native import TimeGate, causal_conv_silu_native, gather_rows_native
+from safemotion.models.ssm.scan_native import TimeGate, causal_conv_silu_native, gate_silu_native, gather_rows_native
 from safemotion.models.ssm.serpent import clock_steps, slot_count
 
 # Fig. 2 of the SeRpEnt paper: "After work I got to the movie theater and there I saw Sarah".
@@ -38,6 +38,33 @@ def scan_inputs(batch: int, length: int, channels: int, state: int, seed: int, d
     return [t.requires_grad_() for t in (u, delta, A, B, C, D)]
 
 
+def assert_values_and_gradients_match(ref, out, ref_leaves, out_leaves=None, names=None, tol=1e-5, grad_atol=None,
+                                      grad_rtol=None):
+    """out equals ref to tol (abs and rel), and so do the gradients for one random cotangent with respect to every leaf
+    (None leaves skipped): of ref_leaves for both, or of out_leaves for out (a twin module's parameters, say)."""
+    assert torch.allclose(out, ref, atol=tol, rtol=tol), (out - ref).abs().max()
+    names = names or [str(i) for i in range(len(ref_leaves))]
+    out_leaves = ref_leaves if out_leaves is None else out_leaves
+    kept = [i for i, leaf in enumerate(ref_leaves) if leaf is not None]
+    weight = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), [ref_leaves[i] for i in kept])
+    out_grads = torch.autograd.grad((out * weight).sum(), [out_leaves[i] for i in kept])
+    atol = tol if grad_atol is None else grad_atol
+    rtol = tol if grad_rtol is None else grad_rtol
+    for i, a, b in zip(kept, out_grads, ref_grads):
+        assert torch.allclose(a, b, atol=atol, rtol=rtol), (names[i], (a - b).abs().max())
+
+
+def assert_twins_match(ref_model, out_model, ref, out, x, **tolerances):
+    """Two modules with one state dict agree in value and in the gradients of the input x and every parameter."""
+    names = ["x", *(name for name, _ in ref_model.named_parameters())]
+    assert_values_and_gradients_match(ref, out, [x, *ref_model.parameters()], [x, *out_model.parameters()], names,
+                                      **tolerances)
+
+
+SCAN_NAMES = "u delta A B C D".split()
+
+
 # ---------------------------------------------------------------------------------------------------------- scan
 
 
@@ -48,12 +75,7 @@ def test_chunked_scan_matches_sequential_values_and_gradients(length, chunk_size
     y_ref = selective_scan_sequential(*inputs)
     y_fast = selective_scan_chunked(*inputs, chunk_size=chunk_size)
     assert y_fast.shape == (2, length, 6)
-    assert torch.allclose(y_fast, y_ref, atol=1e-5, rtol=1e-5), (y_fast - y_ref).abs().max()
-    weight = torch.randn_like(y_ref)
-    g_ref = torch.autograd.grad((y_ref * weight).sum(), inputs)
-    g_fast = torch.autograd.grad((y_fast * weight).sum(), inputs)
-    for name, a, b in zip("u delta A B C D".split(), g_fast, g_ref):
-        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (name, (a - b).abs().max())
+    assert_values_and_gradients_match(y_ref, y_fast, inputs, names=SCAN_NAMES, grad_atol=1e-4, grad_rtol=1e-4)
 
 
 def test_sequential_scan_matches_a_hand_unrolled_two_step_recurrence():
@@ -346,18 +368,7 @@ def test_native_scan_matches_sequential_loop_values_and_gradients(length, with_d
     inputs = (u, delta, A, B, C, D if with_d else None)
     y_native = selective_scan_native(*inputs)
     assert y_native.shape == (3, length, 5)
-    _assert_scans_equal(inputs, selective_scan_sequential(*inputs), y_native)
-
-
-def _assert_scans_equal(inputs, ref, native, tol=1e-5):
-    """Two scans agree to tol (abs and rel) in value and in the gradients of every input that is not None."""
-    assert torch.allclose(native, ref, atol=tol, rtol=tol), (native - ref).abs().max()
-    weight = torch.randn_like(ref)
-    leaves = [t for t in inputs if t is not None]
-    g_ref = torch.autograd.grad((ref * weight).sum(), leaves)
-    g_native = torch.autograd.grad((native * weight).sum(), leaves)
-    for name, a, b in zip("u delta A B C D".split(), g_native, g_ref):
-        assert torch.allclose(a, b, atol=tol, rtol=tol), (name, (a - b).abs().max())
+    assert_values_and_gradients_match(selective_scan_sequential(*inputs), y_native, inputs, names=SCAN_NAMES)
 
 
 @native
@@ -377,11 +388,7 @@ def test_mamba_auto_scan_uses_native_kernel_on_cpu_and_matches_the_loop():
     x = torch.randn(2, 13, 8, requires_grad=True)
     mask = torch.zeros(2, 13, dtype=torch.bool)
     mask[1, 10:] = True
-    y_loop, y_auto = loop(x, mask), auto(x, mask)
-    assert torch.allclose(y_auto, y_loop, atol=1e-5)
-    (g_loop,) = torch.autograd.grad(y_loop.square().sum(), x)
-    (g_auto,) = torch.autograd.grad(y_auto.square().sum(), x)
-    assert torch.allclose(g_auto, g_loop, atol=1e-5)
+    assert_twins_match(loop, auto, loop(x, mask), auto(x, mask), x)
 
 
 @native
@@ -396,7 +403,7 @@ def test_native_scan_softplus_and_reverse_match_the_loop(length, delta_softplus,
     ref = flip(selective_scan_sequential(flip(u), flip(F.softplus(raw_leaf)), A, flip(B), flip(C), D))
     delta_in = raw_leaf if delta_softplus else F.softplus(raw_leaf)
     out = selective_scan_native(u, delta_in, A, B, C, D, delta_softplus=delta_softplus, reverse=reverse)
-    _assert_scans_equal((u, raw_leaf, A, B, C, D), ref, out)
+    assert_values_and_gradients_match(ref, out, [u, raw_leaf, A, B, C, D], names=SCAN_NAMES)
 
 
 @native
@@ -413,12 +420,7 @@ def test_native_scan_with_the_low_rank_delta_projection_matches_the_loop(reverse
     delta = F.softplus(low @ W.T + bias)
     ref = flip(selective_scan_sequential(flip(u), flip(delta), A, flip(B), flip(C), D))
     out = selective_scan_native(u, low, A, B, C, D, delta_softplus=True, reverse=reverse, delta_proj=(W, bias))
-    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5), (out - ref).abs().max()
-    weight = torch.randn_like(ref)
-    leaves = [u, projected, W, bias, A, B, C, D]
-    for name, a, b in zip("u projected W bias A B C D".split(), torch.autograd.grad((out * weight).sum(), leaves),
-                          torch.autograd.grad((ref * weight).sum(), leaves)):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (name, (a - b).abs().max())
+    assert_values_and_gradients_match(ref, out, [u, projected, W, bias, A, B, C, D], names="u projected W bias A B C D".split())
     with pytest.raises(ValueError, match="delta_proj"):
         selective_scan_native(u, low, A, B, C, D, delta_proj=(W[:, :2], bias))
 
@@ -466,13 +468,24 @@ def test_native_conv_silu_matches_the_torch_conv(length, reverse):
     flip = (lambda t: t.flip(1)) if reverse else (lambda t: t)
     ref = flip(F.silu(conv(flip(x).transpose(1, 2))[..., :length].transpose(1, 2)))
     out = causal_conv_silu_native(x, conv.weight, conv.bias, reverse=reverse)
-    assert torch.allclose(out, ref, atol=1e-6), (out - ref).abs().max()
-    weight = torch.randn_like(ref)
-    leaves = [full, conv.weight, conv.bias]
-    for a, b in zip(torch.autograd.grad((out * weight).sum(), leaves), torch.autograd.grad((ref * weight).sum(), leaves)):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+    assert_values_and_gradients_match(ref, out, [full, conv.weight, conv.bias], names=["x", "weight", "bias"], tol=1e-6,
+                                      grad_atol=1e-5, grad_rtol=1e-5)
     with pytest.raises(ValueError, match="weight"):
         causal_conv_silu_native(x, conv.weight[:3], conv.bias)
+
+
+@native
+@pytest.mark.parametrize("two_directions", [False, True])
+def test_native_gate_matches_torch_silu_gate(two_directions):
+    g = torch.Generator().manual_seed(31)
+    y1, y2 = (torch.randn(2, 9, 13, generator=g, requires_grad=True) for _ in range(2))
+    projected = (torch.randn(2, 9, 26, generator=g) * 4).requires_grad_()  # z from -12 to 12, a strided chunk
+    z = projected[..., 13:]
+    ref = ((y1 + y2) if two_directions else y1) * F.silu(z)
+    out = gate_silu_native(y1, y2 if two_directions else None, z)
+    assert_values_and_gradients_match(ref, out, [y1, y2 if two_directions else None, projected], names=["y1", "y2", "z"])
+    with pytest.raises(ValueError, match="share one"):
+        gate_silu_native(y1, None, z[:, :4])
 
 
 @native
@@ -482,12 +495,9 @@ def test_mamba_native_path_matches_the_loop_without_padding(bidirectional):
     torch.manual_seed(5)
     loop, fast = _twin(MambaConfig(d_model=8, bidirectional=bidirectional, scan="sequential"), scan="native")
     x = torch.randn(2, 21, 8)
+    x = x.requires_grad_()
     for mask in (None, torch.zeros(2, 21, dtype=torch.bool)):
-        y_loop, y_fast = loop(x, mask), fast(x, mask)
-        assert torch.allclose(y_fast, y_loop, atol=1e-5)
-        grads = [torch.autograd.grad(y.square().sum(), list(m.parameters())) for y, m in ((y_loop, loop), (y_fast, fast))]
-        for (name, _), a, b in zip(loop.named_parameters(), grads[1], grads[0]):
-            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (name, (a - b).abs().max())
+        assert_twins_match(loop, fast, loop(x, mask), fast(x, mask), x, grad_rtol=1e-4)
 
 
 def test_mamba_and_serpent_fall_back_to_the_loop_when_the_native_kernel_cannot_be_built(tmp_path, monkeypatch):
@@ -525,20 +535,11 @@ def test_native_gather_rows_matches_torch_gather_values_and_gradients(with_gate)
     ref = torch.where((index >= 0).unsqueeze(-1), (1.0 + F.linear(basis, weight, bias)) * rows if with_gate else rows, 0.0)
     out = gather_rows_native(x, index, TimeGate(dt, centres, width, weight, bias) if with_gate else None)
     assert torch.equal(out[0, 0], torch.zeros(5))
-    _assert_tensors_and_gradients_equal([x, dt, weight, bias] if with_gate else [x], ref, out)
+    assert_values_and_gradients_match(ref, out, [x, dt, weight, bias] if with_gate else [x], names=["x", "dt", "weight", "bias"])
     with pytest.raises(ValueError, match="int64 index"):
         gather_rows_native(x, index.int())
     with pytest.raises(ValueError, match=r"index must lie in \[-1, 7\)"):
         gather_rows_native(x, index + 7)
-
-
-def _assert_tensors_and_gradients_equal(leaves, ref, fast, tol=1e-5):
-    """Two outputs agree to tol (abs and rel) in value and in the gradients of every leaf for one random cotangent."""
-    assert torch.allclose(fast, ref, atol=tol, rtol=tol), (fast - ref).abs().max()
-    weight = torch.randn_like(ref)
-    for i, (a, b) in enumerate(zip(torch.autograd.grad((fast * weight).sum(), leaves),
-                                   torch.autograd.grad((ref * weight).sum(), leaves))):
-        assert torch.allclose(a, b, atol=tol, rtol=tol), (i, (a - b).abs().max())
 
 
 @native
@@ -557,10 +558,4 @@ def test_serpent_native_path_matches_the_loop_values_and_gradients(bidirectional
         mask[0, 17:] = True
         mask[2, :5] = True
     keep = (torch.rand(3, 23) < 0.2) if kept else None
-    ref, out = loop(x, mask if padded else None, keep), fast(x, mask if padded else None, keep)
-    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5), (out - ref).abs().max()
-    weight = torch.randn_like(ref)
-    grads = [torch.autograd.grad((y * weight).sum(), [x, *model.parameters()]) for y, model in ((ref, loop), (out, fast))]
-    names = ["x", *(name for name, _ in fast.named_parameters())]
-    for name, a, b in zip(names, grads[1], grads[0]):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (name, (a - b).abs().max())
+    assert_twins_match(loop, fast, loop(x, mask if padded else None, keep), fast(x, mask if padded else None, keep), x)

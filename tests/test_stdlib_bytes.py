@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import platform
 
 import numpy as np
 import pytest
 
 from safemotion.data.stdlib_bytes import (
+    RECORDED_FINGERPRINTS,
     SPLITS,
     bits_per_byte,
     corpus_fingerprint,
@@ -25,6 +27,14 @@ def test_splits_are_disjoint_by_file_and_load_from_this_interpreter():
     assert fingerprint["train"]["bytes"] > 5 * fingerprint["test"]["bytes"] > 5 * 100_000
     assert load_split("test") == load_split("test")  # same bytes on every read
     assert load_split("validation").startswith(b'"""\nPython implementation of the io module.')
+
+
+def test_corpus_matches_the_fingerprint_recorded_for_this_python_version():
+    version = platform.python_version()
+    if version not in RECORDED_FINGERPRINTS:
+        pytest.skip(f"no corpus fingerprint recorded for Python {version}")
+    measured = {split: (entry["bytes"], entry["sha256"]) for split, entry in corpus_fingerprint().items()}
+    assert measured == RECORDED_FINGERPRINTS[version]
 
 
 def test_missing_files_and_bad_splits_fail_clearly(tmp_path):

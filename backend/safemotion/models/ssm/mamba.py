@@ -19,9 +19,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from safemotion.models.ssm.scan import selective_scan_chunked, selective_scan_sequential
-from safemotion.models.ssm.scan_native import causal_conv_silu_native, native_scan_supports, selective_scan_native
+from safemotion.models.ssm.scan_native import (
+    causal_conv_silu_native,
+    gate_silu_native,
+    native_scan_supports,
+    selective_scan_native,
+)
 
 SCANS = ("auto", "chunked", "native", "sequential")
+
+
+def resolve_scan(scan: str, *tensors: Tensor) -> str:
+    """The scan that the setting `scan` (one of SCANS) runs on these tensors: "auto" is chunked on CUDA, native where
+    the C kernels take them (float32 CPU, a compiler), else sequential; the other settings are taken as they are."""
+    if scan != "auto":
+        return scan
+    if any(t.is_cuda for t in tensors):
+        return "chunked"
+    return "native" if native_scan_supports(*tensors) else "sequential"
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,13 @@ class MambaConfig:
         return self.dt_rank if self.dt_rank is not None else math.ceil(self.d_model / 16)
 
 
+def drop_empty_mask(padding_mask: Tensor | None, scan: str, x: Tensor) -> Tensor | None:
+    """None for a mask without padding on the native path (which then skips every masking op), else the mask."""
+    if padding_mask is None or resolve_scan(scan, x) != "native" or bool(padding_mask.any()):
+        return padding_mask
+    return None
+
+
 def check_sequence_input(x: Tensor, d_model: int, padding_mask: Tensor | None, where: str) -> None:
     """Raise a clear error unless x is (batch, length, d_model) and padding_mask is a matching bool (batch, length)."""
     if x.dim() != 3 or x.shape[-1] != d_model:
@@ -100,9 +122,7 @@ class SelectiveSSM(nn.Module):
     def forward(self, u: Tensor, padding_mask: Tensor | None = None, reverse: bool = False) -> Tensor:
         """(batch, length, d_inner) -> (batch, length, d_inner), causal along the length (anti-causal if reverse: the
         SSM reads the sequence from its end, as if run on u.flip(1) with the result flipped back)."""
-        scan = self.config.scan
-        if scan == "auto":
-            scan = "chunked" if u.is_cuda else "native" if native_scan_supports(u, self.A_log) else "sequential"
+        scan = resolve_scan(self.config.scan, u, self.A_log)
         if scan == "native":
             return self._forward_native(u, padding_mask, reverse)
         if reverse:
@@ -123,9 +143,7 @@ class SelectiveSSM(nn.Module):
 
     def _forward_native(self, u: Tensor, padding_mask: Tensor | None, reverse: bool) -> Tensor:
         """The same function through the fused C kernels: conv + SiLU in one pass, dt_proj and softplus inside the scan,
-        the reverse direction read in place (no flipped copies), masking only when a row has padding."""
-        if padding_mask is not None and not bool(padding_mask.any()):
-            padding_mask = None
+        the reverse direction read in place (no flipped copies)."""
         if padding_mask is not None:
             u = u.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         u = causal_conv_silu_native(u, self.conv.weight, self.conv.bias, reverse)
@@ -153,11 +171,15 @@ class Mamba(nn.Module):
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Mix along the length; padding_mask (batch, length) is True at padded positions, whose outputs are 0."""
         check_sequence_input(x, self.config.d_model, padding_mask, "Mamba")
+        padding_mask = drop_empty_mask(padding_mask, self.config.scan, x)
         u, z = self.in_proj(x).chunk(2, dim=-1)
         y = self.forward_ssm(u, padding_mask)
-        if self.backward_ssm is not None:
-            y = y + self.backward_ssm(u, padding_mask, reverse=True)
-        out = self.out_proj(y * F.silu(z))
+        y_back = None if self.backward_ssm is None else self.backward_ssm(u, padding_mask, reverse=True)
+        if resolve_scan(self.config.scan, x) == "native":
+            gated = gate_silu_native(y, y_back, z)  # the sum of the directions and the gate in one pass
+        else:
+            gated = (y if y_back is None else y + y_back) * F.silu(z)
+        out = self.out_proj(gated)
         if padding_mask is not None:
             out = out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         return out

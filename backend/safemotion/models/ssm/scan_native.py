@@ -1,9 +1,10 @@
 """Fused CPU kernels of Mamba's selective SSM: small C kernels (built with the system C compiler on first use) behind
-autograd Functions: the selective scan, the depthwise causal conv + SiLU before it, and SeRpEnt's gated row gather.
+autograd Functions: the selective scan, the depthwise causal conv + SiLU before it, the SiLU gate after it, and
+SeRpEnt's gated row gather.
 
 The scan has the contract and numbers of `selective_scan_sequential` (float32, to round-off), but fused: for every
-(batch, step) the state of all channels (n × d floats, channels innermost so the loops vectorise over d) stays in
-cache and exp(Δ A) (an inline polynomial 2^x, vectorised), Δ B u and <C, h> are computed in registers. Options as
+(batch, step) the state of all channels (n rows of d floats, each padded to whole 8-float vectors, channels innermost
+so the loops vectorise over d with no scalar remainder) stays in cache and exp(Δ A) (an inline polynomial 2^x, vectorised), Δ B u and <C, h> are computed in registers. Options as
 mamba_ssm's kernel: Δ = softplus(raw Δ) inside the kernel, and `reverse` (scan from the end, for the second direction
 of a bidirectional Mamba, without flipped copies). Nothing of shape (batch, length, channels, state) is kept between
 the passes: the forward keeps every 16th state; the backward, chunk by chunk from the end, recomputes 16 steps'
@@ -12,7 +13,8 @@ g_t = C_t ∂y_t + Ā_{t+1} g_{t+1} over them, accumulating every input's gradie
 and time for A and D are float64 across batch rows).
 
 The conv kernel reads the (batch, length, d) rows of in_proj's output in place (no transposes) and recomputes its
-pre-activation in the backward; it is the causal conv of `SelectiveSSM`, or its mirror image with `reverse`.
+pre-activation in the backward; it is the causal conv of `SelectiveSSM`, or its mirror image with `reverse`. The gate
+kernel forms Mamba's (y_forward + y_backward) · SiLU(z) in one pass, reading z in place from in_proj's output.
 
 The row-gather kernel is SeRpEnt's resampling glue (`serpent.ResamplingBranch`): window members gathered, multiplied
 by their time gate and masked in one pass, and the restore to full length; the backward scatters into x in one pass.
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 
 _SOFTPLUS, _REVERSE = 1, 2  # the kernel's flag bits
 _CHUNK = 16  # the kernel's CHUNK: steps between the states kept for the backward (sizes the buffers passed to C)
+_LANES = 8  # the kernel's LANES: state rows are padded to a multiple of this many floats (8 = one AVX2 register)
 
 _SOURCE = r"""
 #include <math.h>
@@ -63,6 +66,7 @@ typedef const float *restrict cfptr;
 /* Steps between the states the forward pass keeps for the backward: its recompute buffers (2 CHUNK n d floats)
    stay in L2. */
 #define CHUNK @CHUNK@
+#define LANES @LANES@
 enum { SOFTPLUS = @SOFTPLUS@, REVERSE = @REVERSE@ };
 
 /* 2^x in float32 to 1e-7 (relative): x = k + f with k = rint(x), |f| <= 1/2; 2^f by a degree-6 polynomial fitted on
@@ -120,64 +124,72 @@ static void step_delta(const delta_source *src, long row, fptr raw, fptr dt, lon
     }
 }
 
-/* One step of every channel: h = exp(dt A) h_prev + dt u B and y_t = <C, h> + D u. dx: d floats of scratch. */
-static void advance(cfptr u_t, cfptr dt_t, cfptr At, cfptr B_t, cfptr C_t, cfptr D, cfptr h_prev, fptr h, fptr y_t,
-                    fptr dx, long d, long n) {
-    for (long i = 0; i < d; ++i) {
-        dx[i] = dt_t[i] * u_t[i];
-        y_t[i] = D ? D[i] * u_t[i] : 0.0f;
-    }
-    for (long k = 0; k < n; ++k) {
-        float b = B_t[k], c = C_t[k];
-        cfptr A_k = At + k * d;
-        cfptr p_k = h_prev + k * d;
-        fptr h_k = h + k * d;
-        for (long i = 0; i < d; ++i) {
-            float v = exp2_poly(dt_t[i] * A_k[i]) * p_k[i] + dx[i] * b;
-            h_k[i] = v;
-            y_t[i] += v * c;
-        }
-    }
+/* The state, decay and At rows are dp = d rounded up to LANES (the vector width) floats long and zero past d, as are
+   the per-step rows (dt, dx, gy) the loops over them read, so those loops run over whole vectors with no scalar
+   remainder (at d = 60, SeRpEnt's branch width, the 4-channel scalar tail cost about as much as the 7 vector steps)
+   and the padded channels stay exactly 0. */
+long padded(long d) { return (d + LANES - 1) / LANES * LANES; }
+
+/* Floats between two (n, dp) state-sized work buffers: 2 LANES more than their size, so that no two of them start a
+   multiple of 4 KiB apart (at dp n = 1024 the loads of one and the stores of the next alias in the L1 and the forward
+   ran 1.7x slower). */
+static inline long state_stride(long d, long n) { return padded(d) * n + 2 * LANES; }
+
+/* Floats of the work buffer scan_forward (backward = 0) or scan_backward (1) needs. */
+long scan_work_floats(long d, long n, long rank, int backward) {
+    long dp = padded(d), ds = state_stride(d, n);
+    return backward ? (2 * CHUNK + 3) * ds + (2 * CHUNK + 5 + rank) * dp : 2 * ds + 4 * dp;
 }
 
-/* The backward's recompute of one step: the state h and the decays exp(dt A), both (n, d); no output. */
-static void recompute(cfptr u_t, cfptr dt_t, cfptr At, cfptr B_t, cfptr h_prev, fptr h, fptr decay, fptr dx, long d,
-                      long n) {
-    for (long i = 0; i < d; ++i) dx[i] = dt_t[i] * u_t[i];
+/* One step of every channel: h = exp(dt A) h_prev + dx B (dx = dt u); with `output` (the forward), y_t += <C, h>;
+   else (the backward's recompute) the decays exp(dt A) are stored in decay. Always inlined with a constant `output`,
+   so each caller gets its own branch-free loop. */
+static inline __attribute__((always_inline)) void advance(cfptr dx, cfptr dt_t, cfptr At, cfptr B_t, cfptr C_t,
+                                                          cfptr h_prev, fptr h, fptr y_t, fptr decay, long dp, long n,
+                                                          const int output) {
     for (long k = 0; k < n; ++k) {
-        float b = B_t[k];
-        cfptr A_k = At + k * d;
-        cfptr p_k = h_prev + k * d;
-        fptr h_k = h + k * d, e_k = decay + k * d;
-        for (long i = 0; i < d; ++i) {
+        float b = B_t[k], c = output ? C_t[k] : 0.0f;
+        cfptr A_k = At + k * dp;
+        cfptr p_k = h_prev + k * dp;
+        fptr h_k = h + k * dp;
+        for (long i = 0; i < dp; ++i) {
             float a = exp2_poly(dt_t[i] * A_k[i]);
-            e_k[i] = a;
-            h_k[i] = a * p_k[i] + dx[i] * b;
+            float v = a * p_k[i] + dx[i] * b;
+            h_k[i] = v;
+            if (output) y_t[i] += v * c;
+            else decay[k * dp + i] = a;
         }
     }
 }
 
-/* ckpt: (batch, ceil(length / CHUNK), n, d), the state entering every CHUNK-th step (for the backward), or NULL.
-   work: 2*d*n + 3*d floats (two state buffers used in turn, scratch). */
+/* ckpt: (batch, ceil(length / CHUNK), n, dp), the state entering every CHUNK-th step (for the backward), or NULL.
+   At: (n, dp). work: scan_work_floats(d, n, 0, 0) floats (two state buffers used in turn, scratch). */
 void scan_forward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr C, cfptr D, fptr y, fptr ckpt, fptr work,
                   long batch, long length, long d, long n, int flags) {
-    long dn = d * n, chunks = (length + CHUNK - 1) / CHUNK;
-    fptr dt = work + 2 * dn, dx = dt + d, raw = dx + d;
+    long dp = padded(d), dn = dp * n, ds = state_stride(d, n), chunks = (length + CHUNK - 1) / CHUNK;
+    fptr dt = work + 2 * ds, dx = dt + dp, raw = dx + dp, y_t = raw + dp;
+    memset(dt, 0, sizeof(float) * 4 * dp);
     for (long b = 0; b < batch; ++b) {
-        memset(work, 0, sizeof(float) * 2 * dn);
+        memset(work, 0, sizeof(float) * 2 * ds);
         for (long s = 0; s < length; ++s) {
             long row = b * length + time_of(s, length, flags);
-            float *h = work + (s & 1) * dn, *h_prev = work + ((s + 1) & 1) * dn;
+            float *h = work + (s & 1) * ds, *h_prev = work + ((s + 1) & 1) * ds;
+            cfptr u_t = u + row * d;
             if (ckpt && s % CHUNK == 0) memcpy(ckpt + (b * chunks + s / CHUNK) * dn, h_prev, sizeof(float) * dn);
             step_delta(delta, row, raw, dt, d, flags);
-            advance(u + row * d, dt, At, B + row * n, C + row * n, D, h_prev, h, y + row * d, dx, d, n);
+            for (long i = 0; i < d; ++i) {
+                dx[i] = dt[i] * u_t[i];
+                y_t[i] = D ? D[i] * u_t[i] : 0.0f;
+            }
+            advance(dx, dt, At, B + row * n, C + row * n, h_prev, h, y_t, NULL, dp, n, 1);
+            memcpy(y + row * d, y_t, sizeof(float) * d);
         }
     }
 }
 
 /* Adjoint sweep g_s = C_s dy_s + exp(dt_{s+1} A) g_{s+1}, chunk by chunk from the end: each chunk's states, decays
-   and Δ are recomputed from its checkpoint into cache-sized buffers first. work: (2*CHUNK + 3)*d*n
-   + (2*CHUNK + 4 + rank)*d floats; gAt (n, d), gD (d) and, with a low-rank source, gWt (rank, d) and gbias (d) are
+   and Δ are recomputed from its checkpoint into cache-sized buffers first. work: scan_work_floats(d, n, rank, 1)
+   floats; gAt (n, d), gD (d) and, with a low-rank source, gWt (rank, d) and gbias (d) are
    float64 and accumulated into. The raw Δ's gradient goes to gdelta (batch, length, d), or, with a low-rank source,
    to glow (batch, length, rank), gWt and gbias. */
 void scan_backward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr C, cfptr D, cfptr grad_y, cfptr ckpt,
@@ -185,56 +197,58 @@ void scan_backward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr 
                    fptr gB, fptr gC, double *restrict gD, fptr work, long batch, long length, long d, long n,
                    int flags) {
     long rank = delta->low ? delta->rank : 0;
-    long dn = d * n, chunks = (length + CHUNK - 1) / CHUNK;
+    long dp = padded(d), dn = dp * n, ds = state_stride(d, n), chunks = (length + CHUNK - 1) / CHUNK;
     fptr g = work;
-    fptr gA_row = work + dn; /* this batch row's sum over time, added to the float64 gAt once per row */
-    fptr decay_after = work + 2 * dn; /* decay of the step after the current chunk (zero after the last step) */
-    fptr states = work + 3 * dn;
-    fptr decays = states + CHUNK * dn;
-    fptr dts = decays + CHUNK * dn;
-    fptr raws = dts + CHUNK * d;
-    fptr dx = raws + CHUNK * d;
-    fptr g_dt = dx + d;
-    fptr g_write = g_dt + d;
-    fptr gbias_row = g_write + d; /* low-rank source: this batch row's sums, then added to the float64 totals */
-    fptr gW_row = gbias_row + d;
+    fptr gA_row = work + ds; /* this batch row's sum over time, added to the float64 gAt once per row */
+    fptr decay_after = work + 2 * ds; /* decay of the step after the current chunk (zero after the last step) */
+    fptr states = work + 3 * ds;
+    fptr decays = states + CHUNK * ds;
+    fptr dts = decays + CHUNK * ds;
+    fptr raws = dts + CHUNK * dp;
+    fptr dx = raws + CHUNK * dp;
+    fptr gy = dx + dp;
+    fptr g_dt = gy + dp;
+    fptr g_write = g_dt + dp;
+    fptr gbias_row = g_write + dp; /* low-rank source: this batch row's sums, then added to the float64 totals */
+    fptr gW_row = gbias_row + dp;
+    memset(dts, 0, sizeof(float) * (2 * CHUNK + 2) * dp); /* dts, raws, dx, gy: written up to d only from here on */
     for (long b = 0; b < batch; ++b) {
-        memset(g, 0, sizeof(float) * 3 * dn);
-        memset(gbias_row, 0, sizeof(float) * (rank + 1) * d);
+        memset(g, 0, sizeof(float) * 3 * ds);
+        memset(gbias_row, 0, sizeof(float) * (rank + 1) * dp);
         for (long c = chunks - 1; c >= 0; --c) {
             long s0 = c * CHUNK, s1 = s0 + CHUNK < length ? s0 + CHUNK : length;
             cfptr h_start = ckpt + (b * chunks + c) * dn;
             for (long s = s0; s < s1; ++s) {
                 long j = s - s0, row = b * length + time_of(s, length, flags);
-                step_delta(delta, row, raws + j * d, dts + j * d, d, flags);
-                recompute(u + row * d, dts + j * d, At, B + row * n, j ? states + (j - 1) * dn : h_start,
-                          states + j * dn, decays + j * dn, dx, d, n);
+                cfptr u_t = u + row * d;
+                fptr dt_t = dts + j * dp;
+                step_delta(delta, row, raws + j * dp, dt_t, d, flags);
+                for (long i = 0; i < d; ++i) dx[i] = dt_t[i] * u_t[i];
+                advance(dx, dt_t, At, B + row * n, NULL, j ? states + (j - 1) * ds : h_start, states + j * ds, NULL,
+                        decays + j * ds, dp, n, 0);
             }
             for (long s = s1 - 1; s >= s0; --s) {
                 long j = s - s0, row = b * length + time_of(s, length, flags);
                 cfptr u_t = u + row * d;
-                cfptr dt_t = dts + j * d;
-                cfptr gy = grad_y + row * d;
-                const float *h = states + j * dn;
-                const float *h_prev = j ? h - dn : h_start;
-                const float *decay = decays + j * dn;
-                const float *decay_next = s + 1 < s1 ? decay + dn : decay_after;
-                for (long i = 0; i < d; ++i) {
-                    dx[i] = dt_t[i] * u_t[i];
-                    g_dt[i] = 0.0f;
-                    g_write[i] = 0.0f;
-                }
+                cfptr dt_t = dts + j * dp;
+                const float *h = states + j * ds;
+                const float *h_prev = j ? h - ds : h_start;
+                const float *decay = decays + j * ds;
+                const float *decay_next = s + 1 < s1 ? decay + ds : decay_after;
+                memcpy(gy, grad_y + row * d, sizeof(float) * d);
+                for (long i = 0; i < d; ++i) dx[i] = dt_t[i] * u_t[i];
+                memset(g_dt, 0, sizeof(float) * 2 * dp);
                 for (long k = 0; k < n; ++k) {
                     float bk = B[row * n + k], ck = C[row * n + k], sum_c = 0.0f, sum_b = 0.0f;
-                    cfptr A_k = At + k * d;
-                    cfptr h_k = h + k * d;
-                    cfptr p_k = h_prev + k * d;
-                    fptr g_k = g + k * d;
-                    cfptr a_k = decay + k * d;
-                    cfptr a_next_k = decay_next + k * d;
-                    fptr gA_k = gA_row + k * d;
+                    cfptr A_k = At + k * dp;
+                    cfptr h_k = h + k * dp;
+                    cfptr p_k = h_prev + k * dp;
+                    fptr g_k = g + k * dp;
+                    cfptr a_k = decay + k * dp;
+                    cfptr a_next_k = decay_next + k * dp;
+                    fptr gA_k = gA_row + k * dp;
 #pragma omp simd reduction(+ : sum_c, sum_b)
-                    for (long i = 0; i < d; ++i) {
+                    for (long i = 0; i < dp; ++i) {
                         float gk = gy[i] * ck + a_next_k[i] * g_k[i];
                         float ga = gk * p_k[i] * a_k[i];
                         g_k[i] = gk;
@@ -247,7 +261,7 @@ void scan_backward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr 
                     gC[row * n + k] = sum_c;
                     gB[row * n + k] = sum_b;
                 }
-                cfptr raw = raws + j * d;
+                cfptr raw = raws + j * dp;
                 for (long i = 0; i < d; ++i) {
                     float g_delta = g_dt[i] * LN2 + u_t[i] * g_write[i]; /* g_dt summed ga At = ga A log2(e) */
                     if ((flags & SOFTPLUS) && raw[i] <= 20.0f) g_delta /= 1.0f + exp2_poly(-raw[i] * LOG2E);
@@ -261,7 +275,7 @@ void scan_backward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr 
                     for (long r = 0; r < rank; ++r) {
                         float l = low[r], sum = 0.0f;
                         cfptr w = delta->Wt + r * d;
-                        fptr gw = gW_row + r * d;
+                        fptr gw = gW_row + r * dp;
 #pragma omp simd reduction(+ : sum)
                         for (long i = 0; i < d; ++i) {
                             sum += g_dt[i] * w[i];
@@ -275,8 +289,10 @@ void scan_backward(cfptr u, const delta_source *delta, cfptr At, cfptr B, cfptr 
             }
             memcpy(decay_after, decays, sizeof(float) * dn);
         }
-        for (long j = 0; j < dn; ++j) gAt[j] += gA_row[j];
-        for (long i = 0; i < rank * d; ++i) gWt[i] += gW_row[i];
+        for (long k = 0; k < n; ++k)
+            for (long i = 0; i < d; ++i) gAt[k * d + i] += gA_row[k * dp + i];
+        for (long r = 0; r < rank; ++r)
+            for (long i = 0; i < d; ++i) gWt[r * d + i] += gW_row[r * dp + i];
         for (long i = 0; rank && i < d; ++i) gbias[i] += gbias_row[i];
     }
 }
@@ -341,10 +357,36 @@ void conv_silu_backward(cfptr x, long x_stride, cfptr wt, cfptr bias, cfptr gout
     }
 }
 
+/* Mamba's gate: out = (y1 + y2) silu(z), y2 (the second direction) or NULL; y1, y2, out (rows, d); z rows z_stride
+   floats apart (its half of in_proj's output, read in place). The backward writes gy (the gradient of y1 and of y2)
+   and gz (rows, d). */
+static inline float sigmoid(float z) { return 1.0f / (1.0f + exp2_poly(-z * LOG2E)); }
+
+void gate_silu_forward(cfptr y1, cfptr y2, cfptr z, long z_stride, fptr out, long rows, long d) {
+    for (long r = 0; r < rows; ++r) {
+        cfptr zr = z + r * z_stride;
+        long o = r * d;
+        for (long i = 0; i < d; ++i) out[o + i] = (y1[o + i] + (y2 ? y2[o + i] : 0.0f)) * zr[i] * sigmoid(zr[i]);
+    }
+}
+
+void gate_silu_backward(cfptr y1, cfptr y2, cfptr z, long z_stride, cfptr gout, fptr gy, fptr gz, long rows, long d) {
+    for (long r = 0; r < rows; ++r) {
+        cfptr zr = z + r * z_stride;
+        long o = r * d;
+        for (long i = 0; i < d; ++i) {
+            float s = sigmoid(zr[i]), y = y1[o + i] + (y2 ? y2[o + i] : 0.0f);
+            gy[o + i] = gout[o + i] * zr[i] * s;
+            gz[o + i] = gout[o + i] * y * s * (1.0f + zr[i] * (1.0f - s));
+        }
+    }
+}
+
 /* SeRpEnt's row gathers (window members, restore): out[b, r] = gate[b, r] x[b, index[b, r]] with the time gate
-   gate = 1 + bias + W phi, phi_q = exp(-(dt[b, r] - centres_q)^2 / (2 width^2)), q < m (Wt: W transposed, (m, d);
-   dt (batch, count)), or the row itself without dt (NULL); index < 0 gives a zero row. x (batch, length, d), index
-   (batch, count), out (batch, count, d). work: d + m floats. */
+   gate = 1 + bias + W phi, phi_q = exp(-(dt[b, r] - centres_q)^2 / (2 width^2)), q < m (Wt: W transposed and bias,
+   rows padded(d) floats long and zero past d; dt (batch, count)), or the row itself without dt (NULL); index -1 gives
+   a zero row. x (batch, length, d), index (batch, count), out (batch, count, d). Returns 0, or 1 + the first entry
+   of index outside [-1, length) (then out is incomplete). work: gather_work_floats(d, m, 0) floats. */
 static void rbf(float dt, cfptr centres, float inv_width, fptr phi, long m) {
     for (long q = 0; q < m; ++q) {
         float z = (dt - centres[q]) * inv_width;
@@ -352,21 +394,29 @@ static void rbf(float dt, cfptr centres, float inv_width, fptr phi, long m) {
     }
 }
 
-static void time_gate(cfptr phi, cfptr Wt, cfptr bias, fptr gate, long d, long m) {
-    for (long i = 0; i < d; ++i) gate[i] = 1.0f + bias[i];
+static void time_gate(cfptr phi, cfptr Wt, cfptr bias, fptr gate, long dp, long m) {
+    for (long i = 0; i < dp; ++i) gate[i] = 1.0f + bias[i];
     for (long q = 0; q < m; ++q) {
         float f = phi[q];
-        cfptr w = Wt + q * d;
-        for (long i = 0; i < d; ++i) gate[i] += w[i] * f;
+        cfptr w = Wt + q * dp;
+        for (long i = 0; i < dp; ++i) gate[i] += w[i] * f;
     }
 }
 
-void gather_rows_forward(cfptr x, const long *restrict index, cfptr dt, cfptr centres, float inv_width, cfptr Wt,
+/* Floats of the work buffer gather_rows_forward (backward = 0) or gather_rows_backward (1) needs. */
+long gather_work_floats(long d, long m, int backward) {
+    long dp = padded(d);
+    return backward ? (m + 4) * dp + m : dp + m;
+}
+
+long gather_rows_forward(cfptr x, const long *restrict index, cfptr dt, cfptr centres, float inv_width, cfptr Wt,
                          cfptr bias, fptr out, fptr work, long batch, long length, long count, long d, long m) {
+    long dp = padded(d);
     for (long b = 0; b < batch; ++b) {
         for (long r = 0; r < count; ++r) {
             long row = b * count + r, j = index[row];
             fptr o = out + row * d;
+            if (j < -1 || j >= length) return row + 1;
             if (j < 0) {
                 memset(o, 0, sizeof(float) * d);
                 continue;
@@ -376,52 +426,57 @@ void gather_rows_forward(cfptr x, const long *restrict index, cfptr dt, cfptr ce
                 memcpy(o, xs, sizeof(float) * d);
                 continue;
             }
-            rbf(dt[row], centres, inv_width, work + d, m);
-            time_gate(work + d, Wt, bias, work, d, m);
+            rbf(dt[row], centres, inv_width, work + dp, m);
+            time_gate(work + dp, Wt, bias, work, dp, m);
             for (long i = 0; i < d; ++i) o[i] = work[i] * xs[i];
         }
     }
+    return 0;
 }
 
 /* gx (batch, length, d) is overwritten: the sum of gate grad_out over the rows that read each x row, in row order.
-   With dt: gdt (batch, count) is overwritten (zero for index < 0); gWt (m, d) and gbias (d) are float64 and
-   accumulated into. work: (m + 2) d + m floats. */
+   With dt: gdt (batch, count) is overwritten (zero for index -1); gWt (m, d) and gbias (d) are float64 and
+   accumulated into. index as checked by gather_rows_forward. work: gather_work_floats(d, m, 1) floats. */
 void gather_rows_backward(cfptr x, const long *restrict index, cfptr dt, cfptr centres, float inv_width, cfptr Wt,
                           cfptr bias, cfptr gout, fptr gx, fptr gdt, double *restrict gWt, double *restrict gbias,
                           fptr work, long batch, long length, long count, long d, long m) {
-    fptr gate = work, gb_row = work + d, gw_row = work + 2 * d, phi = gw_row + m * d;
+    long dp = padded(d);
+    /* go, xs: this row's grad_out and x, copied into zero-tailed rows so that the loops over W run over whole vectors */
+    fptr gate = work, go = gate + dp, xs = go + dp, gb_row = xs + dp, gw_row = gb_row + dp, phi = gw_row + m * dp;
+    memset(go, 0, sizeof(float) * 2 * dp);
     memset(gx, 0, sizeof(float) * batch * length * d);
     for (long b = 0; b < batch; ++b) {
-        if (dt) memset(gb_row, 0, sizeof(float) * (m + 1) * d);
+        if (dt) memset(gb_row, 0, sizeof(float) * (m + 1) * dp);
         for (long r = 0; r < count; ++r) {
             long row = b * count + r, j = index[row];
             if (j < 0) {
                 if (dt) gdt[row] = 0.0f;
                 continue;
             }
-            cfptr go = gout + row * d;
             fptr gxs = gx + (b * length + j) * d;
             if (!dt) {
-                for (long i = 0; i < d; ++i) gxs[i] += go[i];
+                cfptr g_out = gout + row * d;
+                for (long i = 0; i < d; ++i) gxs[i] += g_out[i];
                 continue;
             }
-            cfptr xs = x + (b * length + j) * d;
+            memcpy(go, gout + row * d, sizeof(float) * d);
+            memcpy(xs, x + (b * length + j) * d, sizeof(float) * d);
             rbf(dt[row], centres, inv_width, phi, m);
-            time_gate(phi, Wt, bias, gate, d, m);
+            time_gate(phi, Wt, bias, gate, dp, m);
             float g_dt = 0.0f;
-            for (long i = 0; i < d; ++i) {
-                gxs[i] += gate[i] * go[i];
-                gb_row[i] += go[i] * xs[i];
+            for (long i = 0; i < d; ++i) gxs[i] += gate[i] * go[i];
+            for (long i = 0; i < dp; ++i) {
+                xs[i] *= go[i]; /* now go x, the gate's gradient */
+                gb_row[i] += xs[i];
             }
             for (long q = 0; q < m; ++q) {
                 float f = phi[q], sum = 0.0f;
-                cfptr w = Wt + q * d;
-                fptr gw = gw_row + q * d;
+                cfptr w = Wt + q * dp;
+                fptr gw = gw_row + q * dp;
 #pragma omp simd reduction(+ : sum)
-                for (long i = 0; i < d; ++i) {
-                    float t = go[i] * xs[i];
-                    sum += t * w[i];
-                    gw[i] += t * f;
+                for (long i = 0; i < dp; ++i) {
+                    sum += xs[i] * w[i];
+                    gw[i] += xs[i] * f;
                 }
                 /* d phi_q / d dt = -phi_q (dt - centre_q) / width^2 */
                 g_dt -= sum * f * (dt[row] - centres[q]) * inv_width * inv_width;
@@ -430,11 +485,12 @@ void gather_rows_backward(cfptr x, const long *restrict index, cfptr dt, cfptr c
         }
         if (!dt) continue;
         for (long i = 0; i < d; ++i) gbias[i] += gb_row[i];
-        for (long i = 0; i < m * d; ++i) gWt[i] += gw_row[i];
+        for (long q = 0; q < m; ++q)
+            for (long i = 0; i < d; ++i) gWt[q * d + i] += gw_row[q * dp + i];
     }
 }
 """
-_SOURCE = (_SOURCE.replace("@CHUNK@", str(_CHUNK)).replace("@SOFTPLUS@", str(_SOFTPLUS))
+_SOURCE = (_SOURCE.replace("@CHUNK@", str(_CHUNK)).replace("@LANES@", str(_LANES)).replace("@SOFTPLUS@", str(_SOFTPLUS))
            .replace("@REVERSE@", str(_REVERSE)))  # one definition of each, shared with the C
 
 # -ffast-math lets gcc vectorise log1pf (glibc's libmvec, linked below); -fopenmp-simd honours the one `omp simd`.
@@ -482,10 +538,16 @@ def _library() -> ctypes.CDLL | None:
     pointer, size, flag, source = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.POINTER(_DeltaSource)
     library.scan_forward.argtypes = [pointer, source] + [pointer] * 7 + [size] * 4 + [flag]
     library.scan_backward.argtypes = [pointer, source] + [pointer] * 16 + [size] * 4 + [flag]
+    library.padded.argtypes, library.padded.restype = [size], size
+    library.scan_work_floats.argtypes, library.scan_work_floats.restype = [size, size, size, flag], size
     library.conv_silu_forward.argtypes = [pointer, size, pointer, pointer, pointer] + [size] * 4 + [flag]
     library.conv_silu_backward.argtypes = [pointer, size] + [pointer] * 7 + [size] * 4 + [flag]
     real = ctypes.c_float
+    library.gate_silu_forward.argtypes = [pointer] * 3 + [size, pointer] + [size] * 2
+    library.gate_silu_backward.argtypes = [pointer] * 3 + [size] + [pointer] * 3 + [size] * 2
     library.gather_rows_forward.argtypes = [pointer] * 4 + [real] + [pointer] * 4 + [size] * 5
+    library.gather_rows_forward.restype = size
+    library.gather_work_floats.argtypes, library.gather_work_floats.restype = [size, size, flag], size
     library.gather_rows_backward.argtypes = [pointer] * 4 + [real] + [pointer] * 8 + [size] * 5
     return library
 
@@ -571,13 +633,14 @@ class _NativeScan(torch.autograd.Function):
         delta, stride = (delta.contiguous(), 0) if weight is None else _rows(delta)
         W_t = None if weight is None else weight.t().contiguous()
         bias = None if bias is None else bias.contiguous()
-        A_t = (A * _LOG2E).t().contiguous()
         D = None if D is None else D.contiguous()
         batch, length, d = u.shape
-        n = A.shape[1]
+        n, dp = A.shape[1], _library().padded(d)
+        A_t = u.new_zeros(n, dp)
+        A_t[:, :d] = (A * _LOG2E).t()
         y = u.new_empty(batch, length, d)
-        ckpt = u.new_empty(batch, -(-length // _CHUNK), n, d) if any(ctx.needs_input_grad) else None
-        work = u.new_empty(2 * d * n + 3 * d)
+        ckpt = u.new_empty(batch, -(-length // _CHUNK), n, dp) if any(ctx.needs_input_grad) else None
+        work = u.new_empty(_library().scan_work_floats(d, n, 0, 0))
         source = _delta_source(delta, stride, W_t, bias)
         _library().scan_forward(_ptr(u), ctypes.byref(source), *map(_ptr, (A_t, B, C, D, y, ckpt, work)),
                                 batch, length, d, n, flags)
@@ -598,7 +661,7 @@ class _NativeScan(torch.autograd.Function):
         gD = None if D is None else torch.zeros(d, dtype=torch.float64)
         gW_t = None if W_t is None else torch.zeros(rank, d, dtype=torch.float64)
         gbias = None if W_t is None else torch.zeros(d, dtype=torch.float64)
-        work = u.new_empty((2 * _CHUNK + 3) * d * n + (2 * _CHUNK + 4 + rank) * d)
+        work = u.new_empty(_library().scan_work_floats(d, n, rank, 1))
         source = _delta_source(delta, ctx.stride, W_t, bias)
         raw_grad, low_grad = (gdelta, None) if W_t is None else (None, gdelta)
         pointers = (A_t, B, C, D, grad_y, ckpt, gu, raw_grad, low_grad, gW_t, gbias, gA_t, gB, gC, gD, work)
@@ -647,8 +710,43 @@ class _NativeConvSilu(torch.autograd.Function):
         return gx, gwt.t().reshape(d, 1, K).to(wt.dtype), gbias.to(bias.dtype), None
 
 
+def gate_silu_native(y1: Tensor, y2: Tensor | None, z: Tensor) -> Tensor:
+    """Mamba's gate (y1 + y2) * F.silu(z) in one pass each way, all (batch, length, d); y2 may be None; z may be a
+    chunk of a wider tensor (read in place)."""
+    if y1.dim() != 3 or z.shape != y1.shape or (y2 is not None and y2.shape != y1.shape):
+        raise ValueError(f"gate_silu_native: y1, y2 and z must share one (batch, length, d) shape; got {tuple(y1.shape)}, "
+                         f"{None if y2 is None else tuple(y2.shape)}, {tuple(z.shape)}")
+    _require_native("gate_silu_native", y1, y2, z)
+    return _NativeGateSilu.apply(y1, y2, z)
+
+
+class _NativeGateSilu(torch.autograd.Function):
+    """(y1 + y2) silu(z); saves the inputs (the backward recomputes the sigmoid)."""
+
+    @staticmethod
+    def forward(ctx, y1, y2, z):  # type: ignore[override]
+        y1, y2 = y1.contiguous(), None if y2 is None else y2.contiguous()
+        z, stride = _rows(z)
+        out = torch.empty_like(y1)
+        rows, d = y1.shape[0] * y1.shape[1], y1.shape[2]
+        _library().gate_silu_forward(_ptr(y1), _ptr(y2), _ptr(z), stride, _ptr(out), rows, d)
+        ctx.save_for_backward(y1, y2, z)
+        ctx.stride = stride
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        y1, y2, z = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        gy, gz = torch.empty_like(y1), torch.empty_like(y1)
+        rows, d = y1.shape[0] * y1.shape[1], y1.shape[2]
+        _library().gate_silu_backward(*map(_ptr, (y1, y2, z)), ctx.stride, *map(_ptr, (grad_out, gy, gz)), rows, d)
+        return gy, None if y2 is None else gy, gz
+
+
 def gather_rows_native(x: Tensor, index: Tensor, gate: TimeGate | None = None) -> Tensor:
-    """Rows of x (batch, length, d) picked per batch row by index (batch, count), int64 in [-1, length), times the time
+    """Rows of x (batch, length, d) picked per batch row by index (batch, count), int64 in [-1, length) (checked in the
+    kernel's pass), times the time
     gate 1 + Linear(φ(dt)) of `gate`, or the rows themselves; index −1 gives a zero row. Equals
     where(index ≥ 0, (1 + F.linear(φ(dt), weight, bias)) * x.gather(1, index), 0) in value and gradients (of x, dt,
     weight, bias), without forming φ or the (batch, count, d) gate (float32 CPU only)."""
@@ -660,8 +758,6 @@ def gather_rows_native(x: Tensor, index: Tensor, gate: TimeGate | None = None) -
         raise ValueError(f"gather_rows_native: need x (batch, length, d), int64 index (batch, count) and a TimeGate with "
                          f"dt (batch, count), centres (m,), weight (d, m), bias (d,), or None; got {tuple(x.shape)}, "
                          f"{index.dtype} {tuple(index.shape)}, {gate and [tuple(t.shape) for t in gate.tensors()]}")
-    if index.numel() and not -1 <= int(index.min()) <= int(index.max()) < length:
-        raise ValueError(f"gather_rows_native: index must lie in [-1, {length}), got [{int(index.min())}, {int(index.max())}]")
     tensors = (None,) * 4 if gate is None else gate.tensors()
     _require_native("gather_rows_native", x, *tensors)
     return _NativeGatherRows.apply(x, index, *tensors, 0.0 if gate is None else 1.0 / gate.width)
@@ -692,13 +788,20 @@ class _NativeGatherRows(torch.autograd.Function):
         batch, length, d = x.shape
         count = index.shape[1]
         m = 0 if dt is None else centres.shape[0]
-        if dt is not None:
-            dt, centres, weight, bias = dt.contiguous(), centres.contiguous(), weight.t().contiguous(), bias.contiguous()
+        library = _library()
+        if dt is not None:  # the kernel's W and bias rows are padded(d) floats, zero past d
+            dp = library.padded(d)
+            W_t, bias_p = x.new_zeros(m, dp), x.new_zeros(dp)
+            W_t[:, :d], bias_p[:d] = weight.t(), bias
+            dt, centres, weight, bias = dt.contiguous(), centres.contiguous(), W_t, bias_p
         out = x.new_empty(batch, count, d)
-        work = x.new_empty(d + m)
+        work = x.new_empty(library.gather_work_floats(d, m, 0))
         pointers = (x, index, dt, centres)
-        _library().gather_rows_forward(*map(_ptr, pointers), inv_width, *map(_ptr, (weight, bias, out, work)),
-                                       batch, length, count, d, m)
+        bad = library.gather_rows_forward(*map(_ptr, pointers), inv_width, *map(_ptr, (weight, bias, out, work)),
+                                          batch, length, count, d, m)
+        if bad:
+            raise ValueError(f"gather_rows_native: index must lie in [-1, {length}), got {int(index.view(-1)[bad - 1])} "
+                             f"at (row, entry) {divmod(bad - 1, count)}")
         ctx.save_for_backward(x, index, dt, centres, weight, bias)
         ctx.inv_width = inv_width
         return out
@@ -714,7 +817,7 @@ class _NativeGatherRows(torch.autograd.Function):
         gdt = None if dt is None else torch.empty_like(dt)
         gW_t = None if dt is None else torch.zeros(m, d, dtype=torch.float64)
         gbias = None if dt is None else torch.zeros(d, dtype=torch.float64)
-        work = x.new_empty((m + 2) * d + m)
+        work = x.new_empty(_library().gather_work_floats(d, m, 1))
         after = (W_t, bias, grad_out, gx, gdt, gW_t, gbias, work)
         _library().gather_rows_backward(*map(_ptr, (x, index, dt, centres)), ctx.inv_width, *map(_ptr, after),
                                         batch, length, count, d, m)
