@@ -98,10 +98,10 @@ def _write_results(results: list, out: Path) -> None:
         if item.blocked:
             print(f"variation {item.variation} (seed {item.seed}) not written: {item.safety.reason}",
                   file=sys.stderr)
-        for warning in [] if entry["seams"] is None else entry["seams"]["warnings"]:
-            print(f"variation {item.variation} (seed {item.seed}): {warning}", file=sys.stderr)
         else:
             save_npz(motion, path, safety=safety) if out.suffix.lower() == ".npz" else save_bvh(motion, path)
+        for warning in [] if entry["seams"] is None else entry["seams"]["warnings"]:
+            print(f"variation {item.variation} (seed {item.seed}): {warning}", file=sys.stderr)
         written.append(entry)
     print(json.dumps(written, indent=2))
 
