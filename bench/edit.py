@@ -12,6 +12,10 @@ Reported: median and p90 wall time over the runs, the edit/generation ratio of t
 CPUs other processes used meanwhile (the machine may be shared).
 
     .venv/bin/python bench/edit.py --repeats 15 --write
+
+`--decode` times instead what an edit's VQ decode costs: the rows of one call (its variations, or one round of seam
+tries) decoded together, as the editor does, against one row at a time, as it did before, with the largest
+difference between the two (section "Edit decoding").
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from safemotion.generate import DEFAULT_MODEL_DIR, GenerationRequest
 from safemotion.safe_generation import SafeGenerator
 
 SECTION = "## Edits (issue 18)"
+DECODE_SECTION = "## Edit decoding (issue 18)"
 
 
 def run(repeats: int) -> list[dict]:
@@ -91,13 +96,48 @@ def table(rows: list[dict], repeats: int, threads: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decode(repeats: int, threads: int) -> str:
+    """The decode section: the window rows of 3- and 8-variation jump edits decoded together vs one by one."""
+    safe = SafeGenerator.from_dir(DEFAULT_MODEL_DIR)
+    generator = safe.generator
+    walk = generator.generate([GenerationRequest("a person walks forward", 6.0, seed=1)], smpl=False)[0]
+    walk = source_from_features(walk.features, walk.fps)
+    lines = [DECODE_SECTION, "",
+             f"`bench/edit.py --decode --repeats {repeats}` on `safemotion-mini` (CPU, {threads} torch thread(s)); "
+             f"{machine()}. The VQ decode of an edit's rows (the 30-token window of frames 40:80 of a 6 s walk "
+             "regenerated): all rows of a call in one batch, as the editor decodes them, against one row at a time, "
+             "alternated run by run. Medians of wall time; Δ is the largest difference of a decoded feature "
+             "between the two (not bitwise: oneDNN's convolutions block a batch differently from one row).", "",
+             "| rows | together: median (s) | one by one: median (s) | one by one / together | max Δ of a feature | "
+             "others' CPU share |", "|---|---|---|---|---|---|"]
+    for variations in (3, 8):
+        rows = [item.motion.tokens for item in Editor(safe).edit(walk, [(40, 80)], "a person jumps", seed=0,
+                                                                variations=variations, smpl=False)]
+        together, alone, others = [], [], []
+        for _ in range(repeats):
+            for fn, out in ((lambda: generator.decode_tokens(rows), together),
+                            (lambda: [generator.decode_tokens([row]) for row in rows], alone)):
+                wall, busy = timed(fn)
+                out.append(wall)
+                others.append(busy)
+        delta = max(float(np.abs(a - generator.decode_tokens([row])[0]).max())
+                    for row, a in zip(rows, generator.decode_tokens(rows)))
+        lines.append(f"| {variations} | {np.median(together):.4f} | {np.median(alone):.4f} | "
+                     f"{np.median(alone) / np.median(together):.2f} | {delta:.1e} | {np.median(others):.0%} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true", help="replace the section in bench/RESULTS.md")
+    parser.add_argument("--decode", action="store_true", help="time the VQ decode of an edit's rows instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.decode:
+        publish(DECODE_SECTION, decode(args.repeats, args.threads), write=args.write)
+        return 0
     text = table(run(args.repeats), args.repeats, args.threads)
     publish(SECTION, text, write=args.write)
     return 0

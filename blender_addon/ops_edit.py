@@ -7,8 +7,9 @@ a flagged take stays flagged); the scene's prompt, seed, variations and policy a
 an `ops_generate.EditJob` through Generate's modal operator logic (`JobOperator`): the request goes out on a background
 thread and the timer ticks only write the answer, so the interface never waits for the server (Esc, Cancel, a file
 load or disabling the add-on drop the answer). The answer is written by `ops_generate.apply_motions`, so the new takes get their safety record and flag markers exactly like
-generated ones (and a failure while writing is taken back by `scene_guard.keep_file_on_failure`), and the source
-take's actions are never touched. A new take reuses an SMPL armature only when the server's re-fitted body is the
+generated ones (and a failure while writing is taken back by `scene_guard.keep_file_on_failure`), a seam the server
+could not bring under its limit is reported and kept on the new take (`seam_warnings`), and the source take's actions
+are never touched. A new take reuses an SMPL armature only when the server's re-fitted body is the
 armature's own skeleton (`ops_generate.EDIT_REST_MATCH_M`), so outside the edited frames it is the source take. Regenerate Range uses the timeline's preview range
 (in scene frames) or, without one, the span of the selected keyframes of the take's action. In-between uses the two
 takes whose NLA strips are selected (in time order), else the active take and the next one in the list.

@@ -93,6 +93,7 @@ class Motion:
     parents: tuple[int, ...] = ()
     foot_cleanup: bool = False  # whether the server pinned the feet and grounded the motion
     base_tokens: np.ndarray | None = None  # [T / 4] base-layer code ids it was decoded from (column 0 of `tokens`)
+    seam_warnings: list[str] = field(default_factory=list)  # an edit's seams still over the server's limit
 
     @property
     def blocked(self) -> bool:
@@ -104,7 +105,8 @@ def decode_motion(payload: dict, where: str) -> Motion:
     """A Motion from a MotionPayload; malformed payloads raise BackendError naming `where`."""
     try:
         motion = Motion(prompt=str(payload["prompt"]), seed=int(payload["seed"]), fps=float(payload["fps"]),
-                        safety=payload.get("safety"), foot_cleanup=bool(payload.get("foot_cleanup", False)))
+                        safety=payload.get("safety"), foot_cleanup=bool(payload.get("foot_cleanup", False)),
+                        seam_warnings=[str(w) for w in (payload.get("seams") or {}).get("warnings", [])])
         smpl, skeleton = payload.get("smpl"), payload.get("skeleton")
     except (KeyError, TypeError, ValueError) as err:
         raise BackendError(f"the server sent a malformed motion ({where}): {err!r}") from None
@@ -253,6 +255,8 @@ def apply_motions(context: bpy.types.Context, scene: bpy.types.Scene, motions: l
                 actions = [bpy.data.actions.get(take.action_name), bpy.data.actions.get(take.target_action_name)]
                 outcome.written += 1
                 outcome.flagged += take.safety.flagged
+                outcome.warnings += [f"Take '{label}' (from scene frame {frame_start}): {warning}"
+                                     for warning in motion.seam_warnings]
             record = motion.safety
             if record is not None and (motion.blocked or record.get("flagged") or record.get("decision") != "pass"):
                 outcome.warnings.append(safety.record_generation(scene, label, motion.safety, actions, motion.fps,
@@ -302,6 +306,7 @@ def _write_take(context: bpy.types.Context, scene: bpy.types.Scene, motion: Moti
     take.armature, take.action_name = rig, action.name
     take.foot_cleanup = motion.foot_cleanup
     take.base_tokens = "" if motion.base_tokens is None else ",".join(str(int(i)) for i in motion.base_tokens)
+    take.seam_warnings = "\n".join(motion.seam_warnings)
     if fit is not None:
         target_action, _ = armature.retarget_onto(target, pose, transl, motion.rest_joints, fit=fit,
                                                   fps=scene_fps, action_name=f"{target.name} {label}",

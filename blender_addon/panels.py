@@ -136,6 +136,8 @@ class SAFEMOTION_PT_takes(_Section, bpy.types.Panel):
             take = settings.takes[settings.active_take]
             box = self.layout.box()
             box.label(text=f"Seed {take.seed}, {take.frames} frames from frame {take.frame_start}")
+            for warning in filter(None, take.seam_warnings.split("\n")):
+                box.label(text=warning, icon="ERROR")
             _draw_safety(box, take.safety)
             ops_edit.draw_edit(self.layout, context)
 

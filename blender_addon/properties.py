@@ -82,6 +82,9 @@ class SafeMotionTake(bpy.types.PropertyGroup):
                                           description="The base-layer code ids the server decoded this take from, "
                                                       "comma-separated; an edit sends them back so its safety review "
                                                       "counts the kept tokens' removed codes")
+    seam_warnings: bpy.props.StringProperty(name="Seam Warnings",
+                                            description="An edit's seams still over the server's seam limit after "
+                                                        "re-sampling, one per line (take frames); empty when all hold")
     safety: bpy.props.PointerProperty(type=SafeMotionSafety)
 
 

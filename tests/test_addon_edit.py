@@ -54,6 +54,7 @@ def test_regenerate_range_writes_a_new_take_from_the_preview_range(addon, scene)
     np.testing.assert_allclose(after[:28], before[:28], atol=2e-3)
     np.testing.assert_allclose(after[72:], before[72:], atol=2e-3)
     assert np.abs(after[40:60] - before[40:60]).max() > 0.01
+    assert new.seam_warnings == ""  # the tiny model's seams hold the server's limit
 
 
 def test_regenerate_range_uses_selected_keyframes_without_a_preview_range(addon, scene):
@@ -154,3 +155,31 @@ def test_an_edit_sends_the_takes_ids_and_keeps_their_flags(addon, scene):
     with pytest.raises(RuntimeError, match="19 base_tokens for 80 frames"):
         bpy.ops.safemotion.regenerate_range()
     assert len(settings.takes) == 2 and len(bpy.data.actions) == actions
+
+
+def test_seams_the_server_could_not_smooth_are_reported_and_kept_on_the_new_take(addon, scene, tmp_path, monkeypatch):
+    # The tiny model's seams hold the served limit (0.119); an in-process server whose editor asks for the impossible
+    # (1e-6) answers with seam warnings, and the add-on writes that answer like an edit's.
+    from fastapi.testclient import TestClient
+    from server_support import build_tiny_lcr_model
+
+    from safemotion.edit import EditSettings
+    from safemotion.serve.app import create_app
+    from safemotion.serve.settings import ServerSettings
+
+    settings = ServerSettings(model=str(build_tiny_lcr_model(tmp_path / "tiny-lcr")), data_dir=tmp_path / "data",
+                              device="cpu", threads=1)
+    source, _ = addon.ops_edit.take_source(scene.safemotion.takes[0])
+    with TestClient(create_app(settings)) as client:
+        monkeypatch.setattr(client.app.state.server.engine.service.editor, "settings",
+                            EditSettings(seam_limit=1e-6, seam_retries=1))
+        answer = client.post("/v1/edit", json={"source": source, "prompt": "a person jumps",
+                                               "frames": [[40, 60]]}).json()
+    warnings = answer["motions"][0]["seams"]["warnings"]
+    assert [w.split(" jumps")[0] for w in warnings] == ["the seam at frame 36", "the seam at frame 64"]
+    motions = [addon.ops_generate.decode_motion(m, f"motion {i}") for i, m in enumerate(answer["motions"])]
+    outcome = addon.ops_generate.apply_motions(bpy.context, scene, motions, 11, answer["model"], policy="sanitize")
+    take = scene.safemotion.takes[1]
+    assert take.seam_warnings.split("\n") == warnings
+    assert [w for w in outcome.warnings if "seam" in w] == [f"Take '{take.name}' (from scene frame 11): {w}"
+                                                           for w in warnings]

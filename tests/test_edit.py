@@ -21,7 +21,7 @@ from safemotion.edit import (
     source_from_features,
     source_from_joints,
 )
-from safemotion.motion.seams import region_seam_jumps, seam_jumps, velocity_jumps
+from safemotion.motion.seams import SeamReport, seam_jumps, seam_pairs, velocity_jumps
 from safemotion.generate import DEFAULT_MODEL_DIR, GenerationRequest, save_bvh, save_npz
 from safemotion.safe_generation import SafeGenerator
 
@@ -120,6 +120,21 @@ def test_variation_k_is_the_edit_with_seed_plus_k(editor, walk):
     np.testing.assert_allclose(one.motion.joints, many[2].motion.joints, atol=1e-5)
 
 
+def test_the_rows_of_an_edit_decode_together_as_they_decode_alone(editor, walk):
+    # An edit decodes all its variations (and each round of seam tries) in one VQ call. Not bitwise: oneDNN's
+    # convolutions block a batch differently from a single row (measured: features ≤ 3.8e-6 on values up to 2.3,
+    # joints ≤ 1.4e-6 m), so within 1e-5 and 2e-6 m.
+    from safemotion.motion.features import recover_from_ric
+
+    rows = [item.motion.tokens for item in editor.edit(walk, [SPAN], "a person jumps", seed=5, variations=3,
+                                                       smpl=False)]
+    generator = editor.safe.generator
+    for row, together in zip(rows, generator.decode_tokens(rows)):
+        alone = generator.decode_tokens([row])[0]
+        np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(recover_from_ric(together), recover_from_ric(alone), rtol=0, atol=2e-6)
+
+
 def test_extend_after_and_before_keeps_the_take(editor, walk):
     after = editor.extend(walk, 2.0, "a person waves", seed=0, smpl=False)[0].motion
     assert len(after.joints) == len(walk.joints) + 40 and len(after.tokens) == len(walk.joints) // 4 + 10
@@ -182,25 +197,91 @@ def test_seam_jump_measure():
     joints[15:, :, 0] = 0.2  # a 20 cm teleport at frame 15
     assert seam_jumps(joints, [(15, 20)], blend=4) == [pytest.approx(0.2), 0.0]
     assert seam_jumps(joints, [(0, 5)], blend=4) == [0.0]  # a region at the start has one seam
-    assert region_seam_jumps(joints, (15, 30), blend=4) == (pytest.approx(0.2), None)  # ... and one at the end
+    pairs = seam_pairs(joints, [(15, 30), (0, 5)], blend=4)  # ... and one at the end
+    assert pairs == [(pytest.approx(0.2), None), (None, 0.0)]
+    report = SeamReport.of(pairs, [(15, 30), (0, 5)], limit=0.1, tries=3)
+    assert report.frames == (15, 5) and report.jumps == (pytest.approx(0.2), 0.0)
+    assert report.warnings() == ["the seam at frame 15 jumps 0.200 m/frame², over the limit of 0.1 (still over "
+                                 "after 3 re-sampling tries); check the motion there or edit it again with another "
+                                 "seed"]
+    assert SeamReport.of(pairs, [(15, 30), (0, 5)], limit=0.25, tries=0).warnings() == []
 
 
-def test_a_seam_over_the_limit_resamples_only_its_regions_boundary_tokens(editor, walk):
-    def jump_edit(settings):
-        return Editor(editor.safe, settings).edit(walk, [SPAN], "a person jumps", seed=1, smpl=False)[0].motion
+def test_eval_edits_reports_the_seam_bound_and_the_measurement_behind_seam_limit(tmp_path):
+    rng = np.random.default_rng(0)
+    clips = {f"c{i}": np.cumsum(rng.normal(scale=0.02, size=(30 + 5 * i, 22, 3)), axis=0) for i in range(6)}
+    (tmp_path / "new_joints").mkdir()
+    for name, joints in clips.items():
+        np.save(tmp_path / "new_joints" / f"{name}.npy", joints.astype(np.float32))
+    (tmp_path / "train.txt").write_text("c0\nc1\nc2\nc3\n")
+    (tmp_path / "test.txt").write_text("c4\nc5\n")
+    code, out, err = cli(["eval-edits", "--data", str(tmp_path), "--bounds-only"])
+    assert code == 0, err
+    report = json.loads(out)
 
-    once = jump_edit(EditSettings(seam_retries=0))
-    retried = jump_edit(EditSettings(seam_limit=1e-6, seam_retries=2))  # every seam is over this limit
+    def p95(names):
+        return np.percentile(np.concatenate([velocity_jumps(clips[n].astype(np.float32).astype(np.float64))
+                                             for n in names]), 95)
+
+    assert report["bound"]["split"] == "test" and report["bound"]["clips"] == 2
+    assert report["bound"]["p95_velocity_jump_m"] == pytest.approx(p95(["c4", "c5"]), rel=1e-12)
+    limit = report["seam_limit"]
+    assert limit["split"] == "train" and limit["clips"] == 4 and limit["frames"] == 4 * 28 + 5 * 6
+    assert limit["p95_velocity_jump_m"] == pytest.approx(p95(["c0", "c1", "c2", "c3"]), rel=1e-12)
+    assert limit["setting_m"] == EditSettings().seam_limit == 0.119
+
+
+def jump_edit(editor, walk, settings):
+    """The jump edit of the walk's SPAN, seed 1, under `settings`."""
+    return Editor(editor.safe, settings).edit(walk, [SPAN], "a person jumps", seed=1, smpl=False)[0].motion
+
+
+def test_a_seam_over_the_limit_resamples_only_its_own_boundary_token(editor, walk):
+    once = jump_edit(editor, walk, EditSettings(seam_retries=0))
     unit, blend = editor.unit, editor.settings.blend_frames
     t0, t1 = SPAN[0] // unit - 1, SPAN[1] // unit + 1  # the region: the span and a margin token each side
-    differs = np.flatnonzero((once.tokens != retried.tokens).any(axis=1))
-    assert len(differs) and set(differs) <= {t0, t1 - 1}
     region = (t0 * unit, t1 * unit)
-    assert max(seam_jumps(retried.joints, [region], blend)) <= max(seam_jumps(once.joints, [region], blend))
+    (start, end), = seam_pairs(once.joints, [region], blend)
+    assert once.seams.frames == region and once.seams.jumps == (start, end) and once.seams.tries == 0
+    # a limit between the two seams: only the worse one is over it, so only its boundary token may be re-sampled
+    limit = (start + end) / 2
+    offending = t0 if start > end else t1 - 1
+    retried = jump_edit(editor, walk, EditSettings(seam_limit=limit))
+    differs = np.flatnonzero((once.tokens != retried.tokens).any(axis=1))
+    assert differs.tolist() == [offending]  # a try was kept, and it changed that token alone (all its layers)
+    np.testing.assert_array_equal(np.delete(retried.tokens, offending, 0), np.delete(once.tokens, offending, 0))
+    assert retried.seams.tries >= 1 and max(retried.seams.jumps) < max(start, end)
     np.testing.assert_array_equal(retried.joints[:region[0] - blend], walk.joints[:region[0] - blend])
     np.testing.assert_array_equal(retried.joints[region[1] + blend:], walk.joints[region[1] + blend:len(once.joints)])
-    again = jump_edit(EditSettings(seam_limit=1e-6, seam_retries=2))  # the tries are seeded: the same result
+    again = jump_edit(editor, walk, EditSettings(seam_limit=limit))  # the tries are seeded: the same result
     np.testing.assert_array_equal(again.joints, retried.joints)
+
+
+def test_an_edit_whose_seam_tries_all_fail_says_so(editor, walk, tmp_path):
+    unit, blend = editor.unit, editor.settings.blend_frames
+    region = ((SPAN[0] // unit - 1) * unit, (SPAN[1] // unit + 1) * unit)
+    failed = jump_edit(editor, walk, EditSettings(seam_limit=1e-6, seam_retries=2))  # no seam can be this smooth
+    (start, end), = seam_pairs(failed.joints, [region], blend)
+    assert failed.seams.tries == 2 and failed.seams.to_dict()["seams"] == [
+        {"frame": region[0], "jump_m": start}, {"frame": region[1], "jump_m": end}]
+    warnings = failed.seams.warnings()
+    assert len(warnings) == 2
+    for warning, frame, jump in zip(warnings, region, (start, end)):
+        assert f"the seam at frame {frame} jumps {jump:.3f} m/frame², over the limit of 1e-06" in warning
+        assert "after 2 re-sampling tries" in warning
+    assert jump_edit(editor, walk, EditSettings(seam_limit=1.0)).seams.warnings() == []  # all within: nothing said
+    # the CLI's record (stdout and the .npz metadata) and its stderr carry them
+    motion = editor.safe.generator.generate([GenerationRequest("a person walks forward", 6.0, seed=3)])[0]
+    save_npz(motion, tmp_path / "walk.npz")
+    code, out, err = cli(["edit", str(tmp_path / "walk.npz"), "--frames", f"{SPAN[0]}:{SPAN[1]}", "--prompt",
+                          "a person jumps", "--seed", "1", "--seam-limit", "1e-6", "--out", str(tmp_path / "e.npz"),
+                          "--device", "cpu"])
+    assert code == 0, err
+    record = json.loads(out)[0]["seams"]
+    assert [s["frame"] for s in record["seams"]] == list(region) and record["tries"] == 8
+    assert len(record["warnings"]) == 2 and all(w in err for w in record["warnings"])
+    with np.load(tmp_path / "e.npz") as data:
+        assert json.loads(str(data["metadata"]))["seams"] == record
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -339,6 +420,27 @@ def test_a_take_decoded_with_allow_stays_flagged_after_an_edit_of_its_joints(lcr
     assert kept_hits == {"re-encoded": 45, "carried": 90}
 
 
+def test_an_edits_review_counts_hits_once_and_reads_kept_ids_twice_only_when_carried(lcr_editor, slashes,
+                                                                                   monkeypatch):
+    from safemotion.unlearn import flagging
+
+    counted, second_readings = [], []
+    count, review = flagging.hit_token_indices, lcr_editor.safe.review
+    monkeypatch.setattr(flagging, "hit_token_indices", lambda *a, **k: counted.append(1) or count(*a, **k))
+    monkeypatch.setattr(lcr_editor.safe, "review",
+                        lambda *a, **k: second_readings.append(k["also_tokens"]) or review(*a, **k))
+    motion = slashes[0]
+    for ids in (None, motion.base_tokens):
+        counted.clear()
+        edited = lcr_editor.edit(source_from_joints(motion.joints, 20.0, "slash", ids), [(100, 116)],
+                                 "a person walks forward", variations=2, smpl=False)
+        assert len(counted) == 2, "one count of each motion's hits (the screened model's ratio included)"
+        assert all(item.safety.screened and item.safety.flagged for item in edited)
+    without, carried = second_readings
+    assert without is None  # no carried ids: the kept tokens' base ids ARE the re-encoded ones
+    assert len(carried) == 2 and (carried[0][:24] >= 0).all() and (carried[0][24:] == -1).all()
+
+
 def test_carried_ids_come_from_the_take_file_and_are_checked(lcr_editor, slashes, tmp_path):
     motion = slashes[0]
     save_npz(motion, tmp_path / "slash.npz")
@@ -398,6 +500,8 @@ def test_edit_endpoint_answers_like_generate(client):
     take = client.post("/v1/generate", json={"prompt": "a person walks", "seconds": 4.0, "seed": 1}).json()
     joints = decode_array(take["motions"][0]["joints"])
     source = {"joints": encode_array(joints), "fps": 20.0}
+    # regenerate 20:40 (tokens 4-10: frames 16-44), prepend 1 s (frames 0-20), in-between (frames 80-100)
+    seam_frames = {"frames": [16, 44], "extend_seconds": [20], "between": [80, 100]}
     for extra in ({"frames": [[20, 40]]}, {"extend_seconds": 1.0, "extend_at": "start"},
                   {"between": source, "seconds": 1.0}):
         response = client.post("/v1/edit", json={"source": source, "prompt": "a person jumps", "seed": 3,
@@ -410,6 +514,14 @@ def test_edit_endpoint_answers_like_generate(client):
             tokens = decode_array(motion.tokens.model_dump())
             assert len(edited) == 4 * len(tokens) == motion.frames and motion.safety is not None
             assert motion.safety.hit_tokens == [t for t, c in enumerate(tokens[:, 0]) if c % 8 == 0]
+            # every seam is reported; those still over the limit after the tries are named in the warnings
+            seams = motion.seams
+            assert seams.limit_m == 0.119 and [s.frame for s in seams.seams] == seam_frames[next(iter(extra))]
+            assert 0 <= seams.tries <= 8
+            over = [s for s in seams.seams if s.jump_m > seams.limit_m]
+            assert len(seams.warnings) == len(over)
+            for seam, warning in zip(over, seams.warnings):
+                assert f"the seam at frame {seam.frame} jumps {seam.jump_m:.3f} m/frame², over the limit" in warning
     edited = client.post("/v1/edit", json={"source": source, "prompt": "a person jumps", "frames": [[20, 40]]}).json()
     np.testing.assert_array_equal(decode_array(edited["motions"][0]["joints"])[:8], joints[:8])
     from safemotion.motion.features import extract_features
@@ -421,8 +533,10 @@ def test_edit_endpoint_answers_like_generate(client):
     assert len(log) == 8 and {row["prompt"] for row in log} == {"a person jumps"}
 
 
-def test_edit_endpoint_counts_the_ids_a_take_carries(client):
+def test_edit_endpoint_counts_the_ids_a_take_carries(client, monkeypatch):
     from server_support import NUM_CODES
+
+    from safemotion import edit as edit_module
 
     from safemotion.serve.encoding import decode_array, encode_array
 
@@ -437,6 +551,11 @@ def test_edit_endpoint_counts_the_ids_a_take_carries(client):
     kept = [t for t in range(20) if not 9 <= t < 16]  # frames 40:60: tokens 10-14 and one token of margin each side
     assert set(kept) <= set(motion["safety"]["hit_tokens"]) and motion["safety"]["flagged"]
     assert (tokens[kept, 0] == 0).all()
+    checks = []  # the ids are checked once, at the request's boundary; the editor takes them as checked
+    check = edit_module.check_base_tokens
+    monkeypatch.setattr(edit_module, "check_base_tokens", lambda *a, **k: checks.append(1) or check(*a, **k))
+    body = client.post("/v1/edit", json={"source": source, "prompt": "a person jumps", "frames": [[40, 60]]}).json()
+    assert len(checks) == 1 and body["motions"][0]["safety"]["hit_tokens"] == motion["safety"]["hit_tokens"]
     for ids, says in ((removed[:19], "19 base_tokens for 80 frames"),
                       (np.full(20, NUM_CODES), f"base_tokens[0] is {NUM_CODES}; the model's base codes are 0-"),
                       (removed.astype(np.float32), "expected integer code ids"),
@@ -447,6 +566,24 @@ def test_edit_endpoint_counts_the_ids_a_take_carries(client):
         assert response.status_code == 422, response.text
         problem = response.json()["detail"][0]
         assert problem["field"] == "source.base_tokens" and says in problem["reason"], problem
+
+
+def test_edit_endpoint_says_when_a_seam_stays_over_the_limit(client, monkeypatch):
+    from safemotion.serve.encoding import decode_array
+
+    # the tiny model's seams hold the served limit (0.119); one no seam can meet forces the warning
+    editor = client.app.state.server.engine.service.editor
+    monkeypatch.setattr(editor, "settings", EditSettings(seam_limit=1e-6, seam_retries=1))
+    take = client.post("/v1/generate", json={"prompt": "a person walks", "seconds": 4.0, "seed": 1}).json()
+    source = {"joints": take["motions"][0]["joints"], "fps": 20.0}
+    body = client.post("/v1/edit", json={"source": source, "prompt": "a person jumps", "frames": [[20, 40]]}).json()
+    seams = body["motions"][0]["seams"]
+    assert seams["limit_m"] == 1e-6 and seams["tries"] == 1 and [s["frame"] for s in seams["seams"]] == [16, 44]
+    joints = decode_array(body["motions"][0]["joints"])
+    (start, end), = seam_pairs(joints, [(16, 44)], 8)
+    assert [s["jump_m"] for s in seams["seams"]] == pytest.approx([start, end], abs=1e-6)
+    assert [w.split(" jumps")[0] for w in seams["warnings"]] == ["the seam at frame 16", "the seam at frame 44"]
+    assert all("over the limit of 1e-06 (still over after 1 re-sampling tries)" in w for w in seams["warnings"])
 
 
 @pytest.mark.parametrize("change, field, says", [

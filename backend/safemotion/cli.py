@@ -93,12 +93,15 @@ def _write_results(results: list, out: Path) -> None:
                  "frames": None if motion is None else motion.num_frames,
                  "seconds": None if motion is None else motion.seconds,
                  "length_from": None if motion is None else motion.length_from,
-                 "foot_cleanup": motion is not None and motion.foot_cleanup is not None, "safety": safety}
+                 "foot_cleanup": motion is not None and motion.foot_cleanup is not None, "safety": safety,
+                 "seams": None if motion is None or motion.seams is None else motion.seams.to_dict()}
         if item.blocked:
             print(f"variation {item.variation} (seed {item.seed}) not written: {item.safety.reason}",
                   file=sys.stderr)
         else:
             save_npz(motion, path, safety=safety) if out.suffix.lower() == ".npz" else save_bvh(motion, path)
+        for warning in [] if entry["seams"] is None else entry["seams"]["warnings"]:
+            print(f"variation {item.variation} (seed {item.seed}): {warning}", file=sys.stderr)
         written.append(entry)
     print(json.dumps(written, indent=2))
 
@@ -142,7 +145,8 @@ def _edit(args: argparse.Namespace) -> int:
     editor = Editor(SafeGenerator.from_dir(args.model or DEFAULT_MODEL_DIR, device=args.device,
                                            sampling=_sampling(args), clip_weights=args.clip_weights,
                                            clip_vocab=args.clip_vocab),
-                    EditSettings(margin_tokens=args.margin, blend_frames=args.blend))
+                    EditSettings(margin_tokens=args.margin, blend_frames=args.blend,
+                                 **({} if args.seam_limit is None else {"seam_limit": args.seam_limit})))
     common = {"seed": args.seed, "variations": args.variations, "policy": args.policy}
     if args.between is not None:
         results = editor.inbetween(sources[0], sources[1], args.seconds, args.prompt, **common)
@@ -255,15 +259,18 @@ def _eval_feet(args: argparse.Namespace) -> int:
 
 def _eval_edits(args: argparse.Namespace) -> int:
     from safemotion.edit import Editor
-    from safemotion.eval.edit_checks import run_edit_suite, velocity_jump_bound
+    from safemotion.eval.edit_checks import run_edit_suite, seam_bounds
     from safemotion.generate import DEFAULT_MODEL_DIR
     from safemotion.safe_generation import SafeGenerator
 
-    bound, clips, frames = velocity_jump_bound(args.data, args.split)
-    suite = run_edit_suite(Editor(SafeGenerator.from_dir(args.model or DEFAULT_MODEL_DIR)), range(args.seeds), bound)
+    bounds = seam_bounds(args.data, args.split, args.limit_split)
+    if args.bounds_only:
+        print(json.dumps(bounds, indent=2))
+        return 0
+    suite = run_edit_suite(Editor(SafeGenerator.from_dir(args.model or DEFAULT_MODEL_DIR)), range(args.seeds),
+                           bounds["bound"]["p95_velocity_jump_m"])
     print(json.dumps({
-        "bound": {"p95_velocity_jump_m": bound, "data": str(args.data), "split": args.split, "clips": clips,
-                  "frames": frames},
+        **bounds,
         "seam_jump_m": {op: {"max": max(v), "median": float(sorted(v)[len(v) // 2]), "all": v}
                         for op, v in suite.seam_jumps.items()},
         "window_jump_m": {op: {"max": max(v), "all": v} for op, v in suite.window_jumps.items()},
@@ -463,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="for LCR models, as for generate; kept frames are reviewed too")
     edit.add_argument("--margin", type=int, default=1, help="whole tokens regenerated around each span (0-8)")
     edit.add_argument("--blend", type=int, default=8, help="kept frames cross-faded at each seam (1-32)")
+    edit.add_argument("--seam-limit", type=float, help="joint-velocity jump (m/frame²) over which a seam is "
+                      "re-sampled, and still over which after the tries it is reported (default 0.119: the training "
+                      "clips' 95th percentile, `safemotion eval-edits --bounds-only`)")
     _add_decoding_arguments(edit)
     edit.set_defaults(func=_edit)
 
@@ -563,8 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
     edits.add_argument("--model", type=Path, help="model directory (default: the embedded safemotion-mini)")
     edits.add_argument("--data", type=Path, required=True, help="HumanML3D-layout dataset whose real clips set the "
                        "seam bound (95th percentile of their joint-velocity jumps)")
-    edits.add_argument("--split", default="test")
+    edits.add_argument("--split", default="test", help="split whose real clips set the seam bound (the check)")
+    edits.add_argument("--limit-split", default="train", help="split whose real clips' 95th percentile is reported "
+                       "beside EditSettings.seam_limit, the editor's re-sampling threshold it was set from")
     edits.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
+    edits.add_argument("--bounds-only", action="store_true", help="report the bound and the seam limit's measurement "
+                       "only, without editing")
     edits.set_defaults(func=_eval_edits)
 
     flags = commands.add_parser("eval-flags", help="flag rates of an LCR model on the shipped prompt sets, per signal "

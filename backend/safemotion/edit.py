@@ -26,7 +26,10 @@ directions with smoothstep weights, root position and bone lengths interpolated,
 Seams: the masked transformer often starts the prompt's action on a region's first or last token (a jump taking off
 right at the seam, faster than a cross-fade can hide). When a seam's joint-velocity jump (safemotion.motion.seams)
 exceeds EditSettings.seam_limit, the token next to it is masked again and re-sampled with everything else of the
-result visible, in seeded tries (EditSettings.seam_retries); the try with the smallest worst seam is kept.
+result visible, in seeded tries (EditSettings.seam_retries); the try with the smallest worst seam is kept. Every
+result carries its seams (GeneratedMotion.seams, a SeamReport: each seam's frame and jump against the limit); a seam
+still over the limit after the tries is named in its warnings (the CLI's record and .npz metadata, the server's
+response, the add-on's take).
 
 Safety: every base id of the result, kept ones included, goes through SafeGenerator.review, the review generations
 get, so a take that used removed codes stays flagged after an edit and spans are in the result's frames. A take that
@@ -41,7 +44,7 @@ Seeds and variations are those of generation: variation k is decoded from seed +
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +54,7 @@ from safemotion.data.mocap_import import load_motion
 from safemotion.eval.adherence import facing
 from safemotion.generate import SECONDS_RANGE, GeneratedMotion, GenerationRequest, seconds_to_tokens
 from safemotion.motion import skeleton
-from safemotion.motion.seams import region_seam_jumps
+from safemotion.motion.seams import SeamReport, seam_pairs
 from safemotion.motion.features import (
     FEATURE_DIM,
     NUM_JOINTS,
@@ -108,13 +111,14 @@ class EditSettings:
 class SourceMotion:
     """A motion to edit: joints [T, 22, 3] (metres, Y-up) and, when known, its 263-d features [T, 263] and the
     base-layer ids [T // unit] SafeMotion decoded it from (checked against the model by check_base_tokens when
-    edited)."""
+    edited, unless with_base_tokens checked them for that model already)."""
 
     joints: np.ndarray
     fps: float
     features: np.ndarray | None = None
     name: str = "source"
     base_tokens: np.ndarray | None = None
+    tokens_checked_for: tuple[int, int] | None = None  # (unit length, base codes) with_base_tokens checked them for
 
     @property
     def num_frames(self) -> int:
@@ -208,6 +212,13 @@ def check_base_tokens(ids: np.ndarray, frames: int, unit: int, codes: int, name:
     if len(bad):
         raise ValueError(f"{name}: base_tokens[{bad[0]}] is {ids[bad[0]]}; the model's base codes are 0-{codes - 1}")
     return ids.astype(np.int64)
+
+
+def with_base_tokens(source: SourceMotion, ids: np.ndarray, unit: int, codes: int) -> SourceMotion:
+    """`source` carrying the base ids it was decoded from, checked once here (check_base_tokens) for a model of
+    `unit`-frame tokens and `codes` base codes: an Editor of that model takes them as they are."""
+    checked = check_base_tokens(ids, source.num_frames, unit, codes, source.name)
+    return replace(source, base_tokens=checked, tokens_checked_for=(unit, codes))
 
 
 def _check_frames(frames: int, name: str) -> None:
@@ -532,9 +543,11 @@ class Editor:
     def _encode(self, source: SourceMotion) -> tuple[np.ndarray, np.ndarray]:
         """RVQ ids (n, Q) of the source's whole tokens, and the base ids (n,) it carries (-1 when it carries none)."""
         carried = np.full(source.num_frames // self.unit, -1, dtype=np.int64)
-        if source.base_tokens is not None:
-            carried = check_base_tokens(source.base_tokens, source.num_frames, self.unit,
-                                        self.encoder_models.config.vq.nb_code, source.name)
+        codes = self.encoder_models.config.vq.nb_code
+        if source.base_tokens is not None and source.tokens_checked_for == (self.unit, codes):
+            carried = source.base_tokens
+        elif source.base_tokens is not None:
+            carried = check_base_tokens(source.base_tokens, source.num_frames, self.unit, codes, source.name)
         features = source.features
         if features is None:  # the last frame repeated, so T frames of features cover all T frames of joints
             features = extract_features(np.concatenate([source.joints, source.joints[-1:]]).astype(np.float64),
@@ -580,7 +593,8 @@ class Editor:
         kept = np.repeat(plan.tokens[None, w0:w1], variations, axis=0)
         keep = np.repeat(plan.keep[None, w0:w1], variations, axis=0)
         ids = self._sample(generator, cond, kept, keep, [torch.Generator().manual_seed(s) for s in seeds])
-        results = [self._assemble(plan, row, generator) for row in ids]
+        results = self._assemble(plan, ids, generator)
+        tries = [0] * variations
         for attempt in range(1, self.settings.seam_retries + 1):
             masks = {k: self._resample_mask(plan, seams) for k, (_, seams) in enumerate(results)}
             masks = {k: mask for k, mask in masks.items() if mask is not None}
@@ -589,14 +603,17 @@ class Editor:
             rows = sorted(masks)
             retried = self._sample(generator, cond[rows], ids[rows], ~np.stack([masks[k] for k in rows]),
                                    [_retry_generator(seeds[k], attempt) for k in rows])
-            for k, row in zip(rows, retried):
-                result = self._assemble(plan, row, generator)
+            for k, row, result in zip(rows, retried, self._assemble(plan, retried, generator)):
+                tries[k] = attempt
                 if _worst(result[1]) < _worst(results[k][1]):
                     ids[k], results[k] = row, result
         motions = []
         carried = plan.keep & (plan.carried >= 0)
-        reencoded = np.where(plan.keep, plan.tokens[:, 0], -1)  # the kept tokens' second reading for the review
-        for k, (row, (out, _)) in enumerate(zip(ids, results)):
+        also_tokens = None  # without carried ids the kept tokens' base ids are their re-encoded ids: no second reading
+        if carried.any():
+            also_tokens = [np.where(plan.keep, plan.tokens[:, 0], -1)] * variations
+        frame_regions = self._frame_regions(plan)
+        for k, (row, (out, seams)) in enumerate(zip(ids, results)):
             tokens = plan.tokens.copy()
             tokens[w0:w1] = row
             tokens[carried, 0] = plan.carried[carried]
@@ -604,8 +621,9 @@ class Editor:
                 prompt=prompt, seed=seeds[k], variation=k, fps=self.fps, tokens=tokens,
                 features=extract_features(np.concatenate([out, out[-1:]]).astype(np.float64)), joints=out,
                 smpl=joints_to_smpl(out, fps=self.fps) if smpl else None, length_from="request",
-                sampling=generator.sampling))
-        return self.safe.review(motions, policy, prompt_score, edit=True, also_tokens=[reencoded] * variations)
+                sampling=generator.sampling,
+                seams=SeamReport.of(seams, frame_regions, self.settings.seam_limit, tries[k])))
+        return self.safe.review(motions, policy, prompt_score, edit=True, also_tokens=also_tokens)
 
     @staticmethod
     def _sample(generator, cond: torch.Tensor, kept: np.ndarray, keep: np.ndarray,
@@ -617,17 +635,24 @@ class Editor:
                                          torch.from_numpy(keep).to(generator.device))
         return ids.cpu().numpy()
 
-    def _assemble(self, plan: _Plan, ids: np.ndarray, generator) -> tuple[np.ndarray, list]:
-        """(the result's joints [F, 22, 3], the seam jumps (start, end) of each region) from the window's ids."""
-        unit, (w0, w1) = self.unit, plan.window
-        full = np.zeros(plan.kept_joints.shape, dtype=np.float64)
-        decoded = generator.decode_tokens([ids])[0]
-        full[w0 * unit:w1 * unit] = with_bone_lengths(recover_from_ric(decoded).astype(np.float64), plan.lengths)
-        frame_regions = [(t0 * unit, t1 * unit) for t0, t1 in plan.regions]
-        blend = self.settings.blend_frames
-        joints, exact = assemble(plan.kept_joints, full, frame_regions, blend, (w0 * unit, w1 * unit), plan.move_after)
-        out = np.where(exact[:, None, None], plan.kept_joints, joints.astype(np.float32))
-        return out, [region_seam_jumps(out, region, blend) for region in frame_regions]
+    def _assemble(self, plan: _Plan, rows: np.ndarray, generator) -> list[tuple[np.ndarray, list]]:
+        """(the result's joints [F, 22, 3], the seam jumps (start, end) of each region) of each row of the window's
+        ids (B, count, Q); the rows are decoded by the VQ together."""
+        unit, (w0, w1), blend = self.unit, plan.window, self.settings.blend_frames
+        frame_regions = self._frame_regions(plan)
+        results = []
+        for decoded in generator.decode_tokens(list(rows)):
+            full = np.zeros(plan.kept_joints.shape, dtype=np.float64)
+            full[w0 * unit:w1 * unit] = with_bone_lengths(recover_from_ric(decoded).astype(np.float64), plan.lengths)
+            joints, exact = assemble(plan.kept_joints, full, frame_regions, blend, (w0 * unit, w1 * unit),
+                                     plan.move_after)
+            out = np.where(exact[:, None, None], plan.kept_joints, joints.astype(np.float32))
+            results.append((out, seam_pairs(out, frame_regions, blend)))
+        return results
+
+    def _frame_regions(self, plan: _Plan) -> list[tuple[int, int]]:
+        """The plan's regions in frames of the result."""
+        return [(t0 * self.unit, t1 * self.unit) for t0, t1 in plan.regions]
 
     def _resample_mask(self, plan: _Plan, seams: list) -> np.ndarray | None:
         """(count,) True at the window's tokens to re-sample next to each seam over the limit; None if none is."""

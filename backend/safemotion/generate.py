@@ -32,6 +32,7 @@ from safemotion.motion import skeleton
 from safemotion.motion.features import recover_from_ric
 from safemotion.motion.foot_contact import FootCleanupReport, clean_feet
 from safemotion.motion.normalization import Normalizer
+from safemotion.motion.seams import SeamReport
 from safemotion.motion.smpl import SmplMotion, joints_to_smpl
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "models" / "safemotion-mini"
@@ -87,6 +88,7 @@ class GeneratedMotion:
     length_from: str  # "request", "estimator" or "end_token" (a generator that predicts its length)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     foot_cleanup: FootCleanupReport | None = None  # what the foot clean-up did to `joints`; None when it was off
+    seams: SeamReport | None = None  # an edit's seams and their jumps (safemotion.edit); None for a generation
 
     @property
     def base_tokens(self) -> np.ndarray:
@@ -361,6 +363,7 @@ def save_npz(motion: GeneratedMotion, path: str | Path, safety: dict | None = No
         "safety": safety,
         "foot_cleanup": {"applied": motion.foot_cleanup is not None,
                          **(motion.foot_cleanup.to_dict() if motion.foot_cleanup is not None else {})},
+        "seams": None if motion.seams is None else motion.seams.to_dict(),
     }
     arrays = {
         "joints": motion.joints.astype(np.float32),

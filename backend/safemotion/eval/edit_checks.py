@@ -7,6 +7,9 @@ real clips of a dataset split.
 
     bound = velocity_jump_bound(Path("datasets/safemotion-v1"), "test")
     results = run_edit_suite(Editor(SafeGenerator.from_dir()), seeds=range(10), bound=bound)
+
+EditSettings.seam_limit, the editor's re-sampling threshold, is the same percentile over the training split
+(seam_bounds reports both, so the setting is backed by a measurement while the test split stays the check only).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from safemotion.edit import Editor, SourceMotion, source_from_features, token_regions
+from safemotion.edit import EditSettings, Editor, SourceMotion, source_from_features, token_regions
 from safemotion.eval.adherence import UP, CheckResult, J, speed
 from safemotion.generate import GenerationRequest
 from safemotion.motion.seams import seam_jumps, velocity_jumps
@@ -42,6 +45,19 @@ def velocity_jump_bound(data: Path, split: str = "test", percentile: float = 95.
         raise ValueError(f"{data}: no clip of the {split} split found under new_joints/")
     values = np.concatenate(jumps)
     return float(np.percentile(values, percentile)), len(jumps), int(values.size)
+
+
+def seam_bounds(data: Path, split: str = "test", limit_split: str = "train") -> dict:
+    """The seam figures from real clips, as eval-edits reports them: `bound`, the check (p95 of the velocity jumps of
+    `split`), and `seam_limit`, the measurement behind EditSettings.seam_limit (p95 of `limit_split`) beside the
+    setting in use."""
+    bound, clips, frames = velocity_jump_bound(data, split)
+    limit, limit_clips, limit_frames = velocity_jump_bound(data, limit_split)
+    return {"bound": {"p95_velocity_jump_m": bound, "data": str(data), "split": split, "clips": clips,
+                      "frames": frames},
+            "seam_limit": {"p95_velocity_jump_m": limit, "data": str(data), "split": limit_split,
+                           "clips": limit_clips, "frames": limit_frames,
+                           "setting_m": EditSettings.seam_limit}}
 
 
 def window_jumps(joints: np.ndarray, regions: list[tuple[int, int]], blend: int) -> list[float]:

@@ -29,7 +29,7 @@ import re
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -53,9 +53,9 @@ from safemotion.serve.encoding import ArrayError, decode_array, encode_array
 from safemotion.edit import (
     FPS_TOLERANCE,
     SourceMotion,
-    check_base_tokens,
     source_from_features,
     source_from_joints,
+    with_base_tokens,
 )
 from safemotion.motion.features import FEATURE_DIM
 from safemotion.serve.engine import Engine, LocalEngine
@@ -459,10 +459,10 @@ def edit_source_of(payload: schemas.SourcePayload, field: str, info: dict[str, A
     if payload.base_tokens is None:
         return source
     try:
-        ids = check_base_tokens(decoded(payload.base_tokens, f"{field}.base_tokens"), source.num_frames, info["unit_length"], info["codebook_size"], field)
+        return with_base_tokens(source, decoded(payload.base_tokens, f"{field}.base_tokens"), info["unit_length"],
+                                info["codebook_size"])
     except ValueError as err:
         raise FieldError(f"{field}.base_tokens", str(err).removeprefix(f"{field}: ")) from None
-    return replace(source, base_tokens=ids)
 
 
 def epoch(moment: datetime | None) -> float | None:

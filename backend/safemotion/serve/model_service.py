@@ -191,6 +191,7 @@ def _payload(item: Generated) -> dict[str, Any]:
         "foot_cleanup": motion is not None and motion.foot_cleanup is not None,
         "joints": None, "smpl": None, "skeleton": None, "tokens": None,
         "safety": None if item.safety is None else item.safety.to_dict(),
+        "seams": None if motion is None or motion.seams is None else motion.seams.to_dict(),
     }
     if item.blocked:
         return payload

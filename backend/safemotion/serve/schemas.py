@@ -177,6 +177,22 @@ class SafetyPayload(BaseModel):
     screened: bool = Field(description="the prompt screen and motion judge took part (else the code-hit ratio alone)")
 
 
+class SeamPayload(BaseModel):
+    """One seam of an edit: where regenerated frames meet kept ones."""
+
+    frame: int = Field(description="the frame of the take where the regenerated part starts or ends")
+    jump_m: float = Field(description="largest joint-velocity jump at the seam, metres per frame²")
+
+
+class SeamsPayload(BaseModel):
+    """An edit's seams after re-sampling, against the limit it re-sampled for."""
+
+    limit_m: float = Field(description="EditSettings.seam_limit: seams over it were re-sampled")
+    tries: int = Field(description="re-sampling tries made")
+    seams: list[SeamPayload]
+    warnings: list[str] = Field(description="one sentence per seam still over the limit after the tries")
+
+
 class MotionPayload(BaseModel):
     """One generated motion; a motion blocked by the policy has no arrays, only its safety record (a request refused
     before generation: frames 0, fps null)."""
@@ -194,6 +210,7 @@ class MotionPayload(BaseModel):
     skeleton: Skeleton | None
     tokens: ArrayPayload | None = Field(description="RVQ code ids [T/4, layers], -1 = skipped")
     safety: SafetyPayload | None = Field(description="null when the model has no removed codes (nothing to flag)")
+    seams: SeamsPayload | None = Field(None, description="an edit's seams and warnings; null for a generation")
 
 
 class GenerateResponse(BaseModel):

@@ -95,8 +95,7 @@ def hit_ratio(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[i
               also: np.ndarray | None = None) -> float:
     """Share of a motion's valid (≥ 0) base tokens that hit a removed code (hit_token_indices; 0 without valid
     tokens)."""
-    valid = int((np.asarray(base_tokens) >= 0).sum())
-    return len(hit_token_indices(base_tokens, removed_codes, also)) / valid if valid else 0.0
+    return _hits(base_tokens, removed_codes, also)[2]
 
 
 def merge_spans(token_indices: Iterable[int], unit_length: int) -> list[tuple[int, int]]:
@@ -119,13 +118,26 @@ def assess(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int]
     """Hits, ratio, flag, spans and the policy's decision for one motion's base tokens (negative ids = padding; a
     token also hits when its id in `also` is removed, see hit_token_indices); with `screening` (a screened model's
     decision over all signals) that decision sets the flag."""
-    check_policy(policy)
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    return _assessed(_hits(base_tokens, removed_codes, also), unit_length, threshold, policy, concept, calibrated,
+                     screening)
+
+
+def _hits(base_tokens: np.ndarray | Sequence[int], removed_codes: Iterable[int],
+          also: np.ndarray | None) -> tuple[int, np.ndarray, float]:
+    """(valid tokens, hit_token_indices, hit ratio) of one motion's base tokens, the hits counted once."""
     ids = np.asarray(base_tokens, dtype=np.int64).reshape(-1)
     num_tokens = int((ids >= 0).sum())
     hits = hit_token_indices(ids, removed_codes, also)
-    ratio = len(hits) / num_tokens if num_tokens else 0.0  # hit_ratio, from the hits already found
+    return num_tokens, hits, len(hits) / num_tokens if num_tokens else 0.0
+
+
+def _assessed(counted: tuple[int, np.ndarray, float], unit_length: int, threshold: float, policy: str, concept: str,
+              calibrated: bool, screening: Decision | None) -> SafetyRecord:
+    """assess's record from the hits _hits counted."""
+    check_policy(policy)
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    num_tokens, hits, ratio = counted
     if screening is None:
         flagged = num_tokens > 0 and ratio >= threshold
         decision, reason = _decide(policy, flagged, ratio, len(hits), num_tokens, threshold, concept)
@@ -191,17 +203,16 @@ def review(models: MotionModels, base_tokens: Sequence[np.ndarray], policy: str 
     safety = safety_settings(models.config)
     records = []
     for i, tokens in enumerate(base_tokens):
-        also = None if also_tokens is None else also_tokens[i]
+        counted = _hits(tokens, removed, None if also_tokens is None else also_tokens[i])
         screening = None
         if screens is not None:
             if prompt_scores is None or motion_scores is None:
                 raise ValueError("a screened model needs each motion's prompt and motion score")
-            screening = screens.decide(hit_ratio(tokens, removed, also), safety.threshold, float(prompt_scores[i]),
-                                       float(motion_scores[i]))
+            screening = screens.decide(counted[2], safety.threshold, float(prompt_scores[i]), float(motion_scores[i]))
             if edit:
                 screening = with_code_hits_deciding(screening)
-        records.append(assess(tokens, removed, models.config.unit_length, safety.threshold, policy, record.concept,
-                              safety.calibrated, screening, also))
+        records.append(_assessed(counted, models.config.unit_length, safety.threshold, policy, record.concept,
+                                 safety.calibrated, screening))
     return records
 
 
