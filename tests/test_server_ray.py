@@ -153,7 +153,7 @@ def test_replica_refuses_beyond_its_queue_and_drops_expired_requests(ray_server,
     passes while it waits fails (504 over HTTP) and never reaches the model."""
     start = one_replica.whoami.remote().result()
     slow = start_long_batch(one_replica)
-    expired = one_replica.generate.remote(task("a person bows", 2.0, 99), 0.5)
+    expired = one_replica.generate.remote(task("a person bows", 2.0, 99), 0.05)
     with pytest.raises(DeadlineExceeded):
         expired.result()
     api = httpx.Client(base_url=f"{ray_server['url']}/one-replica", timeout=120,
