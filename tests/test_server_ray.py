@@ -1,12 +1,15 @@
 """Scale-out on Ray Serve (safemotion.serve.ray_app): a real local Ray instance on loopback (started once for this
 module), the Serve application of the KubeRay path (2 replicas of the tiny model, each its own FastAPI ingress) and a
 throwaway PostgreSQL database shared by both replicas. Generation, audits, requests that arrive during a batch
-batching together, jobs spread over the replicas, cancellation, a replica killed (by its actor) mid-job that loses
-and repeats nothing, and the API contract fuzz of the single-process server, run against the replicas."""
+batching together, the local server's queue limit (429) and deadlines inside a replica, jobs spread over the
+replicas, cancellation, a replica killed (by its actor) mid-job that loses and repeats nothing, and the API contract
+fuzz of the single-process server, run against the replicas."""
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from itertools import islice
 
 import httpx
 import pytest
@@ -15,6 +18,7 @@ from test_server_fuzz import OPERATIONS, VALID_BODIES, fuzz_operation, walking_j
 
 from safemotion.generate import GenerationRequest
 from safemotion.serve import schemas
+from safemotion.serve.batcher import DeadlineExceeded
 from safemotion.serve.encoding import encode_array
 from safemotion.serve.model_service import GenerationTask
 from safemotion.serve.store import Store
@@ -27,6 +31,7 @@ pytest_plugins = ["postgres_support"]  # the postgres_cluster fixture
 REPLICAS = 2
 SLOW_ITEMS = 16  # 9.8 s motions: long enough to kill a replica in the middle
 MAX_BATCH = 4
+QUEUE = 8  # the one-replica application's max_queue
 
 
 @pytest.fixture(scope="module")
@@ -101,35 +106,71 @@ def test_generate_and_audit_through_the_ingress(ray_server):
     assert alice.post("/v1/generate", json={"prompt": "\u200b\u200b"}).status_code == 422
 
 
-def test_requests_arriving_during_a_batch_wait_and_batch_together(ray_server):
-    """A replica forms its next batch only when its model is free: 8 requests sent 20 ms apart while a long batch
-    runs enter Serve's batch queue together when it ends, so they make 2 batches of MAX_BATCH (Serve alone would
-    have formed one batch per arrival: its window is 10 ms)."""
+@pytest.fixture(scope="module")
+def one_replica(ray_server):
+    """An application of one replica with a QUEUE-request queue, served at /one-replica: its deployment handle."""
     from safemotion.serve.ray_app import MODEL_DEPLOYMENT, build_app
 
-    serve.run(build_app({**ray_server["settings"], "replicas": 1}), name="one-replica", route_prefix=None)
+    serve.run(build_app({**ray_server["settings"], "replicas": 1, "max_queue": QUEUE}), name="one-replica",
+              route_prefix="/one-replica")
     try:
-        handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name="one-replica")
-        start = handle.whoami.remote().result()
-
-        def task(prompt: str, seconds: float, seed: int, variations: int = 1) -> GenerationTask:
-            return GenerationTask(GenerationRequest(prompt, seconds, seed, variations), "sanitize")
-
-        slow = handle.generate.remote(task("a person runs in a circle", 9.8, 0, variations=16), 300)
-        deadline = time.monotonic() + 60
-        while not handle.whoami.remote().result()["busy"] and time.monotonic() < deadline:
-            time.sleep(0.01)
-        quick = []
-        for i in range(8):
-            quick.append(handle.generate.remote(task("a person waves", 2.0, 10 + i), 300))
-            time.sleep(0.02)
-        assert handle.whoami.remote().result()["busy"], "the long batch ended before the requests arrived"
-        assert len(slow.result()) == 16 and [r.result()[0]["seed"] for r in quick] == list(range(10, 18))
-        end = handle.whoami.remote().result()
-        assert end["motions"] - start["motions"] == 16 + 8
-        assert end["batches"] - start["batches"] == 1 + 8 // MAX_BATCH
+        yield serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name="one-replica")
     finally:
         serve.delete("one-replica")
+
+
+def task(prompt: str, seconds: float, seed: int, variations: int = 1) -> GenerationTask:
+    return GenerationTask(GenerationRequest(prompt, seconds, seed, variations), "sanitize")
+
+
+def start_long_batch(handle):
+    """A 16-motion request (a batch of its own) that keeps the replica's model busy: its response, once running."""
+    slow = handle.generate.remote(task("a person runs in a circle", 9.8, 0, variations=16), 300)
+    deadline = time.monotonic() + 60
+    while not handle.whoami.remote().result()["busy"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return slow
+
+
+def test_requests_arriving_during_a_batch_wait_and_batch_together(one_replica):
+    """A replica's micro-batcher forms its next batch only when its model is free: 8 requests sent 20 ms apart while
+    a long batch runs make 2 batches of MAX_BATCH when it ends."""
+    start = one_replica.whoami.remote().result()
+    slow = start_long_batch(one_replica)
+    quick = []
+    for i in range(QUEUE):
+        quick.append(one_replica.generate.remote(task("a person waves", 2.0, 10 + i), 300))
+        time.sleep(0.02)
+    assert one_replica.whoami.remote().result()["busy"], "the long batch ended before the requests arrived"
+    assert len(slow.result()) == 16 and [r.result()[0]["seed"] for r in quick] == list(range(10, 10 + QUEUE))
+    end = one_replica.whoami.remote().result()
+    assert end["motions"] - start["motions"] == 16 + QUEUE
+    assert end["batches"] - start["batches"] == 1 + QUEUE // MAX_BATCH
+
+
+def test_replica_refuses_beyond_its_queue_and_drops_expired_requests(ray_server, one_replica):
+    """Like the local server: with QUEUE requests waiting, more get 429 with Retry-After, and a request whose deadline
+    passes while it waits fails (504 over HTTP) and never reaches the model."""
+    start = one_replica.whoami.remote().result()
+    slow = start_long_batch(one_replica)
+    expired = one_replica.generate.remote(task("a person bows", 2.0, 99), 0.05)
+    with pytest.raises(DeadlineExceeded):
+        expired.result()
+    api = httpx.Client(base_url=f"{ray_server['url']}/one-replica", timeout=120,
+                       headers={"Authorization": f"Bearer {ray_server['keys']['alice']}"})
+    extra = 4
+    with ThreadPoolExecutor(QUEUE + extra) as pool:
+        sent = [pool.submit(api.post, "/v1/generate", json={"prompt": "a person walks", "seconds": 2.0, "seed": i})
+                for i in range(QUEUE + extra)]
+        refused = [future.result() for future in islice(as_completed(sent), extra)]  # answered at once
+        assert one_replica.whoami.remote().result()["busy"], "the long batch ended before the requests arrived"
+        answered = [future.result() for future in sent]
+    assert [r.status_code for r in refused] == [429] * extra
+    assert all(int(r.headers["retry-after"]) >= 1 and "queue is full" in r.json()["detail"] for r in refused)
+    assert sorted(r.status_code for r in answered) == [200] * QUEUE + [429] * extra
+    assert len(slow.result()) == 16
+    end = one_replica.whoami.remote().result()
+    assert end["motions"] - start["motions"] == 16 + QUEUE  # the expired request was dropped
 
 
 def test_api_served_outside_ray_calls_the_replicas(ray_server):

@@ -1,7 +1,7 @@
-"""Where the model runs for the HTTP app: `LocalEngine` (this process: ModelService + MicroBatcher + JobRunner), or
-on Ray Serve (safemotion.serve.ray_app): `ReplicaEngine` inside each replica, which is its own ingress, or `RayEngine`
-calling the replicas from `safemotion serve --engine ray`. The app only needs what `Engine` lists, so all serve the
-same API."""
+"""Where the model runs for the HTTP app: `LocalEngine` (ModelService + MicroBatcher + JobRunner in this process),
+which is also the engine inside each Ray Serve replica (safemotion.serve.ray_app: every replica is its own ingress),
+or `RayEngine` calling the replicas from `safemotion serve --engine ray`. The app only needs what `Engine` lists, so
+all serve the same API with the same queue limits, deadlines and lanes."""
 
 from __future__ import annotations
 
@@ -57,11 +57,13 @@ def job_settings(settings: ServerSettings, in_flight: int) -> JobSettings:
 
 
 class LocalEngine:
-    """The model in this process, fed by one micro-batching worker thread."""
+    """The model in this process, fed by one micro-batching worker thread; the job runner keeps `job_batches` full
+    batches of job items queued (a Ray replica keeps one, so a job's items spread over the replicas)."""
 
-    def __init__(self, settings: ServerSettings, store: Store):
+    def __init__(self, settings: ServerSettings, store: Store, job_batches: int = 2):
         self.settings = settings
         self.store = store
+        self.job_batches = job_batches
 
     async def start(self) -> None:
         """Load the model, then start the batcher and the job runner."""
@@ -70,9 +72,9 @@ class LocalEngine:
                                                settings.threads, settings.precision)
         self.name, self.info, self.device = self.service.name, self.service.info, self.service.device
         self.batcher = MicroBatcher(self.service.run, settings.max_batch, settings.batch_window_ms / 1000,
-                                    settings.max_queue)
+                                    settings.max_queue, fill_s=settings.batch_fill_ms / 1000)
         self.runner = JobRunner(self.store, lambda task, size: self.batcher.submit(task, size=size, kind=JOB),
-                                self.name, job_settings(settings, 2 * settings.max_batch))
+                                self.name, job_settings(settings, self.job_batches * settings.max_batch))
         self.batcher.start()
         self.runner.start()
 
@@ -90,13 +92,15 @@ class LocalEngine:
 
     async def generate(self, task: GenerationTask, timeout: float) -> list[dict[str, Any]]:
         """Generate on the interactive lane; the SMPL fit and encoding run in the thread pool."""
-        generated = await self._run(task, task.request.variations, INTERACTIVE, timeout)
-        return await run_in_threadpool(motion_payloads, generated)
+        with self.batcher.answering(task.request.variations):
+            generated = await self._run(task, task.request.variations, INTERACTIVE, timeout)
+            return await run_in_threadpool(motion_payloads, generated)
 
     async def edit(self, task: EditTask, timeout: float) -> list[dict[str, Any]]:
         """Edit on the interactive lane, like a generation."""
-        generated = await self._run(task, task.variations, INTERACTIVE, timeout)
-        return await run_in_threadpool(motion_payloads, generated)
+        with self.batcher.answering(task.variations):
+            generated = await self._run(task, task.variations, INTERACTIVE, timeout)
+            return await run_in_threadpool(motion_payloads, generated)
 
     async def audit(self, task: AuditTask, timeout: float) -> dict[str, Any]:
         """Audit on the audit lane, one motion per model batch."""

@@ -6,8 +6,10 @@
 
 `SafeMotionModel` is one Serve deployment of N replicas with the FastAPI app as its ingress (`@serve.ingress`), so
 Serve's HTTP proxy hands each request straight to a replica: no separate ingress deployment and no second Ray hop.
-The app's engine in a replica is a `ReplicaEngine`: the model loaded once (one GPU where `num_gpus` > 0, torch on
-one thread), Serve's @serve.batch in front of it, and a JobRunner on the shared database. Every replica serves every
+The app's engine in a replica is the local server's `LocalEngine` (serve/engine.py): the model loaded once (one GPU
+where `num_gpus` > 0), its MicroBatcher (which forms a batch whenever the model is free, refuses requests beyond
+`max_queue` with 429 and drops requests whose deadline passed) and a JobRunner on the shared database. Serve's
+@serve.batch is not used: it would be a second batching queue without those limits. Every replica serves every
 endpoint, since jobs, keys and the audit log live in that database (PostgreSQL once a second node joins). Job items
 are claimed atomically (store.Store.claim_items), so a batch job's items spread over the replicas, and when Ray kills
 or loses a replica mid-item its claims run out after the lease and another replica (or its replacement) computes them
@@ -20,9 +22,7 @@ its own process, calling them through a deployment handle (`RayEngine`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -31,122 +31,30 @@ from ray.serve.handle import DeploymentHandle
 
 from safemotion.serve.app import create_app
 from safemotion.serve.batcher import DeadlineExceeded
-from safemotion.serve.engine import job_settings
-from safemotion.serve.jobs import JobRunner
-from safemotion.serve.model_service import AuditTask, EditTask, GenerationTask, ModelService, motion_payloads
+from safemotion.serve.engine import LocalEngine
+from safemotion.serve.model_service import AuditTask, EditTask, GenerationTask
 from safemotion.serve.settings import ServerSettings
 from safemotion.serve.store import Store
 
 APP_NAME = "safemotion"
 MODEL_DEPLOYMENT = "SafeMotionModel"
+# requests a replica takes beyond its batcher's two bounded lanes: the running batch, answers being encoded, and the
+# endpoints that never wait for the model (health, jobs, keys); Serve queues anything beyond that before the replica,
+# where no queue limit or deadline applies, so the batcher must be the one that refuses
+ONGOING_HEADROOM = 64
 
 
-class ReplicaEngine:
-    """The app's engine (serve/engine.py) inside a Serve replica: the model on one thread behind Serve's
-    @serve.batch, and this replica's share of the jobs.
-
-    A batch is formed only while the model is free: requests that arrive during a batch wait at a gate and enter
-    Serve's batch queue together when it ends. (Serve forms each batch `batch_window_ms` after its first request and
-    queues it behind the running one, so a closed loop of clients otherwise splits into many small batches.)"""
-
-    def __init__(self, settings: ServerSettings, store: Store):
-        self.settings = settings
-        self.store = store
-        self.batches = 0
-        self.motions = 0
-        self.waiting = 0  # generation requests waiting for the model to be free
-
-    async def start(self) -> None:
-        """Load the model on its thread, set Serve's batch limits, start the job runner."""
-        settings = self.settings
-        self.loop = asyncio.get_running_loop()
-        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")  # torch runs on one thread
-        self.service = await self.loop.run_in_executor(
-            self.model_thread, ModelService.load, settings.model_path(), settings.device, settings.threads,
-            settings.precision)
-        self.name, self.info, self.device = self.service.name, self.service.info, self.service.device
-        self._generate_batch.set_max_batch_size(settings.max_batch)
-        self._generate_batch.set_batch_wait_timeout_s(settings.batch_window_ms / 1000)
-        self.model_free = asyncio.Event()
-        self.model_free.set()
-        self.runner = JobRunner(self.store, self._submit, self.name, job_settings(settings, settings.max_batch))
-        self.runner.start()
-
-    def stop(self) -> None:
-        """Stop the job runner (its unfinished items stay pending in the database)."""
-        self.runner.stop(timeout=5)
-        self.model_thread.shutdown(wait=False)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _generate_batch(self, tasks: list[GenerationTask]) -> list[Any]:
-        self.model_free.clear()
-        self.batches += 1
-        self.motions += sum(task.request.variations for task in tasks)
-        try:
-            return await self.loop.run_in_executor(self.model_thread, self.service.generate, tasks)
-        finally:
-            self.model_free.set()
-
-    async def _generated(self, task: GenerationTask) -> Any:
-        """The task's list of Generated, through the gate and Serve's batch queue."""
-        self.waiting += 1
-        try:
-            await self.model_free.wait()
-        finally:
-            self.waiting -= 1  # also when the request's deadline passed at the gate
-        return await self._generate_batch(task)
-
-    def _submit(self, task: GenerationTask, size: int) -> Future:
-        """The job runner's way in (from its thread): the same batches as the requests."""
-        return asyncio.run_coroutine_threadsafe(self._generated(task), self.loop)
-
-    async def _deadline(self, work: Any, timeout: float) -> Any:
-        try:
-            return await asyncio.wait_for(work, timeout)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"the request did not finish within {timeout:g} s") from None
-
-    async def generate(self, task: GenerationTask, timeout: float) -> list[dict[str, Any]]:
-        """The motion payloads of one request (the SMPL fit and encoding off the model thread)."""
-        generated = await self._deadline(self._generated(task), timeout)
-        return await self.loop.run_in_executor(None, motion_payloads, generated)
-
-    async def _run_alone(self, task: AuditTask | EditTask) -> Any:
-        """One task on the model thread; the ValueError that refused it is raised."""
-        [result] = await self.loop.run_in_executor(self.model_thread, self.service.run, [task])
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    async def edit(self, task: EditTask, timeout: float) -> list[dict[str, Any]]:
-        """The motion payloads of one edit; the ValueError that refused it otherwise."""
-        generated = await self._deadline(self._run_alone(task), timeout)
-        return await self.loop.run_in_executor(None, motion_payloads, generated)
-
-    async def audit(self, task: AuditTask, timeout: float) -> dict[str, Any]:
-        """One motion's audit report; the ValueError that refused it otherwise."""
-        return await self._deadline(self._run_alone(task), timeout)
-
-    def queue(self) -> dict[str, Any]:
-        """This replica's waiting requests and batching numbers (the health endpoint reports the replica that
-        answered it)."""
-        return {"waiting": self.waiting, "capacity": self.settings.max_queue, "max_batch": self.settings.max_batch,
-                "batches": self.batches, "mean_batch_motions": self.motions / self.batches if self.batches else 0.0}
-
-    def wake(self) -> None:
-        """A job was created here: this replica looks for work now (the others within a poll)."""
-        self.runner.wake()
-
-    def cancel(self, job_id: str) -> None:
-        """Withdraw the job's queued items here (the others notice within a poll)."""
-        self.runner.cancel(job_id)
+def replica_engine(settings: ServerSettings, store: Store) -> LocalEngine:
+    """The app's engine in a replica: the local server's (one micro-batcher in front of the model, the same queue
+    limit, deadlines and lanes), keeping one batch of job items queued so a job's items spread over the replicas."""
+    return LocalEngine(settings, store, job_batches=1)
 
 
 class SafeMotionModel:
     """One replica: the FastAPI app (added with @serve.ingress in `model_deployment`) and, for deployment handles,
     the same work as methods."""
 
-    def _engine(self) -> ReplicaEngine:
+    def _engine(self) -> LocalEngine:
         return self.app.state.server.engine
 
     def describe(self) -> dict[str, Any]:
@@ -158,20 +66,21 @@ class SafeMotionModel:
         """This replica's actor name, process id, job-claim worker id, batching numbers and whether a batch is
         running (for operators, tests and bench/load.py)."""
         engine = self._engine()
+        batcher = engine.batcher
         return {"actor": ray.get_runtime_context().get_actor_name(), "pid": os.getpid(),
-                "worker": engine.runner.worker, "batches": engine.batches, "motions": engine.motions,
-                "busy": not engine.model_free.is_set()}
+                "worker": engine.runner.worker, "batches": batcher.batches, "motions": batcher.motions,
+                "busy": batcher.busy}
 
     async def generate(self, task: GenerationTask, timeout: float) -> list[dict[str, Any]]:
-        """ReplicaEngine.generate, for a handle."""
+        """LocalEngine.generate, for a handle."""
         return await self._engine().generate(task, timeout)
 
     async def edit(self, task: EditTask, timeout: float) -> list[dict[str, Any]]:
-        """ReplicaEngine.edit, for a handle."""
+        """LocalEngine.edit, for a handle."""
         return await self._engine().edit(task, timeout)
 
     async def audit(self, task: AuditTask, timeout: float) -> dict[str, Any]:
-        """ReplicaEngine.audit, for a handle."""
+        """LocalEngine.audit, for a handle."""
         return await self._engine().audit(task, timeout)
 
 
@@ -234,10 +143,12 @@ def build_app(args: dict[str, Any]) -> serve.Application:
 
 
 def model_deployment(settings: ServerSettings, num_gpus: float) -> serve.Deployment:
-    """The deployment: `settings.replicas` replicas of one CPU (and `num_gpus` GPUs) each, the app as ingress."""
-    ingress = serve.ingress(create_app(settings, ReplicaEngine))(SafeMotionModel)
+    """The deployment: `settings.replicas` replicas of one CPU (and `num_gpus` GPUs) each, the app as ingress, each
+    taking every request its batcher may queue."""
+    ingress = serve.ingress(create_app(settings, replica_engine))(SafeMotionModel)
+    ongoing = 2 * settings.max_queue + settings.max_batch + ONGOING_HEADROOM
     return serve.deployment(ingress, name=MODEL_DEPLOYMENT, num_replicas=settings.replicas,
-                            max_ongoing_requests=256, ray_actor_options={"num_cpus": 1, "num_gpus": num_gpus})
+                            max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": 1, "num_gpus": num_gpus})
 
 
 def ray_engine_factory(settings: ServerSettings):
