@@ -14,7 +14,7 @@ from itertools import islice
 import httpx
 import pytest
 from server_support import all_results, build_tiny_lcr_model, free_port, run_cli, wait_for_job
-from test_server_fuzz import OPERATIONS, VALID_BODIES, fuzz_operation, walking_joints
+from test_server_fuzz import EXAMPLES, OPERATIONS, VALID_BODIES, fuzz_operation, walking_joints
 
 from safemotion.generate import GenerationRequest
 from safemotion.serve import schemas
@@ -106,9 +106,10 @@ def test_generate_and_audit_through_the_ingress(ray_server):
     assert alice.post("/v1/generate", json={"prompt": "\u200b\u200b"}).status_code == 422
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def one_replica(ray_server):
-    """An application of one replica with a QUEUE-request queue, served at /one-replica: its deployment handle."""
+    """An application of one replica with a QUEUE-request queue, served at /one-replica: its deployment handle. Deleted
+    after each test: its replica shares the database, so while it lives it also claims job items."""
     from safemotion.serve.ray_app import MODEL_DEPLOYMENT, build_app
 
     serve.run(build_app({**ray_server["settings"], "replicas": 1, "max_queue": QUEUE}), name="one-replica",
@@ -253,5 +254,5 @@ def test_api_contract_on_the_ray_ingress(ray_server, path, method):
     job = sam.post("/v1/jobs", json=VALID_BODIES[("/v1/jobs", "post")])
     assert job.status_code == 202
     fuzz_operation(httpx.Client(base_url=ray_server["url"], timeout=120), ray_server["keys"]["sam"],
-                   job.json()["id"], path, method, examples=20)
+                   job.json()["id"], path, method, examples=EXAMPLES)
     sam.delete(f"/v1/jobs/{job.json()['id']}")
