@@ -301,10 +301,10 @@ def ray_job(url: str, db: str, replicas: int, seconds: float) -> dict:
 
 
 def ray_bench(model: Path, clients: int, rounds: int, repeats: int, seconds: float, threads: int, work: Path,
-              fill_ms: float = 0.0, max_batch: int = 16) -> tuple[list[dict], list[dict]]:
+              max_batch: int = 16) -> tuple[list[dict], list[dict]]:
     """Applications of 1 and 2 replicas on one local Ray, taking turns under `clients` closed-loop clients (only the
     application of the turn is deployed, so the other's idle replicas take no CPU); after its last turn, a batch
-    job on each. `fill_ms`, `max_batch`: the replicas' batch_fill_ms and max_batch. Rows of request numbers (with
+    job on each. `max_batch`: the replicas' max_batch. Rows of request numbers (with
     CPU seconds per request by process group) and of job numbers."""
     import ray
     from ray import serve
@@ -324,8 +324,7 @@ def ray_bench(model: Path, clients: int, rounds: int, repeats: int, seconds: flo
                 name, url = f"replicas{replicas}", f"http://127.0.0.1:{port}/replicas{replicas}"
                 db = f"sqlite:///{work / name}.db"
                 serve.run(build_app({"model": str(model), "db_url": db, "replicas": replicas, "max_batch": max_batch,
-                                     "max_queue": 256, "threads": threads, "device": "cpu",
-                                     "batch_fill_ms": fill_ms}),
+                                     "max_queue": 256, "threads": threads, "device": "cpu"}),
                           name=name, route_prefix=f"/{name}")
                 handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=name)
                 run_level(url, 4, 1, seconds, first_seed=10**6)  # warm-up: first-call costs, every replica
@@ -388,7 +387,7 @@ def cpu_table(rows: list[dict]) -> list[str]:
 
 
 def ray_section(rows: list[dict], jobs: list[dict], ceilings: dict[int, dict], model_note: str, seconds: float,
-                threads: int, elapsed: float, fill_ms: float = 0.0, max_batch: int = 16) -> str:
+                threads: int, elapsed: float, max_batch: int = 16) -> str:
     """The markdown section of the Ray Serve rows; `ceilings`: model_ceiling at the largest batch each replica count
     can form from the clients."""
     by_replicas = {r["replicas"]: r for r in rows}
@@ -401,8 +400,7 @@ def ray_section(rows: list[dict], jobs: list[dict], ceilings: dict[int, dict], m
         "(each replica is its own FastAPI ingress; 1 torch thread and 1 Ray CPU per replica) take turns, only the "
         f"one whose turn it is deployed; {rows[0]['clients']} closed-loop HTTP clients (threads with keep-alive "
         f"http.client connections), `POST /v1/generate` of one {seconds:g}-second motion per request, SMPL fit "
-        f"and encoding included (in the replicas); the replicas' `max_batch` {max_batch}, `batch_fill_ms` "
-        f"{fill_ms:g}. Model: {model_note}. CPU: {os.cpu_count()} cores, shared by the replicas with the clients, "
+        f"and encoding included (in the replicas); the replicas' `max_batch` {max_batch}. Model: {model_note}. CPU: {os.cpu_count()} cores, shared by the replicas with the clients, "
         "Serve's proxy and Ray's own processes (1-minute load average in the table, this run's own processes "
         f"included). Whole run: {elapsed / 60:.1f} min.", "",
         "| replicas | clients | requests | throughput (req/s) | p50 latency (s) | p95 latency (s) | errors | lost "
@@ -497,8 +495,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help=f"write the section into {RESULTS}")
     parser.add_argument("--ray", action="store_true", help="Ray Serve rows: 1 vs 2 replicas at the last --clients "
                         "level (pip install 'safemotion[ray]')")
-    parser.add_argument("--batch-fill-ms", type=float, default=0.0,
-                        help="--ray: the replicas' batch_fill_ms (wait for the clients being answered)")
     parser.add_argument("--replica-max-batch", type=int, default=16, help="--ray: the replicas' max_batch")
     args = parser.parse_args(argv)
     if len(args.rounds) != len(args.clients):
@@ -518,9 +514,9 @@ def main(argv: list[str] | None = None) -> int:
             ceilings = {n: model_ceiling(model, args.seconds, args.threads, batch=clients // n) for n in RAY_REPLICAS}
             print(f"model only: {ceilings}", flush=True)
             rows, jobs = ray_bench(model, clients, rounds[clients], args.repeats, args.seconds, args.threads, work,
-                                   args.batch_fill_ms, args.replica_max_batch)
+                                   args.replica_max_batch)
             text = ray_section(rows, jobs, ceilings, note, args.seconds, args.threads, time.perf_counter() - started,
-                               args.batch_fill_ms, args.replica_max_batch)
+                               args.replica_max_batch)
             publish(RAY_SECTION, text, write=args.write)
             return 0
         ceiling = model_ceiling(model, args.seconds, args.threads, precision=args.precision)

@@ -9,7 +9,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -385,48 +385,9 @@ def test_batcher_gathers_waiting_requests_up_to_max_batch():
     assert batcher.batches == 4 and batcher.motions == 10
 
 
-@pytest.mark.parametrize("fill_s, batches", [(0.0, [[1, 2], [3, 4]]), (2.0, [[1, 2, 3, 4]])])
-def test_batcher_waits_for_the_clients_being_answered(fill_s, batches):
-    """Four closed-loop clients, two of them still being answered when the others' requests are gathered: with a
-    fill wait, the batch waits for their next requests instead of running half full; the wait is bounded."""
-    with held_batcher(max_batch=8, window_s=0.05, max_queue=10, fill_s=fill_s) as (handler, batcher, first):
-        with ExitStack() as clients:
-            for _ in range(4):
-                clients.enter_context(batcher.answering(1))
-            futures = [batcher.submit(1), batcher.submit(2)]
-            handler.gate.set()
-            time.sleep(0.5)
-            futures += [batcher.submit(3), batcher.submit(4)]
-            assert first.result(10) == 0 and [f.result(10) for f in futures] == [10, 20, 30, 40]
-        with batcher.answering(1), batcher.answering(1):  # a client that never comes back: fill_s bounds the wait
-            assert batcher.submit(5).result(fill_s + 10) == 50
-    assert handler.batches == [[0], *batches, [5]]
-
-
-def test_batcher_skips_cancelled_and_expired_tasks_and_bounds_the_queue():
-    with held_batcher(max_batch=8, window_s=0.0, max_queue=3) as (handler, batcher, _):
-        cancelled = batcher.submit(1)
-        expired = batcher.submit(2, deadline=time.monotonic() + 0.01)
-        kept = batcher.submit(3)
-        with pytest.raises(QueueFull) as full:
-            batcher.submit(4)
-        assert full.value.retry_after >= 1
-        assert cancelled.cancel()
-        freed = batcher.submit(5)  # the cancelled task's place
-        with pytest.raises(QueueFull):
-            batcher.submit(6)
-        time.sleep(0.05)
-        handler.gate.set()
-        assert kept.result(10) == 30 and freed.result(10) == 50
-        with pytest.raises(DeadlineExceeded):
-            expired.result(10)
-    assert handler.batches == [[0], [3, 5]]
-
-
 @pytest.mark.parametrize("field, value, message", [
     ("port", 0, "--port 0: must be 1-65535"),
     ("max_batch", 0, "--max-batch 0: must be 1-256"),
-    ("batch_fill_ms", -1, "--batch-fill-ms -1: must be 0-1000"),
     ("precision", "fp16", "--precision 'fp16': choose fp32, bf16 or int8"),
 ])
 def test_settings_name_the_bad_option(field, value, message):

@@ -362,7 +362,7 @@ def _server_settings(args: argparse.Namespace):
     from safemotion.serve.settings import ServerSettings
 
     options = {key: getattr(args, key) for key in (
-        "host", "port", "model", "device", "max_batch", "batch_window_ms", "batch_fill_ms", "max_queue",
+        "host", "port", "model", "device", "max_batch", "batch_window_ms", "max_queue",
         "request_timeout", "forbid_allow", "threads", "precision", "log_level", "body_model", "max_queued_motions",
         "claim_lease", "max_attempts", "parent_pid", "engine", "replicas", "ray_address") if hasattr(args, key)}
     for flag, field in (("request_timeout", "request_timeout_s"), ("claim_lease", "claim_lease_s")):
@@ -608,8 +608,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "platform's user data folder)")
     serve.add_argument("--max-batch", type=int, default=16, help="motions per model batch; 1 disables micro-batching")
     serve.add_argument("--batch-window-ms", type=float, default=10.0, help="wait for more requests to fill a batch")
-    serve.add_argument("--batch-fill-ms", type=float, default=0.0,
-                       help="wait up to this long for the next requests of clients being answered (closed loops)")
     serve.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
     serve.add_argument("--request-timeout", type=float, default=120.0, help="deadline of each request, seconds")
     serve.add_argument("--forbid-allow", action="store_true", help="refuse the 'allow' policy for everyone")

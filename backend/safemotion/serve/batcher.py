@@ -9,10 +9,9 @@ Three lanes feed the worker, served in this order: interactive requests and moti
 `max_queue`; QueueFull carries a Retry-After estimate), then batch-job items (the job runner bounds how many it keeps
 queued), so audits never hold up generation requests. The worker takes the head of the first non-empty lane, then
 keeps adding tasks of the same kind, interactive first, until the batch holds `max_batch` motions or `window_s` has
-passed since it began gathering (`fill_s`, for an interactive batch smaller than the motions being answered: see
-`answering`); a task larger than `max_batch` runs alone. `max_batch=1` serves one request at a time. Tasks whose
-future was cancelled (the client went away) or whose deadline passed are dropped before the model sees them, and a
-cancelled task gives up its place in a full lane. The handler gets the tasks of one batch and returns one result per
+passed since it began gathering; a task larger than `max_batch` runs alone. `max_batch=1` serves one request at a
+time. Tasks whose future was cancelled (the client went away) or whose deadline passed are dropped before the model
+sees them, and a cancelled task gives up its place in a full lane. The handler gets the tasks of one batch and returns one result per
 task; a result that is an Exception fails only its own task, and if the handler raises, every task of the batch fails
 with that error.
 """
@@ -24,9 +23,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,16 +63,14 @@ class MicroBatcher:
     """Gathers submitted tasks into batches for `handler`, run on one worker thread."""
 
     def __init__(self, handler: Callable[[list[Any]], list[Any]], max_batch: int = 16, window_s: float = 0.01,
-                 max_queue: int = 64, name: str = "model-worker", fill_s: float = 0.0):
-        if max_batch < 1 or max_queue < 1 or window_s < 0 or fill_s < 0:
-            raise ValueError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be ≥ 1, window_s "
-                             f"({window_s}) and fill_s ({fill_s}) ≥ 0")
+                 max_queue: int = 64, name: str = "model-worker"):
+        if max_batch < 1 or max_queue < 1 or window_s < 0:
+            raise ValueError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be ≥ 1 and window_s "
+                             f"({window_s}) ≥ 0")
         self.handler = handler
         self.max_batch = max_batch
         self.window_s = window_s
-        self.fill_s = fill_s
         self.max_queue = max_queue
-        self._answering = 0  # interactive motions between submission and answer (see `answering`)
         self._lanes: dict[str, deque[Work]] = {INTERACTIVE: deque(), AUDIT: deque(), JOB: deque()}
         self._cond = threading.Condition()
         self._stopping = False
@@ -116,19 +112,6 @@ class MicroBatcher:
             lane.append(work)
             self._cond.notify()
         return work.future
-
-    @contextmanager
-    def answering(self, size: int) -> Iterator[None]:
-        """Count an interactive request of `size` motions, from before its submission until its answer is ready
-        (encoded, say): an interactive batch waits up to `fill_s` for as many motions as were being answered when it
-        began, since the clients of a closed loop send their next requests as soon as they have their answers."""
-        with self._cond:
-            self._answering += size
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._answering -= size
 
     def waiting(self, kind: str = INTERACTIVE) -> int:
         """Tasks waiting in a lane."""
@@ -172,13 +155,11 @@ class MicroBatcher:
             batch = [lane.popleft()]
             size = batch[0].size
             kind = type(batch[0].task)
-            began = time.monotonic()
-            fill_to = min(self.max_batch, self._answering) if batch[0].kind == INTERACTIVE and self.fill_s else 0
-            window_end, fill_end = began + self.window_s, began + max(self.window_s, self.fill_s)
+            window_end = time.monotonic() + self.window_s
             while size < self.max_batch and not self._stopping:
                 lane = self._next()
                 if lane is None:
-                    remaining = (fill_end if size < fill_to else window_end) - time.monotonic()
+                    remaining = window_end - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)

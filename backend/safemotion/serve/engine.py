@@ -72,7 +72,7 @@ class LocalEngine:
                                                settings.threads, settings.precision)
         self.name, self.info, self.device = self.service.name, self.service.info, self.service.device
         self.batcher = MicroBatcher(self.service.run, settings.max_batch, settings.batch_window_ms / 1000,
-                                    settings.max_queue, fill_s=settings.batch_fill_ms / 1000)
+                                    settings.max_queue)
         self.runner = JobRunner(self.store, lambda task, size: self.batcher.submit(task, size=size, kind=JOB),
                                 self.name, job_settings(settings, self.job_batches * settings.max_batch))
         self.batcher.start()
@@ -92,15 +92,13 @@ class LocalEngine:
 
     async def generate(self, task: GenerationTask, timeout: float) -> list[dict[str, Any]]:
         """Generate on the interactive lane; the SMPL fit and encoding run in the thread pool."""
-        with self.batcher.answering(task.request.variations):
-            generated = await self._run(task, task.request.variations, INTERACTIVE, timeout)
-            return await run_in_threadpool(motion_payloads, generated)
+        generated = await self._run(task, task.request.variations, INTERACTIVE, timeout)
+        return await run_in_threadpool(motion_payloads, generated)
 
     async def edit(self, task: EditTask, timeout: float) -> list[dict[str, Any]]:
         """Edit on the interactive lane, like a generation."""
-        with self.batcher.answering(task.variations):
-            generated = await self._run(task, task.variations, INTERACTIVE, timeout)
-            return await run_in_threadpool(motion_payloads, generated)
+        generated = await self._run(task, task.variations, INTERACTIVE, timeout)
+        return await run_in_threadpool(motion_payloads, generated)
 
     async def audit(self, task: AuditTask, timeout: float) -> dict[str, Any]:
         """Audit on the audit lane, one motion per model batch."""

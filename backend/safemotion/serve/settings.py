@@ -30,7 +30,6 @@ class ServerSettings:
     data_dir: Path | None = None  # None = the platform's user data folder
     max_batch: int = 16  # motions per model batch; 1 serves one request at a time
     batch_window_ms: float = 10.0  # how long the worker waits for more requests to fill a batch
-    batch_fill_ms: float = 0.0  # how long it waits for the next requests of clients being answered (closed loops)
     max_queue: int = 64  # waiting interactive requests before 429
     request_timeout_s: float = 120.0  # deadline of every interactive request
     max_body_bytes: int = 2 * 1024 * 1024
@@ -53,7 +52,6 @@ class ServerSettings:
             (1 <= self.port <= 65535, f"--port {self.port}: must be 1-65535"),
             (1 <= self.max_batch <= 256, f"--max-batch {self.max_batch}: must be 1-256"),
             (0 <= self.batch_window_ms <= 1000, f"--batch-window-ms {self.batch_window_ms}: must be 0-1000"),
-            (0 <= self.batch_fill_ms <= 1000, f"--batch-fill-ms {self.batch_fill_ms}: must be 0-1000"),
             (1 <= self.max_queue <= 100_000, f"--max-queue {self.max_queue}: must be 1-100000"),
             (0 < self.request_timeout_s <= 3600, f"--request-timeout {self.request_timeout_s}: must be in (0, 3600]"),
             (1024 <= self.max_body_bytes <= 1 << 30, f"--max-body-bytes {self.max_body_bytes}: must be 1 KiB-1 GiB"),
