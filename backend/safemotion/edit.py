@@ -542,11 +542,12 @@ class Editor:
 
     def _encode(self, source: SourceMotion) -> tuple[np.ndarray, np.ndarray]:
         """RVQ ids (n, Q) of the source's whole tokens, and the base ids (n,) it carries (-1 when it carries none)."""
-        carried = np.full(source.num_frames // self.unit, -1, dtype=np.int64)
         codes = self.encoder_models.config.vq.nb_code
-        if source.base_tokens is not None and source.tokens_checked_for == (self.unit, codes):
+        if source.base_tokens is None:
+            carried = np.full(source.num_frames // self.unit, -1, dtype=np.int64)
+        elif source.tokens_checked_for == (self.unit, codes):
             carried = source.base_tokens
-        elif source.base_tokens is not None:
+        else:
             carried = check_base_tokens(source.base_tokens, source.num_frames, self.unit, codes, source.name)
         features = source.features
         if features is None:  # the last frame repeated, so T frames of features cover all T frames of joints
