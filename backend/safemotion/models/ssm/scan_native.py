@@ -746,10 +746,9 @@ class _NativeGateSilu(torch.autograd.Function):
 
 def gather_rows_native(x: Tensor, index: Tensor, gate: TimeGate | None = None) -> Tensor:
     """Rows of x (batch, length, d) picked per batch row by index (batch, count), int64 in [-1, length) (checked in the
-    kernel's pass), times the time
-    gate 1 + Linear(φ(dt)) of `gate`, or the rows themselves; index −1 gives a zero row. Equals
-    where(index ≥ 0, (1 + F.linear(φ(dt), weight, bias)) * x.gather(1, index), 0) in value and gradients (of x, dt,
-    weight, bias), without forming φ or the (batch, count, d) gate (float32 CPU only)."""
+    kernel's pass), times the time gate 1 + Linear(φ(dt)) of `gate`, or the rows themselves; index −1 gives a zero row.
+    Equals where(index ≥ 0, (1 + F.linear(φ(dt), weight, bias)) * x.gather(1, index), 0) in value and gradients (of
+    x, dt, weight, bias), without forming φ or the (batch, count, d) gate (float32 CPU only)."""
     batch, length, d = x.shape
     count = index.shape[1] if index.dim() == 2 else -1
     shapes_ok = index.shape == (batch, count) and (gate is None or (
