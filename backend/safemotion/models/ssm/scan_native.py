@@ -4,9 +4,10 @@ SeRpEnt's gated row gather.
 
 The scan has the contract and numbers of `selective_scan_sequential` (float32, to round-off), but fused: for every
 (batch, step) the state of all channels (n rows of d floats, each padded to whole 8-float vectors, channels innermost
-so the loops vectorise over d with no scalar remainder) stays in cache and exp(Δ A) (an inline polynomial 2^x, vectorised), Δ B u and <C, h> are computed in registers. Options as
-mamba_ssm's kernel: Δ = softplus(raw Δ) inside the kernel, and `reverse` (scan from the end, for the second direction
-of a bidirectional Mamba, without flipped copies). Nothing of shape (batch, length, channels, state) is kept between
+so the loops vectorise over d with no scalar remainder) stays in cache and exp(Δ A) (an inline polynomial 2^x,
+vectorised), Δ B u and <C, h> are computed in registers. Options as mamba_ssm's kernel: Δ = softplus(raw Δ) inside
+the kernel, and `reverse` (scan from the end, for the second direction of a bidirectional Mamba, without flipped
+copies). Nothing of shape (batch, length, channels, state) is kept between
 the passes: the forward keeps every 16th state; the backward, chunk by chunk from the end, recomputes 16 steps'
 states and decays Ā from the checkpoint (2 × 16 × d × n floats, within L2) and runs the adjoint recurrence
 g_t = C_t ∂y_t + Ā_{t+1} g_{t+1} over them, accumulating every input's gradient in the same sweep (the sums over batch
