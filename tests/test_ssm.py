@@ -494,8 +494,7 @@ def test_mamba_native_path_matches_the_loop_without_padding(bidirectional):
     # No mask and an all-False mask take the fused path (softplus inside the scan); gradients of every parameter match.
     torch.manual_seed(5)
     loop, fast = _twin(MambaConfig(d_model=8, bidirectional=bidirectional, scan="sequential"), scan="native")
-    x = torch.randn(2, 21, 8)
-    x = x.requires_grad_()
+    x = torch.randn(2, 21, 8, requires_grad=True)
     for mask in (None, torch.zeros(2, 21, dtype=torch.bool)):
         assert_twins_match(loop, fast, loop(x, mask), fast(x, mask), x, grad_rtol=1e-4)
 

@@ -70,7 +70,8 @@ class MaskTransformer(TextConditionedTransformer):
         zeros = cond.new_zeros(len(ids_u), cond.shape[1])
         logits = self.trans_forward(torch.cat([ids, ids_u]), torch.cat([cond, zeros]),
                                     torch.cat([padding_mask, padding_u]), rows=torch.cat([rows, rows_u]))
-        conditional, unconditional_u = logits[:int(rows.sum())], logits[int(rows.sum()):]
+        count = int(rows.sum())
+        conditional, unconditional_u = logits[:count], logits[count:]
         slot = torch.full(ids_u.shape, -1, dtype=torch.long, device=ids.device)  # distinct row's mask → its logit row
         slot[rows_u] = torch.arange(len(unconditional_u), device=ids.device)
         return guided(conditional, unconditional_u[slot[inverse][rows]], cond_scale)

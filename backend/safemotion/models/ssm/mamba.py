@@ -77,9 +77,9 @@ class MambaConfig:
         return self.dt_rank if self.dt_rank is not None else math.ceil(self.d_model / 16)
 
 
-def drop_empty_mask(padding_mask: Tensor | None, scan: str, x: Tensor) -> Tensor | None:
+def drop_empty_mask(padding_mask: Tensor | None, native: bool) -> Tensor | None:
     """None for a mask without padding on the native path (which then skips every masking op), else the mask."""
-    if padding_mask is None or resolve_scan(scan, x) != "native" or bool(padding_mask.any()):
+    if padding_mask is None or not native or bool(padding_mask.any()):
         return padding_mask
     return None
 
@@ -171,11 +171,12 @@ class Mamba(nn.Module):
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Mix along the length; padding_mask (batch, length) is True at padded positions, whose outputs are 0."""
         check_sequence_input(x, self.config.d_model, padding_mask, "Mamba")
-        padding_mask = drop_empty_mask(padding_mask, self.config.scan, x)
+        native = resolve_scan(self.config.scan, x) == "native"
+        padding_mask = drop_empty_mask(padding_mask, native)
         u, z = self.in_proj(x).chunk(2, dim=-1)
         y = self.forward_ssm(u, padding_mask)
         y_back = None if self.backward_ssm is None else self.backward_ssm(u, padding_mask, reverse=True)
-        if resolve_scan(self.config.scan, x) == "native":
+        if native:
             gated = gate_silu_native(y, y_back, z)  # the sum of the directions and the gate in one pass
         else:
             gated = (y if y_back is None else y + y_back) * F.silu(z)

@@ -4,9 +4,10 @@ SeRpEnt's gated row gather.
 
 The scan has the contract and numbers of `selective_scan_sequential` (float32, to round-off), but fused: for every
 (batch, step) the state of all channels (n rows of d floats, each padded to whole 8-float vectors, channels innermost
-so the loops vectorise over d with no scalar remainder) stays in cache and exp(Δ A) (an inline polynomial 2^x, vectorised), Δ B u and <C, h> are computed in registers. Options as
-mamba_ssm's kernel: Δ = softplus(raw Δ) inside the kernel, and `reverse` (scan from the end, for the second direction
-of a bidirectional Mamba, without flipped copies). Nothing of shape (batch, length, channels, state) is kept between
+so the loops vectorise over d with no scalar remainder) stays in cache and exp(Δ A) (an inline polynomial 2^x,
+vectorised), Δ B u and <C, h> are computed in registers. Options as mamba_ssm's kernel: Δ = softplus(raw Δ) inside
+the kernel, and `reverse` (scan from the end, for the second direction of a bidirectional Mamba, without flipped
+copies). Nothing of shape (batch, length, channels, state) is kept between
 the passes: the forward keeps every 16th state; the backward, chunk by chunk from the end, recomputes 16 steps'
 states and decays Ā from the checkpoint (2 × 16 × d × n floats, within L2) and runs the adjoint recurrence
 g_t = C_t ∂y_t + Ā_{t+1} g_{t+1} over them, accumulating every input's gradient in the same sweep (the sums over batch
@@ -746,10 +747,9 @@ class _NativeGateSilu(torch.autograd.Function):
 
 def gather_rows_native(x: Tensor, index: Tensor, gate: TimeGate | None = None) -> Tensor:
     """Rows of x (batch, length, d) picked per batch row by index (batch, count), int64 in [-1, length) (checked in the
-    kernel's pass), times the time
-    gate 1 + Linear(φ(dt)) of `gate`, or the rows themselves; index −1 gives a zero row. Equals
-    where(index ≥ 0, (1 + F.linear(φ(dt), weight, bias)) * x.gather(1, index), 0) in value and gradients (of x, dt,
-    weight, bias), without forming φ or the (batch, count, d) gate (float32 CPU only)."""
+    kernel's pass), times the time gate 1 + Linear(φ(dt)) of `gate`, or the rows themselves; index −1 gives a zero row.
+    Equals where(index ≥ 0, (1 + F.linear(φ(dt), weight, bias)) * x.gather(1, index), 0) in value and gradients (of
+    x, dt, weight, bias), without forming φ or the (batch, count, d) gate (float32 CPU only)."""
     batch, length, d = x.shape
     count = index.shape[1] if index.dim() == 2 else -1
     shapes_ok = index.shape == (batch, count) and (gate is None or (

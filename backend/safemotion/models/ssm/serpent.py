@@ -272,9 +272,10 @@ class SeRpEnt(nn.Module):
             raise ValueError(
                 f"SeRpEnt: keep_mask must be bool of shape {tuple(x.shape[:2])}, got {keep_mask.dtype} {tuple(keep_mask.shape)}"
             )
-        padding_mask = drop_empty_mask(padding_mask, self.config.scan, x)
+        native = resolve_scan(self.config.scan, x) == "native"
+        padding_mask = drop_empty_mask(padding_mask, native)
         information = self.information(x)
-        if resolve_scan(self.config.scan, x) == "native":
+        if native:
             # merge(cat(restored)) = Σ_b restore_b(mixed_b) W_b^T + bias with W_b^T applied to the compressed rows:
             # Σκ ≈ 1 of L rows at width D instead of L rows at width len(κ)·D (3× fewer flops in the merge at κ = .5/.3/.2).
             weights = self.merge.weight.split(self.config.d_model, dim=1)
