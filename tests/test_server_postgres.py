@@ -158,11 +158,11 @@ def test_two_servers_never_claim_one_item(store):
 
 def test_a_dead_servers_claims_run_out_and_it_cannot_store_them(store):
     store.create_job("a" * 32, "alice", "artist", "tiny", "sanitize", items(2))
-    assert [item.index for item in claim(store, "dead", lease_s=0.3)] == [0, 1]
-    assert claim(store, "live", lease_s=0.3) == []  # claimed, lease not over
-    time.sleep(0.4)
+    assert [item.index for item in claim(store, "dead", lease_s=60)] == [0, 1]
+    assert claim(store, "live", lease_s=60) == []  # claimed, lease not over
+    time.sleep(0.05)  # longer than the 10 ms lease below; the 60 s one above outlasts any slow machine
     assert store.renew_claims("alive-elsewhere") == 0
-    assert [item.index for item in claim(store, "live", lease_s=0.3)] == [0, 1]
+    assert [item.index for item in claim(store, "live", lease_s=0.01)] == [0, 1]
     assert not store.finish_item("a" * 32, 0, "[]", [entry("a" * 32)], worker="dead")  # lost its claim
     assert store.finish_item("a" * 32, 0, "[]", [entry("a" * 32)], worker="live")
     assert [row["attempts"] for row in store.job_items("a" * 32)] == [2, 2]
