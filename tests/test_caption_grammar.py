@@ -134,3 +134,37 @@ def test_measured_facts_choose_the_family():
     assert len(gesture) == 1 and any(m in gesture[0] for m in grammar.IN_PLACE)
     assert grammar.window_captions("walk", (), still, "w") == []  # ends in place: no direction or speed claimed
     assert grammar.window_captions(None, (), slow, "n") == []
+
+
+def standing_pose(frames: int, arms_out: bool = False) -> np.ndarray:
+    """The rest pose (arms hanging down) held for `frames` frames, or with the arms raised sideways (a T-pose)."""
+    pose = skeleton.rest_joints()
+    if arms_out:
+        for shoulder, chain, sign in ((16, [16, 18, 20], 1.0), (17, [17, 19, 21], -1.0)):
+            c, s = 0.0, sign
+            pose[chain] = (pose[chain] - pose[shoulder]) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T + pose[shoulder]
+    return np.repeat(pose[None], frames, axis=0)
+
+
+def test_still_ranges_find_a_resting_stand_and_nothing_else():
+    walk = walking_pose(31, np.array([0.0, 0.0, 1.2 / 20]))
+    stand = standing_pose(61) + walk[-1, 0] * np.array([1.0, 0.0, 1.0])
+    wave = stand[:50].copy()
+    wave[:, 20, 1] = stand[0, 15, 1] + 0.2  # the left wrist held above the head: a gesture, not a rest
+    joints = np.concatenate([walk, stand[1:], wave])
+    [(start, end)] = grammar.still_ranges(joints)
+    assert 30 <= start <= 36 and 84 <= end <= 92 and end - start >= grammar.STILL_MIN_FRAMES  # the stand only
+    assert grammar.still_ranges(standing_pose(100, arms_out=True)) == []  # a held T-pose
+    assert grammar.still_ranges(standing_pose(grammar.STILL_MIN_FRAMES)) == []  # too short
+    crouched = standing_pose(100)
+    crouched[:, 15, 1] = crouched[:, 0, 1] + 0.3
+    assert grammar.still_ranges(crouched) == []
+    with pytest.raises(ValueError, match="expected joints"):
+        grammar.still_ranges(np.zeros((50, 21, 3)))
+
+
+def test_still_captions_come_from_the_still_family_only():
+    captions = grammar.still_captions("take@0:still")
+    assert len(set(captions)) == grammar.CAPTIONS_PER_CLIP
+    assert all(any(p in c or progressive(p) in c for p in grammar.STILL) for c in captions)
+    assert captions == grammar.still_captions("take@0:still")  # seeded by the key

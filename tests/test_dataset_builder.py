@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safemotion.data import caption_grammar as grammar
 from safemotion import cli
+from safemotion.data import caption_grammar as grammar
 from safemotion.data.bvh import bvh_from_joints, write_bvh
+from safemotion.data.captions import progressive
 from safemotion.data.concept_splits import write_concept_splits
 from safemotion.data.dataset_builder import (
     MAX_FRAMES,
     MIN_FRAMES,
+    STILL_LABEL,
     Take,
     assign_splits,
     build_dataset,
@@ -82,8 +84,13 @@ def synthetic_motion(seconds: float, kind: str, fps: int = FPS) -> np.ndarray:
             _swing(pose, 16, [16, 18, 20], _rot("z", -1.2 - 0.4 * np.sin(4 * np.pi * t)))
         if kind == "punch":
             _swing(pose, 17, [17, 19, 21], _rot("x", -1.5 * (0.5 + 0.5 * np.sin(3 * np.pi * t))))
+        if kind == "walk_stop":  # walks for 2 s, then stands (legs barely moving, arms down)
+            kind_now = "walk" if t < 2.0 else "stand"
+            step = 0.5 * np.sin(2 * np.pi * t) if kind_now == "walk" else 0.05 * np.sin(np.pi * t)
+            _swing(pose, 1, [1, 4, 7, 10], _rot("x", step))
+            _swing(pose, 2, [2, 5, 8, 11], _rot("x", -step))
         heading += (0.8 / fps) if kind == "turn" else 0.0
-        speed = 1.0 if kind in ("walk", "turn") else 0.0
+        speed = 1.0 if kind in ("walk", "turn") or (kind == "walk_stop" and t < 2.0) else 0.0
         position += speed / fps * np.array([np.sin(heading), 0.0, np.cos(heading)])
         pose = (pose - pose[0]) @ _rot("y", heading).T + pose[0] + position
         pose[:, 1] += 0.02 * np.sin(4 * np.pi * t)
@@ -245,6 +252,32 @@ def test_layout_windows_and_captions(built):
     wave = by_take["wave_left.bvh"][0]["id"]
     assert (root / "texts" / f"{wave}.txt").read_text().startswith("a person waves the left hand#")
     assert (root / "texts" / f"M{wave}.txt").read_text().startswith("a person waves the right hand#")
+
+
+def test_standing_still_stretches_become_windows_of_their_own(tmp_path):
+    library = tmp_path / "library"
+    library.mkdir()
+    write_library(library, {"walk_stop.bvh": (6.0, "walk_stop", "a person walks and stops"),
+                            "wave_left.bvh": (4.0, "wave", "a person waves the left hand")})
+    stats = build_dataset(tmp_path / "data", bvh_dir=library, seed=7, workers=1)
+    root = tmp_path / "data"
+    rows = _index(root)
+    still = [r for r in rows if r["labels"] == STILL_LABEL]
+    assert [r["take"] for r in still] == ["walk_stop.bvh"]  # the waving take holds an arm up: no rest
+    [take_window] = [r for r in rows if r["take"] == "walk_stop.bvh" and r["labels"] != STILL_LABEL]
+    start, end = int(still[0]["start_frame"]), int(still[0]["end_frame"])
+    assert 40 <= start <= 48 and end - start >= MIN_FRAMES  # after the 2 s walk, inside the take's window
+    assert int(take_window["end_frame"]) >= end
+    for prefix in ("", "M"):
+        captions = [line.split("#")[0] for line in (root / "texts" / f"{prefix}{still[0]['id']}.txt").read_text()
+                    .splitlines()]
+        assert len(captions) == 3 and all(any(p in c or progressive(p) in c for p in grammar.STILL) for c in captions)
+        assert not any("walks and stops" in c for c in captions)  # the take's caption describes another motion
+    joints = np.load(root / "new_joints" / f"{still[0]['id']}.npy")
+    assert np.linalg.norm(joints[:, 0, [0, 2]] - joints[0, 0, [0, 2]], axis=-1).max() < 0.05
+    split_of = {i: split for split in ("train", "val", "test") for i in _ids(root, split)}
+    assert split_of[still[0]["id"]] == split_of[take_window["id"]] == split_of["M" + still[0]["id"]]
+    assert stats.per_label[STILL_LABEL] == len(still)
 
 
 def test_mirrors_are_mirrored_features(built):

@@ -18,10 +18,12 @@ from safemotion.data.motion_dataset import (
     CaptionIndex,
     TokenSampler,
     WindowSampler,
+    label_balance,
     load_caption_samples,
     load_motion,
     phase_crop,
     read_captions,
+    read_clip_labels,
     read_split,
 )
 from safemotion.eval.reconstruction import reconstruct
@@ -140,6 +142,35 @@ def test_token_sampler_crops_match_the_encoded_phases():
 
 
 # ---------------------------------------------------------------------------------------------- stages
+
+def test_weighted_caption_index_draws_in_proportion():
+    index = CaptionIndex([["a"], ["b"], ["c"]], weights=label_balance(["walk", "walk", "bow"], power=1.0))
+    rng = np.random.default_rng(0)
+    drawn = np.bincount([index.draw(rng)[0] for _ in range(6000)], minlength=3) / 6000
+    assert drawn == pytest.approx([0.25, 0.25, 0.5], abs=0.02)  # each label drawn equally often
+    assert label_balance(["walk", "walk", "bow"], power=0.0).tolist() == [1.0, 1.0, 1.0]
+    assert label_balance(["walk"] * 4 + ["bow"], power=0.5).tolist() == [0.5] * 4 + [1.0]
+    with pytest.raises(ValueError, match="must lie in"):
+        label_balance(["walk"], power=1.5)
+    with pytest.raises(ValueError, match="3 finite non-negative"):
+        CaptionIndex([["a"], ["b"], ["c"]], weights=np.array([1.0, np.nan, 1.0]))
+
+
+def test_balanced_training_reads_the_labels_of_index_csv(dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    run_stage("vq", options(data, tmp_path / "model"))
+    (data / "index.csv").write_text("id,source,take,start_frame,end_frame\n000001,user,a,0,64\n")
+    with pytest.raises(ValueError, match="no 'labels' column"):
+        run_stage("mask", options(data, tmp_path / "model", balance=0.5))
+    rows = "".join(f"{i:06d},user,t{i},0,1,{'bow' if i == 5 else 'walk'}\n" for i in range(6))
+    (data / "index.csv").write_text("id,source,take,start_frame,end_frame,labels\n" + rows)
+    assert read_clip_labels(data)["M000005"] == "bow"
+    result = run_stage("mask", options(data, tmp_path / "model", balance=0.5))
+    assert result.iterations == 4 and all(np.isfinite(result.losses))
+    record = json.loads((tmp_path / "model.training" / "stages.json").read_text())
+    assert record["mask"]["balance"] == 0.5 and record["vq"]["balance"] == 0.0
+
 
 def test_each_stage_trains_into_the_model_directory(dataset, tmp_path):
     out = tmp_path / "model"

@@ -194,6 +194,7 @@ def _train(args: argparse.Namespace) -> int:
         clip_weights=args.clip_weights, clip_vocab=args.clip_vocab, from_scratch=args.from_scratch,
         backbone=args.backbone, ssm_state=args.ssm_state, ssm_expand=args.ssm_expand,
         val_split=None if args.val_split == "none" else args.val_split, validate_every=args.validate_every,
+        balance=args.balance,
     )
     result = run_stage(args.stage, options)
     tail = result.losses[-100:]
@@ -505,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "backbone (default 16)")
     train.add_argument("--ssm-expand", type=int, help="with mask --from-scratch: SSM expansion of a mamba/serpent "
                        "backbone (default 2)")
+    train.add_argument("--balance", type=float, default=0.0, metavar="POWER",
+                       help="mask/residual/length: draw each clip with weight n^-POWER, n = clips sharing its take "
+                            "labels (index.csv); 0 draws uniformly (default), 0.5 lifts rare actions such as bows")
     train.add_argument("--checkpoint-every", type=int, default=1000)
     train.add_argument("--val-split", default="val", help="split whose loss is tracked during training, or 'none'")
     train.add_argument("--validate-every", type=int, help="iterations between validations (default: --checkpoint-every)")

@@ -12,7 +12,9 @@ Two kinds of input:
   place, in the window's first-frame facing) and how fast. For takes whose content is walking, running, idling or a
   gesture made standing, `window_captions` adds paraphrases from plain families (standing still / idling / waiting;
   slow / easy / relaxed walking; brisk walking; jogging / sprinting; gestures made "in place"), chosen by the
-  measurement, never by a name, so "slow" captions go with slow windows.
+  measurement, never by a name, so "slow" captions go with slow windows. Stretches where the person stands upright,
+  arms down and still for 2 s or more (`still_ranges`) become clips of their own with STILL captions only
+  (`still_captions`).
 
 No caption, nor its left/right mirror, equals a prompt of the shipped prompt sets or the adherence suite
 (`held_out_prompts`): those are the wordings the model is tested on, so `compose` skips them (compared lower-case
@@ -85,6 +87,38 @@ def measure_motion(joints: np.ndarray, fps: float = FPS) -> MotionFacts:
     body = float(np.linalg.norm(np.diff(relative, axis=0), axis=-1).mean() * fps)
     net = pelvis[-1] - pelvis[0]
     return MotionFacts(speed=path / seconds, forward_m=float(net[1]), left_m=float(net[0]), body_speed=body)
+
+
+# A stretch of a take where the person stands upright, arms down and still becomes a clip of its own, captioned only
+# from the STILL family: takes rarely show standing still as their content, but many begin or end that way.
+STILL_MIN_FRAMES = 40  # 2 s
+STILL_SMOOTH_FRAMES = 10  # per-frame speeds are averaged over 0.5 s
+STILL_FRAME_BODY_SPEED = 0.15  # m/s, mean joint speed relative to the pelvis
+STILL_FRAME_ROOT_SPEED = 0.1  # m/s, pelvis ground speed
+ARMS_DOWN_M = 0.25  # both wrists at least this far below the lower shoulder: resting arms, not a held gesture
+UPRIGHT_M = 0.45  # the head at least this far above the pelvis: standing, not crouching or bowing
+PELVIS, HEAD, LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_WRIST, RIGHT_WRIST = 0, 15, 16, 17, 20, 21
+
+
+def still_ranges(joints: np.ndarray, fps: float = FPS) -> list[tuple[int, int]]:
+    """[start, end) feature-frame ranges (joints start..end) of at least STILL_MIN_FRAMES frames where the person
+    stands upright, arms down and still; joints [T, 22, 3], Y up."""
+    joints = np.asarray(joints, dtype=np.float64)
+    if joints.ndim != 3 or joints.shape[1:] != (22, 3):
+        raise ValueError(f"still_ranges: expected joints [T, 22, 3], got {joints.shape}")
+    if len(joints) <= STILL_MIN_FRAMES:
+        return []
+    box = np.ones(STILL_SMOOTH_FRAMES) / STILL_SMOOTH_FRAMES
+    relative = joints[:, 1:] - joints[:, :1]
+    body = np.convolve(np.linalg.norm(np.diff(relative, axis=0), axis=-1).mean(axis=1) * fps, box, "same")
+    root = np.convolve(np.linalg.norm(np.diff(joints[:, 0, [0, 2]], axis=0), axis=-1) * fps, box, "same")
+    pose = joints[1:, :, 1]
+    arms_down = (np.maximum(pose[:, LEFT_WRIST], pose[:, RIGHT_WRIST])
+                 < np.minimum(pose[:, LEFT_SHOULDER], pose[:, RIGHT_SHOULDER]) - ARMS_DOWN_M)
+    upright = pose[:, HEAD] - pose[:, PELVIS] > UPRIGHT_M
+    still = (body < STILL_FRAME_BODY_SPEED) & (root < STILL_FRAME_ROOT_SPEED) & arms_down & upright
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], still.astype(np.int8), [0]])))
+    return [(int(start), int(end)) for start, end in zip(edges[::2], edges[1::2]) if end - start >= STILL_MIN_FRAMES]
 
 
 # --- phrase families ----------------------------------------------------------------------------------------------
@@ -323,6 +357,11 @@ def deepmimic_captions(name: str, seed: int = 0) -> list[str]:
     """Three captions for a DeepMimic clip name (file name without `humanoid3d_`)."""
     phrases = DEEPMIMIC_PHRASES.get(name, (f"performs a {name.replace('_', ' ')}",))
     return compose(phrases, [], CAPTIONS_PER_CLIP, f"deepmimic/{name}", seed)
+
+
+def still_captions(key: str, seed: int = 0) -> list[str]:
+    """Three captions for a measured standing-still clip (`still_ranges`), from the STILL family only."""
+    return compose(STILL, [], CAPTIONS_PER_CLIP, key, seed)
 
 
 def window_captions(kind: str | None, phrases: Sequence[str], facts: MotionFacts, key: str, seed: int = 0,

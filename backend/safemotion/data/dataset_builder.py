@@ -7,7 +7,8 @@ Output folder (written to a temporary sibling folder, renamed into place only wh
     texts/<id>.txt            `caption#word/POS ...#0.0#0.0`, one line per caption
     Mean.npy, Std.npy         [263] float32, train split (mirrors included), group-averaged std
     train.txt val.txt test.txt train_val.txt all.txt   ids, mirrors included
-    index.csv                 id,source,take,start_frame,end_frame (20 fps frames of the take after looping/padding)
+    index.csv                 id,source,take,start_frame,end_frame,labels (20 fps frames of the take after
+                              looping/padding; labels `;`-separated, the take's or `measured:still`)
     stats.json                `DatasetStats`
     README.md                 clips per split, source and concept, labels, caption statistics (`dataset_card`)
 
@@ -19,6 +20,11 @@ Decisions:
   mention actions outside a window), plus the paraphrases its measured motion supports (`caption_grammar`:
   slow / brisk walking, standing still, gestures made in place). Captions equal to a held-out evaluation prompt
   are dropped.
+- **Standing still.** Few takes show standing still as their content, but many begin or end that way: every
+  stretch of 2 s or more where the person stands upright, arms down and still (`caption_grammar.still_ranges`,
+  measured on the recorded frames, never on looped or padded ones) is also cut into windows of its own, labelled
+  `measured:still` and captioned from the standing-still family only. They overlap the take's windows and share its
+  split.
 - **Short takes.** Cyclic takes (DeepMimic `"Loop": "wrap"`) shorter than 4 s are repeated, each repetition moved
   to where the previous one ended (`loop_motion`), until they reach 4 s. Other takes of 1-2 s are padded to 2 s
   by holding their first and last poses (e.g. DeepMimic's 1.53 s kick); takes under 1 s are skipped.
@@ -88,6 +94,7 @@ log = logging.getLogger(__name__)
 FPS = 20
 MIN_FRAMES = 40  # feature frames per window (2 s)
 MAX_FRAMES = 196  # feature frames per window (9.8 s)
+STILL_LABEL = "measured:still"  # the label of standing-still windows (`caption_grammar.still_ranges`)
 LOOP_TARGET_SECONDS = 4.0
 MIN_PAD_SECONDS = 1.0
 TEST_FRACTION = 0.1
@@ -140,6 +147,7 @@ class Window:
     joints: np.ndarray
     mirror_features: np.ndarray
     mirror_joints: np.ndarray
+    still: bool = False  # a measured standing-still stretch (`caption_grammar.still_ranges`), not a take window
 
 
 @dataclass
@@ -474,14 +482,19 @@ def process_take(take: Take, scratch: Path, strict: bool = False) -> TakeResult:
         raise TakeError(f"{take.key}: could not load: {reason}") from None
     take = replace(take, data=None)  # the archive bytes need not travel back to the main process
     seconds = (len(joints) - 1) / FPS
+    recorded = True  # every frame as captured: neither looped nor padded with held poses
     if take.cycle_seconds is not None and seconds < LOOP_TARGET_SECONDS:
-        joints = loop_motion(joints, take.cycle_seconds * FPS, round(LOOP_TARGET_SECONDS * FPS) + 1)
+        joints, recorded = loop_motion(joints, take.cycle_seconds * FPS, round(LOOP_TARGET_SECONDS * FPS) + 1), False
     elif seconds < MIN_FRAMES / FPS:
         if seconds < MIN_PAD_SECONDS:
             return TakeResult(take, skipped=f"too short ({seconds:.2f} s < {MIN_PAD_SECONDS} s)")
-        joints = hold_pad(joints, MIN_FRAMES + 1)
+        joints, recorded = hold_pad(joints, MIN_FRAMES + 1), False
+    ranges = [(start, end, False) for start, end in window_ranges(len(joints) - 1)]
+    if recorded:  # a held pose is not a person standing still
+        ranges += [(start + a, start + b, True) for start, end in grammar.still_ranges(joints)
+                   for a, b in window_ranges(end - start)]
     result = TakeResult(take)
-    for start, end in window_ranges(len(joints) - 1):
+    for start, end, still in ranges:
         piece = joints[start : end + 1]
         try:
             features = extract_features(piece)
@@ -489,7 +502,7 @@ def process_take(take: Take, scratch: Path, strict: bool = False) -> TakeResult:
         except ValueError as error:
             raise TakeError(f"{take.key} frames {start}-{end}: {error}") from None
         result.windows.append(
-            Window(start, end, features, recover_from_ric(features), mirrored, recover_from_ric(mirrored))
+            Window(start, end, features, recover_from_ric(features), mirrored, recover_from_ric(mirrored), still)
         )
     return result
 
@@ -663,7 +676,7 @@ class _Collector:
     seed: int
     kept: list[Take] = field(default_factory=list)
     take_ids: dict[str, list[str]] = field(default_factory=dict)
-    index_rows: list[tuple[str, str, str, int, int]] = field(default_factory=list)
+    index_rows: list[tuple[str, str, str, int, int, str]] = field(default_factory=list)
     next_number: Counter[str] = field(default_factory=Counter)
     per_source: Counter[str] = field(default_factory=Counter)
     per_label: Counter[str] = field(default_factory=Counter)
@@ -684,17 +697,20 @@ class _Collector:
             motion_id = f"{letter}{self.next_number[letter]:06d}"
             self.next_number[letter] += 1
             ids.append(motion_id)
-            facts = grammar.measure_motion(window.joints)
-            captions = take.captions + tuple(grammar.window_captions(
-                take.kind, take.phrases, facts, f"{take.key}@{window.start}", self.seed, avoid=take.captions
-            ))
+            key = f"{take.key}@{window.start}"
+            if window.still:
+                labels, captions = (STILL_LABEL,), tuple(grammar.still_captions(f"{key}:still", self.seed))
+            else:
+                facts = grammar.measure_motion(window.joints)
+                labels, captions = take.labels, take.captions + tuple(grammar.window_captions(
+                    take.kind, take.phrases, facts, key, self.seed, avoid=take.captions))
             _write_window(self.root, motion_id, window, captions)
-            self.index_rows.append((motion_id, take.source, take.name, window.start, window.end))
+            self.index_rows.append((motion_id, take.source, take.name, window.start, window.end, ";".join(labels)))
             self.frames += window.end - window.start
             self.window_captions.append(captions)
-        self.per_source[take.source] += len(result.windows)
-        for label in take.labels:
-            self.per_label[label] += len(result.windows)
+            self.per_source[take.source] += 1
+            for label in labels:
+                self.per_label[label] += 1
 
 
 def _build_into(
@@ -727,18 +743,16 @@ def _build_into(
     np.save(root / "Std.npy", std)
     with open(root / "index.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", "source", "take", "start_frame", "end_frame"])
+        writer.writerow(["id", "source", "take", "start_frame", "end_frame", "labels"])
         writer.writerows(collector.index_rows)
 
     windows = len(collector.index_rows)
     per_split_source: dict[str, Counter[str]] = {name: Counter() for name in SPLITS}
     per_split_concept: dict[str, Counter[str]] = {name: Counter() for name in SPLITS}
-    for take in collector.kept:
-        count = len(collector.take_ids[take.key])
-        per_split_source[take_split[take.key]][take.source] += count
-        for label in take.labels:
-            if label in CONCEPT_LABELS:
-                per_split_concept[take_split[take.key]][label] += count
+    for _, source, take_name, _, _, labels in collector.index_rows:
+        split = take_split[f"{source}/{take_name}"]
+        per_split_source[split][source] += 1
+        per_split_concept[split].update(label for label in labels.split(";") if label in CONCEPT_LABELS)
     stats = DatasetStats(
         clips=len(collector.kept),
         windows=windows,

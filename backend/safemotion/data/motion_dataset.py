@@ -7,6 +7,8 @@ Layout (humanml3d_format.md §7–8): `new_joint_vecs/<id>.npy` [T, 263] at 20 f
   MotionDataset.
 - `load_caption_samples` (transformers, length estimator): one sample per clip with its whole-clip captions, and one
   per sub-clip caption (frames int(start·20):int(end·20)); clip and sub-clip must satisfy 40 ≤ frames < 200.
+- `label_balance`: optional sampling weights that even out how often each take label is drawn (per-window labels
+  from the `labels` column of index.csv, written by `safemotion data build`).
 - `TokenSampler`: batches of precomputed code ids with momask-codes' crop: a random start, and a length of
   ⌊T/4⌋ tokens (2/3 of the time) or ⌊T/4⌋ − 1 (1/3). Ids are precomputed for the 4 frame phases of each sample
   (`phase_crop`), so a crop starting at frame s uses phase s mod 4 from token s // 4.
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import csv
 
 import numpy as np
 
@@ -141,6 +145,30 @@ def load_caption_samples(root: str | Path, split: str) -> list[CaptionedSample]:
     return samples
 
 
+def read_clip_labels(root: str | Path) -> dict[str, str]:
+    """Clip id (mirrors `M<id>` included) -> its `;`-separated labels, from index.csv of a built dataset."""
+    path = Path(root) / "index.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; label balancing needs a dataset built by `safemotion data build`")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if "labels" not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: has no 'labels' column; rebuild the dataset with `safemotion data build` "
+                             "or train without --balance")
+        labels = {row["id"]: row["labels"] for row in reader}
+    return labels | {f"M{clip_id}": value for clip_id, value in labels.items()}
+
+
+def label_balance(groups: list[str], power: float) -> np.ndarray:
+    """Sampling weights count(group)^-power per sample: 0 draws uniformly, 1 draws every group equally often."""
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"balance power {power} must lie in [0, 1]")
+    counts: dict[str, int] = {}
+    for group in groups:
+        counts[group] = counts.get(group, 0) + 1
+    return np.array([counts[group] ** -power for group in groups], dtype=np.float64)
+
+
 class WindowSampler:
     """Batches of normalised motion windows [B, window_size, 263] for VQ training."""
 
@@ -170,22 +198,33 @@ def phase_crop(frames: int, phase: int) -> slice:
 
 
 class CaptionIndex:
-    """The distinct captions of a list of samples and, per sample, the indices of its captions."""
+    """The distinct captions of a list of samples and, per sample, the indices of its captions; samples are drawn
+    uniformly or with the given `weights`."""
 
-    def __init__(self, captions: list[list[str]]):
+    def __init__(self, captions: list[list[str]], weights: np.ndarray | None = None):
         if not captions or any(not sample for sample in captions):
             raise ValueError("every sample needs at least one caption")
         self.captions = list(dict.fromkeys(c for sample in captions for c in sample))
         index = {c: i for i, c in enumerate(self.captions)}
         self.per_sample = [np.array([index[c] for c in sample]) for sample in captions]
+        self.cumulative = None
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (len(captions),) or not np.all(np.isfinite(weights)) or np.any(weights < 0) \
+                    or weights.sum() <= 0:
+                raise ValueError(f"weights must be {len(captions)} finite non-negative numbers, not all zero")
+            self.cumulative = np.cumsum(weights / weights.sum())
 
     def __len__(self) -> int:
         """Number of samples."""
         return len(self.per_sample)
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int]:
-        """A uniformly drawn sample and one of its captions (index into `captions`)."""
-        sample = int(rng.integers(len(self.per_sample)))
+        """A drawn sample and one of its captions (index into `captions`)."""
+        if self.cumulative is None:
+            sample = int(rng.integers(len(self.per_sample)))
+        else:
+            sample = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.per_sample) - 1)
         options = self.per_sample[sample]
         return sample, int(options[rng.integers(len(options))])
 

@@ -31,14 +31,16 @@ from tqdm import tqdm
 
 from safemotion.data.motion_dataset import (
     UNIT_LENGTH,
-    CaptionIndex,
     CaptionedSample,
+    CaptionIndex,
     TokenSampler,
     WindowSampler,
+    label_balance,
     load_caption_samples,
     load_dataset_stats,
     load_motions,
     phase_crop,
+    read_clip_labels,
 )
 from safemotion.generate import pick_device
 from safemotion.models.config import ModelConfig
@@ -99,6 +101,7 @@ class TrainOptions:
     ssm_expand: int | None = None  # with backbone mamba/serpent: SSM expansion (default 2)
     val_split: str | None = "val"  # split whose loss is tracked; None: no validation
     validate_every: int | None = None  # iterations between validations (default: checkpoint_every)
+    balance: float = 0.0  # mask/residual/length: draw clips with weight count(take labels)^-balance (0: uniform)
 
     @property
     def work_dir(self) -> Path:
@@ -134,7 +137,8 @@ def run_stage(stage: str, options: TrainOptions) -> TrainResult:
     runner = build_stage(stage, models, options, device)
     validation = None
     if options.val_split is not None:
-        held_out = build_stage(stage, models, dataclasses.replace(options, split=options.val_split), device)
+        held_out = build_stage(stage, models, dataclasses.replace(options, split=options.val_split, balance=0.0),
+                               device)  # validated on the split as it is, so losses compare across runs
         validation = validation_loss(held_out, recipe.batch_size)
     work = options.work_dir
     every = options.checkpoint_every if options.validate_every is None else options.validate_every
@@ -143,7 +147,7 @@ def run_stage(stage: str, options: TrainOptions) -> TrainResult:
                    validation=validation, validate_every=every)
     if result.iterations >= recipe.iters:
         with _stage_lock(work):
-            record = _update_record(work, stage, data, recipe, result)
+            record = _update_record(work, stage, data, recipe, result, options.balance)
             save_model_dir(_merged(stage, models.to("cpu"), out), out, card=_card(models.config, record),
                            overwrite=True)
     return result
@@ -259,7 +263,11 @@ def build_stage(stage: str, models: MotionModels, options: TrainOptions, device:
         motions = [normalizer.normalize(m) for m in load_motions(options.data, options.split)]
         return VQStage(models.vq, WindowSampler(motions, options.window_size), device)
     samples = load_caption_samples(options.data, options.split)
-    index = CaptionIndex([s.captions for s in samples])
+    weights = None
+    if options.balance > 0:
+        labels = read_clip_labels(options.data)
+        weights = label_balance([labels.get(s.name.split("#")[0], "") for s in samples], options.balance)
+    index = CaptionIndex([s.captions for s in samples], weights)
     name = models.config.text_encoder
     features = cached_text_features(
         name, lambda: load_text_encoder(name, device, options.clip_weights, options.clip_vocab),
@@ -324,7 +332,7 @@ def tokenize_samples(vq: RVQVAE, normalizer: Normalizer, samples: list[Captioned
     return [[encoded[(i, p)] for p in range(UNIT_LENGTH)] for i in range(len(samples))]
 
 
-def _update_record(work: Path, stage: str, data: Path, recipe: Recipe, result: TrainResult) -> dict:
+def _update_record(work: Path, stage: str, data: Path, recipe: Recipe, result: TrainResult, balance: float) -> dict:
     """Add this stage to work/stages.json (a retrained VQ invalidates the stages trained on its codes)."""
     path = work / RECORD_FILE
     record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -333,6 +341,7 @@ def _update_record(work: Path, stage: str, data: Path, recipe: Recipe, result: T
     tail = result.losses[-100:]
     record[stage] = {
         "iterations": result.iterations, "batch_size": recipe.batch_size, "dataset": portable_path(data),
+        "balance": balance,
         "final_loss": float(np.mean(tail)) if tail else None, "metrics": result.metrics,
         "validation": result.validation,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
