@@ -163,9 +163,14 @@ def test_balanced_training_reads_the_labels_of_index_csv(dataset, tmp_path):
     (data / "index.csv").write_text("id,source,take,start_frame,end_frame\n000001,user,a,0,64\n")
     with pytest.raises(ValueError, match="no 'labels' column"):
         run_stage("mask", options(data, tmp_path / "model", balance=0.5))
-    rows = "".join(f"{i:06d},user,t{i},0,1,{'bow' if i == 5 else 'walk'}\n" for i in range(6))
+    rows = "".join(f"{i:06d},user,t{i},0,1,{'bow' if i == 5 else 'walk'};style:{i}\n" for i in range(6))
     (data / "index.csv").write_text("id,source,take,start_frame,end_frame,labels\n" + rows)
-    assert read_clip_labels(data)["M000005"] == "bow"
+    assert read_clip_labels(data)["M000005"] == "bow;style:5"
+    mask = build_stage("mask", load_model_dir(tmp_path / "model"), options(data, tmp_path / "model", balance=1.0),
+                       torch.device("cpu"))
+    weights = np.diff(mask.tokens.index.cumulative, prepend=0.0)  # grouped by content, not by content and style
+    bow = [i for i, s in enumerate(load_caption_samples(data, "train")) if s.name.startswith("000005")]
+    assert weights[bow].sum() == pytest.approx(0.5)
     result = run_stage("mask", options(data, tmp_path / "model", balance=0.5))
     assert result.iterations == 4 and all(np.isfinite(result.losses))
     record = json.loads((tmp_path / "model.training" / "stages.json").read_text())

@@ -507,8 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ssm-expand", type=int, help="with mask --from-scratch: SSM expansion of a mamba/serpent "
                        "backbone (default 2)")
     train.add_argument("--balance", type=float, default=0.0, metavar="POWER",
-                       help="mask/residual/length: draw each clip with weight n^-POWER, n = clips sharing its take "
-                            "labels (index.csv); 0 draws uniformly (default), 0.5 lifts rare actions such as bows")
+                       help="mask/residual/length: draw each clip with weight n^-POWER, n = clips sharing its content "
+                            "label (the first label in index.csv); 0 draws uniformly (default), 0.5 lifts rare "
+                            "actions such as bows")
     train.add_argument("--checkpoint-every", type=int, default=1000)
     train.add_argument("--val-split", default="val", help="split whose loss is tracked during training, or 'none'")
     train.add_argument("--validate-every", type=int, help="iterations between validations (default: --checkpoint-every)")

@@ -7,8 +7,8 @@ Layout (humanml3d_format.md §7–8): `new_joint_vecs/<id>.npy` [T, 263] at 20 f
   MotionDataset.
 - `load_caption_samples` (transformers, length estimator): one sample per clip with its whole-clip captions, and one
   per sub-clip caption (frames int(start·20):int(end·20)); clip and sub-clip must satisfy 40 ≤ frames < 200.
-- `label_balance`: optional sampling weights that even out how often each take label is drawn (per-window labels
-  from the `labels` column of index.csv, written by `safemotion data build`).
+- `label_balance`: optional sampling weights that even out how often each content label is drawn (per-window labels
+  from the `labels` column of index.csv, written by `safemotion data build`; the first one names the content).
 - `TokenSampler`: batches of precomputed code ids with momask-codes' crop: a random start, and a length of
   ⌊T/4⌋ tokens (2/3 of the time) or ⌊T/4⌋ − 1 (1/3). Ids are precomputed for the 4 frame phases of each sample
   (`phase_crop`), so a crop starting at frame s uses phase s mod 4 from token s // 4.

@@ -101,7 +101,7 @@ class TrainOptions:
     ssm_expand: int | None = None  # with backbone mamba/serpent: SSM expansion (default 2)
     val_split: str | None = "val"  # split whose loss is tracked; None: no validation
     validate_every: int | None = None  # iterations between validations (default: checkpoint_every)
-    balance: float = 0.0  # mask/residual/length: draw clips with weight count(take labels)^-balance (0: uniform)
+    balance: float = 0.0  # mask/residual/length: draw clips with weight count(content label)^-balance (0: uniform)
 
     @property
     def work_dir(self) -> Path:
@@ -266,7 +266,8 @@ def build_stage(stage: str, models: MotionModels, options: TrainOptions, device:
     weights = None
     if options.balance > 0:
         labels = read_clip_labels(options.data)
-        weights = label_balance([labels.get(s.name.split("#")[0], "") for s in samples], options.balance)
+        content = [labels.get(s.name.split("#")[0], "").split(";")[0] for s in samples]  # the first label is the content
+        weights = label_balance(content, options.balance)
     index = CaptionIndex([s.captions for s in samples], weights)
     name = models.config.text_encoder
     features = cached_text_features(
