@@ -168,3 +168,18 @@ def test_still_captions_come_from_the_still_family_only():
     assert len(set(captions)) == grammar.CAPTIONS_PER_CLIP
     assert all(any(p in c or progressive(p) in c for p in grammar.STILL) for c in captions)
     assert captions == grammar.still_captions("take@0:still")  # seeded by the key
+
+
+def test_a_gesture_over_the_head_says_so():
+    raised = standing_pose(60)
+    raised[20:40, 20, 1] = raised[0, 15, 1] + 0.15  # the left wrist above the head for a second
+    facts = grammar.measure_motion(raised)
+    assert facts.hand_over_head_m == pytest.approx(0.15) and facts.travel == "in place"
+    captions = grammar.window_captions("gesture", ("raises the left hand",), facts, "g")
+    assert len(captions) == 2 and any(m in captions[0] for m in grammar.IN_PLACE)
+    assert "raises the left hand" in captions[1] or "raising the left hand" in captions[1]
+    assert any(m in captions[1] for m in grammar.OVER_HEAD)
+    low = grammar.measure_motion(standing_pose(60))
+    assert low.hand_over_head_m < 0
+    assert not any(m in c for c in grammar.window_captions("gesture", ("raises the left hand",), low, "g")
+                   for m in grammar.OVER_HEAD)

@@ -9,10 +9,11 @@ Two kinds of input:
 - **Labels** (per take): Bandai content x style, DeepMimic clip names, CMU descriptions. They give the content
   phrases that every window of the take shares (`bandai_captions`, `deepmimic_captions`, `cmu_description_captions`).
 - **Measured facts** (per window, `measure_motion`): where the pelvis went (forward / backward / left / right / in
-  place, in the window's first-frame facing) and how fast. For takes whose content is walking, running, idling or a
-  gesture made standing, `window_captions` adds paraphrases from plain families (standing still / idling / waiting;
-  slow / easy / relaxed walking; brisk walking; jogging / sprinting; gestures made "in place"), chosen by the
-  measurement, never by a name, so "slow" captions go with slow windows. Stretches where the person stands upright,
+  place, in the window's first-frame facing), how fast, and how high the hands go. For takes whose content is
+  walking, running, idling or a gesture made standing, `window_captions` adds paraphrases from plain families
+  (standing still / idling / waiting; slow / easy / relaxed walking; brisk walking; jogging / sprinting; gestures
+  made "in place" or "over the head"), chosen by the measurement, never by a name, so "slow" captions go with slow
+  windows. Stretches where the person stands upright,
   arms down and still for 2 s or more (`still_ranges`) become clips of their own with STILL captions only
   (`still_captions`).
 
@@ -41,6 +42,7 @@ DRAWS_PER_CAPTION = 20  # attempts per wanted caption before giving up on findin
 # --- measured facts -----------------------------------------------------------------------------------------------
 
 FPS = 20.0
+PELVIS, HEAD, LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_WRIST, RIGHT_WRIST = 0, 15, 16, 17, 20, 21
 IN_PLACE_M = 0.5  # the pelvis ends within this horizontal distance of its start: the window stays in place
 STILL_BODY_SPEED = 0.25  # m/s, mean joint speed relative to the pelvis below which a standing body counts as still
 # Speeds (m/s, pelvis path over time). Bandai walks measure 1.07-1.29 m/s in the normal style, 0.37-0.86 in the
@@ -59,6 +61,7 @@ class MotionFacts:
     forward_m: float  # net pelvis displacement along the first frame's facing (+Z after canonicalisation)
     left_m: float  # net displacement to the character's left (+x)
     body_speed: float  # m/s, mean speed of the joints relative to the pelvis
+    hand_over_head_m: float = 0.0  # highest wrist above the head over the window (negative: never above it)
 
     @property
     def travel(self) -> str:
@@ -86,7 +89,9 @@ def measure_motion(joints: np.ndarray, fps: float = FPS) -> MotionFacts:
     relative = joints[:, 1:] - joints[:, :1]
     body = float(np.linalg.norm(np.diff(relative, axis=0), axis=-1).mean() * fps)
     net = pelvis[-1] - pelvis[0]
-    return MotionFacts(speed=path / seconds, forward_m=float(net[1]), left_m=float(net[0]), body_speed=body)
+    over_head = float((joints[:, [LEFT_WRIST, RIGHT_WRIST], 1].max(axis=1) - joints[:, HEAD, 1]).max())
+    return MotionFacts(speed=path / seconds, forward_m=float(net[1]), left_m=float(net[0]), body_speed=body,
+                       hand_over_head_m=over_head)
 
 
 # A stretch of a take where the person stands upright, arms down and still becomes a clip of its own, captioned only
@@ -97,7 +102,6 @@ STILL_FRAME_BODY_SPEED = 0.15  # m/s, mean joint speed relative to the pelvis
 STILL_FRAME_ROOT_SPEED = 0.1  # m/s, pelvis ground speed
 ARMS_DOWN_M = 0.25  # both wrists at least this far below the lower shoulder: resting arms, not a held gesture
 UPRIGHT_M = 0.45  # the head at least this far above the pelvis: standing, not crouching or bowing
-PELVIS, HEAD, LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_WRIST, RIGHT_WRIST = 0, 15, 16, 17, 20, 21
 
 
 def still_ranges(joints: np.ndarray, fps: float = FPS) -> list[tuple[int, int]]:
@@ -150,6 +154,8 @@ DIRECTION = {
 }
 IN_PLACE = ("in place", "on the spot", "without walking anywhere", "while standing in one place",
             "without leaving the spot")
+HAND_OVER_HEAD_M = 0.05  # a wrist this far above the head: the gesture goes over the head
+OVER_HEAD = ("over the head", "above the head", "high over the head", "up above the head")
 
 
 def speed_class(kind: str, speed: float) -> str:
@@ -369,7 +375,8 @@ def window_captions(kind: str | None, phrases: Sequence[str], facts: MotionFacts
     """Paraphrases from the plain families that the measured window supports, for a take of the given kind.
 
     kind: "walk" / "run" (measured travel direction and speed class; nothing when it ends in place), "idle" (standing still when measured still),
-    "gesture" (the take's own phrases, made in place when the window stays in place); None adds nothing.
+    "gesture" (the take's own phrases, made in place when the window stays in place, and over the head when a wrist
+    rises above it); None adds nothing.
     """
     if kind in ("walk", "run"):
         if facts.travel == "in place":  # walking on a curve or on the spot: no direction or speed to claim
@@ -378,6 +385,9 @@ def window_captions(kind: str | None, phrases: Sequence[str], facts: MotionFacts
         return compose(family, [DIRECTION[facts.travel]], 2, key, seed, avoid)
     if kind == "idle" and facts.still:
         return compose(STILL, [], 2, key, seed, avoid)
-    if kind == "gesture" and facts.travel == "in place" and phrases:
-        return compose(phrases, [IN_PLACE], 1, key, seed, avoid)
+    if kind == "gesture" and phrases:
+        captions = compose(phrases, [IN_PLACE], 1, key, seed, avoid) if facts.travel == "in place" else []
+        if facts.hand_over_head_m > HAND_OVER_HEAD_M:
+            captions += compose(phrases, [OVER_HEAD], 1, f"{key}:over-head", seed, [*avoid, *captions])
+        return captions
     return []
