@@ -141,8 +141,8 @@ def standing_pose(frames: int, arms_out: bool = False) -> np.ndarray:
     pose = skeleton.rest_joints()
     if arms_out:
         for shoulder, chain, sign in ((16, [16, 18, 20], 1.0), (17, [17, 19, 21], -1.0)):
-            c, s = 0.0, sign
-            pose[chain] = (pose[chain] - pose[shoulder]) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T + pose[shoulder]
+            quarter_turn = np.array([[0.0, -sign, 0.0], [sign, 0.0, 0.0], [0.0, 0.0, 1.0]])  # about z
+            pose[chain] = (pose[chain] - pose[shoulder]) @ quarter_turn.T + pose[shoulder]
     return np.repeat(pose[None], frames, axis=0)
 
 

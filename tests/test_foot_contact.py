@@ -74,8 +74,9 @@ def test_a_sliding_planted_foot_becomes_planted_and_bones_keep_their_lengths():
     np.testing.assert_allclose(bone_lengths(out), bone_lengths(joints), atol=1e-6)  # far below the 1 mm asked for
     assert cleaned.report.contact_frames == {"left_ankle": 15, "left_toe": 15, "right_ankle": 0, "right_toe": 0}
     assert cleaned.report.max_pin_error_m < 1e-6
-    np.testing.assert_allclose(out[:, [0, R_HIP, L_HIP, 12, 15]], joints[:, [0, R_HIP, L_HIP, 12, 15]], atol=1e-9)
-    np.testing.assert_allclose(out[:6], joints[:6], atol=1e-9)  # untouched well before the contact blends in
+    raised = joints + np.array([0.0, FootCleanupConfig().toe_height, 0.0])  # its planted toe rests at toe height
+    np.testing.assert_allclose(out[:, [0, R_HIP, L_HIP, 12, 15]], raised[:, [0, R_HIP, L_HIP, 12, 15]], atol=1e-9)
+    np.testing.assert_allclose(out[:6], raised[:6], atol=1e-9)  # only grounded well before the contact blends in
     knee_forward = out[10:25, L_KNEE, 2] - (out[10:25, L_HIP, 2] + out[10:25, L_ANKLE, 2]) / 2
     assert (knee_forward > 0).all()  # the knee keeps bending forward (the leg's own bending plane)
 
@@ -98,17 +99,37 @@ def test_blending_in_and_out_has_no_velocity_jump():
     assert jump < 0.45 * hard_jump
 
 
-def test_the_lowest_contact_goes_to_the_floor():
+def test_grounding_puts_the_planted_toes_at_toe_height():
+    toe_height = FootCleanupConfig().toe_height
     joints, features = gliding_walk()
     floating = joints + np.array([0.0, 0.12, 0.0])
     cleaned = clean_feet(floating, features, FPS)
-    assert cleaned.report.floor_shift_m == pytest.approx(-0.12)
-    assert cleaned.joints[10:25, [L_ANKLE, L_TOE], 1].min() == pytest.approx(0.0, abs=1e-9)
+    assert cleaned.report.floor_shift_m == pytest.approx(toe_height - 0.12)
+    assert cleaned.joints[10:25, L_TOE, 1] == pytest.approx(np.full(15, toe_height))
     sunk = clean_feet(joints - np.array([0.0, 0.03, 0.0]), features, FPS)
-    assert sunk.report.floor_shift_m == pytest.approx(0.03)
+    assert sunk.report.floor_shift_m == pytest.approx(toe_height + 0.03)
+    # only ankles planted: the lowest planted joint goes to the floor
+    ankles_only = features.copy()
+    ankles_only[:, CONTACTS.start + 1] = 0.0
+    assert clean_feet(floating, ankles_only, FPS).report.floor_shift_m == pytest.approx(-0.12)
     # nothing planted at all (a jump in the air): the lowest foot joint goes to the floor
     airborne = clean_feet(floating, np.zeros_like(features), FPS)
     assert airborne.report.floor_shift_m == pytest.approx(-0.12) and not airborne.contacts.any()
+
+
+def test_feet_planted_at_different_heights_rest_on_the_floor_and_a_swinging_foot_keeps_its_clearance():
+    toe_height = FootCleanupConfig().toe_height
+    joints, features = gliding_walk(frames=60, step=0.0, planted=(5, 20))
+    joints[:, [L_ANKLE, L_TOE], 1] += 0.04  # the left foot plants 4 cm up ...
+    joints[35:50, [R_ANKLE, R_TOE], 1] -= 0.10  # ... the right one on the floor, after swinging 10 cm up
+    features[35:50, CONTACTS.start + 2:CONTACTS.start + 4] = 1.0
+    features[5:30, CONTACTS.start:CONTACTS.start + 2] = 1.0  # three planted toe runs: left, left, right
+    cleaned = clean_feet(joints, features, FPS)
+    toes = cleaned.joints[:, [L_TOE, R_TOE], 1]
+    assert cleaned.report.floor_shift_m == pytest.approx(toe_height - 0.04)  # the median planted toe
+    assert toes[5:30, 0] == pytest.approx(np.full(25, toe_height), abs=1e-6)  # pinned where it was planted
+    assert toes[35:50, 1].min() >= -1e-9  # the right foot, planted lower, is kept out of the floor
+    assert toes[22:26, 1] == pytest.approx(joints[22:26, R_TOE, 1], abs=1e-6)  # swinging: its clearance kept
 
 
 def test_a_swinging_foot_never_goes_below_the_floor():

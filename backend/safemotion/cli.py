@@ -472,8 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--margin", type=int, default=1, help="whole tokens regenerated around each span (0-8)")
     edit.add_argument("--blend", type=int, default=8, help="kept frames cross-faded at each seam (1-32)")
     edit.add_argument("--seam-limit", type=float, help="joint-velocity jump (m/frame²) over which a seam is "
-                      "re-sampled, and still over which after the tries it is reported (default: EditSettings.seam_limit, "
-                      "the training clips' 95th percentile that `safemotion eval-edits --bounds-only` measures)")
+                      "re-sampled, and still over which after the tries it is reported (default: "
+                      "EditSettings.seam_limit, the training clips' 95th percentile that `safemotion eval-edits "
+                      "--bounds-only` measures)")
     _add_decoding_arguments(edit)
     edit.set_defaults(func=_edit)
 

@@ -266,7 +266,8 @@ def build_stage(stage: str, models: MotionModels, options: TrainOptions, device:
     weights = None
     if options.balance > 0:
         labels = read_clip_labels(options.data)
-        content = [labels.get(s.name.split("#")[0], "").split(";")[0] for s in samples]  # the first label is the content
+        # the first label names the content
+        content = [labels.get(s.name.split("#")[0], "").split(";")[0] for s in samples]
         weights = label_balance(content, options.balance)
     index = CaptionIndex([s.captions for s in samples], weights)
     name = models.config.text_encoder
