@@ -91,6 +91,15 @@ def test_label_grammars_give_three_distinct_captions_with_varied_verbs_and_frame
         assert len(set(captions)) == 3, row
 
 
+def test_a_progressive_frame_always_gets_a_participle():
+    captions = all_grammar_captions() + [c for d in ("playground - climb, sit, dangle legs", "breakdance - practise "
+                                                     "fancy footwork") for c in grammar.cmu_description_captions(d, 1)]
+    for caption in captions:
+        words = caption.split()
+        if "is" in words:
+            assert words[words.index("is") + 1].rstrip(",").endswith("ing"), caption
+
+
 def test_cmu_description_captions_keep_the_description():
     assert any("runs or jogs" in c for c in grammar.cmu_description_captions("run/jog", 2))
     assert any("performs forward dribble while playing basketball" in c

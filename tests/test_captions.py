@@ -75,6 +75,7 @@ def test_clean_caption_rejects_empty_and_strips_separator():
     ("walks forward", "walking forward"), ("does a backflip", "doing a backflip"), ("runs and jumps", "running and jumping"),
     ("lies down", "lying down"), ("strolls", "strolling"), ("idles on the spot", "idling on the spot"),
     ("goes on foot", "going on foot"), ("stands and waits", "standing and waiting"),
+    ("climbs, sits, dangles legs", "climbing, sitting, dangling legs"), ("practises a kata", "practises a kata"),
 ])
 def test_progressive(phrase, expected):
     assert cap.progressive(phrase) == expected

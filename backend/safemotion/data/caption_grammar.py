@@ -222,8 +222,10 @@ def compose(
         if len(captions) == count:
             break
         words = " ".join(filter(None, (order[attempt % len(order)], *(rng.choice(m) for m in modifiers))))
-        frame = rng.choice(FRAMES)
-        text = frame.format(subject=rng.choice(SUBJECTS), present=words, progressive=progressive(words))
+        frame, ongoing = rng.choice(FRAMES), progressive(words)
+        if ongoing.split()[0] == words.split()[0]:  # a verb the progressive does not know ('practises'): present
+            frame = FRAMES[0]
+        text = frame.format(subject=rng.choice(SUBJECTS), present=words, progressive=ongoing)
         if normalize(text) not in avoided | seen and not copies_held_out_prompt(text):
             seen.add(normalize(text))
             captions.append(text)

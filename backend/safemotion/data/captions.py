@@ -211,12 +211,15 @@ def caption_line(caption: str, start: float = 0.0, end: float = 0.0) -> str:
 def progressive(phrase: str) -> str:
     """A third-person verb phrase in the progressive: 'walks and waves' -> 'walking and waving'.
 
-    Converts the first word and every verb right after 'and', 'or' or 'then'; other words stay as they are.
+    Converts the first word and every verb right after 'and', 'or', 'then' or a comma ('climbs, sits' -> 'climbing,
+    sitting'); other words stay as they are.
     """
     words = phrase.split()
     for i, word in enumerate(words):
-        if (i == 0 or words[i - 1] in ("and", "or", "then")) and word in _BASE_OF_THIRD_PERSON:
-            words[i] = present_participle(_BASE_OF_THIRD_PERSON[word])
+        bare = word.rstrip(",;")
+        if (i == 0 or words[i - 1] in ("and", "or", "then") or words[i - 1].endswith(",")) \
+                and bare in _BASE_OF_THIRD_PERSON:
+            words[i] = present_participle(_BASE_OF_THIRD_PERSON[bare]) + word[len(bare):]
     return " ".join(words)
 
 
