@@ -15,7 +15,7 @@ from safemotion.data import ase_sword_shield as ase
 from safemotion.data import caption_grammar as grammar
 from safemotion.data import assimp_boxing as boxing
 from safemotion.data.bvh import BvhError, read_bvh
-from safemotion.data.dataset_builder import build_dataset
+from safemotion.data.dataset_builder import STILL_LABEL, build_dataset
 from safemotion.data.mocap_import import load_motion
 from safemotion.motion import rotations as rot
 
@@ -217,8 +217,12 @@ def test_boxing_segment_inside_the_calibration_is_refused(tmp_path):
 def test_combat_build_has_every_unique_clip_mirrored(shared_dir, tmp_path):
     stats = build_dataset(tmp_path / "combat", shared_data=shared_dir / "data", include={"combat"}, workers=1)
     with open(tmp_path / "combat" / "index.csv", newline="") as f:
-        index = {row["take"]: row["id"] for row in csv.DictReader(f)}
-    assert stats.per_source == {"ase-sword-shield": 86, "assimp-boxing": 4}  # two long clips give two windows
+        rows = list(csv.DictReader(f))
+    index = {row["take"]: row["id"] for row in rows if row["labels"] != STILL_LABEL}
+    still = [row["take"] for row in rows if row["labels"] == STILL_LABEL]  # standing-still stretches, as windows
+    assert still == ["Idle_Ready"]  # the ready stance rests its arms; the other idles hold sword and shield up
+    # two long clips give two windows
+    assert stats.per_source == {"ase-sword-shield": 86 + len(still), "assimp-boxing": 4}
     assert stats.clips == 88 and stats.ids == 2 * stats.windows
     assert sorted(stats.skipped) == [f"ase-sword-shield/RL_Avatar_Idle_{n}(0)_Motion.npy" for n in IDLES]
     assert stats.per_label["attack:yes"] == 37 and stats.per_label["assimp:boxing"] == 4
