@@ -132,6 +132,24 @@ def test_feet_planted_at_different_heights_rest_on_the_floor_and_a_swinging_foot
     assert toes[22:26, 1] == pytest.approx(joints[22:26, R_TOE, 1], abs=1e-6)  # swinging: its clearance kept
 
 
+def test_a_body_standing_on_sliding_feet_stops_drifting_and_a_walk_keeps_its_path():
+    joints, features = gliding_walk(frames=60, step=0.015)  # 0.3 m/s drift with both feet planted, 3 s
+    joints[:, [R_ANKLE, R_TOE], 1] -= 0.10  # the right foot on the floor too
+    features[:, CONTACTS] = 1.0
+    cleaned = clean_feet(joints, features, FPS)
+    pelvis = cleaned.joints[:, 0, [0, 2]]
+    assert np.linalg.norm(pelvis - pelvis[0], axis=-1).max() < 1e-6  # stands in place (it drifted 0.89 m)
+    assert cleaned.report.slide_removed_m == pytest.approx(0.015 * 59)
+    np.testing.assert_allclose(bone_lengths(cleaned.joints), bone_lengths(joints), atol=1e-6)
+    # planted shorter than stand_frames (a walk's double support): the root path is the decoder's
+    short = features.copy()
+    short[:, CONTACTS] = 0.0
+    short[10:10 + FootCleanupConfig().stand_frames - 1, CONTACTS] = 1.0
+    walking = clean_feet(joints, short, FPS)
+    assert walking.report.slide_removed_m == 0.0
+    np.testing.assert_allclose(walking.joints[:, 0, [0, 2]], joints[:, 0, [0, 2]], atol=1e-9)
+
+
 def test_a_swinging_foot_never_goes_below_the_floor():
     joints, features = gliding_walk()
     ankle = joints[:, R_ANKLE].copy()
@@ -178,3 +196,5 @@ def test_bad_input_is_refused_with_the_reason():
         clean_feet(np.where(np.arange(40)[:, None, None] == 3, np.nan, joints), features, FPS)
     with pytest.raises(ValueError, match="blend_frames"):
         clean_feet(joints, features, FPS, FootCleanupConfig(blend_frames=-1))
+    with pytest.raises(ValueError, match="stand_frames >= 2, got 1, 4 and 1"):
+        clean_feet(joints, features, FPS, FootCleanupConfig(stand_frames=1, min_contact_frames=1))

@@ -11,7 +11,12 @@
    in the median frame: generated feet plant at varying heights, and grounding on the lowest contact left most of
    them floating. Without planted toes the lowest planted foot joint goes to the floor, and without any contact the
    lowest foot joint.
-3. Pinning: each contact run holds its joint at one anchor (where the joint is at the run's middle frame, as the hip
+3. Stance slide: where the body stands (all four foot joints planted for `stand_frames` frames in a row), the whole
+   motion is moved horizontally against the mean slide of the feet. A planted foot does not move, so its slide is the
+   body drifting over the floor:
+   the decoder's root velocity is biased for some codes (a real standing-still clip round-tripped through the VQ
+   drifts up to 1.35 m in 9 s), which made "stands still" wander and walks skate.
+4. Pinning: each contact run holds its joint at one anchor (where the joint is at the run's middle frame, as the hip
    passes over a planted foot in mid-stance, moved up or down so that the foot rests on the floor: its toe at
    `toe_height`, or its ankle that high over the toe's floor height as the foot is when both are planted, whichever
    is lower), cut to the frames where the leg can reach it. The ankle goes to its
@@ -19,10 +24,11 @@
    orientation; the toe follows the ankle, turned towards its own anchor while planted. Targets blend in and out of
    each run with a smoothstep over `blend_frames`, so positions and velocities stay continuous. An ankle that would
    sit below the floor gets its target raised; a toe below it is pitched up about the ankle onto the floor.
-4. Analytic two-bone IK per frame (hip fixed, knee kept in the plane of the generated leg) places knee, ankle and toe
+5. Analytic two-bone IK per frame (hip fixed, knee kept in the plane of the generated leg) places knee, ankle and toe
    at each frame's own generated bone lengths, so no bone changes length.
 
-Joints are (T, 22, 3) HumanML3D positions in metres, Y up. The root, spine and arms are only shifted by grounding.
+Joints are (T, 22, 3) HumanML3D positions in metres, Y up. The root, spine and arms are only shifted (by grounding and
+the stance slide).
 """
 
 from __future__ import annotations
@@ -58,15 +64,18 @@ class FootCleanupConfig:
     # Height of HumanML3D's toe joint on a planted foot: the median of the slow frames of 60 real Bandai walks
     # (0.7 cm, 5th-95th percentile 0.2-1.7 cm). Generated feet plant 3-6 cm higher.
     toe_height: float = 0.007
+    # Both feet planted this many frames in a row (1 s at 20 fps) is standing, and their slide the body drifting;
+    # a walk's double support is shorter (generated walks: 4-13 frames, with the model's long contacts).
+    stand_frames: int = 20
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range setting."""
         for name in ("release_speed", "plant_speed", "plant_height"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"FootCleanupConfig.{name} is {getattr(self, name)}; it must be > 0")
-        if self.min_contact_frames < 1 or self.blend_frames < 0:
-            raise ValueError(f"FootCleanupConfig: min_contact_frames must be >= 1 and blend_frames >= 0, got "
-                             f"{self.min_contact_frames} and {self.blend_frames}")
+        if self.min_contact_frames < 1 or self.blend_frames < 0 or self.stand_frames < 2:
+            raise ValueError(f"FootCleanupConfig: min_contact_frames must be >= 1, blend_frames >= 0 and stand_frames "
+                             f">= 2, got {self.min_contact_frames}, {self.blend_frames} and {self.stand_frames}")
         if not 0.5 < self.reach < 1.0:
             raise ValueError(f"FootCleanupConfig.reach is {self.reach}; it must be in (0.5, 1)")
 
@@ -76,13 +85,15 @@ class FootCleanupReport:
     """What the clean-up did: the vertical shift, contact frames and pinning accuracy (for the result metadata)."""
 
     floor_shift_m: float  # added to every joint's height
+    slide_removed_m: float  # horizontal distance the last frame was moved by the stance-slide correction
     contact_frames: dict[str, int]  # per foot joint, after the velocity check and reach limits
     contact_runs: int
     max_pin_error_m: float  # largest distance of a planted ankle from its target (unreachable targets)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
-        return {"floor_shift_m": self.floor_shift_m, "contact_frames": dict(self.contact_frames),
+        return {"floor_shift_m": self.floor_shift_m, "slide_removed_m": self.slide_removed_m,
+                "contact_frames": dict(self.contact_frames),
                 "contact_runs": self.contact_runs, "max_pin_error_m": self.max_pin_error_m}
 
 
@@ -144,6 +155,22 @@ def detect_contacts(joints: np.ndarray, features: np.ndarray, fps: float,
     near_floor = joints[:, FOOT_JOINTS, 1] - floor <= config.plant_height
     contacts = planted | (~model & (speeds < config.plant_speed) & near_floor)
     return np.stack([_drop_short(contacts[:, k], config.min_contact_frames) for k in range(4)], axis=1)
+
+
+def remove_stance_slide(joints: np.ndarray, contacts: np.ndarray, stand_frames: int) -> np.ndarray:
+    """Joints (T, 22, 3) moved horizontally, frame by frame, against the mean slide of the feet wherever the body
+    stands: every foot joint planted for at least `stand_frames` frames in a row (step 3 of the module doc)."""
+    standing = np.zeros(len(joints), dtype=bool)
+    for start, end in contact_runs(contacts.all(axis=1)):
+        if end - start >= stand_frames:
+            standing[start:end] = True
+    steps = np.diff(joints[:, FOOT_JOINTS][..., [0, 2]], axis=0).mean(axis=1)  # (T - 1, 2)
+    slide = np.where((standing[1:] & standing[:-1])[:, None], steps, 0.0)
+    offset = np.concatenate([np.zeros((1, 2)), -np.cumsum(slide, axis=0)])
+    out = joints.copy()
+    out[..., 0] += offset[:, None, 0]
+    out[..., 2] += offset[:, None, 1]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- IK
@@ -330,8 +357,10 @@ def clean_feet(joints: np.ndarray, features: np.ndarray, fps: float,
     # Grounding on the median planted toe lowers the body more than grounding on the lowest contact would; the free
     # feet are raised back by the difference, so that a swinging foot keeps its clearance.
     swing_lift = max(-floor_height(positions, contacts), 0.0)
-    pinned, kept, worst = pin_feet(positions, contacts, config, swing_lift)
+    slid = remove_stance_slide(positions, contacts, config.stand_frames)
+    slide_removed = float(np.linalg.norm((slid - positions)[-1, 0, [0, 2]]))
+    pinned, kept, worst = pin_feet(slid, contacts, config, swing_lift)
     report = FootCleanupReport(
-        floor_shift_m=shift, contact_frames={name: int(kept[:, k].sum()) for k, name in enumerate(FOOT_NAMES)},
+        floor_shift_m=shift, slide_removed_m=slide_removed, contact_frames={name: int(kept[:, k].sum()) for k, name in enumerate(FOOT_NAMES)},
         contact_runs=sum(len(contact_runs(kept[:, k])) for k in range(4)), max_pin_error_m=worst)
     return FootCleanup(pinned.astype(joints.dtype), kept, report)
