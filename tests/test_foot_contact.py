@@ -135,8 +135,10 @@ def test_feet_planted_at_different_heights_rest_on_the_floor_and_a_swinging_foot
 def test_a_body_standing_on_sliding_feet_stops_drifting_and_a_walk_keeps_its_path():
     joints, features = gliding_walk(frames=60, step=0.015)  # 0.3 m/s drift with both feet planted, 3 s
     joints[:, [R_ANKLE, R_TOE], 1] -= 0.10  # the right foot on the floor too
-    features[:, CONTACTS] = 1.0
+    features[:, CONTACTS] = 0.0
+    features[:, [CONTACTS.start, CONTACTS.start + 3]] = 1.0  # a foot counts as planted by its ankle or its toe
     cleaned = clean_feet(joints, features, FPS)
+    assert cleaned.contacts[:, [0, 3]].all() and not cleaned.contacts[:, [1, 2]].any()
     pelvis = cleaned.joints[:, 0, [0, 2]]
     assert np.linalg.norm(pelvis - pelvis[0], axis=-1).max() < 1e-6  # stands in place (it drifted 0.89 m)
     assert cleaned.report.slide_removed_m == pytest.approx(0.015 * 59)

@@ -11,8 +11,8 @@
    in the median frame: generated feet plant at varying heights, and grounding on the lowest contact left most of
    them floating. Without planted toes the lowest planted foot joint goes to the floor, and without any contact the
    lowest foot joint.
-3. Stance slide: where the body stands (all four foot joints planted for `stand_frames` frames in a row), the whole
-   motion is moved horizontally against the mean slide of the feet. A planted foot does not move, so its slide is the
+3. Stance slide: where the body stands (both feet, by ankle or toe, planted for `stand_frames` frames in a row), the
+   whole motion is moved horizontally against the mean slide of the feet. A planted foot does not move, so its slide is the
    body drifting over the floor:
    the decoder's root velocity is biased for some codes (a real standing-still clip round-tripped through the VQ
    drifts up to 1.35 m in 9 s), which made "stands still" wander and walks skate.
@@ -159,13 +159,15 @@ def detect_contacts(joints: np.ndarray, features: np.ndarray, fps: float,
 
 def remove_stance_slide(joints: np.ndarray, contacts: np.ndarray, stand_frames: int) -> np.ndarray:
     """Joints (T, 22, 3) moved horizontally, frame by frame, against the mean slide of the feet wherever the body
-    stands: every foot joint planted for at least `stand_frames` frames in a row (step 3 of the module doc)."""
+    stands: both feet (ankle or toe) planted for at least `stand_frames` frames in a row (step 3 of the module doc)."""
+    both_feet = (contacts[:, 0] | contacts[:, 1]) & (contacts[:, 2] | contacts[:, 3])  # FOOT_JOINTS order
     standing = np.zeros(len(joints), dtype=bool)
-    for start, end in contact_runs(contacts.all(axis=1)):
+    for start, end in contact_runs(both_feet):
         if end - start >= stand_frames:
             standing[start:end] = True
-    steps = np.diff(joints[:, FOOT_JOINTS][..., [0, 2]], axis=0).mean(axis=1)  # (T - 1, 2)
-    slide = np.where((standing[1:] & standing[:-1])[:, None], steps, 0.0)
+    steps = np.diff(joints[:, FOOT_JOINTS][..., [0, 2]], axis=0)  # (T - 1, 4, 2)
+    planted = (contacts[1:] & contacts[:-1] & (standing[1:] & standing[:-1])[:, None])[..., None]
+    slide = (steps * planted).sum(axis=1) / np.maximum(planted.sum(axis=1), 1)  # mean over the planted joints
     offset = np.concatenate([np.zeros((1, 2)), -np.cumsum(slide, axis=0)])
     out = joints.copy()
     out[..., 0] += offset[:, None, 0]
