@@ -11,8 +11,9 @@
    in the median frame: generated feet plant at varying heights, and grounding on the lowest contact left most of
    them floating. Without planted toes the lowest planted foot joint goes to the floor, and without any contact the
    lowest foot joint.
-3. Stance slide: where the body stands (both feet, by ankle or toe, planted for `stand_frames` frames in a row), the
-   whole motion is moved horizontally against the mean slide of the feet. A planted foot does not move, so its slide is the
+3. Stance slide: where the body stands (both feet, by ankle or toe, planted for `stand_frames` frames in a row, a
+   foot lifted for up to STAND_GAP_FRAMES not ending it), the whole motion is moved horizontally against the mean
+   slide of the planted feet. A planted foot does not move, so its slide is the
    body drifting over the floor:
    the decoder's root velocity is biased for some codes (a real standing-still clip round-tripped through the VQ
    drifts up to 1.35 m in 9 s), which made "stands still" wander and walks skate.
@@ -47,6 +48,7 @@ FOOT_NAMES = ("left_ankle", "left_toe", "right_ankle", "right_toe")
 # Per leg: (hip, knee, ankle, toe) joint indices and the contact columns of its ankle and toe.
 LEGS = (((1, 4, 7, 10), (0, 1)), ((2, 5, 8, 11), (2, 3)))
 _UP = np.array([0.0, 1.0, 0.0])
+STAND_GAP_FRAMES = 3  # a foot lifted this briefly (0.15 s at 20 fps) while standing: a weight shift, not a step
 FLOOR_TOLERANCE_M = 1e-6  # an ankle the IK put on the floor may land a rounding error below it
 
 
@@ -161,6 +163,9 @@ def remove_stance_slide(joints: np.ndarray, contacts: np.ndarray, stand_frames: 
     """Joints (T, 22, 3) moved horizontally, frame by frame, against the mean slide of the feet wherever the body
     stands: both feet (ankle or toe) planted for at least `stand_frames` frames in a row (step 3 of the module doc)."""
     both_feet = (contacts[:, 0] | contacts[:, 1]) & (contacts[:, 2] | contacts[:, 3])  # FOOT_JOINTS order
+    for start, end in contact_runs(~both_feet):  # a weight shift does not end a stand
+        if end - start <= STAND_GAP_FRAMES and start > 0 and end < len(both_feet):
+            both_feet[start:end] = True
     standing = np.zeros(len(joints), dtype=bool)
     for start, end in contact_runs(both_feet):
         if end - start >= stand_frames:
