@@ -13,10 +13,9 @@
    lowest foot joint.
 3. Stance slide: where the body stands (both feet, by ankle or toe, planted for `stand_frames` frames in a row, a
    foot lifted for up to STAND_GAP_FRAMES not ending it), the whole motion is moved horizontally against the mean
-   slide of the planted feet. A planted foot does not move, so its slide is the
-   body drifting over the floor:
-   the decoder's root velocity is biased for some codes (a real standing-still clip round-tripped through the VQ
-   drifts up to 1.35 m in 9 s), which made "stands still" wander and walks skate.
+   slide of the planted feet. A planted foot does not move, so its slide is the body drifting over the floor: the
+   decoder's root velocity is biased for some codes (a real standing-still clip round-tripped through the VQ drifts
+   up to 1.35 m in 9 s), which made "stands still" wander.
 4. Pinning: each contact run holds its joint at one anchor (where the joint is at the run's middle frame, as the hip
    passes over a planted foot in mid-stance, moved up or down so that the foot rests on the floor: its toe at
    `toe_height`, or its ankle that high over the toe's floor height as the foot is when both are planted, whichever
@@ -134,7 +133,7 @@ def _drop_short(contacts: np.ndarray, min_frames: int) -> np.ndarray:
 
 def ground_shift(joints: np.ndarray, contacts: np.ndarray, toe_height: float) -> float:
     """The vertical shift that grounds a motion (step 2 of the module doc)."""
-    toes = [k for k, name in enumerate(FOOT_NAMES) if name.endswith("toe")]
+    toes = [toe for _, (_, toe) in LEGS]  # contact columns of the toes
     planted_toes = joints[:, [FOOT_JOINTS[k] for k in toes], 1][contacts[:, toes]]
     if planted_toes.size:
         return toe_height - float(np.median(planted_toes))
@@ -162,7 +161,7 @@ def detect_contacts(joints: np.ndarray, features: np.ndarray, fps: float,
 def remove_stance_slide(joints: np.ndarray, contacts: np.ndarray, stand_frames: int) -> np.ndarray:
     """Joints (T, 22, 3) moved horizontally, frame by frame, against the mean slide of the feet wherever the body
     stands: both feet (ankle or toe) planted for at least `stand_frames` frames in a row (step 3 of the module doc)."""
-    both_feet = (contacts[:, 0] | contacts[:, 1]) & (contacts[:, 2] | contacts[:, 3])  # FOOT_JOINTS order
+    both_feet = np.all([contacts[:, ankle] | contacts[:, toe] for _, (ankle, toe) in LEGS], axis=0)
     for start, end in contact_runs(~both_feet):  # a weight shift does not end a stand
         if end - start <= STAND_GAP_FRAMES and start > 0 and end < len(both_feet):
             both_feet[start:end] = True
